@@ -1,0 +1,48 @@
+# infoplane: config -> train -> archive -> estimate -> results -> figures.
+# Every target bootstraps .venv itself; `make all` runs the default experiment end to end.
+CONFIG ?= configs/szt_tanh.toml
+RUNS ?= data/runs
+SCHEDULER ?=
+ARGS ?=
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install train estimate figures all test bench lint clean reproduce
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m stages.train --config $(CONFIG) --runs $(RUNS) $(ARGS)
+
+estimate: $(STAMP)
+	$(PY) -m stages.estimate --config $(CONFIG) --runs $(RUNS) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(ARGS)
+
+figures: $(STAMP)
+	$(PY) -m stages.figures --config $(CONFIG) --runs $(RUNS) $(ARGS)
+
+# Runs every stage that exists so far.
+all: $(STAMP)
+	$(MAKE) train
+	@if [ -f stages/estimate.py ]; then $(MAKE) estimate; fi
+	@if [ -f stages/figures.py ]; then $(MAKE) figures; fi
+
+test: $(STAMP)
+	$(PY) -m ruff check pipeline stages tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+lint: $(STAMP)
+	$(PY) -m ruff check pipeline stages tests benchmarks
+
+clean:
+	rm -rf $(RUNS) figures .pytest_cache .ruff_cache
