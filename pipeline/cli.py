@@ -1,0 +1,36 @@
+"""Shared command-line plumbing of the stages: config loading and one clear error per failure."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pipeline.archive import ArchiveError
+from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.data import DataError
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default="configs/szt_tanh.toml", help="experiment TOML file")
+    parser.add_argument("--runs", default="data/runs", help="directory holding one folder per run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config key, e.g. train.n_epochs=50")
+    return parser
+
+
+def run_stage(body: Callable[[argparse.Namespace, ExperimentConfig], int],
+              args: argparse.Namespace) -> None:
+    """Load the config and run `body`; known failures print one line and exit non-zero."""
+    try:
+        cfg = load_config(args.config, args.overrides)
+        code = body(args, cfg)
+    except (ConfigError, DataError, ArchiveError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: committed work is kept; run the same command again to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code)

@@ -1,0 +1,47 @@
+"""Provenance recorded with every archive and results store: package versions, git revision."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+PACKAGES = ("torch", "torchvision", "numpy", "scipy", "zarr", "xarray", "dask", "distributed")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    try:
+        versions["infoplane"] = importlib.metadata.version("infoplane")
+    except importlib.metadata.PackageNotFoundError:
+        versions["infoplane"] = "source"
+    return versions
+
+
+def git_revision() -> str:
+    """HEAD of the project's checkout, with `+dirty` when it has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance() -> dict[str, object]:
+    return {
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+    }
