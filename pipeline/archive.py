@@ -14,11 +14,8 @@ a kill at any moment leaves either the old or the new version of each file, neve
 
 from __future__ import annotations
 
-import queue
 import shutil
-import threading
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +84,20 @@ def _unit_dims(layer: str, shape: tuple[int, ...]) -> list[str]:
 def weight_name(param: str) -> str:
     """Archive name of a model parameter: `blocks.dense1.1.weight` -> `dense1.1.weight`."""
     return param.removeprefix("blocks.")
+
+
+def flatten_weights(weights: dict[str, np.ndarray]) -> np.ndarray:
+    """Concatenate parameters (in model order) into the archive's flat `weights` row."""
+    return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in weights.values()])
+
+
+def unflatten_weights(row: np.ndarray, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        out[name] = row[offset:offset + size].reshape(shape)
+        offset += size
+    return out
 
 
 def create_archive(
@@ -172,12 +183,13 @@ def create_seed_group(path: Path, seed: int) -> zarr.Group:
         group.create_array(var, shape=(n_hist,), chunks=(min(n_hist, 4096),), dtype="float64",
                            fill_value=np.nan, dimension_names=["history_epoch"])
     if store_weights:
-        weights = group.create_group("weights")
-        for pname, shape in params.items():
-            weights.create_array(pname, shape=(n_snap, *shape), chunks=(1, *shape),
-                                 dtype="float32", fill_value=np.nan,
-                                 dimension_names=["epoch", *[f"{pname}_dim{i}" for i in
-                                                             range(len(shape))]])
+        n_params = sum(int(np.prod(shape)) for shape in params.values())
+        per_chunk = max(1, CHUNK_BYTES // 4)
+        arr = group.create_array("weights", shape=(n_snap, n_params),
+                                 chunks=(1, min(n_params, per_chunk)), dtype="float32",
+                                 fill_value=np.nan, dimension_names=["epoch", "parameter"])
+        arr.attrs["long_name"] = ("all model parameters, flattened in the order of the root "
+                                  "attribute `parameters` (name -> shape)")
     group.attrs.update({"seed": seed, "committed_snapshots": 0, "history_through": -1,
                         "status": "training", "message": "", "initialised": True})
     return group
@@ -207,9 +219,8 @@ class SeedWriter:
                        grad_std: np.ndarray) -> None:
         for layer, values in activations.items():
             self.group["activations"][layer][index] = values
-        if "weights" in self.group:
-            for pname, values in weights.items():
-                self.group["weights"][weight_name(pname)][index] = values
+        if "weights" in self.group and weights:
+            self.group["weights"][index] = flatten_weights(weights)
         self.group["grad_mean"][index] = grad_mean
         self.group["grad_std"][index] = grad_std
 
@@ -224,44 +235,6 @@ class SeedWriter:
         self.group.attrs.update({"committed_snapshots": committed_snapshots,
                                  "history_through": history_through, "status": status,
                                  "message": message})
-
-
-class BackgroundWriter:
-    """Runs archive writes on one thread so that training never waits on disk or compression.
-
-    The queue is bounded: if the disk cannot keep up, training slows down rather than memory
-    growing without limit. An exception in the thread is re-raised on the next submit or close.
-    """
-
-    def __init__(self, max_pending: int = 4):
-        self._queue: queue.Queue = queue.Queue(max_pending)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="archive-writer", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            if self._error is None:
-                try:
-                    job()
-                except BaseException as err:  # noqa: BLE001 - handed back to the trainer
-                    self._error = err
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._raise()
-        self._queue.put(job)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._raise()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise ArchiveError(f"writing the archive failed: {self._error}") from self._error
 
 
 class ArchiveReader:
@@ -353,9 +326,8 @@ class ArchiveReader:
         group = self.seed_group(seed)
         if "weights" not in group:
             raise ArchiveError(f"{self.path}: weights were not stored (archive.store_weights)")
-        index = self.epoch_index(seed, epoch)
-        return {name: self._read(name, group["weights"], index)
-                for name in self.attrs["parameters"]}
+        row = self._read("weights", group, self.epoch_index(seed, epoch))
+        return unflatten_weights(row, self.attrs["parameters"])
 
     def gradient_stats(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         n = len(self.committed_epochs(seed))

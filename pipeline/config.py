@@ -111,9 +111,10 @@ class ExperimentConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def training_hash(self) -> str:
-        """Hash of everything that determines the archive (estimators excluded)."""
+        """Hash of what determines each seed's archived data (seeds may be added later)."""
         d = self.to_dict()
         d.pop("estimators")
+        d.pop("seeds")
         d.pop("description")
         d["train"].pop("parallel_seeds")
         d["train"].pop("threads_per_seed")

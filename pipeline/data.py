@@ -94,6 +94,8 @@ def _torchvision(cfg: DataConfig, train: bool) -> tuple[np.ndarray, np.ndarray]:
     try:
         ds = getattr(datasets, name)(str(root), train=train, download=cfg.download)
     except (RuntimeError, OSError) as err:
+        if cfg.dataset == "mnist" and (found := _mnist_raw_split(root, train)) is not None:
+            return found
         hint = "" if cfg.download else " or set data.download = true where the internet is reachable"
         split = "train" if train else "test"
         raise DataError(
@@ -108,6 +110,35 @@ def _torchvision(cfg: DataConfig, train: bool) -> tuple[np.ndarray, np.ndarray]:
     x = data.astype(np.float32) / 255.0
     y = np.asarray(ds.targets, dtype=np.int64)
     return x, y
+
+
+def _mnist_raw_split(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """One MNIST split from its raw idx files alone (torchvision's class wants all four).
+
+    Uses torchvision's own idx readers; gzip files are decompressed into a temporary folder.
+    """
+    import gzip
+    import tempfile
+
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    prefix = "train" if train else "t10k"
+    raw = root / "MNIST" / "raw"
+    names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name in names:
+            if (raw / name).exists():
+                paths.append(raw / name)
+            elif (raw / f"{name}.gz").exists():
+                target = Path(tmp) / name
+                target.write_bytes(gzip.decompress((raw / f"{name}.gz").read_bytes()))
+                paths.append(target)
+            else:
+                return None
+        images = read_image_file(str(paths[0])).numpy()
+        labels = read_label_file(str(paths[1])).numpy()
+    return images[:, None].astype(np.float32) / 255.0, labels.astype(np.int64)
 
 
 def synthetic_images(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:

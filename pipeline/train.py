@@ -30,7 +30,6 @@ from tqdm import tqdm
 from pipeline.archive import (
     ArchiveError,
     ArchiveReader,
-    BackgroundWriter,
     SeedWriter,
     choose_samples,
     consolidate,
@@ -41,6 +40,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.data import SplitData, load_dataset
 from pipeline.models import RecordingNetwork, build_model
 from pipeline.provenance import provenance
+from pipeline.writer import Commit, WriterProcess, atomic_write, lock_seed
 
 EVAL_BATCH = 2048
 
@@ -79,11 +79,13 @@ class GradientStats:
         for i, layer in enumerate(layers):
             if layer not in self.groups:
                 continue
-            m = [s / self.n_batches for s in self.sum[layer]]
-            var = sum(float((s2 / self.n_batches - mi * mi).clamp_min(0).sum())
-                      for s2, mi in zip(self.sum_sq[layer], m, strict=True))
-            mean[i] = math.sqrt(sum(float((mi * mi).sum()) for mi in m))
-            std[i] = math.sqrt(var)
+            # Reduce in numpy float64: torch's threaded sums would vary with the thread count.
+            s = np.concatenate([t.detach().cpu().double().numpy().ravel() for t in self.sum[layer]])
+            s2 = np.concatenate([t.detach().cpu().double().numpy().ravel()
+                                 for t in self.sum_sq[layer]])
+            m = s / self.n_batches
+            mean[i] = math.sqrt(float(np.dot(m, m)))
+            std[i] = math.sqrt(float(np.clip(s2 / self.n_batches - m * m, 0, None).sum()))
         return mean, std
 
 
@@ -133,17 +135,12 @@ def record_activations(model: RecordingNetwork, inputs: torch.Tensor) -> dict[st
 
 
 def _make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    # foreach: one fused update over all tensors (the per-tensor loop dominates small nets)
     if cfg.train.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.train.lr,
-                                weight_decay=cfg.train.weight_decay)
+                                weight_decay=cfg.train.weight_decay, foreach=True)
     return torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum,
-                           weight_decay=cfg.train.weight_decay)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+                           weight_decay=cfg.train.weight_decay, foreach=True)
 
 
 def run_paths(cfg: ExperimentConfig, runs_dir: str | Path) -> tuple[Path, Path, Path]:
@@ -166,8 +163,10 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
     writer = SeedWriter(archive_path, seed) if record else None
     if writer is not None and writer.status in ("finished", "diverged"):
         return SeedResult(seed, "skipped", f"already {writer.status}", 0.0)
+    if writer is not None and writer.committed == len(schedule) == 0:
+        raise ArchiveError("the snapshot schedule is empty: nothing would be archived")
     ckpt_dir = ckpt_root / f"seed_{seed}"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    trainer_lock = lock_seed(ckpt_dir, "trainer", wait=False) if record else None
 
     torch.manual_seed(seed)
     model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
@@ -179,6 +178,7 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
         samples = zarr.open_group(str(archive_path), mode="r", use_consolidated=False)
         sample_inputs = torch.from_numpy(np.asarray(samples["inputs"][...])).to(device)
         layers = [layer["name"] for layer in samples.attrs["layers"]]
+        layer_shapes = [tuple(layer["shape"]) for layer in samples.attrs["layers"]]
     committed = writer.committed if writer else 0
     start_epoch = 0
     if committed:
@@ -193,7 +193,11 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
     history: dict[str, list[float]] = {k: [] for k in
                                        ("loss_train", "loss_test", "accuracy_train", "accuracy_test")}
     history_first = start_epoch + 1 if committed else 0
-    background = BackgroundWriter()
+    background = None
+    if record:
+        model_bytes = sum(p.numel() for p in model.parameters()) * 4 * 4  # weights + checkpoint
+        act_bytes = sum(int(np.prod(shape)) for shape in layer_shapes) * len(sample_inputs) * 4
+        background = WriterProcess(archive_path, seed, ckpt_dir, model_bytes + act_bytes)
 
     def add_history() -> float:
         loss_train, acc_train = evaluate(model, x_train, y_train)
@@ -202,27 +206,14 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
             history[k].append(v)
         return loss_train
 
-    def flush(index_committed: int, epoch: int, status: str = "training", message: str = "",
-              snapshot: tuple | None = None) -> None:
-        """Queue one commit: snapshot data, history rows, checkpoint, then the commit point."""
+    def flush(committed_snapshots: int, epoch: int, **fields) -> None:
+        """Queue one commit: the history rows since the last one, plus any snapshot."""
         nonlocal history_first
         rows = {k: np.asarray(v) for k, v in history.items()}
-        first = history_first
+        background.submit(Commit(committed_snapshots, epoch, history_first, rows, **fields))
         history_first = epoch + 1
         for v in history.values():
             v.clear()
-
-        def job() -> None:
-            if snapshot is not None:
-                index, acts, weights, g_mean, g_std, ckpt_bytes = snapshot
-                writer.write_snapshot(index, acts, weights, g_mean, g_std)
-                _atomic_write(ckpt_dir / f"snapshot_{index}.pt", ckpt_bytes)
-            writer.write_history(first, rows)
-            writer.commit(index_committed, epoch, status, message)
-            if snapshot is not None:  # keep the last two checkpoints only
-                (ckpt_dir / f"snapshot_{snapshot[0] - 2}.pt").unlink(missing_ok=True)
-
-        background.submit(job)
 
     def take_snapshot(epoch: int, grad_stats: GradientStats | None) -> None:
         index = schedule_index[epoch]
@@ -238,7 +229,8 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
                     "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                     "epoch": epoch, "snapshot_index": index}, buffer)
-        flush(index + 1, epoch, snapshot=(index, acts, weights, g_mean, g_std, buffer.getvalue()))
+        flush(index + 1, epoch, snapshot_index=index, activations=acts, weights=weights,
+              grad_mean=g_mean, grad_std=g_std, checkpoint=buffer.getvalue())
 
     status, message = "finished", ""
     bar = tqdm(total=cfg.train.n_epochs, initial=start_epoch, position=position, leave=True,
@@ -264,12 +256,15 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
             if tracked:
                 take_snapshot(epoch, grad_stats)
         if record:
-            flush(writer_committed_after(schedule_index, epoch if status == "diverged" else
-                                         cfg.train.n_epochs, status),
-                  epoch if status == "diverged" else cfg.train.n_epochs, status, message)
+            last = epoch if status == "diverged" else cfg.train.n_epochs
+            flush(writer_committed_after(schedule_index, last, status), last, status=status,
+                  message=message)
     finally:
         bar.close()
-        background.close()
+        if background is not None:
+            background.close()
+        if trainer_lock is not None:
+            os.close(trainer_lock)
     if status == "finished":
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # a finished seed never resumes
     return SeedResult(seed, status, message, time.perf_counter() - t0)
@@ -318,7 +313,7 @@ def _strip_consolidated(path: Path) -> None:
     meta_path = path / "zarr.json"
     meta = json.loads(meta_path.read_text())
     if meta.pop("consolidated_metadata", None) is not None:
-        _atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+        atomic_write(meta_path, json.dumps(meta, indent=2).encode())
 
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", force: bool = False) -> int:

@@ -1,0 +1,135 @@
+"""The archive writer process: training hands each snapshot over and never waits on disk.
+
+A separate process (not a thread) so that zarr's encoding and file I/O do not compete with the
+training loop for the GIL. The queue is bounded: if the disk cannot keep up, training slows
+down rather than memory growing without limit. A writer whose trainer died exits before its
+next commit, and holds an exclusive lock on the seed while alive, so a resumed trainer waits
+for an orphaned writer instead of racing it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import multiprocessing
+import os
+import queue
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.archive import ArchiveError, SeedWriter
+
+
+@dataclass
+class Commit:
+    """Everything written at one commit point, in the order it is written."""
+
+    committed_snapshots: int
+    history_through: int
+    history_first: int
+    history: dict[str, np.ndarray]
+    status: str = "training"
+    message: str = ""
+    snapshot_index: int | None = None
+    activations: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    grad_mean: np.ndarray | None = None
+    grad_std: np.ndarray | None = None
+    checkpoint: bytes = b""
+
+
+def atomic_write(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def apply_commit(writer: SeedWriter, ckpt_dir: Path, commit: Commit) -> None:
+    """Snapshot data, then history rows, then the resume checkpoint, then the commit point."""
+    index = commit.snapshot_index
+    if index is not None:
+        writer.write_snapshot(index, commit.activations, commit.weights, commit.grad_mean,
+                              commit.grad_std)
+        atomic_write(ckpt_dir / f"snapshot_{index}.pt", commit.checkpoint)
+    writer.write_history(commit.history_first, commit.history)
+    writer.commit(commit.committed_snapshots, commit.history_through, commit.status, commit.message)
+    if index is not None:  # the last two checkpoints are enough to resume
+        (ckpt_dir / f"snapshot_{index - 2}.pt").unlink(missing_ok=True)
+
+
+def lock_seed(ckpt_dir: Path, name: str, wait: bool) -> int:
+    """Take an exclusive lock file in the seed's checkpoint folder; returns its descriptor."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ckpt_dir / f"{name}.lock", os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        raise ArchiveError(f"another process is training this seed ({ckpt_dir}); wait for it or "
+                           "stop it before starting again") from None
+    return fd
+
+
+def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocessing.Queue,
+                 errors: multiprocessing.Queue, parent: int) -> None:
+    lock = lock_seed(Path(ckpt_dir), "writer", wait=True)
+    try:
+        writer = SeedWriter(Path(archive_path), seed)
+        while True:
+            try:
+                commit = jobs.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent:
+                    return
+                continue
+            if commit is None or os.getppid() != parent:  # orphaned: never commit for the dead
+                return
+            apply_commit(writer, Path(ckpt_dir), commit)
+    except BaseException as err:  # noqa: BLE001 - reported to the trainer
+        errors.put(f"{type(err).__name__}: {err}")
+    finally:
+        os.close(lock)
+
+
+class WriterProcess:
+    """Owns the writer process of one seed. `submit` queues a Commit; `close` drains and joins."""
+
+    def __init__(self, archive_path: Path, seed: int, ckpt_dir: Path, snapshot_bytes: int,
+                 max_pending_bytes: int = 256 * 2**20):
+        # Wait for an orphaned writer of a killed trainer to exit before starting ours.
+        os.close(lock_seed(ckpt_dir, "writer", wait=True))
+        context = multiprocessing.get_context("spawn")
+        # Early log-spaced snapshots come every epoch: absorb that burst, bounded in bytes.
+        self._jobs = context.Queue(max(2, max_pending_bytes // max(snapshot_bytes, 1)))
+        self._errors = context.Queue()
+        self._process = context.Process(
+            target=_writer_main, name=f"archive-writer-{seed}", daemon=False,
+            args=(str(archive_path), seed, str(ckpt_dir), self._jobs, self._errors, os.getpid()))
+        self._process.start()
+
+    def submit(self, commit: Commit) -> None:
+        self._raise()
+        while True:
+            try:
+                self._jobs.put(commit, timeout=1.0)
+                return
+            except queue.Full:
+                self._raise()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        while self._process.is_alive():
+            self._process.join(timeout=1.0)
+        self._raise()
+        if self._process.exitcode not in (0, None):
+            raise ArchiveError(f"archive writer exited with code {self._process.exitcode}")
+
+    def _raise(self) -> None:
+        try:
+            message = self._errors.get_nowait()
+        except queue.Empty:
+            if not self._process.is_alive() and self._process.exitcode not in (0, None):
+                raise ArchiveError(f"archive writer died (exit code {self._process.exitcode})") from None
+            return
+        raise ArchiveError(f"writing the archive failed: {message}")

@@ -1,0 +1,70 @@
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from tests.helpers import ROOT, TINY
+
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert cfg.seeds
+
+
+def test_required_configs_are_shipped():
+    names = {p.stem for p in CONFIGS}
+    assert {"szt_tanh", "szt_tanh_paper", "szt_relu", "mnist_mlp", "mnist_cnn", "cifar10_vgg16",
+            "tiny"} <= names
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('name = "x"\n[train]\nn_epoch = 3\n', "train.n_epoch: unknown key"),
+        ('name = "x"\nbogus = 1\n', "bogus: unknown key"),
+        ('name = "x"\n[train]\nn_epochs = "ten"\n', "train.n_epochs: expected an integer"),
+        ('name = "x"\n[train]\nn_epochs = 1.5\n', "train.n_epochs: expected an integer"),
+        ('name = "x"\n[model]\nactivation = "sigmoid"\n', "model.activation: 'sigmoid' is not one of"),
+        ('name = "x"\n[model]\nwidths = [3, "a"]\n', "model.widths[1]: expected an integer"),
+        ('name = "x"\n[archive]\nstore_weights = 1\n', "archive.store_weights: expected true or false"),
+        ('[train]\nn_epochs = 3\n', "name: required key is missing"),
+        ('name = "x"\nseeds = []\n', "seeds: give at least one seed"),
+        ('name = "x"\n[archive]\nsnapshots = "list"\n', "archive.epochs: required"),
+        ('name = "x"\n[estimators.a]\nbins = 3\n', "estimators.a.method: required"),
+        ('name = "x"\n[train\n', "not valid TOML"),
+    ],
+)
+def test_bad_configs_name_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(path)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("configs/nope.toml")
+
+
+def test_overrides_parse_toml_values():
+    cfg = load_config(TINY, ["train.n_epochs=11", "seeds=[3, 4]", "model.activation=relu",
+                             "train.lr=1e-3", "name=other"])
+    assert cfg.train.n_epochs == 11 and cfg.seeds == (3, 4)
+    assert cfg.model.activation == "relu" and cfg.train.lr == 1e-3 and cfg.name == "other"
+
+
+def test_override_unknown_key_rejected():
+    with pytest.raises(ConfigError, match="train.epochs: unknown key"):
+        load_config(TINY, ["train.epochs=3"])
+
+
+def test_config_is_frozen_and_hash_ignores_estimators_and_parallelism():
+    a = load_config(TINY)
+    with pytest.raises(AttributeError):
+        a.name = "b"  # type: ignore[misc]
+    b = load_config(TINY, ["train.parallel_seeds=1", "estimators.x.method=binning"])
+    c = load_config(TINY, ["train.lr=0.5"])
+    d = load_config(TINY, ["seeds=[7]"])
+    assert a.training_hash() == b.training_hash() == d.training_hash() != c.training_hash()
