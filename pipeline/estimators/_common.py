@@ -1,0 +1,73 @@
+"""Input checks and small helpers shared by every estimator family."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LOG2 = math.log(2.0)
+
+
+def as_samples(a: np.ndarray, name: str, min_samples: int = 2) -> np.ndarray:
+    """(n, ...) array -> (n, features) float64, rejecting NaN/inf and too few samples."""
+    arr = np.asarray(a)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have a sample axis, got a scalar")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    arr = arr.reshape(arr.shape[0], -1).astype(np.float64, copy=False)
+    if arr.shape[0] < min_samples:
+        raise ValueError(f"{name} has {arr.shape[0]} samples; this method needs at least {min_samples}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no features")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(f"{name} contains NaN or inf in {bad} of {arr.shape[0]} samples "
+                         "(a diverged run?); estimates need finite values")
+    return arr
+
+
+def as_labels(y: np.ndarray, name: str = "y") -> np.ndarray:
+    """1-D integer labels -> int64 codes 0..K-1."""
+    arr = np.asarray(y)
+    if arr.ndim != 1 or arr.dtype.kind not in "biu":
+        raise ValueError(f"{name} must be a 1-D integer label array, got shape {arr.shape} "
+                         f"dtype {arr.dtype}")
+    return np.unique(arr, return_inverse=True)[1].astype(np.int64)
+
+
+def is_discrete(b: np.ndarray) -> bool:
+    arr = np.asarray(b)
+    return arr.ndim == 1 and arr.dtype.kind in "biu"
+
+
+def same_length(**arrays: np.ndarray) -> int:
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"sample counts differ: {lengths}; pass the same samples in the same order")
+    return next(iter(lengths.values()))
+
+
+def entropy_of_counts(counts: np.ndarray) -> float:
+    """Plug-in entropy in bits of a histogram."""
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def row_symbols(values: np.ndarray) -> np.ndarray:
+    """Integer id per distinct row (rows compared as raw bytes)."""
+    values = np.ascontiguousarray(values)
+    rows = values.view(np.dtype((np.void, values.dtype.itemsize * values.shape[1]))).ravel()
+    return np.unique(rows, return_inverse=True)[1].ravel()
+
+
+def discrete_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
+    """Plug-in I(A;B) in bits of two symbol sequences."""
+    _, a_codes = np.unique(a, return_inverse=True)
+    _, b_codes = np.unique(b, return_inverse=True)
+    joint = a_codes.astype(np.int64) * (b_codes.max() + 1) + b_codes
+    h_a = entropy_of_counts(np.bincount(a_codes))
+    h_b = entropy_of_counts(np.bincount(b_codes))
+    h_ab = entropy_of_counts(np.bincount(joint))
+    return h_a + h_b - h_ab

@@ -1,0 +1,281 @@
+"""Estimators against closed forms and known ground truth (SCIENCE.md sections 3-7)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.estimators import information_plane, mutual_information, parameters
+from pipeline.estimators.binning import discretise
+from pipeline.estimators.kde import kde_entropy
+from pipeline.estimators.knn import kl_entropy, weighted_kl_entropy, wkl_weights
+from pipeline.estimators.renyi import (
+    label_gram,
+    matrix_entropy,
+    matrix_mutual_information,
+    normalise,
+    rbf_gram,
+)
+from pipeline.groundtruth import apply_map, bump_images, gaussian_pair
+
+RNG = np.random.default_rng(0)
+
+
+def distinct_inputs(n, d=12, seed=0):
+    return np.random.default_rng(seed).permutation(2**d)[:n, None] >> np.arange(d)[::-1] & 1
+
+
+# ---------------------------------------------------------------- binning
+def test_binning_hand_computed():
+    x = distinct_inputs(4)
+    t = np.array([[-0.9], [-0.8], [0.5], [0.9]])
+    out = information_plane(x, t, np.array([0, 0, 1, 1]), "binning", n_bins=2)
+    assert out == {"I_XT": pytest.approx(1.0), "I_TY": pytest.approx(1.0)}
+    out = information_plane(x, t, np.array([0, 1, 0, 1]), "binning", n_bins=2)
+    assert out["I_TY"] == pytest.approx(0.0, abs=1e-12)
+    # three bins of sizes 1, 1, 2: H = 1.5 bits; labels split the pair
+    t3 = np.array([[-0.9], [0.0], [0.9], [0.95]])
+    out = information_plane(x, t3, np.array([0, 0, 1, 1]), "binning", n_bins=3)
+    assert out["I_XT"] == pytest.approx(1.5) and out["I_TY"] == pytest.approx(1.0)
+
+
+def test_binning_injective_layer_gives_log_n():
+    n = 1000
+    x = distinct_inputs(n)
+    t = np.tanh(np.random.default_rng(1).normal(size=(n, 5)))
+    out = information_plane(x, t, np.arange(n) % 2, "binning", n_bins=10**6)
+    assert out["I_XT"] == pytest.approx(math.log2(n))
+    assert out["I_TY"] <= 1.0 + 1e-12  # <= H(Y)
+
+
+@pytest.mark.parametrize("n_bins", [2, 10, 30])
+def test_binning_i_ty_bounded_by_label_entropy(n_bins):
+    x = distinct_inputs(500, seed=2)
+    y = np.random.default_rng(3).integers(0, 3, 500)
+    t = np.tanh(np.random.default_rng(4).normal(size=(500, 4)))
+    out = information_plane(x, t, y, "binning", n_bins=n_bins)
+    p = np.bincount(y) / 500
+    assert 0 <= out["I_TY"] <= -(p * np.log2(p)).sum() + 1e-12 and out["I_TY"] <= out["I_XT"]
+
+
+def test_binning_matches_original_digitize():
+    t = np.random.default_rng(5).uniform(-0.999, 0.999, size=(2000, 3))
+    original = np.digitize(t, np.linspace(-1, 1, 30))
+    ours = discretise(t, n_bins=29)
+    # the same partition: a bijection between bin labels
+    assert len({(a, b) for a, b in zip(original.ravel(), ours.ravel(), strict=True)}) == len(np.unique(ours))
+
+
+def test_binning_layer_range_and_bin_size_do_not_clip_relu():
+    t = np.array([[0.0], [2.0], [4.0], [6.0]])
+    x = distinct_inputs(4)
+    y = np.array([0, 0, 1, 1])
+    assert information_plane(x, t, y, "binning", n_bins=4, range="layer")["I_XT"] == pytest.approx(2.0)
+    # a fixed [-1, 1] range lumps 2, 4 and 6 into the end bin: H(1/4, 3/4)
+    h = -(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75))
+    assert information_plane(x, t, y, "binning", n_bins=4)["I_XT"] == pytest.approx(h)
+    assert information_plane(x, t, y, "binning", bin_size=3.0)["I_XT"] == pytest.approx(1.5)
+
+
+# ---------------------------------------------------------------- kde
+def test_kde_identical_points_carry_no_information():
+    t = np.ones((50, 3))
+    for bound in ("upper", "lower"):
+        out = information_plane(distinct_inputs(50), t, np.arange(50) % 2, "kde", bound=bound)
+        assert out["I_XT"] == pytest.approx(0.0, abs=1e-12)
+        assert out["I_TY"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("s2", [0.01, 0.1, 1.0])
+def test_kde_bounds_sandwich_monte_carlo(s2):
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(40, 3))
+    # Monte Carlo I(X;T) = H(T) - H(T|X) for X uniform over the centres, T = h(X) + N(0, s2 I)
+    samples = centres[rng.integers(0, 40, 20000)] + math.sqrt(s2) * rng.standard_normal((20000, 3))
+    d2 = ((samples[:, None, :] - centres[None]) ** 2).sum(-1)
+    log_p = (torch.logsumexp(torch.as_tensor(-d2 / (2 * s2)), 1).numpy() - math.log(40)
+             - 1.5 * math.log(2 * math.pi * s2))
+    true_bits = (-log_p.mean() - 1.5 * (math.log(2 * math.pi * s2) + 1)) / math.log(2)
+    x, y = distinct_inputs(40), np.arange(40) % 2
+    upper = information_plane(x, centres, y, "kde", noise_variance=s2, bound="upper")["I_XT"]
+    lower = information_plane(x, centres, y, "kde", noise_variance=s2, bound="lower")["I_XT"]
+    mc_error = 0.02
+    assert lower - mc_error <= true_bits <= upper + mc_error
+    assert lower < upper and upper <= math.log2(40) + 1e-9
+    assert kde_entropy(centres, s2, "lower") < kde_entropy(centres, s2, "upper")
+
+
+# ---------------------------------------------------------------- renyi
+@pytest.mark.parametrize("alpha", [1.01, 2.0, 1.0, 3.0])
+def test_renyi_entropy_extremes(alpha):
+    n = 64
+    assert float(matrix_entropy(torch.eye(n, dtype=torch.float64) / n, alpha)) == pytest.approx(math.log2(n))
+    ones = torch.ones(n, n, dtype=torch.float64)
+    assert float(matrix_entropy(normalise(ones), alpha)) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["labels", "narrow_rbf"])
+def test_renyi_mutual_information_with_itself_is_entropy(kind):
+    # I(A;A) = 2 S(A) - S(A o A) equals S(A) when A o A is proportional to A: 0/1 kernels
+    # (labels) and the identity-like Gram of well separated points.
+    if kind == "labels":
+        k = label_gram(torch.as_tensor(RNG.integers(0, 5, 80)))
+    else:
+        h = torch.as_tensor(RNG.normal(size=(80, 5)))
+        k = rbf_gram(torch.cdist(h, h) ** 2, 0.01)
+    s = float(matrix_entropy(normalise(k)))
+    assert float(matrix_mutual_information(k, k)) == pytest.approx(s, rel=1e-6)
+
+
+def test_renyi_alpha2_closed_form_equals_eigenvalues():
+    h = torch.as_tensor(RNG.normal(size=(60, 4)))
+    a = normalise(rbf_gram(torch.cdist(h, h) ** 2, 1.5))
+    lam = np.linalg.eigvalsh(a.numpy())
+    assert float(matrix_entropy(a, 2.0)) == pytest.approx(-math.log2((lam**2).sum()), rel=1e-10)
+
+
+def test_renyi_invariant_to_sample_order():
+    x, t = RNG.uniform(size=(100, 12)), RNG.normal(size=(100, 6))
+    y = RNG.integers(0, 3, 100)
+    perm = RNG.permutation(100)
+    kwargs = {"sigma_t": 1.3, "batch_size": 100, "n_batches": 1}
+    a = information_plane(x, t, y, "renyi", **kwargs)
+    b = information_plane(x[perm], t[perm], y[perm], "renyi", **kwargs, seed=7)
+    assert a["I_XT"] == pytest.approx(b["I_XT"], rel=1e-9) and a["I_TY"] == pytest.approx(b["I_TY"], rel=1e-9)
+
+
+def test_tensor_kernel_is_product_of_channel_kernels():
+    t = torch.as_tensor(RNG.normal(size=(30, 4, 5, 5)))
+    flat = t.reshape(30, -1)
+    k_flat = rbf_gram(torch.cdist(flat, flat) ** 2, 3.0)
+    k_prod = torch.ones(30, 30, dtype=torch.float64)
+    for c in range(4):
+        channel = t[:, c].reshape(30, -1)
+        k_prod = k_prod * rbf_gram(torch.cdist(channel, channel) ** 2, 3.0)
+    torch.testing.assert_close(k_flat, k_prod)
+    # and information_plane accepts conv outputs as they are
+    out = information_plane(RNG.uniform(size=(30, 8)), t.numpy(), RNG.integers(0, 2, 30), "renyi",
+                            sigma_t=3.0, batch_size=30, n_batches=1)
+    assert np.isfinite(out["I_XT"])
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0])
+def test_label_kernel_entropy_is_class_entropy(alpha):
+    labels = np.repeat(np.arange(10), 10)  # 100 samples, balanced
+    assert float(matrix_entropy(normalise(label_gram(torch.as_tensor(labels))), alpha)) == pytest.approx(
+        math.log2(10))
+    labels = RNG.integers(0, 4, 100)
+    p = np.bincount(labels) / 100
+    renyi = math.log2((p**alpha).sum()) / (1 - alpha)
+    assert float(matrix_entropy(normalise(label_gram(torch.as_tensor(labels))), alpha)) == pytest.approx(
+        renyi, rel=1e-8)
+
+
+def test_renyi_data_processing_inequality_on_markov_chain():
+    x = RNG.uniform(size=(100, 10))
+    t1 = np.tanh(x @ RNG.normal(size=(10, 8)))
+    t2 = np.tanh(t1 @ RNG.normal(size=(8, 2)) * 0.5)  # T2 = g(T1), squeezed through 2 units
+    y = RNG.integers(0, 2, 100)
+    kwargs = {"sigma_x": 1.0, "sigma_t": 1.0, "batch_size": 100, "n_batches": 1}
+    i1 = information_plane(x, t1, y, "renyi", **kwargs)["I_XT"]
+    i2 = information_plane(x, t2, y, "renyi", **kwargs)["I_XT"]
+    assert i1 > i2 > 0
+
+
+def test_renyi_alignment_width_is_smoothed_and_returned():
+    x, t, y = RNG.uniform(size=(300, 12)), RNG.normal(size=(300, 4)), RNG.integers(0, 2, 300)
+    first = information_plane(x, t, y, "renyi", n_batches=3)
+    assert first["sigma_t"] == first["sigma_t_raw"] > 0 and first["I_XT_std"] >= 0
+    second = information_plane(x, t, y, "renyi", n_batches=3, sigma_prev=10.0)
+    assert second["sigma_t"] == pytest.approx(0.9 * 10.0 + 0.1 * first["sigma_t_raw"])
+
+
+# ---------------------------------------------------------------- ksg and KL
+@pytest.mark.parametrize("dim, mi", [(1, 0.5), (2, 1.0), (2, 2.5), (3, 1.5)])
+@pytest.mark.parametrize("map_name", ["identity", "half_cube", "rotation"])
+def test_ksg_gaussian_pairs(dim, mi, map_name):
+    a, b = gaussian_pair(3000, mi, dim, seed=dim)
+    est = mutual_information(apply_map(map_name, a, 1), apply_map(map_name, b, 2), "ksg")
+    assert abs(est - mi) <= max(0.1, 0.15 * mi)
+
+
+def test_ksg_independent_is_near_zero_and_discrete_labels():
+    a, b = RNG.normal(size=(4000, 2)), RNG.normal(size=(4000, 2))
+    assert mutual_information(a, b, "ksg") < 0.03
+    y = RNG.integers(0, 2, 4000)
+    t = y[:, None] * 10.0 + RNG.normal(size=(4000, 1))  # the label is recoverable: I = H(Y)
+    p = y.mean()
+    h_y = -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+    assert mutual_information(t, y, "ksg") == pytest.approx(h_y, abs=0.03)
+    assert mutual_information(RNG.normal(size=(4000, 1)), y, "ksg") < 0.03
+
+
+@pytest.mark.parametrize("dim", [1, 3, 6])
+def test_kl_entropies_of_gaussians(dim):
+    cov = np.diag(np.linspace(0.5, 2.0, dim))
+    a = RNG.multivariate_normal(np.zeros(dim), cov, size=4000)
+    true = 0.5 * math.log2((2 * math.pi * math.e) ** dim * np.linalg.det(cov))
+    assert kl_entropy(a) == pytest.approx(true, abs=0.05 * dim + 0.05)
+    assert weighted_kl_entropy(a) == pytest.approx(true, abs=0.05 * dim + 0.05)
+
+
+def test_wkl_weights_cancel_bias_terms():
+    w = wkl_weights(k=12, d=8)
+    j = np.arange(1, 13)
+    assert w.sum() == pytest.approx(1.0)
+    from scipy.special import gammaln
+    for l in (1, 2):
+        assert (w * np.exp(gammaln(j + 2 * l / 8) - gammaln(j))).sum() == pytest.approx(0.0, abs=1e-9)
+
+
+# ---------------------------------------------------------------- compression
+@pytest.mark.parametrize("mi", [0.5, 2.0])
+def test_compression_on_bump_images(mi):
+    a, b = gaussian_pair(3000, mi, 2, seed=11, rotate=False)
+    est = mutual_information(bump_images(a), bump_images(b), "compression")
+    assert abs(est - mi) <= max(0.15, 0.2 * mi)
+
+
+def test_compression_is_seeded_and_uses_labels():
+    a, b = gaussian_pair(1500, 1.0, 2, seed=3)
+    first = mutual_information(a, b, "compression", noise=0.05, seed=1)
+    assert first == mutual_information(a, b, "compression", noise=0.05, seed=1)
+    assert first != mutual_information(a, b, "compression", noise=0.05, seed=2)
+    y = RNG.integers(0, 2, 1500)
+    t = np.hstack([y[:, None] * 5.0, RNG.normal(size=(1500, 6))]) + RNG.normal(size=(1500, 7)) * 0.1
+    out = information_plane(RNG.normal(size=(1500, 20)), t, y, "compression")
+    assert out["I_TY"] == pytest.approx(1.0, abs=0.05)
+
+
+# ---------------------------------------------------------------- the API and bad input
+def test_unknown_method_and_parameter_list_the_valid_ones():
+    x, t, y = RNG.normal(size=(20, 3)), RNG.normal(size=(20, 2)), RNG.integers(0, 2, 20)
+    with pytest.raises(ValueError, match="valid methods: binning, kde, renyi, ksg, compression"):
+        information_plane(x, t, y, "mine")
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['bins'\].*n_bins=30"):
+        information_plane(x, t, y, "binning", bins=10)
+    with pytest.raises(ValueError, match="bound must be one of"):
+        information_plane(x, t, y, "kde", bound="middle")
+
+
+@pytest.mark.parametrize("method", ["binning", "kde", "renyi", "ksg", "compression"])
+def test_bad_arrays_are_rejected(method):
+    x, t, y = RNG.normal(size=(50, 3)), RNG.normal(size=(50, 2)), RNG.integers(0, 2, 50)
+    bad = t.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf in 1 of 50 samples"):
+        information_plane(x, bad, y, method)
+    with pytest.raises(ValueError, match="sample counts differ"):
+        information_plane(x, t[:40], y, method)
+    with pytest.raises(ValueError, match="y must be a 1-D integer"):
+        information_plane(x, t, y.astype(float), method)
+
+
+def test_defaults_are_the_papers():
+    assert parameters("binning")["n_bins"] == 30 and parameters("kde")["noise_variance"] == 0.1
+    renyi = parameters("renyi")
+    assert renyi["alpha"] == 1.01 and renyi["sigma_x"] == 8.0 and renyi["batch_size"] == 100
+    assert parameters("ksg")["k"] == 5
+    comp = parameters("compression")
+    assert comp["noise"] == 1e-3 and comp["noise_mode"] == "relative" and comp["dim"] == 4
