@@ -188,8 +188,8 @@ def create_seed_group(path: Path, seed: int) -> zarr.Group:
         arr = group.create_array("weights", shape=(n_snap, n_params),
                                  chunks=(1, min(n_params, per_chunk)), dtype="float32",
                                  fill_value=np.nan, dimension_names=["epoch", "parameter"])
-        arr.attrs["long_name"] = ("all model parameters, flattened in the order of the root "
-                                  "attribute `parameters` (name -> shape)")
+        arr.attrs["long_name"] = ("all model parameters and float buffers (BatchNorm statistics), "
+                                  "flattened in the order of the root attribute `parameters`")
     group.attrs.update({"seed": seed, "committed_snapshots": 0, "history_through": -1,
                         "status": "training", "message": "", "initialised": True})
     return group

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pipeline.archive import ArchiveError
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.data import DataError
+from pipeline.results import ResultsError
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def run_stage(body: Callable[[argparse.Namespace, ExperimentConfig], int],
     try:
         cfg = load_config(args.config, args.overrides)
         code = body(args, cfg)
-    except (ConfigError, DataError, ArchiveError) as err:
+    except (ConfigError, DataError, ArchiveError, ResultsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

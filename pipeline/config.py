@@ -91,6 +91,19 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True)
+class EstimateConfig:
+    """How `make estimate` covers the archive (the estimators themselves: [estimators.*])."""
+
+    # "all": every recorded sample (SZT papers: all 4096 patterns); "train"/"test": one split
+    splits: tuple[str, ...] = ("all", "train", "test")
+    n_workers: int = 0  # local cluster worker processes; 0: one per core
+    retries: int = 2  # a failed task is retried this often (a dead worker costs its tasks only)
+    fisher: bool = True  # Fisher trace per layer from the archived weights
+    fisher_probe_size: int = 300  # fixed balanced probe set (Achille et al.)
+    fisher_label_seeds: int = 3  # labels sampled from the model, averaged over these seeds
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment: data, network, training and archiving, for several seeds."""
 
@@ -101,6 +114,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
     # [estimators.<entry>] tables: {"method": ..., **params}; validated by the estimate stage
     estimators: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -114,6 +128,7 @@ class ExperimentConfig:
         """Hash of what determines each seed's archived data (seeds may be added later)."""
         d = self.to_dict()
         d.pop("estimators")
+        d.pop("estimate")
         d.pop("seeds")
         d.pop("description")
         d["train"].pop("parallel_seeds")
@@ -264,6 +279,16 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("archive.every: must be at least 1")
     if cfg.model.architecture == "mlp" and not cfg.model.widths:
         raise ConfigError("model.widths: an MLP needs at least one hidden layer")
+    bad_splits = sorted(set(cfg.estimate.splits) - {"all", "train", "test"})
+    if bad_splits or not cfg.estimate.splits:
+        raise ConfigError(f"estimate.splits: {bad_splits or '[]'} invalid; use 'all', 'train', 'test'")
     for entry, table in cfg.estimators.items():
         if "method" not in table:
             raise ConfigError(f"estimators.{entry}.method: required key is missing")
+        from pipeline.estimators import check_parameters  # late: estimators import torch
+
+        params = {k: v for k, v in table.items() if k != "method"}
+        try:
+            check_parameters(table["method"], params)
+        except ValueError as err:
+            raise ConfigError(f"estimators.{entry}: {err}") from None

@@ -70,6 +70,11 @@ class RecordingNetwork(nn.Module):
         return list(self.blocks)[-1]
 
 
+def state_arrays(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and floating-point buffers (BatchNorm statistics), in state-dict order."""
+    return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
 def _truncated_normal_(linear: nn.Linear) -> None:
     std = 1.0 / math.sqrt(linear.in_features)
     nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)

@@ -36,9 +36,9 @@ from pipeline.archive import (
     create_archive,
     snapshot_epochs,
 )
-from pipeline.config import ExperimentConfig
+from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.data import SplitData, load_dataset
-from pipeline.models import RecordingNetwork, build_model
+from pipeline.models import RecordingNetwork, build_model, state_arrays
 from pipeline.provenance import provenance
 from pipeline.writer import Commit, WriterProcess, atomic_write, lock_seed
 
@@ -220,7 +220,7 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
         acts = record_activations(model, sample_inputs)
         if cfg.archive.activation_dtype == "float16":
             acts = {k: v.astype(np.float16) for k, v in acts.items()}
-        weights = ({k: v.detach().float().cpu().numpy().copy() for k, v in model.named_parameters()}
+        weights = ({k: v.detach().float().cpu().numpy().copy() for k, v in state_arrays(model).items()}
                    if cfg.archive.store_weights else {})
         g_mean, g_std = (grad_stats.result(layers) if grad_stats else
                          (np.full(len(layers), np.nan), np.full(len(layers), np.nan)))
@@ -303,7 +303,7 @@ def prepare_archive(cfg: ExperimentConfig, runs_dir: str | Path, force: bool = F
     _, layers = model(torch.from_numpy(samples.inputs[:2]), record=True)
     create_archive(archive_path, cfg, samples,
                    {k: tuple(v.shape[1:]) for k, v in layers.items()},
-                   {k: tuple(p.shape) for k, p in model.named_parameters()},
+                   {k: tuple(p.shape) for k, p in state_arrays(model).items()},
                    model.layer_parameters(), provenance())
     return archive_path
 
@@ -321,6 +321,9 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", force: bool 
     _, archive_path, _ = run_paths(cfg, runs_dir)
     if not cfg.archive.enabled:
         raise ValueError("archive.enabled = false is for benchmarks only: nothing would be written")
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {cfg.train.device!r} but this machine has no GPU: "
+                          "add --set train.device='cpu' (slow for VGG-16) or run on a GPU machine")
     prepare_archive(cfg, runs_dir, force)
     reader = ArchiveReader(archive_path)
     done = {s: reader.seed_status(s)["status"] for s in reader.seeds}

@@ -1,0 +1,55 @@
+"""Information in the weights (Achille et al.): trace of the model Fisher per layer.
+
+    from pipeline.fisher import fisher_traces
+    traces = fisher_traces(model, probe_inputs, label_seeds=3)   # {layer: trace}
+
+F = E_x E_{y ~ p_w(.|x)} [grad log p_w(y|x) grad^T]: labels are sampled from the model (the
+true label would give the biased empirical Fisher), on a fixed probe set, averaged over a few
+label-sampling seeds. The trace of a layer's block is the mean squared norm of the per-sample
+gradient of that layer's parameters, computed for all samples at once with torch.func.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad, vmap
+
+from pipeline.models import RecordingNetwork
+
+
+def balanced_probe(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Indices of a fixed probe set with (as far as the classes allow) equal counts per class."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = max(1, size // len(classes))
+    picks = [rng.choice(np.flatnonzero(labels == c), min(per_class, int((labels == c).sum())),
+                        replace=False) for c in classes]
+    return np.sort(np.concatenate(picks))
+
+
+def fisher_traces(model: RecordingNetwork, inputs: torch.Tensor, label_seeds: int = 3,
+                  batch_size: int = 256) -> dict[str, float]:
+    """Trace of the Fisher block of each recorded layer's parameters, averaged over seeds."""
+    model.eval()  # no training noise, BatchNorm on its archived statistics
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+    layer_params = model.layer_parameters()
+
+    def log_prob(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, (p, buffers), (x[None],))
+        return -torch.nn.functional.cross_entropy(logits, y[None])
+
+    per_sample_grad = vmap(grad(log_prob), in_dims=(None, 0, 0))
+    totals = {layer: 0.0 for layer in layer_params}
+    for seed in range(label_seeds):
+        generator = torch.Generator().manual_seed(seed)
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[start:start + batch_size]
+            with torch.no_grad():
+                probs = torch.softmax(model(x), dim=1)
+            y = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(x.device)
+            grads = per_sample_grad(params, x, y)
+            for layer, names in layer_params.items():
+                totals[layer] += float(sum((grads[n] ** 2).sum() for n in names))
+    return {layer: total / (label_seeds * len(inputs)) for layer, total in totals.items()}

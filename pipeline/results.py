@@ -1,0 +1,177 @@
+"""The results store (`estimates.zarr`): an xarray Dataset filled cell by cell, never lost.
+
+    import xarray as xr
+    results = xr.open_zarr("data/runs/szt_tanh/estimates.zarr")
+    results.I_XT.sel(estimator="binning_30", split="all").mean("seed")
+
+Dims `estimator`, `seed`, `split`, `epoch`, `layer`; a `done` mask marks computed cells (a NaN
+that is done is a real NaN result, e.g. from a diverged seed). When the coordinates grow (a new
+estimator entry, seed or epoch), a new store is written aside with the old values copied in and
+swapped in by rename: the old store stays intact until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+RESULTS_SCHEMA_VERSION = "1.0"
+CELL_DIMS = ("estimator", "seed", "split", "epoch", "layer")
+CELL_VARIABLES = {
+    "I_XT": ("I(X;T)", "bits"),
+    "I_TY": ("I(T;Y)", "bits"),
+    "I_XT_std": ("spread of I(X;T) over batches", "bits"),
+    "I_TY_std": ("spread of I(T;Y) over batches", "bits"),
+    "sigma_t": ("kernel width used for the layer (Renyi)", "1"),
+}
+FISHER_DIMS = ("seed", "epoch", "layer")
+
+
+class ResultsError(RuntimeError):
+    """The results store is unreadable or of another schema; the message names the fix."""
+
+
+def template(estimators: dict[str, dict[str, Any]], seeds: list[int], splits: list[str],
+             epochs: np.ndarray, layers: list[str], layer_widths: list[int],
+             attrs: dict[str, Any]) -> xr.Dataset:
+    """An all-NaN Dataset with every cell not done."""
+    shape = (len(estimators), len(seeds), len(splits), len(epochs), len(layers))
+    coords = {
+        "estimator": list(estimators), "seed": np.asarray(seeds, dtype=np.int64),
+        "split": list(splits), "epoch": np.asarray(epochs, dtype=np.int64), "layer": list(layers),
+        "layer_width": ("layer", np.asarray(layer_widths, dtype=np.int64)),
+        "method": ("estimator", [table["method"] for table in estimators.values()]),
+        "parameters": ("estimator", [json.dumps(table, sort_keys=True) for table in estimators.values()]),
+    }
+    data = {}
+    for name, (long_name, units) in CELL_VARIABLES.items():
+        data[name] = xr.Variable(CELL_DIMS, np.full(shape, np.nan),
+                                 {"long_name": long_name, "units": units})
+    data["done"] = xr.Variable(CELL_DIMS, np.zeros(shape, dtype=bool),
+                               {"long_name": "cell computed (NaN results included)"})
+    fisher_shape = (len(seeds), len(epochs), len(layers))
+    data["fisher_trace"] = xr.Variable(FISHER_DIMS, np.full(fisher_shape, np.nan),
+                                       {"long_name": "trace of the model Fisher information of "
+                                        "the layer's parameters", "units": "1"})
+    data["fisher_done"] = xr.Variable(FISHER_DIMS, np.zeros(fisher_shape, dtype=bool))
+    ds = xr.Dataset(data, coords=coords, attrs={"schema_version": RESULTS_SCHEMA_VERSION, **attrs})
+    ds["layer_width"].attrs["long_name"] = "units in the layer (product of its shape)"
+    return ds
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    # One chunk per (estimator, seed, split): a task's writes touch one chunk per variable.
+    enc = {}
+    for name in [*CELL_VARIABLES, "done"]:
+        enc[name] = {"chunks": (1, 1, 1, ds.sizes["epoch"], ds.sizes["layer"])}
+    for name in ("fisher_trace", "fisher_done"):
+        enc[name] = {"chunks": (1, ds.sizes["epoch"], ds.sizes["layer"])}
+    return enc
+
+
+def open_results(path: Path) -> xr.Dataset | None:
+    """The store loaded in memory, or None if there is none."""
+    if not (path / "zarr.json").exists():
+        return None
+    try:
+        ds = xr.open_zarr(path, consolidated=False).load()
+    except Exception as err:
+        raise ResultsError(f"results store {path} cannot be read ({err}); move it away and run "
+                           "`make estimate` again to recompute") from None
+    version = ds.attrs.get("schema_version", "?")
+    if version.split(".")[0] != RESULTS_SCHEMA_VERSION.split(".")[0]:
+        raise ResultsError(f"{path} has results schema {version}, this infoplane writes "
+                           f"{RESULTS_SCHEMA_VERSION}: move it away to recompute")
+    return ds
+
+
+def merge_into(target: xr.Dataset, old: xr.Dataset | None) -> xr.Dataset:
+    """Copy done cells of `old` whose estimator parameters are unchanged into `target`."""
+    if old is None:
+        return target
+    same = [e for e in target.estimator.values if e in old.estimator.values and
+            str(old.parameters.sel(estimator=e).values) == str(target.parameters.sel(estimator=e).values)]
+    common = {
+        "estimator": same,
+        "seed": np.intersect1d(target.seed, old.seed),
+        "split": [s for s in target.split.values if s in old.split.values],
+        "epoch": np.intersect1d(target.epoch, old.epoch),
+        "layer": [name for name in target.layer.values if name in old.layer.values],
+    }
+    if all(len(v) for v in common.values()):
+        for name in [*CELL_VARIABLES, "done"]:
+            target[name].loc[common] = old[name].sel(common).values
+    fisher_common = {k: common[k] for k in FISHER_DIMS}
+    if all(len(v) for v in fisher_common.values()):
+        for name in ("fisher_trace", "fisher_done"):
+            target[name].loc[fisher_common] = old[name].sel(fisher_common).values
+    return target
+
+
+def write_store(ds: xr.Dataset, path: Path) -> None:
+    """Write `ds` aside, then swap it in by rename: the old store stays whole until then."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
+        ds.to_zarr(partial, mode="w", encoding=_encoding(ds), zarr_format=3, consolidated=False)
+    backup = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+        path.rename(backup)
+    partial.rename(path)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def recover(path: Path) -> None:
+    """Finish a swap interrupted between its two renames."""
+    backup = path.with_name(path.name + ".old")
+    if backup.exists() and not path.exists():
+        backup.rename(path)
+    shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
+
+
+class ResultsWriter:
+    """Writes task results into the store's regions; `done` is written after the values."""
+
+    def __init__(self, path: Path, ds: xr.Dataset):
+        self.root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        self.index = {dim: {v.item() if hasattr(v, "item") else v: i
+                            for i, v in enumerate(ds[dim].values)} for dim in CELL_DIMS}
+
+    def write_cells(self, estimator: str, seed: int, split: str, layer: str,
+                    epochs: list[int], values: dict[str, np.ndarray]) -> None:
+        e, s, p, l = (self.index["estimator"][estimator], self.index["seed"][seed],
+                      self.index["split"][split], self.index["layer"][layer])
+        rows = [self.index["epoch"][ep] for ep in epochs]
+        for name in CELL_VARIABLES:
+            if name in values:
+                arr = self.root[name]
+                block = arr[e, s, p, :, l]
+                block[rows] = values[name]
+                arr[e, s, p, :, l] = block
+        done = self.root["done"]
+        block = done[e, s, p, :, l]
+        block[rows] = True
+        done[e, s, p, :, l] = block
+
+    def write_fisher(self, seed: int, epochs: list[int], layers: list[str], traces: np.ndarray) -> None:
+        s = self.index["seed"][seed]
+        rows = [self.index["epoch"][ep] for ep in epochs]
+        cols = [self.index["layer"][name] for name in layers]
+        values = self.root["fisher_trace"][s]
+        done = self.root["fisher_done"][s]
+        values[np.ix_(rows, cols)] = traces
+        done[np.ix_(rows, cols)] = True
+        self.root["fisher_trace"][s] = values
+        self.root["fisher_done"][s] = done
+
+    def set_attrs(self, **attrs: Any) -> None:
+        self.root.attrs.update(attrs)
