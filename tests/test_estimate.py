@@ -1,0 +1,200 @@
+"""The estimate stage on a tiny archive: Dask clusters, incremental work, kills, bad input."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.estimate import main as estimate
+from pipeline.results import ResultsError
+from tests.helpers import ROOT, TINY, run_stage, tiny_config
+
+pytestmark = pytest.mark.slow
+ESTIMATORS = {
+    "binning_10": {"method": "binning", "n_bins": 10},
+    "renyi": {"method": "renyi", "sigma_x": 1.0, "sigma_t": "alignment", "n_batches": 2,
+              "n_candidates": 40},
+}
+
+
+def config(**estimators):
+    cfg = tiny_config(**{"estimate.splits": ["all", "test"], "estimate.fisher_probe_size": 40})
+    data = cfg.to_dict()
+    data["estimators"] = estimators or ESTIMATORS
+    from pipeline.config import config_from_dict
+    return config_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    run_stage("train", "--config", str(TINY), "--runs", str(runs))
+    return runs
+
+
+@pytest.fixture
+def runs(trained, tmp_path):
+    shutil.copytree(trained, tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def load(runs):
+    return xr.open_zarr(runs / "tiny" / "estimates.zarr", consolidated=False).load()
+
+
+def test_local_cluster_equals_synchronous(runs, tmp_path):
+    shutil.copytree(runs, tmp_path / "sync")
+    assert estimate(config(), runs) == 0
+    assert estimate(config(), tmp_path / "sync", scheduler="synchronous") == 0
+    a, b = load(runs), load(tmp_path / "sync")
+    assert bool(a.done.all()) and bool(a.fisher_done.all())
+    for name in ("I_XT", "I_TY", "sigma_t", "fisher_trace"):
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+    # coordinates carry real epochs, layer names and widths; parameters travel as JSON
+    assert a.epoch.values.tolist() == [0, 2, 4, 6]
+    assert a.layer.values.tolist() == ["dense1", "dense2", "softmax"]
+    assert a.layer_width.values.tolist() == [6, 4, 2] and a.I_XT.attrs["units"] == "bits"
+    assert '"n_bins": 10' in str(a.parameters.sel(estimator="binning_10").values)
+    # binning of a 6-unit tanh layer on 4096 distinct inputs, and the width chain was smoothed
+    assert 0 < float(a.I_XT.sel(estimator="binning_10", split="all", layer="dense1").min()) <= 12
+    sigma = a.sigma_t.sel(estimator="renyi", seed=0, split="all", layer="dense1").values
+    assert np.isfinite(sigma).all() and len(set(sigma.round(12))) > 1
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_external_scheduler_and_workers(runs, tmp_path):
+    port = _free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([f"{bin_dir}/dask", "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            procs.append(subprocess.Popen([f"{bin_dir}/dask", "worker", f"tcp://127.0.0.1:{port}",
+                                           "--nthreads", "1", "--no-dashboard"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+        time.sleep(4)
+        assert estimate(config(), runs, scheduler=f"tcp://127.0.0.1:{port}") == 0
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    shutil.copytree(runs.parent / "runs", tmp_path / "sync", dirs_exist_ok=True)
+    shutil.rmtree(tmp_path / "sync" / "tiny" / "estimates.zarr")
+    estimate(config(), tmp_path / "sync", scheduler="synchronous")
+    np.testing.assert_array_equal(load(runs).I_XT.values, load(tmp_path / "sync").I_XT.values)
+
+
+def test_adding_an_entry_computes_only_its_cells_and_rerun_does_nothing(runs, capsys):
+    estimate(config(binning_10=ESTIMATORS["binning_10"]), runs, scheduler="synchronous")
+    before = load(runs)
+    capsys.readouterr()
+    estimate(config(), runs, scheduler="synchronous")
+    out = capsys.readouterr().out
+    assert "estimating tiny: 12 tasks (48 cells) + 0 Fisher tasks" in out  # renyi only: 2x2x3 chains
+    after = load(runs)
+    np.testing.assert_array_equal(before.I_XT.sel(estimator="binning_10").values,
+                                  after.I_XT.sel(estimator="binning_10").values)
+    assert bool(after.done.all())
+    estimate(config(), runs, scheduler="synchronous")
+    assert "nothing to do" in capsys.readouterr().out
+    # a changed parameter invalidates exactly that entry
+    changed = dict(ESTIMATORS, binning_10={"method": "binning", "n_bins": 7})
+    estimate(config(**changed), runs, scheduler="synchronous")
+    assert "estimating tiny: 12 tasks (48 cells) + 0 Fisher tasks" in capsys.readouterr().out
+    assert "history" in after.attrs and after.attrs["archive_training_hash"]
+
+
+def test_kill_and_resume_equals_uninterrupted(runs, tmp_path):
+    reference = tmp_path / "reference"
+    shutil.copytree(runs, reference)
+    estimate(config(), reference, scheduler="synchronous")
+    # the tiny config's own entries differ from ESTIMATORS; build a matching TOML instead
+    toml = tmp_path / "tiny.toml"
+    text = TINY.read_text().split("[estimators.binning_10]")[0]
+    text += ('[estimators.binning_10]\nmethod = "binning"\nn_bins = 10\n\n[estimators.renyi]\n'
+             'method = "renyi"\nsigma_x = 1.0\nsigma_t = "alignment"\nn_batches = 2\nn_candidates = 40\n')
+    text = text.replace("fisher_probe_size = 60", "fisher_probe_size = 40")
+    toml.write_text(text)
+    store = runs / "tiny" / "estimates.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.estimate", "--config", str(toml), "--runs",
+                             str(runs), "--scheduler", "synchronous"], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (store / "done").exists():
+            try:
+                if 0 < load(runs).done.values.sum() < load(runs).done.size:
+                    break
+            except Exception:
+                pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = load(runs)
+    assert not bool(partial.done.all()), "finished before the kill"
+    run_stage("estimate", "--config", str(toml), "--runs", str(runs), "--scheduler", "synchronous")
+    final, ref = load(runs), load(reference)
+    for name in ("I_XT", "I_TY", "sigma_t", "done", "fisher_trace"):
+        np.testing.assert_array_equal(final[name].values, ref[name].values, err_msg=name)
+
+
+def test_half_written_archive_is_read_to_its_last_commit(runs):
+    import zarr
+    root = zarr.open_group(str(runs / "tiny" / "archive.zarr"), mode="r+", use_consolidated=False)
+    root["seed_1"].attrs.update({"committed_snapshots": 2, "status": "training"})
+    estimate(config(binning_10=ESTIMATORS["binning_10"]), runs, scheduler="synchronous")
+    ds = load(runs)
+    assert bool(ds.done.sel(seed=0).all())
+    assert ds.done.sel(seed=1).sum("layer").values[0, 0].tolist() == [3, 3, 0, 0]
+    root["seed_1"].attrs.update({"committed_snapshots": 4, "status": "finished"})
+    estimate(config(binning_10=ESTIMATORS["binning_10"]), runs, scheduler="synchronous")
+    assert bool(load(runs).done.all())
+
+
+def test_nan_results_are_stored_with_a_warning(runs):
+    bad = {"ksg_too_many_neighbours": {"method": "ksg", "k": 100000}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert estimate(config(**bad), runs, scheduler="synchronous") == 0
+    ds = load(runs)
+    assert bool(ds.done.all()) and bool(np.isnan(ds.I_XT).all())
+    assert any("NaN stored" in str(w.message) and "k must be between" in str(w.message) for w in caught)
+
+
+def test_concurrent_runs_are_refused(runs):
+    from pipeline.estimate import _Lock
+    lock = _Lock(runs / "tiny" / "estimates.lock")
+    try:
+        with pytest.raises(ResultsError, match="another `make estimate`"):
+            estimate(config(), runs, scheduler="synchronous")
+    finally:
+        lock.release()
+
+
+def test_missing_archive_is_one_clear_error(tmp_path):
+    proc = run_stage("estimate", "--config", str(TINY), "--runs", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "no archive at" in proc.stderr and "make train" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_netcdf_export(runs):
+    estimate(config(binning_10=ESTIMATORS["binning_10"]), runs, scheduler="synchronous", netcdf=True)
+    ds = xr.open_dataset(runs / "tiny" / "estimates.nc")
+    assert ds.I_XT.dims == ("estimator", "seed", "split", "epoch", "layer")
