@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): tables written into docs/benchmarks.md and docs/estimators.md."""

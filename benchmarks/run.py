@@ -1,0 +1,167 @@
+"""`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
+
+    python -m benchmarks.run [--only train,estimators,stage,accuracy]
+
+Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import DOCS, best_of, machine, table, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_train() -> None:
+    """Default config, one seed, 1 torch thread: archiving on vs off."""
+    from pipeline.config import load_config
+    from pipeline.train import prepare_archive, train_seed
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        times = {}
+        for enabled in (False, True):
+            cfg = load_config(ROOT / "configs/szt_tanh.toml",
+                              ["seeds=[0]", f"archive.enabled={str(enabled).lower()}"])
+            runs = Path(tmp) / str(enabled)
+            if enabled:
+                prepare_archive(cfg, runs)
+            t0 = time.perf_counter()
+            train_seed(cfg, 0, runs, threads=1)
+            times[enabled] = time.perf_counter() - t0
+        n_snap = len(__import__("pipeline.archive", fromlist=["x"]).snapshot_epochs(
+            cfg.archive, cfg.train.n_epochs))
+        overhead = times[True] / times[False] - 1
+        rows.append([f"szt_tanh, 1 seed, {cfg.train.n_epochs} epochs, {n_snap} snapshots x 4096 samples",
+                     f"{times[False]:.1f}", f"{times[True]:.1f}", f"{100 * overhead:+.1f}%"])
+    body = ("Command: `make bench` (section train). Wall time of `train_seed` with 1 torch thread; "
+            "the archive writer runs in its own process.\n\n"
+            + table(["run", "archiving off (s)", "archiving on (s)", "overhead"], rows)
+            + f"\n\nMachine: {machine()}. Target: overhead under 15%.")
+    write_section(DOCS / "benchmarks.md", "train", body)
+    print(body)
+
+
+def bench_estimators() -> None:
+    """Each method on n x d: the sizes the pipeline meets (SZT, MNIST layers, a VGG conv layer)."""
+    import torch
+
+    from pipeline.estimators import information_plane
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    methods = {
+        "binning": {}, "kde": {}, "renyi": {"n_batches": 10}, "ksg": {}, "compression": {},
+    }
+    # Brute force over 65536 dimensions: KDE, KSG and compression cost about n^2 d / 1e9 seconds.
+    skip = {("kde", 4096, 65536), ("ksg", 4096, 65536), ("compression", 4096, 65536),
+            ("ksg", 1000, 65536), ("ksg", 4096, 1000)}
+    rows = []
+    for d in (10, 1000, 65536):
+        for n in (100, 1000, 4096):
+            x = rng.uniform(size=(n, 12)).astype(np.float32)
+            t = np.tanh(rng.normal(size=(n, d))).astype(np.float32)
+            y = rng.integers(0, 10, n)
+            row = [n, d]
+            for method, params in methods.items():
+                if (method, n, d) in skip:
+                    row.append("skipped")
+                    continue
+                seconds = best_of(lambda m=method, p=params, x=x, t=t, y=y:
+                                  information_plane(x, t, y, m, **p), repeat=3, budget=15)
+                row.append(f"{seconds * 1000:.0f}")
+            rows.append(row)
+            print(row, flush=True)
+    body = ("Command: `make bench` (section estimators). Milliseconds per `information_plane` call "
+            "(one layer, one epoch: both I(X;T) and I(T;Y)), best of up to 3, 2 CPU threads, default "
+            "parameters (Renyi: 10 batches of 100, alignment search over 300 widths). 'skipped': "
+            "over a minute on this machine (kNN trees degrade to brute force in high dimension; "
+            "the `device=\"cuda\"` paths are meant for those sizes).\n\n"
+            + table(["n", "d", *methods], rows) + f"\n\nMachine: {machine()}.")
+    write_section(DOCS / "benchmarks.md", "estimators", body)
+
+
+def bench_stage() -> None:
+    """The default estimate on 1 vs 2 workers, and the stage against a plain loop."""
+    from pipeline.archive import ArchiveReader
+    from pipeline.config import load_config
+    from pipeline.estimate import main as estimate
+    from pipeline.estimators import information_plane
+    from pipeline.train import main as train
+
+    overrides = ["seeds=[0, 1]", "train.n_epochs=300", "archive.n_log_points=40",
+                 "estimate.fisher=false"]
+    cfg = load_config(ROOT / "configs/szt_tanh.toml", overrides)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp)
+        train(cfg, runs)
+        archive = ArchiveReader(runs / cfg.name / "archive.zarr")
+        cells = []
+        for name, table_ in cfg.estimators.items():
+            for seed in archive.seeds:
+                for split in cfg.estimate.splits:
+                    for layer in archive.layers:
+                        cells.append((name, table_, seed, split, layer))
+        n_epochs = len(archive.committed_epochs(0))
+        t0 = time.perf_counter()
+        for _name, table_, seed, split, layer in cells:
+            params = {k: v for k, v in table_.items() if k != "method"}
+            index = np.arange(len(archive.labels)) if split == "all" else np.flatnonzero(
+                archive.split == {"train": 0, "test": 1}[split])
+            for epoch in archive.committed_epochs(seed):
+                t = archive.activations(seed, layer, int(epoch))[index]
+                information_plane(archive.inputs[index], t, archive.labels[index], table_["method"],
+                                  **params)
+        loop = time.perf_counter() - t0
+        timings = {}
+        for workers in (1, 2):
+            shutil.rmtree(runs / cfg.name / "estimates.zarr", ignore_errors=True)
+            c = load_config(ROOT / "configs/szt_tanh.toml", [*overrides, f"estimate.n_workers={workers}"])
+            t0 = time.perf_counter()
+            estimate(c, runs)
+            timings[workers] = time.perf_counter() - t0
+        shutil.rmtree(runs / cfg.name / "estimates.zarr", ignore_errors=True)
+        t0 = time.perf_counter()
+        estimate(cfg, runs, scheduler="synchronous")
+        sync = time.perf_counter() - t0
+    n_cells = len(cells) * n_epochs
+    rows = [["plain loop over cells, 1 process", f"{loop:.1f}", "-"],
+            ["stage, synchronous (1 process)", f"{sync:.1f}", f"{100 * (sync / loop - 1):+.1f}% vs loop"],
+            ["stage, LocalCluster 1 worker", f"{timings[1]:.1f}",
+             f"{100 * (timings[1] / loop - 1):+.1f}% vs loop"],
+            ["stage, LocalCluster 2 workers", f"{timings[2]:.1f}",
+             f"scaling efficiency {timings[1] / (2 * timings[2]):.0%}"]]
+    body = (f"Command: `make bench` (section stage). The default estimators of szt_tanh on a "
+            f"2-seed, 300-epoch archive ({n_cells} cells over {len(cells)} chains). The stage "
+            "times include starting the cluster and writing the store.\n\n"
+            + table(["run", "wall (s)", "note"], rows) + f"\n\nMachine: {machine()}.")
+    write_section(DOCS / "benchmarks.md", "stage", body)
+    print(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="train,estimators,stage,accuracy")
+    sections = parser.parse_args().only.split(",")
+    if "train" in sections:
+        bench_train()
+    if "stage" in sections:
+        bench_stage()
+    if "estimators" in sections:
+        bench_estimators()
+    if "accuracy" in sections:
+        from benchmarks.accuracy import main as accuracy
+        accuracy()
+
+
+if __name__ == "__main__":
+    main()
