@@ -1,0 +1,105 @@
+"""Figures from tiny synthetic results (no training), the report, and the IB curve."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import figures as F
+from pipeline.ib import ib_curve, ib_point
+from pipeline.results import template
+
+LAYERS = ["dense1", "dense2", "softmax"]
+EPOCHS = np.array([0, 1, 3, 10, 30])
+
+
+def synthetic_results(nan_estimator: bool = False):
+    entries = {"binning_30": {"method": "binning", "n_bins": 30},
+               "renyi": {"method": "renyi", "sigma_t": "alignment"}}
+    if nan_estimator:
+        entries["broken"] = {"method": "ksg"}
+    ds = template(entries, [0, 1], ["train", "test"], EPOCHS, LAYERS, [10, 5, 2], {"config_name": "toy"})
+    rng = np.random.default_rng(0)
+    shape = ds.I_XT.shape
+    # deeper layers carry less: DPI holds except where noise flips it
+    depth = np.array([3.0, 2.0, 1.0])
+    ds["I_XT"][:] = depth + rng.normal(0, 0.1, shape)
+    ds["I_TY"][:] = 0.3 * depth + rng.normal(0, 0.05, shape)
+    ds["done"][:] = True
+    ds["fisher_trace"][:] = rng.uniform(1, 2, ds.fisher_trace.shape)
+    if nan_estimator:
+        ds["I_XT"].loc[{"estimator": "broken"}] = np.nan
+        ds["I_TY"].loc[{"estimator": "broken"}] = np.nan
+    return ds
+
+
+@pytest.mark.parametrize("seed_spread", [False, True])
+def test_information_plane_figure(tmp_path, seed_spread):
+    ds = synthetic_results()
+    fig = F.information_plane_figure(ds, "binning_30", "train", limits=(3.0, 1.0), seed_spread=seed_spread,
+                                     mark_epoch=3, ib=np.array([[0, 0], [1, 1], [3, 1]]))
+    saved = []
+    F.save(fig, tmp_path, "plane", saved)
+    assert (tmp_path / "plane.png").stat().st_size > 5000 and (tmp_path / "plane.pdf").stat().st_size > 1000
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "I(X;T) (bits)" and ax.get_ylabel() == "I(T;Y) (bits)"
+    assert "n_bins" in ax.get_title()  # every number carries its parameters
+
+
+def test_saturated_points_are_hollow_and_noted():
+    ds = synthetic_results()
+    fig = F.information_plane_figure(ds, "binning_30", "train", limits=(2.5, 10.0))
+    ax = fig.axes[0]
+    assert any("saturated" in t.get_text() for t in ax.texts)
+    hollow = [c for c in ax.collections if len(c.get_facecolors()) == 0]
+    assert hollow and len(hollow[0].get_offsets()) == (ds.I_XT.sel(estimator="binning_30", split="train")
+                                                      .mean("seed").values >= 2.5).sum()
+
+
+def test_saturation_limits():
+    assert F.saturation_limits(4096, np.array([0, 1] * 8)) == (12.0, 1.0)
+
+
+def test_dpi_violation_rate():
+    i_xt = np.array([[3.0, 2.0, 1.0], [3.0, 3.5, 1.0]])
+    violations = F.dpi_violations(i_xt)
+    assert violations.tolist() == [[False, False], [True, False]] and violations.mean() == 0.25
+
+
+def test_every_figure_and_the_report(tmp_path):
+    ds = synthetic_results()
+    saved = []
+    F.save(F.comparison_figure(ds), tmp_path, "comparison", saved)
+    F.save(F.mi_vs_epoch_figure(ds, "renyi"), tmp_path, "mi_vs_epoch_renyi", saved)
+    F.save(F.dpi_figure(ds, "renyi", "test"), tmp_path, "dpi_renyi_test", saved)
+    F.save(F.fisher_figure(ds), tmp_path, "fisher", saved)
+    history = {"loss_train": np.linspace(1, 0.1, 40), "loss_test": np.r_[np.linspace(1, 0.3, 20),
+                                                                         np.linspace(0.31, 0.6, 20)],
+               "accuracy_train": np.linspace(0.5, 1, 40), "accuracy_test": np.linspace(0.5, 0.9, 40)}
+    fig, stop = F.training_figure([history, history])
+    assert stop == 19
+    F.save(fig, tmp_path, "training", saved)
+    epochs = np.arange(0, 50, 5)
+    g_mean = np.c_[np.r_[np.nan, np.full(4, 2.0), np.full(5, 0.1)], np.full(10, 1.0)]
+    g_std = np.ones((10, 2))
+    assert F.diffusion_onset(g_mean[1:, 0], g_std[1:, 0], epochs[1:]) == 25
+    F.save(F.gradients_figure(epochs, g_mean, g_std, ["dense1", "dense2"]), tmp_path, "gradients", saved)
+    report = F.write_report(tmp_path, "toy", saved, {"name": "toy"}, dict(ds.attrs),
+                            {"renyi": json.dumps({"method": "renyi"})}, ["a note"])
+    text = report.read_text()
+    for name in saved:
+        assert (tmp_path / f"{name}.png").stat().st_size > 3000
+        assert f"src='{name}.png'" in text and f"href='{name}.pdf'" in text
+    assert "a note" in text and "config_name" in text
+
+
+def test_ib_picks_the_minimal_sufficient_statistic():
+    # X uniform over 4 values, Y = X mod 2: at large beta the optimal T keeps the label only:
+    # I(X;T) = H(Y) = 1 bit, I(T;Y) = 1 bit (not I(X;T) = 2 bits).
+    p_x = np.full(4, 0.25)
+    p_y_given_x = np.eye(2)[np.arange(4) % 2]
+    i_xt, i_ty, _ = ib_point(p_x, p_y_given_x, 50.0, np.random.default_rng(0).dirichlet(np.ones(4), 4))
+    assert i_xt == pytest.approx(1.0, abs=1e-6) and i_ty == pytest.approx(1.0, abs=1e-6)
+    curve = ib_curve(p_x, p_y_given_x, np.logspace(-2, 2, 20))
+    assert curve[0, 0] == pytest.approx(0.0, abs=1e-3)  # beta -> 0: everything compressed
+    assert (curve[:, 1] <= curve[:, 0] + 1e-9).all()      # I(T;Y) <= I(X;T) on the whole curve
