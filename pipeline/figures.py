@@ -85,8 +85,10 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
     """Mean over seeds of one estimator entry on one split (optionally the seed spread)."""
     i_xt, i_ty, spread = _plane_arrays(results, estimator, split)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    if ib is not None:
-        ax.plot(ib[:, 0], ib[:, 1], "k--", lw=1, label="IB bound of p(x, y)")
+    if ib is not None:  # beyond its last point the bound stays flat at the best I(T;Y)
+        right = max(float(np.nanmax(i_xt)) if np.isfinite(i_xt).any() else 0, ib[-1, 0])
+        bound = np.vstack([ib, [right, ib[-1, 1]]])
+        ax.plot(bound[:, 0], bound[:, 1], "k--", lw=1, label="IB bound of p(x, y)")
     sc, saturated = draw_plane(ax, i_xt, i_ty, results.epoch.values, list(results.layer.values), limits,
                                spread if seed_spread else None, mark_epoch)
     fig.colorbar(sc, ax=ax, label="epoch + 1")

@@ -14,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from pipeline.results import masked
+
 
 def _valid(results: xr.Dataset) -> xr.Dataset:
-    return results.where(results.done) if "done" in results else results
+    return masked(results) if "done" in results else results
 
 
 def compression_phase(results: xr.Dataset, estimator: str, split: str = "all") -> xr.Dataset:
@@ -55,13 +57,15 @@ def output_information(results: xr.Dataset, estimator: str, labels: np.ndarray,
 
 def dpi_share(results: xr.Dataset, estimator: str, split: str = "all") -> float:
     """Share of (seed, epoch, adjacent layer pair) cells where I(X;T_l) >= I(X;T_l+1) holds."""
-    i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split).transpose("seed", "epoch", "layer").values
+    i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split)
+    i_xt = i_xt.transpose("seed", "epoch", "layer").values
     holds = i_xt[..., :-1] >= i_xt[..., 1:] - 1e-9
     valid = np.isfinite(i_xt[..., :-1]) & np.isfinite(i_xt[..., 1:])
     return float(holds[valid].mean()) if valid.any() else float("nan")
 
 
-def compresses(results: xr.Dataset, estimator: str, split: str = "all", min_drop: float = 0.05) -> xr.DataArray:
+def compresses(results: xr.Dataset, estimator: str, split: str = "all",
+               min_drop: float = 0.05) -> xr.DataArray:
     """Per hidden layer: does the mean over seeds of I(X;T) fall by more than `min_drop` (a
     fraction of its maximum) between its peak and the last epoch?"""
     i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split).mean("seed")
@@ -101,7 +105,7 @@ def count_phases(series: np.ndarray, min_change: float = 0.02) -> int:
 
 def fisher_peak(results: xr.Dataset) -> xr.Dataset:
     """Per layer: the epoch of maximal Fisher trace (mean over seeds) and final / maximum."""
-    trace = results.fisher_trace.where(results.fisher_done).mean("seed")
+    trace = _valid(results).fisher_trace.mean("seed")
     peak = results.epoch.values[trace.fillna(-np.inf).argmax("epoch").values]
     ratio = trace.ffill("epoch").isel(epoch=-1) / trace.max("epoch")
     return xr.Dataset({"peak_epoch": ("layer", peak), "final_over_peak": ratio})

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline import figures as F
 from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
-from pipeline.results import ResultsError, open_results
+from pipeline.results import ResultsError, masked, open_results
 
 
 def szt_ib_curve(betas: np.ndarray | None = None) -> np.ndarray:
@@ -57,7 +57,7 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", figures_dir:
         messages.append(f"no results store at {run_dir / 'estimates.zarr'}: run `make estimate` for "
                         "the information-plane figures")
     else:
-        results = results.where(results.done)  # cells not computed yet are NaN, not fill values
+        results = masked(results)  # cells not computed yet are NaN, not fill values
         wanted = [e for e in cfg.estimators if e not in results.estimator.values]
         if wanted:
             messages.append(f"estimator entries {wanted} are in the config but not in the results: "

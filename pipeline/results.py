@@ -76,6 +76,17 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     return enc
 
 
+def masked(ds: xr.Dataset) -> xr.Dataset:
+    """Cell variables with cells not yet computed set to NaN (Fisher variables untouched)."""
+    ds = ds.copy()
+    for name in CELL_VARIABLES:
+        if name in ds:
+            ds[name] = ds[name].where(ds["done"])
+    if "fisher_trace" in ds:
+        ds["fisher_trace"] = ds["fisher_trace"].where(ds["fisher_done"])
+    return ds
+
+
 def open_results(path: Path) -> xr.Dataset | None:
     """The store loaded in memory, or None if there is none."""
     if not (path / "zarr.json").exists():

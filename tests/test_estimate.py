@@ -198,3 +198,24 @@ def test_netcdf_export(runs):
     estimate(config(binning_10=ESTIMATORS["binning_10"]), runs, scheduler="synchronous", netcdf=True)
     ds = xr.open_dataset(runs / "tiny" / "estimates.nc")
     assert ds.I_XT.dims == ("estimator", "seed", "split", "epoch", "layer")
+
+
+def test_figures_from_partial_results(runs, tmp_path):
+    from pipeline.report import main as figures
+
+    cfg = config()
+    figures(cfg, runs, tmp_path)  # no results store yet: a note and the archive's figures
+    out = tmp_path / "tiny"
+    report = (out / "index.html").read_text()
+    assert (out / "training.png").exists() and (out / "gradients.png").exists()
+    assert "no results store" in report
+    bad = {"binning_10": ESTIMATORS["binning_10"], "broken": {"method": "ksg", "k": 100000}}
+    estimate(config(**bad), runs, scheduler="synchronous")
+    figures(config(**bad), runs, tmp_path)
+    report = (out / "index.html").read_text()
+    assert "estimator broken: every value is NaN" in report
+    for name in ("plane_binning_10_all", "plane_binning_10_test", "comparison", "dpi_binning_10_all",
+                 "mi_vs_epoch_binning_10", "fisher"):
+        assert (out / f"{name}.png").stat().st_size > 3000, name
+        assert f"src='{name}.png'" in report
+    assert not (out / "plane_broken_all.png").exists()

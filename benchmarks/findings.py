@@ -1,0 +1,106 @@
+"""Write the numeric checks of the papers' findings into docs/results.md from finished runs.
+
+    python -m benchmarks.findings --runs data/runs          # after make train/estimate/figures
+
+Each section reads one run's results with the functions of pipeline.findings; runs that are
+absent are skipped with a note. Figures are copied (PNG) into docs/figures/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import DOCS, table, write_section
+from pipeline import findings as fd
+from pipeline.archive import ArchiveReader
+from pipeline.results import masked, open_results
+
+
+def _load(runs: Path, name: str):
+    results = open_results(runs / name / "estimates.zarr")
+    if results is None:
+        return None, None
+    return masked(results), ArchiveReader(runs / name / "archive.zarr")
+
+
+def _copy(figures: Path, name: str, files: list[str]) -> list[str]:
+    out = []
+    for f in files:
+        src = figures / name / f"{f}.png"
+        if src.exists():
+            (DOCS / "figures").mkdir(exist_ok=True)
+            shutil.copy(src, DOCS / "figures" / f"{name}_{f}.png")
+            out.append(f"![{name} {f}](figures/{name}_{f}.png)")
+    return out
+
+
+def compression_section(runs: Path, figures: Path, name: str, estimator: str, split: str = "all") -> str:
+    results, archive = _load(runs, name)
+    if results is None or estimator not in results.estimator.values:
+        return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
+    phase = fd.compression_phase(results, estimator, split)
+    rows = [[str(layer), f"{float(phase.peak_epoch_mean.sel(layer=layer)):.0f}",
+             f"{float(phase.drop_mean.sel(layer=layer)):.3f} +- {float(phase.drop_std.sel(layer=layer)):.3f}",
+             f"{float(phase.final_bits.sel(layer=layer).mean()):.3f}"] for layer in results.layer.values]
+    out = fd.output_information(results, estimator, archive.labels, split)
+    cfg = archive.config
+    text = (f"Run `{name}`: {len(results.seed)} seeds, {cfg.train.n_epochs} epochs, "
+            f"{len(results.epoch)} snapshots; estimator `{estimator}` "
+            f"`{results.parameters.sel(estimator=estimator).values}` on split `{split}`.\n\n"
+            + table(["layer", "epoch of max I(X;T) (mean over seeds)", "drop max -> end (bits, mean +- sd)",
+                     "final I(X;T) (bits)"], rows)
+            + f"\n\nOutput layer: final I(T;Y) = {out['final_mean']:.4f} +- {out['final_std']:.4f} bits "
+            f"against H(Y) = {out['H_Y']:.4f} bits.\n\n"
+            + "\n".join(_copy(figures, name, [f"plane_{estimator}_{split}", "training"])))
+    return text
+
+
+def comparison_section(runs: Path, figures: Path, name: str, split: str = "all") -> str:
+    results, _ = _load(runs, name)
+    if results is None:
+        return f"Run `{name}` not found under {runs}: not reproduced here."
+    shares = fd.compression_table(results, split)
+    rows = [[e, str(results.parameters.sel(estimator=e).values), f"{share:.0%}",
+             f"{fd.dpi_share(results, e, split):.0%}"] for e, share in shares.items()]
+    return (table(["entry", "parameters", "hidden layers compressing (drop > 5% of peak)",
+                   "DPI holds (cells)"], rows) + "\n\n" + "\n".join(_copy(figures, name, ["comparison"])))
+
+
+def fisher_section(runs: Path, figures: Path, name: str) -> str:
+    results, _ = _load(runs, name)
+    if results is None or not np.isfinite(results.fisher_trace).any():
+        return f"No Fisher traces for `{name}` under {runs}."
+    peak = fd.fisher_peak(results)
+    rows = [[str(layer), int(peak.peak_epoch.sel(layer=layer)),
+             f"{float(peak.final_over_peak.sel(layer=layer)):.3f}"] for layer in results.layer.values]
+    return (f"Run `{name}`:\n\n" + table(["layer", "epoch of max Fisher trace", "final / max"], rows)
+            + "\n\n" + "\n".join(_copy(figures, name, ["fisher"])))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="data/runs", type=Path)
+    parser.add_argument("--figures", default="figures", type=Path)
+    parser.add_argument("--tanh", default="szt_tanh")
+    parser.add_argument("--relu", default="szt_relu")
+    args = parser.parse_args()
+    sections = {
+        "szt_tanh": compression_section(args.runs, args.figures, args.tanh, "binning_30"),
+        "szt_relu": compression_section(args.runs, args.figures, args.relu, "binning_layer_100"),
+        "szt_relu_kde": compression_section(args.runs, args.figures, args.relu, "kde_upper_1e-1"),
+        "comparison": comparison_section(args.runs, args.figures, args.tanh),
+        "fisher": fisher_section(args.runs, args.figures, args.tanh),
+    }
+    for name, body in sections.items():
+        write_section(DOCS / "results.md", name, body)
+        print(body)
+    print(json.dumps({k: len(v) for k, v in sections.items()}))
+
+
+if __name__ == "__main__":
+    main()
