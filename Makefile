@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train estimate figures all test bench lint clean reproduce
+.PHONY: install train estimate figures all test bench lint clean reproduce findings
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check pipeline stages tests benchmarks
+
+# The experiments of docs/results.md (reduced SZT runs by default; TANH=configs/szt_tanh_paper.toml
+# for the paper's 8000 epochs x 50 seeds), then the numeric checks written into docs/results.md.
+TANH ?= configs/szt_tanh.toml
+RELU ?= configs/szt_relu.toml
+reproduce: $(STAMP)
+	$(MAKE) all CONFIG=$(TANH)
+	$(MAKE) all CONFIG=$(RELU)
+	$(MAKE) findings
+
+findings: $(STAMP)
+	$(PY) -m benchmarks.findings --runs $(RUNS) --tanh $$(basename $(TANH) .toml) --relu $$(basename $(RELU) .toml)
 
 clean:
 	rm -rf $(RUNS) figures .pytest_cache .ruff_cache

@@ -279,3 +279,19 @@ def test_defaults_are_the_papers():
     assert parameters("ksg")["k"] == 5
     comp = parameters("compression")
     assert comp["noise"] == 1e-3 and comp["noise_mode"] == "relative" and comp["dim"] == 4
+
+
+def test_alignment_search_equals_full_matrix_computation():
+    from pipeline.estimators.renyi import _pairwise_sq, alignment_sigma
+
+    h = torch.as_tensor(RNG.normal(size=(3, 50, 4)))
+    labels = torch.as_tensor(RNG.integers(0, 3, (3, 50)))
+    d2, ky = _pairwise_sq(h), label_gram(labels)
+    fast = alignment_sigma(d2, ky, n_candidates=80)
+    for b in range(3):
+        mean_distance = torch.sqrt(d2[b][~torch.eye(50, dtype=torch.bool)]).mean()
+        candidates = torch.linspace(0.3, float(10 * mean_distance), 80, dtype=torch.float64)
+        scores = [float((rbf_gram(d2[b], s) * ky[b]).sum() / (torch.linalg.norm(rbf_gram(d2[b], s))
+                                                              * torch.linalg.norm(ky[b])))
+                  for s in candidates]
+        assert float(fast[b]) == pytest.approx(float(candidates[int(np.argmax(scores))]), rel=1e-5)
