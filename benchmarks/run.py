@@ -153,7 +153,8 @@ def _bench_stage() -> None:
         sync = time.perf_counter() - t0
     n_cells = len(cells) * n_epochs
     rows = [["plain loop over cells, 1 process, 1 thread", f"{loop:.1f}", "-"],
-            ["stage, synchronous (1 process, 1 thread)", f"{sync:.1f}", f"{100 * (sync / loop - 1):+.1f}% vs loop"],
+            ["stage, synchronous (1 process, 1 thread)", f"{sync:.1f}",
+             f"{100 * (sync / loop - 1):+.1f}% vs loop"],
             ["stage, LocalCluster 1 worker", f"{timings[1]:.1f}",
              f"{100 * (timings[1] / loop - 1):+.1f}% vs loop"],
             ["stage, LocalCluster 2 workers", f"{timings[2]:.1f}",
