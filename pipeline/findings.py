@@ -21,6 +21,16 @@ def _valid(results: xr.Dataset) -> xr.Dataset:
     return masked(results) if "done" in results else results
 
 
+def last_valid(values: xr.DataArray, dim: str = "epoch") -> xr.DataArray:
+    """The last finite value along `dim` (a run still being estimated ends in NaN cells)."""
+    def pick(a: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(a)
+        index = a.shape[-1] - 1 - np.argmax(finite[..., ::-1], axis=-1)
+        out = np.take_along_axis(a, index[..., None], axis=-1)[..., 0]
+        return np.where(finite.any(-1), out, np.nan)
+    return xr.apply_ufunc(pick, values, input_core_dims=[[dim]])
+
+
 def compression_phase(results: xr.Dataset, estimator: str, split: str = "all") -> xr.Dataset:
     """Per seed and layer: the epoch of maximal I(X;T) and the drop from that maximum to the end.
 
@@ -30,7 +40,7 @@ def compression_phase(results: xr.Dataset, estimator: str, split: str = "all") -
     i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split)
     peak_index = i_xt.fillna(-np.inf).argmax("epoch")
     peak_epoch = results.epoch.values[peak_index.values]
-    final = i_xt.ffill("epoch").isel(epoch=-1)
+    final = last_valid(i_xt)
     drop = i_xt.max("epoch") - final
     out = xr.Dataset({
         "peak_epoch": (("seed", "layer"), peak_epoch),
@@ -47,8 +57,7 @@ def compression_phase(results: xr.Dataset, estimator: str, split: str = "all") -
 def output_information(results: xr.Dataset, estimator: str, labels: np.ndarray,
                        split: str = "all", layer: str = "softmax") -> dict[str, float]:
     """Final I(T;Y) of the output layer (mean and std over seeds) against H(Y) of the labels."""
-    i_ty = _valid(results).I_TY.sel(estimator=estimator, split=split, layer=layer).ffill("epoch")
-    final = i_ty.isel(epoch=-1)
+    final = last_valid(_valid(results).I_TY.sel(estimator=estimator, split=split, layer=layer))
     p = np.bincount(labels) / len(labels)
     p = p[p > 0]
     return {"final_mean": float(final.mean()), "final_std": float(final.std()),
@@ -70,7 +79,7 @@ def compresses(results: xr.Dataset, estimator: str, split: str = "all",
     fraction of its maximum) between its peak and the last epoch?"""
     i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split).mean("seed")
     peak = i_xt.max("epoch")
-    final = i_xt.ffill("epoch").isel(epoch=-1)
+    final = last_valid(i_xt)
     hidden = [name for name in results.layer.values if name != "softmax"]
     return ((peak - final) > min_drop * peak.where(peak > 0)).sel(layer=hidden)
 
@@ -107,7 +116,7 @@ def fisher_peak(results: xr.Dataset) -> xr.Dataset:
     """Per layer: the epoch of maximal Fisher trace (mean over seeds) and final / maximum."""
     trace = _valid(results).fisher_trace.mean("seed")
     peak = results.epoch.values[trace.fillna(-np.inf).argmax("epoch").values]
-    ratio = trace.ffill("epoch").isel(epoch=-1) / trace.max("epoch")
+    ratio = last_valid(trace) / trace.max("epoch")
     return xr.Dataset({"peak_epoch": ("layer", peak), "final_over_peak": ratio})
 
 
