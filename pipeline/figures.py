@@ -107,8 +107,8 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
 def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = None) -> Figure:
     """Rows: estimator entries; columns: splits. Axes shared within a method (same units)."""
     estimators, splits = list(results.estimator.values), list(results.split.values)
-    fig, axes = plt.subplots(len(estimators), len(splits), squeeze=False,
-                             figsize=(3.2 * len(splits) + 1, 2.6 * len(estimators)))
+    fig, axes = plt.subplots(len(estimators), len(splits), squeeze=False, layout="constrained",
+                             figsize=(3.4 * len(splits) + 1.2, 2.9 * len(estimators)))
     sc = None
     for r, estimator in enumerate(estimators):
         for c, split in enumerate(splits):

@@ -295,3 +295,14 @@ def test_alignment_search_equals_full_matrix_computation():
                                                               * torch.linalg.norm(ky[b])))
                   for s in candidates]
         assert float(fast[b]) == pytest.approx(float(candidates[int(np.argmax(scores))]), rel=1e-5)
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_brute_force_neighbours_equal_the_tree(labels):
+    # the brute-force path is what device="cuda" runs; here it runs on the CPU
+    a, b = gaussian_pair(800, 1.0, 3, seed=4)
+    other = RNG.integers(0, 3, 800) if labels else b
+    tree = mutual_information(a, other, "ksg", algorithm="tree")
+    brute = mutual_information(a, other, "ksg", algorithm="brute")
+    assert brute == pytest.approx(tree, abs=1e-9)
+    assert kl_entropy(a, algorithm="brute") == pytest.approx(kl_entropy(a), abs=1e-9)

@@ -31,7 +31,7 @@ from pipeline.estimators.renyi import renyi_information_plane, renyi_mutual_info
 
 def ksg_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, k: int = 5,
                           jitter: float = 1e-10, transform: str = "auto", seed: int = 0,
-                          device: str = "cpu") -> dict[str, float]:
+                          device: str = "cpu", algorithm: str = "auto") -> dict[str, float]:
     """KSG-1 I(X;T) and the discrete-label KSG I(T;Y), in bits (see knn.ksg_mutual_information).
 
     For a deterministic layer the true I(X;T) is infinite (continuous X) or H(X) (discrete X):
@@ -39,7 +39,8 @@ def ksg_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, k: int = 
     """
     same_length(x=x, t=t, y=y)
     y = as_labels(y)
-    opts = {"k": k, "jitter": jitter, "transform": transform, "seed": seed, "device": device}
+    opts = {"k": k, "jitter": jitter, "transform": transform, "seed": seed, "device": device,
+            "algorithm": algorithm}
     return {"I_XT": ksg_mutual_information(x, t, **opts), "I_TY": ksg_mutual_information(t, y, **opts)}
 
 

@@ -48,19 +48,32 @@ def _jitter(a: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray
     return a + scale * rng.standard_normal(a.shape)
 
 
-def _kth_distance(points: np.ndarray, k: int, p: float, device: str) -> np.ndarray:
+ALGORITHMS = ("auto", "tree", "brute")
+
+
+def _tree(device: str, algorithm: str) -> bool:
+    """cKDTree on the CPU, or brute-force distances with torch (any device, GPU by default)."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "tree" and device != "cpu":
+        raise ValueError("algorithm='tree' runs on the CPU only; use algorithm='brute' on a GPU")
+    return algorithm == "tree" or (algorithm == "auto" and device == "cpu")
+
+
+def _kth_distance(points: np.ndarray, k: int, p: float, device: str, algorithm: str = "auto") -> np.ndarray:
     """Distance of every point to its k-th neighbour (itself excluded)."""
-    if device == "cpu":
+    if _tree(device, algorithm):
         return cKDTree(points).query(points, k=k + 1, p=p, workers=-1)[0][:, k]
     h = torch.as_tensor(points, device=device)
     d = torch.cdist(h, h, p=p)
     return d.topk(k + 1, dim=1, largest=False).values[:, k].cpu().numpy()
 
 
-def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str) -> np.ndarray:
+def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str,
+                  algorithm: str = "auto") -> np.ndarray:
     """Points strictly closer than `radius` to each point, itself included."""
     strict = np.nextafter(radius, 0)
-    if device == "cpu":
+    if _tree(device, algorithm):
         return np.asarray(cKDTree(points).query_ball_point(points, strict, p=p, workers=-1,
                                                            return_length=True))
     h = torch.as_tensor(points, device=device)
@@ -69,7 +82,8 @@ def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str)
 
 
 def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: float = 1e-10,
-                           transform: str = "auto", seed: int = 0, device: str = "cpu") -> float:
+                           transform: str = "auto", seed: int = 0, device: str = "cpu",
+                           algorithm: str = "auto") -> float:
     """KSG-1 estimate of I(A;B) in bits, clipped at 0.
 
     I = psi(k) + psi(N) - < psi(n_a + 1) + psi(n_b + 1) >, with eps_i the max-norm distance to
@@ -90,7 +104,9 @@ def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: flo
         5 dimensions), standardisation when `b` is labels (ranks would close the gaps between
         class clusters that the label estimator measures).
     device : {"cpu", "cuda"}
-        "cuda" finds neighbours by brute force on the GPU.
+    algorithm : {"auto", "tree", "brute"}
+        Neighbour search: scipy's cKDTree, or brute-force torch distances (the GPU path, also
+        faster on the CPU above ~20 dimensions). "auto": tree on the CPU, brute on a GPU.
     """
     n = same_length(a=a, b=b)
     if k < 1 or k >= n:
@@ -100,17 +116,17 @@ def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: flo
         transform = "standardise" if is_discrete(b) else "normal_scores"
     xa = _jitter(_transform(as_samples(a, "a", min_samples=k + 1), transform), jitter, rng)
     if is_discrete(b):
-        return _ksg_discrete(xa, as_labels(b), k, device)
+        return _ksg_discrete(xa, as_labels(b), k, device, algorithm)
     xb = _jitter(_transform(as_samples(b, "b", min_samples=k + 1), transform), jitter, rng)
     joint = np.hstack([xa, xb])
-    eps = _kth_distance(joint, k, np.inf, device)
-    n_a = _count_within(xa, eps, np.inf, device)
-    n_b = _count_within(xb, eps, np.inf, device)
+    eps = _kth_distance(joint, k, np.inf, device, algorithm)
+    n_a = _count_within(xa, eps, np.inf, device, algorithm)
+    n_b = _count_within(xb, eps, np.inf, device, algorithm)
     mi = digamma(k) + digamma(n) - np.mean(digamma(n_a) + digamma(n_b))
     return max(float(mi), 0.0) / LOG2
 
 
-def _ksg_discrete(xa: np.ndarray, labels: np.ndarray, k: int, device: str) -> float:
+def _ksg_discrete(xa: np.ndarray, labels: np.ndarray, k: int, device: str, algorithm: str) -> float:
     n = len(labels)
     radius = np.empty(n)
     k_used = np.empty(n)
@@ -121,11 +137,11 @@ def _ksg_discrete(xa: np.ndarray, labels: np.ndarray, k: int, device: str) -> fl
             radius[idx], k_used[idx] = 0.0, 1
             continue
         kk = min(k, len(idx) - 1)
-        radius[idx] = _kth_distance(xa[idx], kk, np.inf, device)
+        radius[idx] = _kth_distance(xa[idx], kk, np.inf, device, algorithm)
         k_used[idx] = kk
     # m: points of any class closer than the in-class k-th neighbour distance, self included:
     # the same count as Ross's (k-th neighbour included, self excluded).
-    m = _count_within(xa, radius, np.inf, device)
+    m = _count_within(xa, radius, np.inf, device, algorithm)
     mi = digamma(n) - np.mean(digamma(class_size)) + np.mean(digamma(k_used)) - np.mean(digamma(m))
     return max(float(mi), 0.0) / LOG2
 
@@ -145,10 +161,11 @@ def _whiten(a: np.ndarray) -> tuple[np.ndarray, float]:
     return white, 0.5 * float(np.log(eigval).sum())
 
 
-def _neighbour_distances(points: np.ndarray, ks: np.ndarray, device: str) -> np.ndarray:
+def _neighbour_distances(points: np.ndarray, ks: np.ndarray, device: str,
+                         algorithm: str = "auto") -> np.ndarray:
     """Euclidean distance to the ks-th neighbours, (n, len(ks))."""
     kmax = int(ks.max())
-    if device == "cpu":
+    if _tree(device, algorithm):
         dist = cKDTree(points).query(points, k=kmax + 1, workers=-1)[0]
     else:
         h = torch.as_tensor(points, device=device)
@@ -160,7 +177,8 @@ def _neighbour_distances(points: np.ndarray, ks: np.ndarray, device: str) -> np.
     return dist
 
 
-def kl_entropy(a: np.ndarray, k: int = 5, whiten: bool = True, device: str = "cpu") -> float:
+def kl_entropy(a: np.ndarray, k: int = 5, whiten: bool = True, device: str = "cpu",
+               algorithm: str = "auto") -> float:
     """Kozachenko-Leonenko differential entropy in bits.
 
     H = psi(N) - psi(k) + log V_d + (d / N) sum_i log r_{i,k}; with `whiten`, computed on the
@@ -171,7 +189,7 @@ def kl_entropy(a: np.ndarray, k: int = 5, whiten: bool = True, device: str = "cp
     if whiten:
         points, offset = _whiten(points)
     n, d = points.shape
-    r = _neighbour_distances(points, np.array([k]), device)[:, 0]
+    r = _neighbour_distances(points, np.array([k]), device, algorithm)[:, 0]
     h = digamma(n) - digamma(k) + log_unit_ball_volume(d) + d * np.mean(np.log(r))
     return (float(h) + offset) / LOG2
 
