@@ -82,12 +82,53 @@ def fisher_section(runs: Path, figures: Path, name: str) -> str:
             + "\n\n" + "\n".join(_copy(figures, name, ["fisher"])))
 
 
+def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "renyi") -> str:
+    results, archive = _load(runs, name)
+    if results is None or estimator not in results.estimator.values:
+        return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
+    params = json.loads(str(results.parameters.sel(estimator=estimator).values))
+    batch = params.get("batch_size", 100)
+    # the label kernel's entropy is the class entropy of a batch: its expectation at this size
+    rng = np.random.default_rng(0)
+    train = np.flatnonzero(archive.split == 0)
+    batch_entropy = []
+    for _ in range(200):
+        counts = np.bincount(rng.choice(archive.labels[train], batch, replace=False))
+        p = counts[counts > 0] / batch
+        batch_entropy.append(float(-(p * np.log2(p)).sum()))
+    rows = []
+    for split in results.split.values:
+        out = fd.output_information(results, estimator, archive.labels, str(split))
+        phase = fd.compression_phase(results, estimator, str(split))
+        hidden = [layer for layer in results.layer.values if layer != "softmax"]
+        rows.append([str(split), f"{out['final_mean']:.3f} +- {out['final_std']:.3f}",
+                     f"{fd.dpi_share(results, estimator, str(split)):.0%}",
+                     ", ".join(f"{layer}: {float(phase.drop_mean.sel(layer=layer)):.3f}"
+                               for layer in hidden)])
+    history = [archive.history(seed)["loss_test"] for seed in archive.seeds]
+    stop = int(np.nanargmin(np.mean([h[: min(map(len, history))] for h in history], axis=0)))
+    onset = fd.compression_phase(results, estimator, "train").peak_epoch_mean
+    cfg = archive.config
+    return (f"Run `{name}`: {len(results.seed)} seed(s), {cfg.train.n_epochs} epochs, "
+            f"{len(results.epoch)} snapshots, {cfg.archive.samples_per_split} samples per split; "
+            f"`{estimator}` `{json.dumps(params)}`.\n\n"
+            + table(["split", "final I(T;Y) of softmax (bits)", "DPI holds (cells)",
+                     "drop of I(X;T) from peak to end per hidden layer (bits)"], rows)
+            + f"\n\nLabel-kernel entropy of a batch of {batch}: {np.mean(batch_entropy):.3f} bits (mean "
+            "of 200 batches). Early stopping (minimum test loss): epoch "
+            f"{stop}; compression onset (epoch of max I(X;T), train, mean over seeds): "
+            + ", ".join(f"{k} {float(v):.0f}" for k, v in zip(onset.layer.values, onset.values, strict=True))
+            + ".\n\n"
+            + "\n".join(_copy(figures, name, [f"plane_{estimator}_train", f"plane_{estimator}_test"])))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="data/runs", type=Path)
     parser.add_argument("--figures", default="figures", type=Path)
     parser.add_argument("--tanh", default="szt_tanh")
     parser.add_argument("--relu", default="szt_relu")
+    parser.add_argument("--mnist", default="mnist_mlp")
     args = parser.parse_args()
     sections = {
         "szt_tanh": compression_section(args.runs, args.figures, args.tanh, "binning_30"),
@@ -95,6 +136,8 @@ def main() -> None:
         "szt_relu_kde": compression_section(args.runs, args.figures, args.relu, "kde_upper_1e-1"),
         "comparison": comparison_section(args.runs, args.figures, args.tanh),
         "fisher": fisher_section(args.runs, args.figures, args.tanh),
+        "mnist_mlp": renyi_mlp_section(args.runs, args.figures, args.mnist),
+        "fisher_mnist": fisher_section(args.runs, args.figures, args.mnist),
     }
     for name, body in sections.items():
         write_section(DOCS / "results.md", name, body)
