@@ -306,3 +306,13 @@ def test_brute_force_neighbours_equal_the_tree(labels):
     brute = mutual_information(a, other, "ksg", algorithm="brute")
     assert brute == pytest.approx(tree, abs=1e-9)
     assert kl_entropy(a, algorithm="brute") == pytest.approx(kl_entropy(a), abs=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(300, 20), (50, 400)])
+def test_pca_scores_equal_the_svd(shape):
+    from pipeline.estimators.compression import pca_compress
+
+    x = RNG.normal(size=shape) * np.linspace(3, 0.5, shape[1])  # distinct variances
+    centred = x - x.mean(0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(np.abs(pca_compress(x, 4)), np.abs(u[:, :4] * s[:4]), atol=1e-8)

@@ -38,9 +38,10 @@ def pca_compress(a: np.ndarray, dim: int) -> np.ndarray:
     centred = a - a.mean(axis=0)
     if a.shape[1] <= dim:
         return centred
-    if a.shape[1] > a.shape[0]:  # wide data: the n x n Gram route is cheaper than d x d
-        u, s, _ = np.linalg.svd(centred, full_matrices=False)
-        return u[:, :dim] * s[:dim]
+    if a.shape[1] > a.shape[0]:  # wide data: scores from the n x n Gram matrix, not d x d
+        eigval, eigvec = np.linalg.eigh(centred @ centred.T)
+        top = np.argsort(eigval)[::-1][:dim]
+        return eigvec[:, top] * np.sqrt(np.clip(eigval[top], 0, None))
     eigval, eigvec = np.linalg.eigh(centred.T @ centred)
     return centred @ eigvec[:, ::-1][:, :dim]
 
