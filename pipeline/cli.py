@@ -12,9 +12,13 @@ from pipeline.data import DataError
 from pipeline.results import ResultsError
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, several_configs: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default="configs/szt_tanh.toml", help="experiment TOML file")
+    if several_configs:
+        parser.add_argument("--config", nargs="+", default=["configs/szt_tanh.toml"],
+                            help="one or more experiment TOML files")
+    else:
+        parser.add_argument("--config", default="configs/szt_tanh.toml", help="experiment TOML file")
     parser.add_argument("--runs", default="data/runs", help="directory holding one folder per run")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key, e.g. train.n_epochs=50")

@@ -219,3 +219,17 @@ def test_figures_from_partial_results(runs, tmp_path):
         assert (out / f"{name}.png").stat().st_size > 3000, name
         assert f"src='{name}.png'" in report
     assert not (out / "plane_broken_all.png").exists()
+
+
+def test_several_archives_in_one_call(trained, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(trained, runs)
+    shutil.copytree(runs / "tiny", runs / "tiny2")
+    second = tmp_path / "tiny2.toml"
+    second.write_text(TINY.read_text().replace('name = "tiny"', 'name = "tiny2"'))
+    # a copy of the archive under another run name: the estimate stage reads each in turn
+    proc = run_stage("estimate", "--config", str(TINY), str(second), "--runs", str(runs),
+                     "--scheduler", "synchronous", "--set", "estimate.fisher=false",
+                     "--set", "estimate.splits=['all']")
+    assert proc.stdout.count("estimating tiny") == 2
+    assert (runs / "tiny" / "estimates.zarr").exists() and (runs / "tiny2" / "estimates.zarr").exists()
