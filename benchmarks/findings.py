@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks.common import DOCS, table, write_section
 from pipeline import findings as fd
-from pipeline.archive import ArchiveReader
+from pipeline.archive import ArchiveReader, split_indices
 from pipeline.results import masked, open_results
 
 
@@ -90,7 +90,7 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
     batch = params.get("batch_size", 100)
     # the label kernel's entropy is the class entropy of a batch: its expectation at this size
     rng = np.random.default_rng(0)
-    train = np.flatnonzero(archive.split == 0)
+    train = split_indices(archive.split, "train")
     batch_entropy = []
     for _ in range(200):
         counts = np.bincount(rng.choice(archive.labels[train], batch, replace=False))

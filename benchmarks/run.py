@@ -109,7 +109,7 @@ def _bench_stage() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.archive import ArchiveReader
+    from pipeline.archive import ArchiveReader, split_indices
     from pipeline.config import load_config
     from pipeline.estimate import main as estimate
     from pipeline.estimators import information_plane
@@ -133,8 +133,7 @@ def _bench_stage() -> None:
         t0 = time.perf_counter()
         for _name, table_, seed, split, layer in cells:
             params = {k: v for k, v in table_.items() if k != "method"}
-            index = np.arange(len(archive.labels)) if split == "all" else np.flatnonzero(
-                archive.split == {"train": 0, "test": 1}[split])
+            index = split_indices(archive.split, split)
             for epoch in archive.committed_epochs(seed):
                 t = archive.activations(seed, layer, int(epoch))[index]
                 information_plane(archive.inputs[index], t, archive.labels[index], table_["method"],

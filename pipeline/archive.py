@@ -28,6 +28,7 @@ from pipeline.data import SplitData
 
 SCHEMA_VERSION = "1.0"
 SPLITS = ("train", "test")
+SPLIT_CODES = {"all": (0, 1), "train": (0,), "test": (1,)}  # the `split` array's codes
 HISTORY_VARIABLES = ("loss_train", "loss_test", "accuracy_train", "accuracy_test")
 CHUNK_BYTES = 64 * 2**20  # split an epoch's activations over samples beyond this size
 
@@ -71,6 +72,11 @@ def choose_samples(data: SplitData, per_split: int, seed: int) -> Samples:
             keep = np.sort(rng.choice(len(y), per_split, replace=False))
         parts.append((x[keep], y[keep], index[keep], np.full(len(keep), code, dtype=np.int8)))
     return Samples(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+
+
+def split_indices(split_codes: np.ndarray, split: str) -> np.ndarray:
+    """Indices of the recorded samples of `split` ("all", "train" or "test")."""
+    return np.flatnonzero(np.isin(split_codes, SPLIT_CODES[split]))
 
 
 def _unit_dims(layer: str, shape: tuple[int, ...]) -> list[str]:
@@ -200,7 +206,6 @@ class SeedWriter:
 
     def __init__(self, path: Path, seed: int):
         self.group = create_seed_group(path, seed)
-        self.layers = [layer["name"] for layer in zarr.open_group(str(path), mode="r").attrs["layers"]]
 
     @property
     def committed(self) -> int:

@@ -27,7 +27,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from pipeline.archive import ArchiveError, ArchiveReader
+from pipeline.archive import ArchiveError, ArchiveReader, split_indices
 from pipeline.config import ExperimentConfig
 from pipeline.estimators import information_plane
 from pipeline.provenance import provenance
@@ -75,12 +75,6 @@ def is_chain(table: dict[str, Any]) -> bool:
     return table["method"] == "renyi" and isinstance(table.get("sigma_t", "alignment"), str)
 
 
-def split_indices(split_codes: np.ndarray, split: str) -> np.ndarray:
-    if split == "all":
-        return np.arange(len(split_codes))
-    return np.flatnonzero(split_codes == {"train": 0, "test": 1}[split])
-
-
 def run_task(archive_path: str, task: Task) -> dict[str, Any]:
     """Compute one task's cells (runs on a worker). ValueErrors become NaN plus a warning."""
     torch.set_num_threads(1)  # one single-threaded worker per core
@@ -117,7 +111,7 @@ def run_fisher_task(archive_path: str, seed: int, epochs: tuple[int, ...], probe
     torch.set_num_threads(1)
     archive = ArchiveReader(archive_path)
     cfg = archive.config
-    train = np.flatnonzero(archive.split == 0)
+    train = split_indices(archive.split, "train")
     probe = train[balanced_probe(archive.labels[train], probe_size)]
     inputs = torch.as_tensor(archive.inputs[probe])
     n_classes = archive.layer_shapes["softmax"][0]

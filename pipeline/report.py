@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import figures as F
-from pipeline.archive import ArchiveReader
+from pipeline.archive import ArchiveReader, split_indices
 from pipeline.config import ExperimentConfig
 from pipeline.results import ResultsError, masked, open_results
 
@@ -41,7 +41,7 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", figures_dir:
     archive = ArchiveReader(run_dir / "archive.zarr")
     seeds = archive.seeds
     stop = None
-    histories = [archive.history(s) for s in seeds if len(archive.history(s)["loss_train"])]
+    histories = [h for h in map(archive.history, seeds) if len(h["loss_train"])]
     if histories:
         fig, stop = F.training_figure(histories)
         F.save(fig, out, "training", saved)
@@ -70,9 +70,8 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", figures_dir:
         ib = szt_ib_curve() if cfg.data.dataset == "szt" else None
         for estimator in present:
             for split in results.split.values:
-                codes = {"all": (0, 1), "train": (0,), "test": (1,)}[str(split)]
-                index = np.isin(archive.split, codes)
-                limits = F.saturation_limits(int(index.sum()), archive.labels[index])
+                index = split_indices(archive.split, str(split))
+                limits = F.saturation_limits(len(index), archive.labels[index])
                 fig = F.information_plane_figure(results, estimator, split, limits, seed_spread, stop, ib)
                 F.save(fig, out, f"plane_{estimator}_{split}", saved)
                 F.save(F.dpi_figure(results, estimator, split), out, f"dpi_{estimator}_{split}", saved)

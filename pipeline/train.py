@@ -28,6 +28,7 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.archive import (
+    HISTORY_VARIABLES,
     ArchiveError,
     ArchiveReader,
     SeedWriter,
@@ -190,8 +191,7 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         start_epoch = int(ckpt["epoch"])
-    history: dict[str, list[float]] = {k: [] for k in
-                                       ("loss_train", "loss_test", "accuracy_train", "accuracy_test")}
+    history: dict[str, list[float]] = {k: [] for k in HISTORY_VARIABLES}
     history_first = start_epoch + 1 if committed else 0
     background = None
     if record:
