@@ -104,6 +104,8 @@ def test_kde_bounds_sandwich_monte_carlo(s2):
     assert lower - mc_error <= true_bits <= upper + mc_error
     assert lower < upper and upper <= math.log2(40) + 1e-9
     assert kde_entropy(centres, s2, "lower") < kde_entropy(centres, s2, "upper")
+    with pytest.raises(ValueError, match="bound must be one of"):
+        kde_entropy(centres, s2, "middle")
 
 
 # ---------------------------------------------------------------- renyi
@@ -282,11 +284,12 @@ def test_defaults_are_the_papers():
 
 
 def test_alignment_search_equals_full_matrix_computation():
-    from pipeline.estimators.renyi import _pairwise_sq, alignment_sigma
+    from pipeline.estimators._common import squared_distances
+    from pipeline.estimators.renyi import alignment_sigma
 
     h = torch.as_tensor(RNG.normal(size=(3, 50, 4)))
     labels = torch.as_tensor(RNG.integers(0, 3, (3, 50)))
-    d2, ky = _pairwise_sq(h), label_gram(labels)
+    d2, ky = squared_distances(h), label_gram(labels)
     fast = alignment_sigma(d2, ky, n_candidates=80)
     for b in range(3):
         mean_distance = torch.sqrt(d2[b][~torch.eye(50, dtype=torch.bool)]).mean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 LOG2 = math.log(2.0)
 
@@ -47,6 +48,14 @@ def same_length(**arrays: np.ndarray) -> int:
     if len(set(lengths.values())) != 1:
         raise ValueError(f"sample counts differ: {lengths}; pass the same samples in the same order")
     return next(iter(lengths.values()))
+
+
+def squared_distances(h: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances of (..., n, d) rows: (..., n, n), clamped at 0."""
+    sq = (h * h).sum(-1)
+    d2 = (sq[..., :, None] + sq[..., None, :] - 2.0 * (h @ h.transpose(-1, -2))).clamp_min_(0.0)
+    d2.diagonal(dim1=-2, dim2=-1).zero_()
+    return d2
 
 
 def entropy_of_counts(counts: np.ndarray) -> float:

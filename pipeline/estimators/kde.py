@@ -16,16 +16,19 @@ import math
 import numpy as np
 import torch
 
-from pipeline.estimators._common import LOG2, as_labels, as_samples, same_length
+from pipeline.estimators._common import LOG2, as_labels, as_samples, same_length, squared_distances
 
 BOUNDS = ("upper", "lower")
 
 
-def squared_distances(h: torch.Tensor) -> torch.Tensor:
-    """Pairwise squared Euclidean distances (n, n), float64, clamped at 0."""
-    sq = (h * h).sum(dim=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (h @ h.T)
-    return d2.clamp_min_(0.0).fill_diagonal_(0.0)
+def kernel_variance(noise_variance: float, bound: str) -> float:
+    """The variance in the mixture kernel: s2 for the KL bound, 4 s2 for the Bhattacharyya one
+    (whose kernel is exp(-d2 / (8 s2)))."""
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+    if not noise_variance > 0:
+        raise ValueError(f"noise_variance must be positive, got {noise_variance}")
+    return noise_variance if bound == "upper" else 4.0 * noise_variance
 
 
 def _mean_log_mixture(d2: torch.Tensor, variance: float) -> float:
@@ -37,12 +40,11 @@ def _mean_log_mixture(d2: torch.Tensor, variance: float) -> float:
 def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper",
                 device: str = "cpu") -> float:
     """Bound on H(T) in bits of the mixture of N(t_i, noise_variance I) over the rows of `t`."""
+    variance = kernel_variance(noise_variance, bound)
     h = torch.as_tensor(as_samples(t, "t"), device=device)
     d = h.shape[1]
     d2 = squared_distances(h)
-    # The Bhattacharyya bound is the KL one with 4 s2 in the kernel: exp(-d2 / (8 s2)).
-    kernel_variance = noise_variance if bound == "upper" else 4.0 * noise_variance
-    h_nats = 0.5 * d * (math.log(2 * math.pi * noise_variance) + 1) - _mean_log_mixture(d2, kernel_variance)
+    h_nats = 0.5 * d * (math.log(2 * math.pi * noise_variance) + 1) - _mean_log_mixture(d2, variance)
     return h_nats / LOG2
 
 
@@ -61,22 +63,17 @@ def kde_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise_var
         Pairwise-KL upper bound or Bhattacharyya lower bound.
     device : {"cpu", "cuda"}
     """
-    if bound not in BOUNDS:
-        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
-    if not noise_variance > 0:
-        raise ValueError(f"noise_variance must be positive, got {noise_variance}")
+    variance = kernel_variance(noise_variance, bound)
     same_length(x=x, t=t, y=y)
     as_samples(x, "x")
     labels = as_labels(y)
-    h = torch.as_tensor(as_samples(t, "t"), device=device)
-    kernel_variance = noise_variance if bound == "upper" else 4.0 * noise_variance
-    d2 = squared_distances(h)
+    d2 = squared_distances(torch.as_tensor(as_samples(t, "t"), device=device))
     # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels.
-    i_xt = -_mean_log_mixture(d2, kernel_variance)
+    i_xt = -_mean_log_mixture(d2, variance)
     labels_t = torch.as_tensor(labels, device=device)
     h_t_given_y = 0.0
     for label in range(int(labels.max()) + 1):
         mask = labels_t == label
         weight = float(mask.float().mean())
-        h_t_given_y += weight * -_mean_log_mixture(d2[mask][:, mask], kernel_variance)
+        h_t_given_y += weight * -_mean_log_mixture(d2[mask][:, mask], variance)
     return {"I_XT": i_xt / LOG2, "I_TY": (i_xt - h_t_given_y) / LOG2}

@@ -15,17 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.estimators._common import as_labels, as_samples, same_length
+from pipeline.estimators._common import as_labels, as_samples, same_length, squared_distances
 
 SIGMA_CONVENTIONS = ("gaussian", "wickstrom")
-
-
-def _pairwise_sq(h: torch.Tensor) -> torch.Tensor:
-    """Batched squared distances (b, N, N) of (b, N, d)."""
-    sq = (h * h).sum(-1)
-    d2 = sq[..., :, None] + sq[..., None, :] - 2.0 * h @ h.transpose(-1, -2)
-    d2 = d2.clamp_min(0.0)
-    return d2 - torch.diag_embed(torch.diagonal(d2, dim1=-2, dim2=-1))
 
 
 def rbf_gram(d2: torch.Tensor, sigma: float | torch.Tensor, convention: str = "gaussian") -> torch.Tensor:
@@ -154,8 +146,8 @@ def renyi_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: 
     ts = torch.as_tensor(as_samples(t, "t"), device=device)
     labels = torch.as_tensor(as_labels(y), device=device)
     batches = torch.as_tensor(make_batches(n, batch_size, n_batches, seed), device=device)
-    d2_x = _pairwise_sq(xs[batches])
-    d2_t = _pairwise_sq(ts[batches])
+    d2_x = squared_distances(xs[batches])
+    d2_t = squared_distances(ts[batches])
     k_y = label_gram(labels[batches])
     if isinstance(sigma_t, str):
         if sigma_t == "alignment":
@@ -186,12 +178,12 @@ def renyi_mutual_information(a: np.ndarray, b: np.ndarray, alpha: float = 1.01, 
     """I_alpha(A;B) in bits with fixed widths; a 1-D integer `b` uses the label kernel."""
     n = same_length(a=a, b=b)
     batches = torch.as_tensor(make_batches(n, batch_size, n_batches, seed), device=device)
-    ka = rbf_gram(_pairwise_sq(torch.as_tensor(as_samples(a, "a"), device=device)[batches]),
+    ka = rbf_gram(squared_distances(torch.as_tensor(as_samples(a, "a"), device=device)[batches]),
                   sigma_a, sigma_convention)
     if np.asarray(b).ndim == 1 and np.asarray(b).dtype.kind in "biu":
         kb = label_gram(torch.as_tensor(as_labels(b), device=device)[batches])
     else:
-        kb = rbf_gram(_pairwise_sq(torch.as_tensor(as_samples(b, "b"), device=device)[batches]),
+        kb = rbf_gram(squared_distances(torch.as_tensor(as_samples(b, "b"), device=device)[batches]),
                       sigma_b, sigma_convention)
     return float(matrix_mutual_information(ka, kb, alpha).mean())
 
