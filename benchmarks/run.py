@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def bench_train() -> None:
     """Default config, one seed, 1 torch thread: archiving on vs off."""
+    from pipeline.archive import snapshot_epochs
     from pipeline.config import load_config
     from pipeline.train import prepare_archive, train_seed
 
@@ -37,8 +38,7 @@ def bench_train() -> None:
             t0 = time.perf_counter()
             train_seed(cfg, 0, runs, threads=1)
             times[enabled] = time.perf_counter() - t0
-        n_snap = len(__import__("pipeline.archive", fromlist=["x"]).snapshot_epochs(
-            cfg.archive, cfg.train.n_epochs))
+        n_snap = len(snapshot_epochs(cfg.archive, cfg.train.n_epochs))
         overhead = times[True] / times[False] - 1
         rows.append([f"szt_tanh, 1 seed, {cfg.train.n_epochs} epochs, {n_snap} snapshots x 4096 samples",
                      f"{times[False]:.1f}", f"{times[True]:.1f}", f"{100 * overhead:+.1f}%"])
