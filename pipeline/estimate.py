@@ -175,8 +175,9 @@ def worker_environ() -> dict[str, Any]:
     """distributed's worker environment without MALLOC_TRIM_THRESHOLD_.
 
     Setting that variable turns off glibc's dynamic mmap threshold, so every large temporary
-    (Gram matrices, distance matrices) becomes a fresh mmap with page faults: a Renyi chain ran
-    3.3x slower in a worker with it than without (docs/benchmarks.md).
+    (Gram matrices, distance matrices) becomes a fresh mmap with page faults: one 40-epoch Renyi
+    chain of szt_tanh took 7.2 s in a LocalCluster worker with it and 2.2 s without (measured
+    once, by hand, on 2 cores). The stage benchmark in docs/benchmarks.md runs without it.
     """
     import dask
 
