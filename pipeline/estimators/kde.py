@@ -31,10 +31,13 @@ def kernel_variance(noise_variance: float, bound: str) -> float:
     return noise_variance if bound == "upper" else 4.0 * noise_variance
 
 
-def _mean_log_mixture(d2: torch.Tensor, variance: float) -> float:
-    """mean_i log[(1/P) sum_j exp(-d2_ij / (2 variance))], nats."""
-    p = d2.shape[0]
-    return float((torch.logsumexp(-d2 / (2.0 * variance), dim=1) - math.log(p)).mean())
+def _mixture_kernel(d2: torch.Tensor, variance: float) -> torch.Tensor:
+    """exp(-d2_ij / (2 variance)), computed in place over `d2`.
+
+    The diagonal is exp(0) = 1, the largest term of each row, so row sums can neither overflow
+    nor vanish: plain sums replace a logsumexp and its shifted copies (half the time at n=4096).
+    """
+    return d2.mul_(-0.5 / variance).exp_()
 
 
 def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper",
@@ -43,8 +46,10 @@ def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper"
     variance = kernel_variance(noise_variance, bound)
     h = torch.as_tensor(as_samples(t, "t"), device=device)
     d = h.shape[1]
-    d2 = squared_distances(h)
-    h_nats = 0.5 * d * (math.log(2 * math.pi * noise_variance) + 1) - _mean_log_mixture(d2, variance)
+    kernel = _mixture_kernel(squared_distances(h), variance)
+    # -mean_i log[(1/P) sum_j exp(-d2_ij / (2 variance))] plus the per-component entropy.
+    mean_log_mixture = float((torch.log(kernel.sum(1)) - math.log(len(kernel))).mean())
+    h_nats = 0.5 * d * (math.log(2 * math.pi * noise_variance) + 1) - mean_log_mixture
     return h_nats / LOG2
 
 
@@ -67,13 +72,15 @@ def kde_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise_var
     same_length(x=x, t=t, y=y)
     as_samples(x, "x")
     labels = as_labels(y)
-    d2 = squared_distances(torch.as_tensor(as_samples(t, "t"), device=device))
+    kernel = _mixture_kernel(squared_distances(torch.as_tensor(as_samples(t, "t"), device=device)),
+                             variance)
+    codes = torch.as_tensor(labels, device=device)
+    onehot = torch.nn.functional.one_hot(codes).to(kernel.dtype)
+    class_sums = kernel @ onehot  # (n, classes): each row's kernel mass within every class
     # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels.
-    i_xt = -_mean_log_mixture(d2, variance)
-    labels_t = torch.as_tensor(labels, device=device)
-    h_t_given_y = 0.0
-    for label in range(int(labels.max()) + 1):
-        mask = labels_t == label
-        weight = float(mask.float().mean())
-        h_t_given_y += weight * -_mean_log_mixture(d2[mask][:, mask], variance)
+    i_xt = -float((torch.log(class_sums.sum(1)) - math.log(len(kernel))).mean())
+    # sum_y p(y) H(T|Y=y) with the bound inside each class: the mean over all rows of the row's
+    # log mixture over its own class.
+    own = class_sums.gather(1, codes[:, None]).squeeze(1)
+    h_t_given_y = -float((torch.log(own) - torch.log(onehot.sum(0)[codes])).mean())
     return {"I_XT": i_xt / LOG2, "I_TY": (i_xt - h_t_given_y) / LOG2}
