@@ -18,6 +18,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.archive import ArchiveError, ArchiveReader, split_indices
-from pipeline.config import ExperimentConfig
+from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.estimators import information_plane
 from pipeline.provenance import provenance
 from pipeline.results import (
@@ -128,16 +129,28 @@ def run_fisher_task(archive_path: str, seed: int, epochs: tuple[int, ...], probe
     return {"seed": seed, "epochs": list(epochs), "layers": archive.layers, "traces": np.asarray(traces)}
 
 
-def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray]) -> list[Task]:
-    """Tasks for every cell not done, honouring the width chain of Renyi entries."""
+def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray],
+         only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+         every: int = 1) -> list[Task]:
+    """Tasks for every cell not done, honouring the width chain of Renyi entries.
+
+    `only` (entry names), `seeds` and `every` (every k-th epoch of the store, and its last) narrow
+    the work of one run; the cells left out stay not done, and a later run computes them.
+    """
     tasks = []
     done = ds["done"].values
     sigma = ds["sigma_t"].values
     epochs = ds.epoch.values
+    rows = np.arange(len(epochs))
+    chosen_rows = (rows % every == 0) | (rows == len(epochs) - 1)
     for e, name in enumerate(ds.estimator.values):
         table = entries[name]
+        if only is not None and name not in only:
+            continue
         for s, seed in enumerate(ds.seed.values):
-            available = np.isin(epochs, committed[int(seed)])
+            if seeds is not None and int(seed) not in seeds:
+                continue
+            available = np.isin(epochs, committed[int(seed)]) & chosen_rows
             for p, split in enumerate(ds.split.values):
                 for l, layer in enumerate(ds.layer.values):
                     missing = available & ~done[e, s, p, :, l]
@@ -202,11 +215,14 @@ def make_client(scheduler: str | None, scheduler_file: str | None, n_workers: in
 
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: str | None = None,
-         scheduler_file: str | None = None, netcdf: bool = False) -> int:
+         scheduler_file: str | None = None, netcdf: bool = False, only: Sequence[str] | None = None,
+         seeds: Sequence[int] | None = None, every: int = 1) -> int:
     """Compute every missing cell of the run's results store; returns a process exit code.
 
     `scheduler="synchronous"` runs the tasks in this process, one after another (reference
-    results, debugging); otherwise a Dask cluster does.
+    results, debugging); otherwise a Dask cluster does. `only` (entry names, "fisher" for the
+    Fisher traces), `seeds` and `every` (every k-th snapshot and the last) restrict this run to
+    part of the cells, e.g. an expensive entry on a few seeds; the store keeps its full shape.
     """
     run_dir = Path(runs_dir) / cfg.name
     archive_path = run_dir / "archive.zarr"
@@ -215,15 +231,26 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: s
     if not archive.seeds:
         raise ArchiveError(f"{archive_path} holds no seed yet: let `make train` commit a snapshot")
     run_dir.mkdir(parents=True, exist_ok=True)
+    entries = dict(cfg.estimators) or DEFAULT_ESTIMATORS
+    if only is not None and (unknown := sorted(set(only) - set(entries) - {"fisher"})):
+        raise ConfigError(f"--only names unknown estimator entries {unknown}; the config "
+                          f"{cfg.name} has {sorted(entries)} (and 'fisher')")
+    if seeds is not None and (unknown := sorted(set(seeds) - set(archive.seeds))):
+        raise ConfigError(f"--seeds {unknown} are not in {archive_path} (it holds {archive.seeds})")
+    if every < 1:
+        raise ConfigError(f"--every must be a positive number of snapshots, got {every}")
     lock = _Lock(run_dir / "estimates.lock")
     try:
-        return _estimate(cfg, archive, archive_path, results_path, scheduler, scheduler_file, netcdf)
+        return _estimate(cfg, archive, archive_path, results_path, scheduler, scheduler_file, netcdf,
+                         only, seeds, every)
     finally:
         lock.release()
 
 
 def _estimate(cfg: ExperimentConfig, archive: ArchiveReader, archive_path: Path, results_path: Path,
-              scheduler: str | None, scheduler_file: str | None, netcdf: bool) -> int:
+              scheduler: str | None, scheduler_file: str | None, netcdf: bool,
+              only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+              every: int = 1) -> int:
     recover(results_path)
     entries = dict(cfg.estimators) or DEFAULT_ESTIMATORS
     committed = {seed: archive.committed_epochs(seed) for seed in archive.seeds}
@@ -246,19 +273,25 @@ def _estimate(cfg: ExperimentConfig, archive: ArchiveReader, archive_path: Path,
                           ("estimator", "seed", "split", "epoch", "layer")) or \
             not old.parameters.equals(target.parameters):
         write_store(target, results_path)
-    tasks = plan(target, entries, committed)
+    tasks = plan(target, entries, committed, only, seeds, every)
     fisher_tasks = []
-    if cfg.estimate.fisher and archive.attrs["config"]["archive"]["store_weights"]:
+    if cfg.estimate.fisher and archive.attrs["config"]["archive"]["store_weights"] and \
+            (only is None or "fisher" in only):
         fdone = target["fisher_done"].values
+        last = len(target.epoch) - 1
         for s, seed in enumerate(target.seed.values):
+            if seeds is not None and int(seed) not in seeds:
+                continue
             rows = [r for r, ep in enumerate(target.epoch.values)
-                    if ep in committed[int(seed)] and not fdone[s, r].all()]
+                    if ep in committed[int(seed)] and not fdone[s, r].all()
+                    and (r % every == 0 or r == last)]
             for start in range(0, len(rows), 25):
                 fisher_tasks.append((int(seed), tuple(int(target.epoch.values[r])
                                                       for r in rows[start:start + 25])))
     n_cells = sum(len(t.epochs) for t in tasks)
     if not tasks and not fisher_tasks:
-        print(f"nothing to do: {results_path} has every cell of {len(entries)} estimator(s) x "
+        selected = "" if only is None and seeds is None and every == 1 else " selected"
+        print(f"nothing to do: {results_path} has every{selected} cell of {len(entries)} estimator(s) x "
               f"{len(archive.seeds)} seed(s) x {len(target.split)} split(s) x {len(epochs)} "
               f"epoch(s) x {len(archive.layers)} layer(s)")
         return 0
