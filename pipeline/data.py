@@ -142,7 +142,7 @@ def _mnist_raw_split(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray] |
 
 
 def synthetic_images(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Class-conditional images: a smooth random prototype per class plus pixel noise, in [0, 1]."""
+    """Class-conditional images: a pixelwise uniform prototype per class plus pixel noise, in [0, 1]."""
     rng = np.random.default_rng(cfg.split_seed + 12345)
     n, k = cfg.synthetic_samples, cfg.n_classes
     prototypes = rng.uniform(0.2, 0.8, size=(k, *cfg.synthetic_shape)).astype(np.float32)
