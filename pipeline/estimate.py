@@ -131,11 +131,12 @@ def run_fisher_task(archive_path: str, seed: int, epochs: tuple[int, ...], probe
 
 def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray],
          only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-         every: int = 1) -> list[Task]:
+         every: int = 1, splits: Sequence[str] | None = None) -> list[Task]:
     """Tasks for every cell not done, honouring the width chain of Renyi entries.
 
-    `only` (entry names), `seeds` and `every` (every k-th epoch of the store, and its last) narrow
-    the work of one run; the cells left out stay not done, and a later run computes them.
+    `only` (entry names), `seeds`, `splits` and `every` (every k-th epoch of the store, and its
+    last) narrow the work of one run; the cells left out stay not done, and a later run computes
+    them.
     """
     tasks = []
     done = ds["done"].values
@@ -152,6 +153,8 @@ def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray
                 continue
             available = np.isin(epochs, committed[int(seed)]) & chosen_rows
             for p, split in enumerate(ds.split.values):
+                if splits is not None and split not in splits:
+                    continue
                 for l, layer in enumerate(ds.layer.values):
                     missing = available & ~done[e, s, p, :, l]
                     if not missing.any():
@@ -216,13 +219,14 @@ def make_client(scheduler: str | None, scheduler_file: str | None, n_workers: in
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: str | None = None,
          scheduler_file: str | None = None, netcdf: bool = False, only: Sequence[str] | None = None,
-         seeds: Sequence[int] | None = None, every: int = 1) -> int:
+         seeds: Sequence[int] | None = None, every: int = 1, splits: Sequence[str] | None = None) -> int:
     """Compute every missing cell of the run's results store; returns a process exit code.
 
     `scheduler="synchronous"` runs the tasks in this process, one after another (reference
     results, debugging); otherwise a Dask cluster does. `only` (entry names, "fisher" for the
-    Fisher traces), `seeds` and `every` (every k-th snapshot and the last) restrict this run to
-    part of the cells, e.g. an expensive entry on a few seeds; the store keeps its full shape.
+    Fisher traces), `seeds`, `splits` and `every` (every k-th snapshot and the last) restrict
+    this run to part of the cells, e.g. an expensive entry on a few seeds; the store keeps its
+    full shape.
     """
     run_dir = Path(runs_dir) / cfg.name
     archive_path = run_dir / "archive.zarr"
@@ -237,12 +241,15 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: s
                           f"{cfg.name} has {sorted(entries)} (and 'fisher')")
     if seeds is not None and (unknown := sorted(set(seeds) - set(archive.seeds))):
         raise ConfigError(f"--seeds {unknown} are not in {archive_path} (it holds {archive.seeds})")
+    if splits is not None and (unknown := sorted(set(splits) - set(cfg.estimate.splits))):
+        raise ConfigError(f"--splits {unknown} are not among the config's estimate.splits "
+                          f"{list(cfg.estimate.splits)}")
     if every < 1:
         raise ConfigError(f"--every must be a positive number of snapshots, got {every}")
     lock = _Lock(run_dir / "estimates.lock")
     try:
         return _estimate(cfg, archive, archive_path, results_path, scheduler, scheduler_file, netcdf,
-                         only, seeds, every)
+                         only, seeds, every, splits)
     finally:
         lock.release()
 
@@ -250,7 +257,7 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: s
 def _estimate(cfg: ExperimentConfig, archive: ArchiveReader, archive_path: Path, results_path: Path,
               scheduler: str | None, scheduler_file: str | None, netcdf: bool,
               only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-              every: int = 1) -> int:
+              every: int = 1, splits: Sequence[str] | None = None) -> int:
     recover(results_path)
     entries = dict(cfg.estimators) or DEFAULT_ESTIMATORS
     committed = {seed: archive.committed_epochs(seed) for seed in archive.seeds}
@@ -273,7 +280,7 @@ def _estimate(cfg: ExperimentConfig, archive: ArchiveReader, archive_path: Path,
                           ("estimator", "seed", "split", "epoch", "layer")) or \
             not old.parameters.equals(target.parameters):
         write_store(target, results_path)
-    tasks = plan(target, entries, committed, only, seeds, every)
+    tasks = plan(target, entries, committed, only, seeds, every, splits)
     fisher_tasks = []
     if cfg.estimate.fisher and archive.attrs["config"]["archive"]["store_weights"] and \
             (only is None or "fisher" in only):
@@ -290,7 +297,7 @@ def _estimate(cfg: ExperimentConfig, archive: ArchiveReader, archive_path: Path,
                                                       for r in rows[start:start + 25])))
     n_cells = sum(len(t.epochs) for t in tasks)
     if not tasks and not fisher_tasks:
-        selected = "" if only is None and seeds is None and every == 1 else " selected"
+        selected = "" if only is None and seeds is None and splits is None and every == 1 else " selected"
         print(f"nothing to do: {results_path} has every{selected} cell of {len(entries)} estimator(s) x "
               f"{len(archive.seeds)} seed(s) x {len(target.split)} split(s) x {len(epochs)} "
               f"epoch(s) x {len(archive.layers)} layer(s)")

@@ -3,7 +3,8 @@
     python -m stages.estimate --config configs/szt_tanh.toml [--scheduler tcp://host:8786]
     python -m stages.estimate --config configs/szt_tanh.toml configs/szt_relu.toml   # several
     python -m stages.estimate --config configs/tiny.toml --scheduler synchronous     # no Dask
-    python -m stages.estimate --config configs/szt_relu.toml --only kde_upper_1e-1 --seeds 0 1 --every 4
+    python -m stages.estimate --config configs/szt_relu.toml --only kde_upper_1e-1 --seeds 0 1 \
+        --splits all --every 4                                   # part of the cells
 """
 
 from pipeline.cli import base_parser, run_stage
@@ -20,6 +21,7 @@ def cli() -> None:
     parser.add_argument("--only", nargs="+", default=None, metavar="ENTRY",
                         help="compute only these estimator entries ('fisher' for the Fisher traces)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="compute only these seeds")
+    parser.add_argument("--splits", nargs="+", default=None, help="compute only these splits")
     parser.add_argument("--every", type=int, default=1, metavar="K",
                         help="compute only every K-th snapshot (and the last)")
     args = parser.parse_args()
@@ -30,7 +32,8 @@ def cli() -> None:
         for path in configs:  # every archive in turn; the first was loaded by run_stage
             cfg = first_cfg if path == configs[0] else load_config(path, a.overrides)
             codes.append(main(cfg, a.runs, scheduler=a.scheduler, scheduler_file=a.scheduler_file,
-                              netcdf=a.netcdf, only=a.only, seeds=a.seeds, every=a.every))
+                              netcdf=a.netcdf, only=a.only, seeds=a.seeds, every=a.every,
+                              splits=a.splits))
         return max(codes)
 
     run_stage(body, args)

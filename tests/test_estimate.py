@@ -240,28 +240,32 @@ def test_several_archives_in_one_call(trained, tmp_path):
 
 
 def test_only_seeds_every_restrict_a_run_and_a_full_run_completes_it(runs, capsys):
-    estimate(config(), runs, scheduler="synchronous", only=["binning_10"], seeds=[1], every=2)
+    estimate(config(), runs, scheduler="synchronous", only=["binning_10"], seeds=[1], every=2,
+             splits=["test"])
     part = load(runs)
     n_epochs = part.sizes["epoch"]
     rows = [r for r in range(n_epochs) if r % 2 == 0 or r == n_epochs - 1]
     expected = np.zeros(part.done.shape, dtype=bool)
-    expected[0, 1, :, rows, :] = True  # binning_10 (entry 0), seed 1 (index 1), chosen epochs
+    expected[0, 1, 1, rows, :] = True  # binning_10 (entry 0), seed 1, split test, chosen epochs
     np.testing.assert_array_equal(part.done.values, expected)
     assert not bool(part.fisher_done.any())
     capsys.readouterr()
-    estimate(config(), runs, scheduler="synchronous", only=["binning_10"], seeds=[1], every=2)
+    estimate(config(), runs, scheduler="synchronous", only=["binning_10"], seeds=[1], every=2,
+             splits=["test"])
     assert "nothing to do" in capsys.readouterr().out
     estimate(config(), runs, scheduler="synchronous")
     full = load(runs)
     assert bool(full.done.all()) and bool(full.fisher_done.all())
-    chosen = part.I_XT.isel(estimator=0, seed=1, epoch=rows)
-    np.testing.assert_array_equal(chosen.values, full.I_XT.isel(estimator=0, seed=1, epoch=rows).values)
+    chosen = part.I_XT.isel(estimator=0, seed=1, split=1, epoch=rows)
+    np.testing.assert_array_equal(chosen.values,
+                                  full.I_XT.isel(estimator=0, seed=1, split=1, epoch=rows).values)
 
 
 @pytest.mark.parametrize("args, message", [
     (["--only", "binning_7"], "unknown estimator entries ['binning_7']"),
     (["--seeds", "5"], "--seeds [5] are not in"),
     (["--every", "0"], "--every must be a positive"),
+    (["--splits", "validation"], "--splits ['validation'] are not among"),
 ])
 def test_bad_selection_is_one_clear_error(runs, args, message):
     proc = run_stage("estimate", "--config", str(TINY), "--runs", str(runs), "--scheduler",
