@@ -73,27 +73,30 @@ def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layer
 
 
 def _plane_arrays(results: xr.Dataset, estimator: str, split: str):
+    """Seed means and spreads over the epochs and seeds that hold values: an entry estimated on
+    part of the cells (`make estimate ARGS="--seeds 0 --every 3"`) is drawn from those alone."""
     sel = results.sel(estimator=estimator, split=split)
+    sel = sel.isel(epoch=np.isfinite(sel.I_XT).any(("seed", "layer")).values,
+                   seed=np.isfinite(sel.I_XT).any(("epoch", "layer")).values)
     i_xt, i_ty = sel.I_XT.mean("seed").values, sel.I_TY.mean("seed").values
     spread = (sel.I_XT.std("seed").values, sel.I_TY.std("seed").values)
-    return i_xt, i_ty, spread
+    return i_xt, i_ty, spread, sel.epoch.values, sel.sizes["seed"]
 
 
 def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
                              limits: tuple[float, float] | None = None, seed_spread: bool = False,
                              mark_epoch: int | None = None, ib: np.ndarray | None = None) -> Figure:
     """Mean over seeds of one estimator entry on one split (optionally the seed spread)."""
-    i_xt, i_ty, spread = _plane_arrays(results, estimator, split)
+    i_xt, i_ty, spread, epochs, n_seeds = _plane_arrays(results, estimator, split)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     if ib is not None:  # beyond its last point the bound stays flat at the best I(T;Y)
         right = max(float(np.nanmax(i_xt)) if np.isfinite(i_xt).any() else 0, ib[-1, 0])
         bound = np.vstack([ib, [right, ib[-1, 1]]])
         ax.plot(bound[:, 0], bound[:, 1], "k--", lw=1, label="IB bound of p(x, y)")
-    sc, saturated = draw_plane(ax, i_xt, i_ty, results.epoch.values, list(results.layer.values), limits,
+    sc, saturated = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits,
                                spread if seed_spread else None, mark_epoch)
     fig.colorbar(sc, ax=ax, label="epoch + 1")
     params = str(results.parameters.sel(estimator=estimator).values)
-    n_seeds = results.sizes["seed"]
     ax.set_title(f"{estimator} ({split}), mean of {n_seeds} seed(s)\n{params}", fontsize=7)
     if saturated:
         ax.text(0.01, 0.01, "hollow: saturated at log2(#samples) or H(Y)", transform=ax.transAxes,
@@ -113,12 +116,12 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
     for r, estimator in enumerate(estimators):
         for c, split in enumerate(splits):
             ax = axes[r, c]
-            i_xt, i_ty, _ = _plane_arrays(results, estimator, split)
+            i_xt, i_ty, _, epochs, n_seeds = _plane_arrays(results, estimator, split)
             if np.isnan(i_xt).all():
                 ax.text(0.5, 0.5, "no values", ha="center", transform=ax.transAxes)
                 continue
-            sc, _ = draw_plane(ax, i_xt, i_ty, results.epoch.values, list(results.layer.values), limits)
-            ax.set_title(f"{estimator} / {split}", fontsize=8)
+            sc, _ = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits)
+            ax.set_title(f"{estimator} / {split} ({n_seeds} seed(s), {len(epochs)} epochs)", fontsize=8)
         method = str(results.method.sel(estimator=estimator).values)
         same = [i for i, e in enumerate(estimators) if str(results.method.sel(estimator=e).values) == method]
         if same[0] != r:  # share axes with the first entry of the same method
@@ -140,7 +143,9 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str) -> Figure:
         for split in results.split.values:
             values = results[var].sel(estimator=estimator, split=split).mean("seed")
             for l, layer in enumerate(results.layer.values):
-                axes[v].plot(epochs, values.sel(layer=layer), styles.get(str(split), ":"),
+                line = values.sel(layer=layer).values
+                finite = np.isfinite(line)  # epochs left out of a partial estimate are skipped
+                axes[v].plot(epochs[finite], line[finite], styles.get(str(split), ":"),
                              color=colours(l % 10), lw=1, label=f"{layer} ({split})")
         axes[v].set(xscale="log", xlabel="epoch + 1", ylabel=label)
     axes[1].legend(fontsize=6, ncol=2)

@@ -35,11 +35,14 @@ def compression_phase(results: xr.Dataset, estimator: str, split: str = "all") -
     """Per seed and layer: the epoch of maximal I(X;T) and the drop from that maximum to the end.
 
     A fitting phase then a compression phase shows as a maximum before the last epoch and a
-    positive drop. Returned per seed, with mean and std over seeds.
+    positive drop. Returned per seed, with mean and std over seeds; seeds without any value of
+    this entry (estimated on part of the seeds) are left out.
     """
     i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split)
+    i_xt = i_xt.isel(seed=np.isfinite(i_xt).any(("epoch", "layer")).values)
     peak_index = i_xt.fillna(-np.inf).argmax("epoch")
-    peak_epoch = results.epoch.values[peak_index.values]
+    peak_epoch = np.where(np.isfinite(i_xt).any("epoch").values,
+                          results.epoch.values[peak_index.values], np.nan)
     final = last_valid(i_xt)
     drop = i_xt.max("epoch") - final
     out = xr.Dataset({

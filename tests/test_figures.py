@@ -103,3 +103,17 @@ def test_ib_picks_the_minimal_sufficient_statistic():
     curve = ib_curve(p_x, p_y_given_x, np.logspace(-2, 2, 20))
     assert curve[0, 0] == pytest.approx(0.0, abs=1e-3)  # beta -> 0: everything compressed
     assert (curve[:, 1] <= curve[:, 0] + 1e-9).all()      # I(T;Y) <= I(X;T) on the whole curve
+
+
+def test_partial_entries_are_drawn_from_their_cells():
+    ds = synthetic_results()
+    ds["done"].loc[{"estimator": "renyi", "seed": 1}] = False  # renyi on seed 0 only ...
+    ds["done"].loc[{"estimator": "renyi", "epoch": [1, 10]}] = False  # ... every other epoch
+    from pipeline.results import masked
+    partial = masked(ds)
+    i_xt, _, _, epochs, n_seeds = F._plane_arrays(partial, "renyi", "train")
+    assert epochs.tolist() == [0, 3, 30] and n_seeds == 1
+    np.testing.assert_array_equal(i_xt, ds.I_XT.sel(estimator="renyi", split="train", seed=0,
+                                                    epoch=[0, 3, 30]).values)
+    fig = F.comparison_figure(partial)
+    assert "renyi / train (1 seed(s), 3 epochs)" in [ax.get_title() for ax in fig.axes]

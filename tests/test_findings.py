@@ -70,3 +70,12 @@ def test_fisher_peak():
     peak = fd.fisher_peak(ds)
     assert peak.peak_epoch.values.tolist() == [2, 2, 2]
     assert float(peak.final_over_peak.sel(layer="dense1")) == pytest.approx(0.25)
+
+
+def test_seeds_without_values_are_left_out():
+    ds = results_with([1, 2, 4, 3.5, 3, 2.5])
+    ds["I_XT"][0, 0, 0, 3:, :] = 99.0  # seed 0 differs: flat top from epoch 5
+    ds["done"][0, 1] = False  # seed 1 not estimated (a partial run: --seeds 0)
+    phase = fd.compression_phase(ds, "binning_30")
+    assert phase.sizes["seed"] == 1 and float(phase.peak_epoch_mean.sel(layer="dense1")) == 5
+    assert float(phase.drop_mean.sel(layer="dense1")) == pytest.approx(0.0)
