@@ -115,6 +115,18 @@ def count_phases(series: np.ndarray, min_change: float = 0.02) -> int:
     return phases
 
 
+def phase_counts(results: xr.Dataset, estimator: str, split: str = "test", variable: str = "I_XT",
+                 min_change: float = 0.02) -> xr.DataArray:
+    """Per seed and layer: the number of alternating fitting/compression phases of one curve
+    (`count_phases` on `variable` against epoch; Butakov et al. report several on MNIST)."""
+    curves = _valid(results)[variable].sel(estimator=estimator, split=split)
+    counts = xr.apply_ufunc(count_phases, curves, input_core_dims=[["epoch"]], vectorize=True,
+                            kwargs={"min_change": min_change})
+    counts.attrs = {"estimator": estimator, "split": split, "variable": variable,
+                    "min_change": min_change}
+    return counts.transpose("seed", "layer")
+
+
 def fisher_peak(results: xr.Dataset) -> xr.Dataset:
     """Per layer: the epoch of maximal Fisher trace (mean over seeds) and final / maximum."""
     trace = _valid(results).fisher_trace.mean("seed")

@@ -79,3 +79,12 @@ def test_seeds_without_values_are_left_out():
     phase = fd.compression_phase(ds, "binning_30")
     assert phase.sizes["seed"] == 1 and float(phase.peak_epoch_mean.sel(layer="dense1")) == 5
     assert float(phase.drop_mean.sel(layer="dense1")) == pytest.approx(0.0)
+
+
+def test_phase_counts_per_seed_and_layer():
+    ds = results_with([1, 3, 2, 4, 3.5, 5])  # up, down, up, down, up: five phases
+    ds = ds.assign_coords(split=["test"])
+    ds["I_XT"][0, 1, 0, :, :] = np.array([1, 2, 3, 4, 5, 6.0])[:, None]  # seed 1 only fits
+    counts = fd.phase_counts(ds, "binning_30", "test")
+    assert counts.dims == ("seed", "layer") and counts.sel(seed=0).values.tolist() == [5, 5, 5]
+    assert counts.sel(seed=1).values.tolist() == [1, 1, 1]
