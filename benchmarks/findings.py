@@ -60,15 +60,94 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str, sp
     return text
 
 
+def _coverage(results, estimator: str, split: str) -> tuple[int, int]:
+    """Seeds and snapshots holding values of one entry (entries may be estimated on part)."""
+    values = np.isfinite(results.I_XT.sel(estimator=estimator, split=split))
+    return int(values.any(("epoch", "layer")).sum()), int(values.any(("seed", "layer")).sum())
+
+
 def comparison_section(runs: Path, figures: Path, name: str, split: str = "all") -> str:
     results, _ = _load(runs, name)
     if results is None:
         return f"Run `{name}` not found under {runs}: not reproduced here."
     shares = fd.compression_table(results, split)
-    rows = [[e, str(results.parameters.sel(estimator=e).values), f"{share:.0%}",
-             f"{fd.dpi_share(results, e, split):.0%}"] for e, share in shares.items()]
-    return (table(["entry", "parameters", "hidden layers compressing (drop > 5% of peak)",
-                   "DPI holds (cells)"], rows) + "\n\n" + "\n".join(_copy(figures, name, ["comparison"])))
+    rows = []
+    for e, share in shares.items():
+        seeds, snapshots = _coverage(results, e, split)
+        if not seeds:
+            continue
+        layers = fd.compresses(results, e, split)
+        which = ", ".join(str(k) for k, v in zip(layers.layer.values, layers.values, strict=True) if v)
+        rows.append([e, str(results.parameters.sel(estimator=e).values), seeds, snapshots,
+                     f"{share:.0%} ({which or 'none'})", f"{fd.dpi_share(results, e, split):.0%}"])
+    return (f"Run `{name}`, split `{split}`.\n\n"
+            + table(["entry", "parameters", "seeds", "snapshots",
+                     "hidden layers compressing (mean over seeds drops > 5% of its peak)",
+                     "DPI holds (cells)"], rows)
+            + "\n\n" + "\n".join(_copy(figures, name, ["comparison"])))
+
+
+def _path(curve, *points: str) -> str:
+    """'a -> b -> c' of a curve over epochs at its first value, maximum and last valid value."""
+    picks = {"first": lambda c: c.isel(epoch=0), "max": lambda c: c.max("epoch"), "last": fd.last_valid}
+    return " -> ".join(f"{float(picks[p](curve)):.3f}" for p in points)
+
+
+def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compression",
+                   split: str = "test") -> str:
+    results, archive = _load(runs, name)
+    if results is None or estimator not in results.estimator.values:
+        return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
+    xt = fd.phase_counts(results, estimator, split, "I_XT")
+    ty = fd.phase_counts(results, estimator, split, "I_TY")
+    phase = fd.compression_phase(results, estimator, split)
+    sel = results.sel(estimator=estimator, split=split).mean("seed")
+    rows = [[str(layer), _path(sel.I_XT.sel(layer=layer), "first", "max", "last"),
+             _path(sel.I_TY.sel(layer=layer), "first", "last"),
+             f"{float(phase.peak_epoch_mean.sel(layer=layer)):.0f}",
+             " / ".join(str(int(v)) for v in xt.sel(layer=layer).values),
+             " / ".join(str(int(v)) for v in ty.sel(layer=layer).values)]
+            for layer in results.layer.values]
+    cfg = archive.config
+    history = archive.history(archive.seeds[0])
+    return (f"Run `{name}`: {len(results.seed)} seed(s), {cfg.train.n_epochs} epochs, "
+            f"{len(results.epoch)} snapshots, {cfg.archive.samples_per_split} {split} images; "
+            f"`{estimator}` `{results.parameters.sel(estimator=estimator).values}`. Final test "
+            f"accuracy {float(history['accuracy_test'][-1]):.3f}.\n\n"
+            + table(["layer", "I(X;T) first -> max -> last (bits)", "I(T;Y) first -> last (bits)",
+                     "epoch of max I(X;T)", "phases in I(X;T) (per seed)", "phases in I(T;Y) (per seed)"],
+                    rows)
+            + f"\n\nPhases: `pipeline.findings.phase_counts` (a move of at least "
+            f"{xt.attrs['min_change']:.0%} of the curve's range in one direction starts a phase).\n\n"
+            + "\n".join(_copy(figures, name, [f"mi_vs_epoch_{estimator}", f"plane_{estimator}_{split}"])))
+
+
+def tensor_renyi_section(runs: Path, figures: Path, name: str, estimator: str = "renyi") -> str:
+    results, archive = _load(runs, name)
+    if results is None or estimator not in results.estimator.values:
+        return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
+    size = sum(f.stat().st_size for f in (runs / name / "archive.zarr").rglob("*") if f.is_file())
+    sel = results.sel(estimator=estimator).mean("seed")
+    rows = [[str(layer), "x".join(map(str, archive.layer_shapes[str(layer)])),
+             _path(sel.I_XT.sel(layer=layer, split="train"), "first", "last"),
+             _path(sel.I_TY.sel(layer=layer, split="train"), "first", "last"),
+             _path(sel.I_TY.sel(layer=layer, split="test"), "last")]
+            for layer in results.layer.values]
+    history = archive.history(archive.seeds[0])
+    cfg = archive.config
+    shape = "x".join(map(str, archive.root["inputs"].shape[1:]))
+    return (f"Run `{name}`: {cfg.data.dataset} data ({len(archive.labels)} samples of {shape} recorded), "
+            f"{cfg.train.n_epochs} epochs on `{cfg.train.device}`, {len(archive.layers)} recorded layers, "
+            f"{cfg.archive.samples_per_split} samples per split in {cfg.archive.activation_dtype}; "
+            f"archive {size / 2**20:.1f} MiB on disk. Final accuracy train "
+            f"{float(history['accuracy_train'][-1]):.3f}, test {float(history['accuracy_test'][-1]):.3f}. "
+            f"`{estimator}` "
+            f"`{results.parameters.sel(estimator=estimator).values}`.\n\n"
+            + table(["layer", "shape", "I(X;T) first -> last (train, bits)",
+                     "I(T;Y) first -> last (train, bits)", "I(T;Y) last (test, bits)"], rows)
+            + "\n\nEstimate history: " + str(results.attrs.get("history", "")).replace("\n", "; ")
+            + "\n\n" + "\n".join(_copy(figures, name, [f"plane_{estimator}_train",
+                                                          f"mi_vs_epoch_{estimator}"])))
 
 
 def fisher_section(runs: Path, figures: Path, name: str) -> str:
@@ -126,9 +205,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="data/runs", type=Path)
     parser.add_argument("--figures", default="figures", type=Path)
-    parser.add_argument("--tanh", default="szt_tanh")
-    parser.add_argument("--relu", default="szt_relu")
+    parser.add_argument("--tanh", default="szt_tanh_paper")
+    parser.add_argument("--relu", default="szt_relu_paper")
     parser.add_argument("--mnist", default="mnist_mlp")
+    parser.add_argument("--cnn", default="mnist_cnn_cpu")
+    parser.add_argument("--vgg", default="cifar10_vgg16_cpu")
     args = parser.parse_args()
     sections = {
         "szt_tanh": compression_section(args.runs, args.figures, args.tanh, "binning_30"),
@@ -138,6 +219,8 @@ def main() -> None:
         "fisher": fisher_section(args.runs, args.figures, args.tanh),
         "mnist_mlp": renyi_mlp_section(args.runs, args.figures, args.mnist),
         "fisher_mnist": fisher_section(args.runs, args.figures, args.mnist),
+        "mnist_cnn": phases_section(args.runs, args.figures, args.cnn),
+        "vgg16": tensor_renyi_section(args.runs, args.figures, args.vgg),
     }
     for name, body in sections.items():
         write_section(DOCS / "results.md", name, body)
