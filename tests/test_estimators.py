@@ -87,6 +87,20 @@ def test_kde_identical_points_carry_no_information():
         assert out["I_TY"] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("bound", ["upper", "lower"])
+def test_kde_information_is_the_difference_of_entropy_bounds(bound):
+    # I(X;T) = H(T) - H(T|X) and I(T;Y) = H(T) - sum_y p(y) H(T|Y=y), each H the same bound of its
+    # mixture: the class sums of information_plane must equal per-class kde_entropy calls.
+    rng = np.random.default_rng(8)
+    t, y = rng.normal(size=(90, 4)), np.repeat([0, 1, 2], [15, 30, 45])
+    out = information_plane(distinct_inputs(90), t, y, "kde", noise_variance=0.3, bound=bound)
+    h_t = kde_entropy(t, 0.3, bound)
+    per_component = 2 * math.log2(2 * math.pi * math.e * 0.3)  # (d/2) log2(2 pi e s2), d = 4
+    assert out["I_XT"] == pytest.approx(h_t - per_component, rel=1e-12)
+    h_t_given_y = sum((y == c).mean() * kde_entropy(t[y == c], 0.3, bound) for c in range(3))
+    assert out["I_TY"] == pytest.approx(h_t - h_t_given_y, rel=1e-10)
+
+
 @pytest.mark.parametrize("s2", [0.01, 0.1, 1.0])
 def test_kde_bounds_sandwich_monte_carlo(s2):
     rng = np.random.default_rng(6)
