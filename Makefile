@@ -51,11 +51,12 @@ MNIST_OFFLINE := --set data.root=../shared/data --set data.source_split=test --s
 reproduce: $(STAMP)
 	$(MAKE) train CONFIG=configs/szt_tanh_paper.toml
 	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only binning_30 fisher --splits all"
-	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--seeds 0 --splits all --every 3"
+	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only binning_10 binning_100 --seeds 0 --splits all --every 3"
+	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--seeds 0 --splits all --every 6"
 	$(MAKE) figures CONFIG=configs/szt_tanh_paper.toml
 	$(MAKE) train CONFIG=configs/szt_relu_paper.toml
 	$(MAKE) estimate CONFIG=configs/szt_relu_paper.toml ARGS="--only binning_layer_100"
-	$(MAKE) estimate CONFIG=configs/szt_relu_paper.toml ARGS="--only kde_upper_1e-1 --seeds 0 1 2 3 --every 3"
+	$(MAKE) estimate CONFIG=configs/szt_relu_paper.toml ARGS="--only kde_upper_1e-1 --seeds 0 1 2 3 --every 6"
 	$(MAKE) figures CONFIG=configs/szt_relu_paper.toml
 	$(MAKE) all CONFIG=configs/mnist_mlp.toml ARGS="$(MNIST_OFFLINE) --set train.n_epochs=30 --set seeds=[0,1]"
 	$(MAKE) all CONFIG=configs/mnist_cnn_cpu.toml
