@@ -220,7 +220,8 @@ def main() -> None:
         "mnist_mlp": renyi_mlp_section(args.runs, args.figures, args.mnist),
         "fisher_mnist": fisher_section(args.runs, args.figures, args.mnist),
         "mnist_cnn": phases_section(args.runs, args.figures, args.cnn),
-        "vgg16": tensor_renyi_section(args.runs, args.figures, args.vgg),
+        "vgg16": tensor_renyi_section(args.runs, args.figures, args.vgg, "renyi"),
+        "vgg16_unsmoothed": tensor_renyi_section(args.runs, args.figures, args.vgg, "renyi_unsmoothed"),
     }
     for name, body in sections.items():
         write_section(DOCS / "results.md", name, body)

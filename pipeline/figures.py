@@ -135,10 +135,13 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
 
 def mi_vs_epoch_figure(results: xr.Dataset, estimator: str) -> Figure:
     """I(X;T) and I(T;Y) against epoch per layer; one line style per split."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     epochs = results.epoch.values + 1
     styles = {"all": "-", "train": "-", "test": "--"}
-    colours = plt.get_cmap("tab10")
+    n_layers = results.sizes["layer"]
+    # tab10 repeats after ten layers (VGG-16 records 16): a sequential map then, input side dark
+    colours = (plt.get_cmap("tab10") if n_layers <= 10 else
+               lambda l: plt.get_cmap("viridis")(l / max(n_layers - 1, 1)))
     for v, (var, label) in enumerate((("I_XT", "I(X;T) (bits)"), ("I_TY", "I(T;Y) (bits)"))):
         for split in results.split.values:
             values = results[var].sel(estimator=estimator, split=split).mean("seed")
@@ -146,9 +149,9 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str) -> Figure:
                 line = values.sel(layer=layer).values
                 finite = np.isfinite(line)  # epochs left out of a partial estimate are skipped
                 axes[v].plot(epochs[finite], line[finite], styles.get(str(split), ":"),
-                             color=colours(l % 10), lw=1, label=f"{layer} ({split})")
+                             color=colours(l), lw=1, label=f"{layer} ({split})")
         axes[v].set(xscale="log", xlabel="epoch + 1", ylabel=label)
-    axes[1].legend(fontsize=6, ncol=2)
+    axes[1].legend(fontsize=6, ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(f"{estimator}: solid train (or all), dashed test", fontsize=9)
     fig.tight_layout()
     return fig
