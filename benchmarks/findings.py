@@ -98,15 +98,19 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
     results, archive = _load(runs, name)
     if results is None or estimator not in results.estimator.values:
         return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
-    xt = fd.phase_counts(results, estimator, split, "I_XT")
-    ty = fd.phase_counts(results, estimator, split, "I_TY")
+    thresholds = (0.02, 0.05, 0.10)
+
+    def phases(variable: str, layer: str) -> str:
+        # per threshold, the counts of every seed (comma-separated)
+        return " / ".join(",".join(str(int(v)) for v in fd.phase_counts(
+            results, estimator, split, variable, t).sel(layer=layer).values) for t in thresholds)
+
     phase = fd.compression_phase(results, estimator, split)
     sel = results.sel(estimator=estimator, split=split).mean("seed")
     rows = [[str(layer), _path(sel.I_XT.sel(layer=layer), "first", "max", "last"),
              _path(sel.I_TY.sel(layer=layer), "first", "last"),
              f"{float(phase.peak_epoch_mean.sel(layer=layer)):.0f}",
-             " / ".join(str(int(v)) for v in xt.sel(layer=layer).values),
-             " / ".join(str(int(v)) for v in ty.sel(layer=layer).values)]
+             phases("I_XT", str(layer)), phases("I_TY", str(layer))]
             for layer in results.layer.values]
     cfg = archive.config
     history = archive.history(archive.seeds[0])
@@ -115,10 +119,11 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
             f"`{estimator}` `{results.parameters.sel(estimator=estimator).values}`. Final test "
             f"accuracy {float(history['accuracy_test'][-1]):.3f}.\n\n"
             + table(["layer", "I(X;T) first -> max -> last (bits)", "I(T;Y) first -> last (bits)",
-                     "epoch of max I(X;T)", "phases in I(X;T) (per seed)", "phases in I(T;Y) (per seed)"],
-                    rows)
-            + f"\n\nPhases: `pipeline.findings.phase_counts` (a move of at least "
-            f"{xt.attrs['min_change']:.0%} of the curve's range in one direction starts a phase).\n\n"
+                     "epoch of max I(X;T)", "phases in I(X;T) at 2% / 5% / 10%",
+                     "phases in I(T;Y) at 2% / 5% / 10%"], rows)
+            + "\n\nPhases: `pipeline.findings.phase_counts(results, estimator, split, variable, "
+            "min_change)`: a move of at least `min_change` (2%, 5% or 10% of the curve's range) in one "
+            "direction since the last turning point starts a new phase.\n\n"
             + "\n".join(_copy(figures, name, [f"mi_vs_epoch_{estimator}", f"plane_{estimator}_{split}"])))
 
 
