@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,10 +323,32 @@ class ArchiveReader:
 
     def activations(self, seed: int, layer: str, epoch: int) -> np.ndarray:
         """One layer's recorded outputs at a committed epoch: (n_samples, *layer_shape)."""
+        return self.layer_reader(seed, layer)(epoch)
+
+    def layer_reader(self, seed: int, layer: str) -> Callable[[int], np.ndarray]:
+        """`epoch -> activations` for one seed and layer, with the array opened and the committed
+        epochs read once (one metadata round trip per task instead of one per cell)."""
         if layer not in self.layer_shapes:
             raise ArchiveError(f"{self.path}: no layer {layer!r}; layers are {self.layers}")
-        index = self.epoch_index(seed, epoch)
-        return self._read(layer, self.seed_group(seed)["activations"], index)
+        group = self.seed_group(seed)["activations"]
+        try:
+            array = group[layer]
+        except KeyError:
+            raise ArchiveError(f"{self.path}: array {group.path}/{layer} is missing; the archive "
+                               "is incomplete or corrupted: retrain with --force") from None
+        committed = self.committed_epochs(seed)
+
+        def read(epoch: int) -> np.ndarray:
+            hits = np.flatnonzero(committed == epoch)
+            if not len(hits):
+                raise ArchiveError(f"{self.path}: epoch {epoch} of seed {seed} is not committed "
+                                   f"(committed: {len(committed)} snapshots)")
+            try:
+                return np.asarray(array[int(hits[0])])
+            except Exception as err:  # a torn or foreign chunk file
+                raise ArchiveError(f"{self.path}: array {group.path}/{layer} cannot be read ({err}); "
+                                   "the archive is corrupted: retrain with --force") from None
+        return read
 
     def weights(self, seed: int, epoch: int) -> dict[str, np.ndarray]:
         group = self.seed_group(seed)

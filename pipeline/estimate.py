@@ -87,8 +87,9 @@ def run_task(archive_path: str, task: Task) -> dict[str, Any]:
     sigma_prev = task.sigma_prev
     values: dict[str, list[float]] = {}
     messages = []
+    read = archive.layer_reader(task.seed, task.layer)
     for epoch in task.epochs:
-        t = archive.activations(task.seed, task.layer, epoch)[index]
+        t = read(epoch)[index]
         kwargs = {**params, "sigma_prev": sigma_prev} if chain else params
         try:
             out = information_plane(x, t, y, task.table["method"], **kwargs)
