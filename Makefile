@@ -50,7 +50,8 @@ lint: $(STAMP)
 MNIST_OFFLINE := --set data.root=../shared/data --set data.source_split=test --set data.download=false
 reproduce: $(STAMP)
 	$(MAKE) train CONFIG=configs/szt_tanh_paper.toml
-	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only binning_30 fisher --splits all"
+	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only binning_30 --splits all"
+	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only fisher --seeds 0 1 2 3 --every 3"
 	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only binning_10 binning_100 --seeds 0 --splits all --every 3"
 	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--seeds 0 --splits all --every 6"
 	$(MAKE) figures CONFIG=configs/szt_tanh_paper.toml
