@@ -108,8 +108,9 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
 
 
 def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = None) -> Figure:
-    """Rows: estimator entries; columns: splits. Axes shared within a method (same units)."""
-    estimators, splits = list(results.estimator.values), list(results.split.values)
+    """Rows: estimator entries; columns: splits holding values. Axes shared within a method."""
+    estimators = list(results.estimator.values)
+    splits = [s for s in results.split.values if np.isfinite(results.I_XT.sel(split=s)).any()]
     fig, axes = plt.subplots(len(estimators), len(splits), squeeze=False, layout="constrained",
                              figsize=(3.4 * len(splits) + 1.2, 2.9 * len(estimators)))
     sc = None

@@ -70,6 +70,10 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", figures_dir:
         ib = szt_ib_curve() if cfg.data.dataset == "szt" else None
         for estimator in present:
             for split in results.split.values:
+                if np.isnan(results.I_XT.sel(estimator=estimator, split=split)).all():
+                    messages.append(f"estimator {estimator}: no values on split {split} (estimated "
+                                    "on part of the cells); its plane is not drawn")
+                    continue
                 index = split_indices(archive.split, str(split))
                 limits = F.saturation_limits(len(index), archive.labels[index])
                 fig = F.information_plane_figure(results, estimator, split, limits, seed_spread, stop, ib)

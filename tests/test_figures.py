@@ -117,3 +117,6 @@ def test_partial_entries_are_drawn_from_their_cells():
                                                     epoch=[0, 3, 30]).values)
     fig = F.comparison_figure(partial)
     assert "renyi / train (1 seed(s), 3 epochs)" in [ax.get_title() for ax in fig.axes]
+    ds["done"].loc[{"split": "test"}] = False  # a split estimated by no entry gets no column
+    titles = [ax.get_title() for ax in F.comparison_figure(masked(ds)).axes]
+    assert titles and not any("/ test" in t for t in titles)
