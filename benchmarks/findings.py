@@ -58,9 +58,10 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str, sp
              f"{float(phase.final_bits.sel(layer=layer).mean()):.3f}"] for layer in results.layer.values]
     out = fd.output_information(results, estimator, archive.labels, split)
     cfg = archive.config
-    text = (f"Run `{name}`: {len(results.seed)} seeds, {cfg.train.n_epochs} epochs, "
-            f"{len(results.epoch)} snapshots; estimator `{estimator}` "
-            f"`{results.parameters.sel(estimator=estimator).values}` on split `{split}`.\n\n"
+    seeds, snapshots = _coverage(results, estimator, split)
+    text = (f"Run `{name}`: {cfg.train.n_epochs} epochs; estimator `{estimator}` on {seeds} of "
+            f"{len(results.seed)} seeds and {snapshots} of {len(results.epoch)} snapshots, "
+            f"`{results.parameters.sel(estimator=estimator).values}`, split `{split}`.\n\n"
             + table(["layer", "epoch of max I(X;T) (mean over seeds)", "drop max -> end (bits, mean +- sd)",
                      "final I(X;T) (bits)"], rows)
             + f"\n\nOutput layer: final I(T;Y) = {out['final_mean']:.4f} +- {out['final_std']:.4f} bits "
