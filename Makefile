@@ -44,7 +44,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check pipeline stages tests benchmarks
 
-# The seven experiments of docs/results.md exactly as run there (about 2.5 h on 2 cores), then
+# The seven experiments of docs/results.md exactly as run there (about 3 h on 2 cores), then
 # `make findings` writes every number and copies every figure into docs/results.md. KDE and the
 # estimator comparison run on part of the cells (see configs/szt_*_paper.toml).
 MNIST_OFFLINE := --set data.root=../shared/data --set data.source_split=test --set data.download=false
