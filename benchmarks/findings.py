@@ -109,11 +109,13 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
     if results is None or estimator not in results.estimator.values:
         return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
     thresholds = (0.02, 0.05, 0.10)
+    counts = {(variable, t): fd.phase_counts(results, estimator, split, variable, t)
+              for variable in ("I_XT", "I_TY") for t in thresholds}
 
     def phases(variable: str, layer: str) -> str:
         # per threshold, the counts of every seed (comma-separated)
-        return " / ".join(",".join(str(int(v)) for v in fd.phase_counts(
-            results, estimator, split, variable, t).sel(layer=layer).values) for t in thresholds)
+        return " / ".join(",".join(str(int(v)) for v in counts[variable, t].sel(layer=layer).values)
+                          for t in thresholds)
 
     phase = fd.compression_phase(results, estimator, split)
     sel = results.sel(estimator=estimator, split=split).mean("seed")

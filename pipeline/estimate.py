@@ -130,6 +130,12 @@ def run_fisher_task(archive_path: str, seed: int, epochs: tuple[int, ...], probe
     return {"seed": seed, "epochs": list(epochs), "layers": archive.layers, "traces": np.asarray(traces)}
 
 
+def selected_rows(n_epochs: int, every: int) -> np.ndarray:
+    """Mask of the store's epoch rows a run with `--every` computes: every k-th and the last."""
+    rows = np.arange(n_epochs)
+    return (rows % every == 0) | (rows == n_epochs - 1)
+
+
 def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray],
          only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
          every: int = 1, splits: Sequence[str] | None = None) -> list[Task]:
@@ -143,8 +149,7 @@ def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray
     done = ds["done"].values
     sigma = ds["sigma_t"].values
     epochs = ds.epoch.values
-    rows = np.arange(len(epochs))
-    chosen_rows = (rows % every == 0) | (rows == len(epochs) - 1)
+    chosen_rows = selected_rows(len(epochs), every)
     for e, name in enumerate(ds.estimator.values):
         table = entries[name]
         if only is not None and name not in only:
@@ -249,18 +254,18 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: s
         raise ConfigError(f"--every must be a positive number of snapshots, got {every}")
     lock = _Lock(run_dir / "estimates.lock")
     try:
-        return _estimate(cfg, archive, archive_path, results_path, scheduler, scheduler_file, netcdf,
-                         only, seeds, every, splits)
+        return _estimate(cfg, entries, archive, archive_path, results_path, scheduler, scheduler_file,
+                         netcdf, only, seeds, every, splits)
     finally:
         lock.release()
 
 
-def _estimate(cfg: ExperimentConfig, archive: ArchiveReader, archive_path: Path, results_path: Path,
+def _estimate(cfg: ExperimentConfig, entries: dict[str, dict[str, Any]], archive: ArchiveReader,
+              archive_path: Path, results_path: Path,
               scheduler: str | None, scheduler_file: str | None, netcdf: bool,
               only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
               every: int = 1, splits: Sequence[str] | None = None) -> int:
     recover(results_path)
-    entries = dict(cfg.estimators) or DEFAULT_ESTIMATORS
     committed = {seed: archive.committed_epochs(seed) for seed in archive.seeds}
     epochs = np.unique(np.concatenate(list(committed.values())))
     widths = [int(np.prod(archive.layer_shapes[name])) for name in archive.layers]
@@ -286,13 +291,13 @@ def _estimate(cfg: ExperimentConfig, archive: ArchiveReader, archive_path: Path,
     if cfg.estimate.fisher and archive.attrs["config"]["archive"]["store_weights"] and \
             (only is None or "fisher" in only):
         fdone = target["fisher_done"].values
-        last = len(target.epoch) - 1
+        chosen_rows = selected_rows(len(target.epoch), every)
         for s, seed in enumerate(target.seed.values):
             if seeds is not None and int(seed) not in seeds:
                 continue
             rows = [r for r, ep in enumerate(target.epoch.values)
                     if ep in committed[int(seed)] and not fdone[s, r].all()
-                    and (r % every == 0 or r == last)]
+                    and chosen_rows[r]]
             for start in range(0, len(rows), 25):
                 fisher_tasks.append((int(seed), tuple(int(target.epoch.values[r])
                                                       for r in rows[start:start + 25])))

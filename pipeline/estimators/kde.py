@@ -40,6 +40,11 @@ def _mixture_kernel(d2: torch.Tensor, variance: float) -> torch.Tensor:
     return d2.mul_(-0.5 / variance).exp_()
 
 
+def _mean_log_mixture(kernel: torch.Tensor) -> float:
+    """mean_i log[(1/P) sum_j kernel_ij], nats."""
+    return float((torch.log(kernel.sum(1)) - math.log(len(kernel))).mean())
+
+
 def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper",
                 device: str = "cpu") -> float:
     """Bound on H(T) in bits of the mixture of N(t_i, noise_variance I) over the rows of `t`."""
@@ -48,8 +53,7 @@ def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper"
     d = h.shape[1]
     kernel = _mixture_kernel(squared_distances(h), variance)
     # -mean_i log[(1/P) sum_j exp(-d2_ij / (2 variance))] plus the per-component entropy.
-    mean_log_mixture = float((torch.log(kernel.sum(1)) - math.log(len(kernel))).mean())
-    h_nats = 0.5 * d * (math.log(2 * math.pi * noise_variance) + 1) - mean_log_mixture
+    h_nats = 0.5 * d * (math.log(2 * math.pi * noise_variance) + 1) - _mean_log_mixture(kernel)
     return h_nats / LOG2
 
 
@@ -78,7 +82,7 @@ def kde_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise_var
     onehot = torch.nn.functional.one_hot(codes).to(kernel.dtype)
     class_sums = kernel @ onehot  # (n, classes): each row's kernel mass within every class
     # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels.
-    i_xt = -float((torch.log(class_sums.sum(1)) - math.log(len(kernel))).mean())
+    i_xt = -_mean_log_mixture(class_sums)  # the class sums of a row add up to its total mass
     # sum_y p(y) H(T|Y=y) with the bound inside each class: the mean over all rows of the row's
     # log mixture over its own class.
     own = class_sums.gather(1, codes[:, None]).squeeze(1)
