@@ -17,7 +17,7 @@ import numpy as np
 from benchmarks.common import DOCS, table, write_section
 from pipeline import findings as fd
 from pipeline.archive import ArchiveReader, split_indices
-from pipeline.results import masked, open_results
+from pipeline.results import holding_values, masked, open_results
 
 
 def _load(runs: Path, name: str):
@@ -72,8 +72,8 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str, sp
 
 def _coverage(results, estimator: str, split: str) -> tuple[int, int]:
     """Seeds and snapshots holding values of one entry (entries may be estimated on part)."""
-    values = np.isfinite(results.I_XT.sel(estimator=estimator, split=split))
-    return int(values.any(("epoch", "layer")).sum()), int(values.any(("seed", "layer")).sum())
+    values = results.I_XT.sel(estimator=estimator, split=split)
+    return int(holding_values(values, "seed").sum()), int(holding_values(values, "epoch").sum())
 
 
 def comparison_section(runs: Path, figures: Path, name: str, split: str = "all") -> str:

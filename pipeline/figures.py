@@ -24,6 +24,8 @@ import xarray as xr  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from pipeline.results import holding_values  # noqa: E402
+
 CMAP = "viridis"  # perceptually uniform
 SATURATION_TOL = 1e-6
 
@@ -76,8 +78,7 @@ def _plane_arrays(results: xr.Dataset, estimator: str, split: str):
     """Seed means and spreads over the epochs and seeds that hold values: an entry estimated on
     part of the cells (`make estimate ARGS="--seeds 0 --every 3"`) is drawn from those alone."""
     sel = results.sel(estimator=estimator, split=split)
-    sel = sel.isel(epoch=np.isfinite(sel.I_XT).any(("seed", "layer")).values,
-                   seed=np.isfinite(sel.I_XT).any(("epoch", "layer")).values)
+    sel = sel.isel(epoch=holding_values(sel.I_XT, "epoch"), seed=holding_values(sel.I_XT, "seed"))
     i_xt, i_ty = sel.I_XT.mean("seed").values, sel.I_TY.mean("seed").values
     spread = (sel.I_XT.std("seed").values, sel.I_TY.std("seed").values)
     return i_xt, i_ty, spread, sel.epoch.values, sel.sizes["seed"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from pipeline.results import masked
+from pipeline.results import holding_values, masked
 
 
 def _valid(results: xr.Dataset) -> xr.Dataset:
@@ -39,7 +39,7 @@ def compression_phase(results: xr.Dataset, estimator: str, split: str = "all") -
     this entry (estimated on part of the seeds) are left out.
     """
     i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split)
-    i_xt = i_xt.isel(seed=np.isfinite(i_xt).any(("epoch", "layer")).values)
+    i_xt = i_xt.isel(seed=holding_values(i_xt, "seed"))
     peak_index = i_xt.fillna(-np.inf).argmax("epoch")
     peak_epoch = np.where(np.isfinite(i_xt).any("epoch").values,
                           results.epoch.values[peak_index.values], np.nan)

@@ -87,6 +87,16 @@ def masked(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def holding_values(values: xr.DataArray, dim: str) -> np.ndarray:
+    """Boolean mask over `dim`: the entries with at least one finite value.
+
+    An entry estimated on part of the cells (`make estimate ARGS="--seeds 0 --every 3"`) holds
+    values on some seeds and epochs only; figures and findings use those alone.
+    """
+    others = [d for d in values.dims if d != dim]
+    return np.isfinite(values).any(others).values
+
+
 def open_results(path: Path) -> xr.Dataset | None:
     """The store loaded in memory, or None if there is none."""
     if not (path / "zarr.json").exists():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import findings as fd
-from pipeline.results import template
+from pipeline.results import holding_values, masked, template
 
 EPOCHS = np.array([0, 1, 2, 5, 10, 20])
 LAYERS = ["dense1", "dense2", "softmax"]
@@ -79,6 +79,17 @@ def test_seeds_without_values_are_left_out():
     phase = fd.compression_phase(ds, "binning_30")
     assert phase.sizes["seed"] == 1 and float(phase.peak_epoch_mean.sel(layer="dense1")) == 5
     assert float(phase.drop_mean.sel(layer="dense1")) == pytest.approx(0.0)
+
+
+def test_holding_values_marks_seeds_and_epochs_with_any_value():
+    ds = masked(results_with([1, 2, 4, 3.5, 3, 2.5]))
+    values = ds.I_XT.sel(estimator="binning_30", split="all").copy()
+    values[1] = np.nan  # seed 1 not estimated
+    values[0, 1::2] = np.nan  # seed 0 on every other epoch (--every 2)
+    values[0, 2, :2] = np.nan  # one epoch with the output layer alone still counts
+    assert holding_values(values, "seed").tolist() == [True, False]
+    assert holding_values(values, "epoch").tolist() == [True, False, True, False, True, False]
+    assert holding_values(values, "layer").tolist() == [True, True, True]
 
 
 def test_phase_counts_per_seed_and_layer():
