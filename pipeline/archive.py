@@ -278,16 +278,23 @@ class ArchiveReader:
         self.labels: np.ndarray = self._read("labels")
         self.split: np.ndarray = self._read("split")
 
-    def _read(self, name: str, group: zarr.Group | None = None, index: Any = ...) -> np.ndarray:
+    def _array(self, name: str, group: zarr.Group | None = None) -> zarr.Array:
         group = self.root if group is None else group
         try:
-            return np.asarray(group[name][index])
+            return group[name]
         except KeyError:
             raise ArchiveError(f"{self.path}: array {group.path}/{name} is missing; the archive "
                                "is incomplete or corrupted: retrain with --force") from None
+
+    def _index(self, array: zarr.Array, index: Any = ...) -> np.ndarray:
+        try:
+            return np.asarray(array[index])
         except Exception as err:  # a torn or foreign chunk file
-            raise ArchiveError(f"{self.path}: array {group.path}/{name} cannot be read ({err}); "
+            raise ArchiveError(f"{self.path}: array {array.path} cannot be read ({err}); "
                                "the archive is corrupted: retrain with --force") from None
+
+    def _read(self, name: str, group: zarr.Group | None = None, index: Any = ...) -> np.ndarray:
+        return self._index(self._array(name, group), index)
 
     @property
     def inputs(self) -> np.ndarray:
@@ -314,7 +321,9 @@ class ArchiveReader:
         return self.snapshot_epochs[:n]
 
     def epoch_index(self, seed: int, epoch: int) -> int:
-        committed = self.committed_epochs(seed)
+        return self._committed_index(self.committed_epochs(seed), seed, epoch)
+
+    def _committed_index(self, committed: np.ndarray, seed: int, epoch: int) -> int:
         hits = np.flatnonzero(committed == epoch)
         if not len(hits):
             raise ArchiveError(f"{self.path}: epoch {epoch} of seed {seed} is not committed "
@@ -330,24 +339,11 @@ class ArchiveReader:
         epochs read once (one metadata round trip per task instead of one per cell)."""
         if layer not in self.layer_shapes:
             raise ArchiveError(f"{self.path}: no layer {layer!r}; layers are {self.layers}")
-        group = self.seed_group(seed)["activations"]
-        try:
-            array = group[layer]
-        except KeyError:
-            raise ArchiveError(f"{self.path}: array {group.path}/{layer} is missing; the archive "
-                               "is incomplete or corrupted: retrain with --force") from None
+        array = self._array(layer, self.seed_group(seed)["activations"])
         committed = self.committed_epochs(seed)
 
         def read(epoch: int) -> np.ndarray:
-            hits = np.flatnonzero(committed == epoch)
-            if not len(hits):
-                raise ArchiveError(f"{self.path}: epoch {epoch} of seed {seed} is not committed "
-                                   f"(committed: {len(committed)} snapshots)")
-            try:
-                return np.asarray(array[int(hits[0])])
-            except Exception as err:  # a torn or foreign chunk file
-                raise ArchiveError(f"{self.path}: array {group.path}/{layer} cannot be read ({err}); "
-                                   "the archive is corrupted: retrain with --force") from None
+            return self._index(array, self._committed_index(committed, seed, epoch))
         return read
 
     def weights(self, seed: int, epoch: int) -> dict[str, np.ndarray]:
