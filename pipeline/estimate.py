@@ -130,36 +130,70 @@ def run_fisher_task(archive_path: str, seed: int, epochs: tuple[int, ...], probe
     return {"seed": seed, "epochs": list(epochs), "layers": archive.layers, "traces": np.asarray(traces)}
 
 
-def selected_rows(n_epochs: int, every: int) -> np.ndarray:
-    """Mask of the store's epoch rows a run with `--every` computes: every k-th and the last."""
-    rows = np.arange(n_epochs)
-    return (rows % every == 0) | (rows == n_epochs - 1)
+@dataclass(frozen=True)
+class Selection:
+    """The part of the cells one run computes; the default is all of them.
+
+    `only` names estimator entries ("fisher" for the Fisher traces), `seeds` and `splits`
+    restrict those dims, and `every` keeps every k-th epoch row of the store and its last. The
+    cells left out stay not done, and a later run computes them.
+    """
+
+    only: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    splits: tuple[str, ...] | None = None
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"--every must be a positive number of snapshots, got {self.every}")
+
+    @property
+    def everything(self) -> bool:
+        return self == Selection()
+
+    def check(self, entries: Sequence[str], seeds: Sequence[int], splits: Sequence[str],
+              archive_path: Path, config_name: str) -> None:
+        """One ConfigError naming what the run's config and archive do not have."""
+        if self.only is not None and (unknown := sorted(set(self.only) - set(entries) - {"fisher"})):
+            raise ConfigError(f"--only names unknown estimator entries {unknown}; the config "
+                              f"{config_name} has {sorted(entries)} (and 'fisher')")
+        if self.seeds is not None and (unknown := sorted(set(self.seeds) - set(seeds))):
+            raise ConfigError(f"--seeds {unknown} are not in {archive_path} (it holds {list(seeds)})")
+        if self.splits is not None and (unknown := sorted(set(self.splits) - set(splits))):
+            raise ConfigError(f"--splits {unknown} are not among the config's estimate.splits "
+                              f"{list(splits)}")
+
+    def takes(self, entry: str | None = None, seed: int | None = None, split: str | None = None) -> bool:
+        """Whether the named entry, seed and split (those given) are selected."""
+        return ((entry is None or self.only is None or entry in self.only)
+                and (seed is None or self.seeds is None or int(seed) in self.seeds)
+                and (split is None or self.splits is None or split in self.splits))
+
+    def rows(self, n_epochs: int) -> np.ndarray:
+        """Mask of the store's epoch rows this run computes: every k-th and the last."""
+        rows = np.arange(n_epochs)
+        return (rows % self.every == 0) | (rows == n_epochs - 1)
 
 
 def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray],
-         only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-         every: int = 1, splits: Sequence[str] | None = None) -> list[Task]:
-    """Tasks for every cell not done, honouring the width chain of Renyi entries.
-
-    `only` (entry names), `seeds`, `splits` and `every` (every k-th epoch of the store, and its
-    last) narrow the work of one run; the cells left out stay not done, and a later run computes
-    them.
-    """
+         selection: Selection = Selection()) -> list[Task]:
+    """Tasks for every selected cell not done, honouring the width chain of Renyi entries."""
     tasks = []
     done = ds["done"].values
     sigma = ds["sigma_t"].values
     epochs = ds.epoch.values
-    chosen_rows = selected_rows(len(epochs), every)
+    chosen_rows = selection.rows(len(epochs))
     for e, name in enumerate(ds.estimator.values):
         table = entries[name]
-        if only is not None and name not in only:
+        if not selection.takes(entry=name):
             continue
         for s, seed in enumerate(ds.seed.values):
-            if seeds is not None and int(seed) not in seeds:
+            if not selection.takes(seed=seed):
                 continue
             available = np.isin(epochs, committed[int(seed)]) & chosen_rows
             for p, split in enumerate(ds.split.values):
-                if splits is not None and split not in splits:
+                if not selection.takes(split=split):
                     continue
                 for l, layer in enumerate(ds.layer.values):
                     missing = available & ~done[e, s, p, :, l]
@@ -224,15 +258,13 @@ def make_client(scheduler: str | None, scheduler_file: str | None, n_workers: in
 
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: str | None = None,
-         scheduler_file: str | None = None, netcdf: bool = False, only: Sequence[str] | None = None,
-         seeds: Sequence[int] | None = None, every: int = 1, splits: Sequence[str] | None = None) -> int:
+         scheduler_file: str | None = None, netcdf: bool = False,
+         selection: Selection = Selection()) -> int:
     """Compute every missing cell of the run's results store; returns a process exit code.
 
     `scheduler="synchronous"` runs the tasks in this process, one after another (reference
-    results, debugging); otherwise a Dask cluster does. `only` (entry names, "fisher" for the
-    Fisher traces), `seeds`, `splits` and `every` (every k-th snapshot and the last) restrict
-    this run to part of the cells, e.g. an expensive entry on a few seeds; the store keeps its
-    full shape.
+    results, debugging); otherwise a Dask cluster does. A `selection` restricts this run to part
+    of the cells, e.g. an expensive entry on a few seeds; the store keeps its full shape.
     """
     run_dir = Path(runs_dir) / cfg.name
     archive_path = run_dir / "archive.zarr"
@@ -242,20 +274,11 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: s
         raise ArchiveError(f"{archive_path} holds no seed yet: let `make train` commit a snapshot")
     run_dir.mkdir(parents=True, exist_ok=True)
     entries = dict(cfg.estimators) or DEFAULT_ESTIMATORS
-    if only is not None and (unknown := sorted(set(only) - set(entries) - {"fisher"})):
-        raise ConfigError(f"--only names unknown estimator entries {unknown}; the config "
-                          f"{cfg.name} has {sorted(entries)} (and 'fisher')")
-    if seeds is not None and (unknown := sorted(set(seeds) - set(archive.seeds))):
-        raise ConfigError(f"--seeds {unknown} are not in {archive_path} (it holds {archive.seeds})")
-    if splits is not None and (unknown := sorted(set(splits) - set(cfg.estimate.splits))):
-        raise ConfigError(f"--splits {unknown} are not among the config's estimate.splits "
-                          f"{list(cfg.estimate.splits)}")
-    if every < 1:
-        raise ConfigError(f"--every must be a positive number of snapshots, got {every}")
+    selection.check(list(entries), archive.seeds, list(cfg.estimate.splits), archive_path, cfg.name)
     lock = _Lock(run_dir / "estimates.lock")
     try:
         return _estimate(cfg, entries, archive, archive_path, results_path, scheduler, scheduler_file,
-                         netcdf, only, seeds, every, splits)
+                         netcdf, selection)
     finally:
         lock.release()
 
@@ -263,8 +286,7 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: s
 def _estimate(cfg: ExperimentConfig, entries: dict[str, dict[str, Any]], archive: ArchiveReader,
               archive_path: Path, results_path: Path,
               scheduler: str | None, scheduler_file: str | None, netcdf: bool,
-              only: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-              every: int = 1, splits: Sequence[str] | None = None) -> int:
+              selection: Selection) -> int:
     recover(results_path)
     committed = {seed: archive.committed_epochs(seed) for seed in archive.seeds}
     epochs = np.unique(np.concatenate(list(committed.values())))
@@ -286,14 +308,14 @@ def _estimate(cfg: ExperimentConfig, entries: dict[str, dict[str, Any]], archive
                           ("estimator", "seed", "split", "epoch", "layer")) or \
             not old.parameters.equals(target.parameters):
         write_store(target, results_path)
-    tasks = plan(target, entries, committed, only, seeds, every, splits)
+    tasks = plan(target, entries, committed, selection)
     fisher_tasks = []
     if cfg.estimate.fisher and archive.attrs["config"]["archive"]["store_weights"] and \
-            (only is None or "fisher" in only):
+            selection.takes(entry="fisher"):
         fdone = target["fisher_done"].values
-        chosen_rows = selected_rows(len(target.epoch), every)
+        chosen_rows = selection.rows(len(target.epoch))
         for s, seed in enumerate(target.seed.values):
-            if seeds is not None and int(seed) not in seeds:
+            if not selection.takes(seed=seed):
                 continue
             rows = [r for r, ep in enumerate(target.epoch.values)
                     if ep in committed[int(seed)] and not fdone[s, r].all()
@@ -303,7 +325,7 @@ def _estimate(cfg: ExperimentConfig, entries: dict[str, dict[str, Any]], archive
                                                       for r in rows[start:start + 25])))
     n_cells = sum(len(t.epochs) for t in tasks)
     if not tasks and not fisher_tasks:
-        selected = "" if only is None and seeds is None and splits is None and every == 1 else " selected"
+        selected = "" if selection.everything else " selected"
         print(f"nothing to do: {results_path} has every{selected} cell of {len(entries)} estimator(s) x "
               f"{len(archive.seeds)} seed(s) x {len(target.split)} split(s) x {len(epochs)} "
               f"epoch(s) x {len(archive.layers)} layer(s)")

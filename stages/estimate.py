@@ -9,7 +9,7 @@
 
 from pipeline.cli import base_parser, run_stage
 from pipeline.config import load_config
-from pipeline.estimate import main
+from pipeline.estimate import Selection, main
 
 
 def cli() -> None:
@@ -28,12 +28,13 @@ def cli() -> None:
     configs, args.config = args.config, args.config[0]
 
     def body(a, first_cfg) -> int:
+        selection = Selection(only=a.only and tuple(a.only), seeds=a.seeds and tuple(a.seeds),
+                              splits=a.splits and tuple(a.splits), every=a.every)
         codes = []
         for path in configs:  # every archive in turn; the first was loaded by run_stage
             cfg = first_cfg if path == configs[0] else load_config(path, a.overrides)
             codes.append(main(cfg, a.runs, scheduler=a.scheduler, scheduler_file=a.scheduler_file,
-                              netcdf=a.netcdf, only=a.only, seeds=a.seeds, every=a.every,
-                              splits=a.splits))
+                              netcdf=a.netcdf, selection=selection))
         return max(codes)
 
     run_stage(body, args)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from pipeline.estimate import Selection
 from pipeline.estimate import main as estimate
 from pipeline.results import ResultsError
 from tests.helpers import ROOT, TINY, run_stage, tiny_config
@@ -239,9 +240,11 @@ def test_several_archives_in_one_call(trained, tmp_path):
     assert (runs / "tiny" / "estimates.zarr").exists() and (runs / "tiny2" / "estimates.zarr").exists()
 
 
+PARTIAL = Selection(only=("binning_10",), seeds=(1,), splits=("test",), every=2)
+
+
 def test_only_seeds_every_restrict_a_run_and_a_full_run_completes_it(runs, capsys):
-    estimate(config(), runs, scheduler="synchronous", only=["binning_10"], seeds=[1], every=2,
-             splits=["test"])
+    estimate(config(), runs, scheduler="synchronous", selection=PARTIAL)
     part = load(runs)
     n_epochs = part.sizes["epoch"]
     rows = [r for r in range(n_epochs) if r % 2 == 0 or r == n_epochs - 1]
@@ -250,8 +253,7 @@ def test_only_seeds_every_restrict_a_run_and_a_full_run_completes_it(runs, capsy
     np.testing.assert_array_equal(part.done.values, expected)
     assert not bool(part.fisher_done.any())
     capsys.readouterr()
-    estimate(config(), runs, scheduler="synchronous", only=["binning_10"], seeds=[1], every=2,
-             splits=["test"])
+    estimate(config(), runs, scheduler="synchronous", selection=PARTIAL)
     assert "nothing to do" in capsys.readouterr().out
     estimate(config(), runs, scheduler="synchronous")
     full = load(runs)
