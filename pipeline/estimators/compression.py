@@ -19,7 +19,7 @@ from pipeline.estimators._common import as_labels, as_samples, is_discrete, same
 from pipeline.estimators.knn import kl_entropy, ksg_mutual_information, weighted_kl_entropy
 
 NOISE_MODES = ("relative", "absolute")
-COMPRESSORS = ("pca", "autoencoder", "none")
+COMPRESSORS = ("auto", "pca", "autoencoder", "none")
 ENTROPIES = ("kl", "wkl", "ksg")
 
 
@@ -46,42 +46,65 @@ def pca_compress(a: np.ndarray, dim: int) -> np.ndarray:
     return centred @ eigvec[:, ::-1][:, :dim]
 
 
-def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, epochs: int = 200,
-                         hidden: int = 256, device: str = "cpu") -> np.ndarray:
-    """Latent codes of a small fully-connected autoencoder trained on these samples (seeded)."""
-    torch.manual_seed(seed)
-    data = torch.as_tensor(a, dtype=torch.float32, device=device)
-    mean, std = data.mean(0), data.std(0).clamp_min(1e-8)
-    data = (data - mean) / std
-    d = data.shape[1]
-    encoder = nn.Sequential(nn.Linear(d, hidden), nn.LeakyReLU(), nn.Linear(hidden, hidden // 2),
-                            nn.LeakyReLU(), nn.Linear(hidden // 2, dim)).to(device)
-    decoder = nn.Sequential(nn.Linear(dim, hidden // 2), nn.LeakyReLU(), nn.Linear(hidden // 2, hidden),
-                            nn.LeakyReLU(), nn.Linear(hidden, d)).to(device)
-    params = list(encoder.parameters()) + list(decoder.parameters())
-    optimizer = torch.optim.Adam(params, lr=1e-3)
+def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, steps: int = 3000,
+                         hidden: int = 128, pre_dim: int = 32, batch: int = 500, lr: float = 3e-3,
+                         device: str = "cpu") -> np.ndarray:
+    """Codes of a small fully-connected autoencoder trained on these samples (seeded).
+
+    The samples are first projected on their `pre_dim` leading principal components: smooth
+    images keep nearly all their variance there, and the network then costs the same for a
+    16x16 image and a VGG feature map. Training is `steps` Adam steps on random batches with a
+    one-cycle learning-rate schedule; SiLU units keep the code a smooth function of the input.
+    Measured on 16x16 bump images of 4 latents (docs/estimators.md): 3000 steps reach a
+    relative reconstruction error of 1e-3 (about 25 s on 2 CPU cores), and 10000 steps 7e-5
+    without changing the MI estimate by more than 0.05 bit.
+    """
     generator = torch.Generator().manual_seed(seed)
-    batch = 256
-    for _ in range(epochs):
-        order = torch.randperm(len(data), generator=generator).to(device)
-        for start in range(0, len(data), batch):
-            xb = data[order[start:start + batch]]
-            loss = ((decoder(encoder(xb)) - xb) ** 2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    torch.manual_seed(seed)
+    reduced = pca_compress(a, pre_dim)
+    data = torch.as_tensor(reduced / max(reduced[:, 0].std(), 1e-12), dtype=torch.float32, device=device)
+    d = data.shape[1]
+    encoder = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                            nn.Linear(hidden, dim)).to(device)
+    decoder = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                            nn.Linear(hidden, d)).to(device)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    for _ in range(steps):
+        batch_rows = torch.randint(len(data), (min(batch, len(data)),), generator=generator).to(device)
+        xb = data[batch_rows]
+        loss = ((decoder(encoder(xb)) - xb) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
     with torch.no_grad():
         return encoder(data).double().cpu().numpy()
 
 
-def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str) -> np.ndarray:
+def resolve_compressor(compressor: str, sample_shape: tuple[int, ...]) -> str:
+    """"auto": the autoencoder for images (two or more trailing axes), PCA for flat vectors.
+
+    Measured on images of 3 latents (docs/estimators.md): PCA to 4 dimensions folds the image
+    manifold and loses up to 27% of the information, the autoencoder keeps it.
+    """
     if compressor not in COMPRESSORS:
         raise ValueError(f"compressor must be one of {COMPRESSORS}, got {compressor!r}")
+    if compressor == "auto":
+        return "autoencoder" if len(sample_shape) >= 2 else "pca"
+    return compressor
+
+
+def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str,
+             ae_steps: int = 3000) -> np.ndarray:
+    """`a` (n, features) to `dim` columns; fewer features than `dim` are kept as they are."""
+    if compressor not in COMPRESSORS[1:]:
+        raise ValueError(f"compressor must be one of {COMPRESSORS[1:]} here, got {compressor!r}")
     if compressor == "none" or a.shape[1] <= dim:
         return a
     if compressor == "pca":
         return pca_compress(a, dim)
-    return autoencoder_compress(a, dim, seed=seed, device=device)
+    return autoencoder_compress(a, dim, seed=seed, steps=ae_steps, device=device)
 
 
 def _entropy(a: np.ndarray, entropy: str, k: int, device: str) -> float:
@@ -115,8 +138,8 @@ def _check(entropy: str) -> None:
 
 def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 1e-3,
                                    noise_mode: str = "relative", dim: int = 4,
-                                   compressor: str = "pca", entropy: str = "ksg", k: int = 5,
-                                   seed: int = 0, device: str = "cpu") -> float:
+                                   compressor: str = "auto", entropy: str = "ksg", k: int = 5,
+                                   ae_steps: int = 3000, seed: int = 0, device: str = "cpu") -> float:
     """I(A;B) in bits: noise on each continuous side, compression to `dim`, kNN entropies.
 
     Parameters
@@ -128,7 +151,10 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         t + noise * t * N(0, 1), or t + N(0, noise^2) (Goldfeld et al.).
     dim : int
         Dimensions kept by the compressor (papers: 4; CIFAR inputs 10).
-    compressor : {"pca", "autoencoder", "none"}
+    compressor : {"auto", "pca", "autoencoder", "none"}
+        "auto" (default) follows Butakov et al.: an autoencoder for images (samples with two or
+        more trailing axes, such as (n, C, H, W)), PCA for flat vectors such as dense layers.
+        The autoencoder costs about 10 s a side on 2 CPU cores (`autoencoder_compress`).
     entropy : {"ksg", "kl", "wkl"}
         KSG directly on the compressed pair (default), or H(A) + H(B) - H(A, B) from
         Kozachenko-Leonenko entropies (k neighbours, after whitening; Butakov et al.), weighted
@@ -137,39 +163,47 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         entropies err differently and their difference collapses to 0 (docs/estimators.md).
     k : int
         Neighbours (default 5).
+    ae_steps : int
+        Training steps of the autoencoder (default 3000).
     seed : int
         Seeds the noise and the autoencoder: results are reproducible.
     """
     _check(entropy)
     same_length(a=a, b=b)
     rng = np.random.default_rng(seed)
-    ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim, compressor, seed, device)
+    shape_a = np.shape(a)[1:]
+    ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim,
+                  resolve_compressor(compressor, shape_a), seed, device, ae_steps)
     if is_discrete(b):
         return _mi_compressed(ca, None, as_labels(b), entropy, k, seed, device)
-    cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim, compressor, seed + 1,
-                  device)
+    cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim,
+                  resolve_compressor(compressor, np.shape(b)[1:]), seed + 1, device, ae_steps)
     return _mi_compressed(ca, cb, None, entropy, k, seed, device)
 
 
 def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise: float = 1e-3,
                                   noise_mode: str = "relative", dim: int = 4, compressor: str = "pca",
                                   input_compressor: str = "pca", input_dim: int | None = None,
-                                  entropy: str = "ksg", k: int = 5, seed: int = 0,
+                                  entropy: str = "ksg", k: int = 5, ae_steps: int = 3000, seed: int = 0,
                                   device: str = "cpu") -> dict[str, float]:
     """I(X;T) and I(T;Y) in bits for a stochastic layer T = f(X) + noise.
 
-    The layer is noised (seeded) and compressed by `compressor` (PCA per epoch by default); the
-    inputs by `input_compressor` to `input_dim` (default `dim`). Butakov et al. compressed
-    inputs with an autoencoder (latent 4 on MNIST, 10 on CIFAR-10): pass
-    ``input_compressor="autoencoder"``, or compress once and pass ``input_compressor="none"``.
+    The layer is noised (seeded) and compressed by `compressor` (PCA per epoch by default, as
+    Butakov et al. did for layers); the inputs by `input_compressor` to `input_dim` (default
+    `dim`). Butakov et al. compressed inputs with an autoencoder (latent 4 on MNIST, 10 on
+    CIFAR-10): pass ``input_compressor="autoencoder"`` (or "auto"), or compress once and pass
+    ``input_compressor="none"``; the default is PCA because the estimate stage calls this once
+    per cell and would retrain the same input autoencoder every time.
     Inputs must be continuous: kNN entropies of a discrete input (SZT's bits) are undefined.
     Other parameters as in `compression_mutual_information`.
     """
     _check(entropy)
     same_length(x=x, t=t, y=y)
     rng = np.random.default_rng(seed)
-    tn = compress(add_noise(as_samples(t, "t"), noise, noise_mode, rng), dim, compressor, seed, device)
-    xc = compress(as_samples(x, "x"), input_dim or dim, input_compressor, seed + 1, device)
+    tn = compress(add_noise(as_samples(t, "t"), noise, noise_mode, rng), dim,
+                  resolve_compressor(compressor, np.shape(t)[1:]), seed, device, ae_steps)
+    xc = compress(as_samples(x, "x"), input_dim or dim,
+                  resolve_compressor(input_compressor, np.shape(x)[1:]), seed + 1, device, ae_steps)
     labels = as_labels(y)
     return {"I_XT": _mi_compressed(xc, tn, None, entropy, k, seed, device),
             "I_TY": _mi_compressed(tn, None, labels, entropy, k, seed, device)}
