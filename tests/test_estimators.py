@@ -249,8 +249,22 @@ def test_wkl_weights_cancel_bias_terms():
 @pytest.mark.parametrize("mi", [0.5, 2.0])
 def test_compression_on_bump_images(mi):
     a, b = gaussian_pair(3000, mi, 2, seed=11, rotate=False)
-    est = mutual_information(bump_images(a), bump_images(b), "compression")
+    est = mutual_information(bump_images(a), bump_images(b), "compression", compressor="pca")
     assert abs(est - mi) <= max(0.15, 0.2 * mi)
+
+
+def test_images_get_the_autoencoder_which_keeps_what_pca_folds():
+    from pipeline.estimators.compression import resolve_compressor
+
+    assert resolve_compressor("auto", (1, 16, 16)) == "autoencoder"
+    assert resolve_compressor("auto", (20,)) == "pca"
+    with pytest.raises(ValueError, match="compressor must be one of"):
+        resolve_compressor("tsne", (20,))
+    # 3 latents (centre, width) at 1.5 bits: 4 principal components fold the image manifold
+    a, b = gaussian_pair(5000, 1.5, 3, seed=45, rotate=False)
+    images_a, images_b = bump_images(a), bump_images(b)
+    assert mutual_information(images_a, images_b, "compression", compressor="pca") < 1.5 - 0.3
+    assert mutual_information(images_a, images_b, "compression") == pytest.approx(1.5, abs=0.3)
 
 
 def test_autoencoder_codes_keep_the_information_and_are_seeded():
