@@ -1,6 +1,6 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
-    python -m benchmarks.run [--only train,estimators,stage,accuracy,limits]
+    python -m benchmarks.run [--only train,estimators,stage,accuracy,limits,flow]
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -173,7 +173,7 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,estimators,stage,accuracy,limits")
+    parser.add_argument("--only", default="train,estimators,stage,accuracy,limits,flow")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -184,6 +184,9 @@ def main() -> None:
     if "accuracy" in sections:
         from benchmarks.accuracy import main as accuracy
         accuracy()
+    if "flow" in sections:
+        from benchmarks.accuracy import flow_section
+        flow_section()
     if "limits" in sections:
         from benchmarks.compression_limits import main as limits
         limits()

@@ -1,0 +1,132 @@
+"""Mutual information of a Gaussian-base normalising-flow model (after Butakov et al. 2024).
+
+    from pipeline.estimators.flow import flow_mutual_information
+    flow_mutual_information(a, b)        # bits; a few thousand samples of low-dimensional a, b
+
+Each side gets its own invertible map (per-coordinate normal scores, then affine coupling
+layers); the pair of outputs is modelled as one joint Gaussian, and all of it is fitted by
+maximum likelihood. MI is invariant under invertible maps of each side, so the model's MI is
+that of its Gaussian: I = 1/2 (log det S_aa + log det S_bb - log det S). Unlike kNN estimators
+it does not degrade when each side is a warped copy of simple latents (docs/estimators.md,
+"Compression limits"); it is slow (about 100 s a call on 2 CPU cores) and meant for the few
+dimensions left after compression.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.estimators._common import LOG2, as_samples, same_length
+from pipeline.estimators.knn import normal_scores
+
+
+class _Coupling(nn.Module):
+    """Affine coupling: one half of the coordinates scales and shifts the other (tanh-bounded)."""
+
+    def __init__(self, dim: int, hidden: int, flip: bool):
+        super().__init__()
+        self.split, self.flip = dim // 2, flip
+        n_in = dim - self.split if flip else self.split
+        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, 2 * (dim - n_in)))
+        nn.init.zeros_(self.net[-1].weight)  # start at the identity map
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first, second = x[:, :self.split], x[:, self.split:]
+        cond, moved = (second, first) if self.flip else (first, second)
+        log_scale, shift = self.net(cond).chunk(2, dim=1)
+        log_scale = torch.tanh(log_scale)
+        moved = moved * torch.exp(log_scale) + shift
+        out = torch.cat([moved, cond], 1) if self.flip else torch.cat([cond, moved], 1)
+        return out, log_scale.sum(1)
+
+
+class _Flow(nn.Module):
+    """Coupling layers separated by fixed random rotations (log-determinant 0)."""
+
+    def __init__(self, dim: int, layers: int, hidden: int, generator: torch.Generator):
+        super().__init__()
+        n_layers = layers if dim >= 2 else 0  # one coordinate: normal scores already suffice
+        self.couplings = nn.ModuleList([_Coupling(dim, hidden, i % 2 == 1) for i in range(n_layers)])
+        rotations = [torch.linalg.qr(torch.randn(dim, dim, generator=generator))[0] for _ in range(n_layers)]
+        self.register_buffer("rotations", torch.stack(rotations) if rotations else torch.zeros(0, dim, dim))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_det = torch.zeros(len(x), device=x.device)
+        for coupling, rotation in zip(self.couplings, self.rotations, strict=True):
+            x, step = coupling(x @ rotation)
+            log_det = log_det + step
+        return x, log_det
+
+
+def flow_mutual_information(a: np.ndarray, b: np.ndarray, layers: int = 10, hidden: int = 128,
+                            steps: int = 3000, batch: int = 256, lr: float = 2e-3, seed: int = 0,
+                            device: str = "cpu") -> float:
+    """I(A;B) in bits from a maximum-likelihood flow model with a joint Gaussian base.
+
+    Parameters
+    ----------
+    a, b : (n, ...) continuous arrays (a few dimensions each, as after compression).
+    layers, hidden : int
+        Coupling layers per side (default 10) and the width of their networks (128).
+    steps, batch, lr : int, int, float
+        Adam steps on random batches with a one-cycle schedule (3000, 256, 2e-3).
+    seed : int
+        Seeds the rotations, the initialisation and the batches: results are reproducible.
+
+    Measured (n = 5000): 1.567 bits for Gaussian latents of 4 dimensions at 1.5 bits, 0.002 for
+    independent ones, 1.30 on autoencoder codes of 4-latent bump images at 1.5 bits (KSG:
+    1.08).
+    """
+    n = same_length(a=a, b=b)
+    if steps < 1 or layers < 0 or batch < 2:
+        raise ValueError(f"flow needs steps >= 1, layers >= 0 and batch >= 2; got {steps}, {layers}, {batch}")
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    side_a = torch.as_tensor(normal_scores(as_samples(a, "a", min_samples=3)), dtype=torch.float32,
+                             device=device)
+    side_b = torch.as_tensor(normal_scores(as_samples(b, "b", min_samples=3)), dtype=torch.float32,
+                             device=device)
+    dim_a, dim_b = side_a.shape[1], side_b.shape[1]
+    flow_a = _Flow(dim_a, layers, hidden, generator).to(device)
+    flow_b = _Flow(dim_b, layers, hidden, generator).to(device)
+    # The base covariance starts at the sample's (the Gaussian-copula estimate); the flows
+    # then move the model away from it only where the likelihood improves.
+    start = torch.linalg.cholesky(torch.cov(torch.cat([side_a, side_b], 1).T.double()))
+    cholesky = nn.Parameter(start.float())
+    params = [*flow_a.parameters(), *flow_b.parameters(), cholesky]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+
+    def lower() -> torch.Tensor:
+        tri = torch.tril(cholesky)
+        diag = torch.diagonal(tri)
+        return tri - torch.diag(diag) + torch.diag(diag.abs() + 1e-4)
+
+    def negative_log_likelihood(rows: torch.Tensor) -> torch.Tensor:
+        z_a, log_det_a = flow_a(side_a[rows])
+        z_b, log_det_b = flow_b(side_b[rows])
+        tri = lower()
+        white = torch.linalg.solve_triangular(tri, torch.cat([z_a, z_b], 1).T, upper=False)
+        return (0.5 * (white ** 2).sum(0) + torch.log(torch.diagonal(tri)).sum()
+                - log_det_a - log_det_b).mean()
+
+    for _ in range(steps):
+        rows = torch.randint(n, (min(batch, n),), generator=generator).to(device)
+        loss = negative_log_likelihood(rows)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        tri = lower().double()
+        cov = tri @ tri.T
+        mi = 0.5 * (torch.logdet(cov[:dim_a, :dim_a]) + torch.logdet(cov[dim_a:, dim_a:]) - torch.logdet(cov))
+    if not math.isfinite(float(mi)):
+        raise ValueError("the flow model diverged (non-finite covariance); lower lr or raise steps")
+    return max(float(mi), 0.0) / LOG2
