@@ -281,6 +281,24 @@ def test_autoencoder_codes_keep_the_information_and_are_seeded():
     assert ksg_mutual_information(codes_a, codes_b) == pytest.approx(1.5, abs=0.15)
 
 
+def test_input_autoencoder_is_trained_once_per_input_array():
+    from pipeline.estimators import compression
+
+    x = bump_images(gaussian_pair(600, 1.0, 2, seed=9)[0])
+    t = RNG.normal(size=(600, 6))
+    y = RNG.integers(0, 2, 600)
+    compression._INPUT_CODES.clear()
+    opts = {"input_compressor": "auto", "ae_steps": 50}
+    first = information_plane(x, t, y, "compression", **opts)
+    assert len(compression._INPUT_CODES) == 1
+    assert information_plane(x, t * 2, y, "compression", **opts)["I_XT"] >= 0
+    assert len(compression._INPUT_CODES) == 1  # same inputs: codes reused
+    information_plane(x[::-1].copy(), t, y, "compression", **opts)
+    assert len(compression._INPUT_CODES) == 2  # new content, new codes
+    compression._INPUT_CODES.clear()  # retraining gives the same codes: the cache changes nothing
+    assert information_plane(x, t, y, "compression", **opts) == first
+
+
 def test_compression_is_seeded_and_uses_labels():
     a, b = gaussian_pair(1500, 1.0, 2, seed=3)
     first = mutual_information(a, b, "compression", noise=0.05, seed=1)
