@@ -181,12 +181,13 @@ def main() -> None:
         bench_stage()
     if "estimators" in sections:
         bench_estimators()
+    default_cases = None
     if "accuracy" in sections:
         from benchmarks.accuracy import main as accuracy
-        accuracy()
+        default_cases = accuracy()
     if "flow" in sections:
         from benchmarks.accuracy import flow_section
-        flow_section()
+        flow_section(default_cases)  # reuses the default's 4-latent estimates when just made
     if "limits" in sections:
         from benchmarks.compression_limits import main as limits
         limits()

@@ -100,35 +100,34 @@ def resolve_compressor(compressor: str, sample_shape: tuple[int, ...]) -> str:
     return compressor
 
 
-def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str,
-             ae_steps: int = 3000) -> np.ndarray:
-    """`a` (n, features) to `dim` columns; fewer features than `dim` are kept as they are."""
-    if compressor not in COMPRESSORS[1:]:
-        raise ValueError(f"compressor must be one of {COMPRESSORS[1:]} here, got {compressor!r}")
-    if compressor == "none" or a.shape[1] <= dim:
-        return a
-    if compressor == "pca":
-        return pca_compress(a, dim)
-    return autoencoder_compress(a, dim, seed=seed, steps=ae_steps, device=device)
-
-
-# Input codes by content: the estimate stage calls information_plane once per cell with the
-# same inputs, and an input autoencoder (about 10 s) would otherwise be retrained every time.
+# Autoencoder input codes by content: the estimate stage calls information_plane once per cell
+# with the same inputs, and an input autoencoder (about 10 s) would otherwise be retrained
+# every time.
 _INPUT_CODES: dict[tuple, np.ndarray] = {}
 _INPUT_CODES_KEPT = 4
 
 
-def compress_inputs(x: np.ndarray, dim: int, compressor: str, seed: int, device: str,
-                    ae_steps: int) -> np.ndarray:
-    """`compress` for the inputs, remembering the last few autoencoder codes by content."""
-    if compressor != "autoencoder" or x.shape[1] <= dim:
-        return compress(x, dim, compressor, seed, device, ae_steps)
-    key = (hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest(), x.shape, dim, seed, device,
+def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str, ae_steps: int = 3000,
+             sample_shape: tuple[int, ...] | None = None, remember: bool = False) -> np.ndarray:
+    """`a` (n, features) to `dim` columns; fewer features than `dim` are kept as they are.
+
+    `sample_shape` is the trailing shape before flattening, which resolves "auto"
+    (`resolve_compressor`; default `a.shape[1:]`). With `remember`, autoencoder codes are kept
+    by content (the last few), so the same inputs are not encoded again.
+    """
+    compressor = resolve_compressor(compressor, a.shape[1:] if sample_shape is None else sample_shape)
+    if compressor == "none" or a.shape[1] <= dim:
+        return a
+    if compressor == "pca":
+        return pca_compress(a, dim)
+    if not remember:
+        return autoencoder_compress(a, dim, seed=seed, steps=ae_steps, device=device)
+    key = (hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest(), a.shape, dim, seed, device,
            ae_steps)
     if key not in _INPUT_CODES:
         if len(_INPUT_CODES) >= _INPUT_CODES_KEPT:
             _INPUT_CODES.pop(next(iter(_INPUT_CODES)))
-        codes = compress(x, dim, compressor, seed, device, ae_steps)
+        codes = autoencoder_compress(a, dim, seed=seed, steps=ae_steps, device=device)
         codes.flags.writeable = False
         _INPUT_CODES[key] = codes
     return _INPUT_CODES[key]
@@ -203,12 +202,12 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
     _check(entropy)
     same_length(a=a, b=b)
     rng = np.random.default_rng(seed)
-    ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim,
-                  resolve_compressor(compressor, np.shape(a)[1:]), seed, device, ae_steps)
+    ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim, compressor, seed, device,
+                  ae_steps, sample_shape=np.shape(a)[1:])
     if is_discrete(b):
         return _mi_compressed(ca, None, as_labels(b), entropy, k, seed, device)
-    cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim,
-                  resolve_compressor(compressor, np.shape(b)[1:]), seed + 1, device, ae_steps)
+    cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim, compressor, seed + 1,
+                  device, ae_steps, sample_shape=np.shape(b)[1:])
     return _mi_compressed(ca, cb, None, entropy, k, seed, device)
 
 
@@ -231,10 +230,10 @@ def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n
     _check(entropy)
     same_length(x=x, t=t, y=y)
     rng = np.random.default_rng(seed)
-    tn = compress(add_noise(as_samples(t, "t"), noise, noise_mode, rng), dim,
-                  resolve_compressor(compressor, np.shape(t)[1:]), seed, device, ae_steps)
-    xc = compress_inputs(as_samples(x, "x"), input_dim or dim,
-                         resolve_compressor(input_compressor, np.shape(x)[1:]), seed + 1, device, ae_steps)
+    tn = compress(add_noise(as_samples(t, "t"), noise, noise_mode, rng), dim, compressor, seed, device,
+                  ae_steps, sample_shape=np.shape(t)[1:])
+    xc = compress(as_samples(x, "x"), input_dim or dim, input_compressor, seed + 1, device, ae_steps,
+                  sample_shape=np.shape(x)[1:], remember=True)
     labels = as_labels(y)
     return {"I_XT": _mi_compressed(xc, tn, None, entropy, k, seed, device),
             "I_TY": _mi_compressed(tn, None, labels, entropy, k, seed, device)}
