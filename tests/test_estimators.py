@@ -325,6 +325,16 @@ def test_flow_recovers_gaussian_pairs_and_their_warps(dim, map_name):
     assert est == pytest.approx(1.0, abs=0.1)
 
 
+def test_flow_takes_sides_of_different_dimensions():
+    from pipeline.estimators.flow import flow_mutual_information
+
+    # coordinate pairs are independent (rotate=False), so b's first coordinate carries half;
+    # the tolerance is that of the Gaussian-pair test above (small flow, 400 steps)
+    a, b = gaussian_pair(1500, 1.0, 2, seed=7, rotate=False)
+    est = flow_mutual_information(apply_map("half_cube", a, 1), b[:, :1], **FLOW)
+    assert est == pytest.approx(0.5, abs=0.1)
+
+
 def test_flow_is_seeded_and_finds_independence():
     from pipeline.estimators.flow import flow_mutual_information
 

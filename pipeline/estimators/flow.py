@@ -24,43 +24,52 @@ from pipeline.estimators._common import LOG2, as_samples, same_length
 from pipeline.estimators.knn import normal_scores
 
 
-class _Coupling(nn.Module):
-    """Affine coupling: one half of the coordinates scales and shifts the other (tanh-bounded)."""
+class _Couplings(nn.Module):
+    """Coupling layers for `sides` flows of the same dimension, run as one batched network.
 
-    def __init__(self, dim: int, hidden: int, flip: bool):
+    Each layer rotates by a fixed random orthogonal matrix (log-determinant 0), then one half of
+    the coordinates scales (tanh-bounded) and shifts the other. The sides' networks are stacked
+    along a leading axis and applied with batched matrix products: the flow is overhead-bound
+    (tiny matrices), so one call for both sides costs about what one side did.
+    """
+
+    def __init__(self, sides: int, dim: int, layers: int, hidden: int, generator: torch.Generator):
         super().__init__()
-        self.split, self.flip = dim // 2, flip
-        n_in = dim - self.split if flip else self.split
-        self.net = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                 nn.Linear(hidden, 2 * (dim - n_in)))
-        nn.init.zeros_(self.net[-1].weight)  # start at the identity map
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        first, second = x[:, :self.split], x[:, self.split:]
-        cond, moved = (second, first) if self.flip else (first, second)
-        log_scale, shift = self.net(cond).chunk(2, dim=1)
-        log_scale = torch.tanh(log_scale)
-        moved = moved * torch.exp(log_scale) + shift
-        out = torch.cat([moved, cond], 1) if self.flip else torch.cat([cond, moved], 1)
-        return out, log_scale.sum(1)
-
-
-class _Flow(nn.Module):
-    """Coupling layers separated by fixed random rotations (log-determinant 0)."""
-
-    def __init__(self, dim: int, layers: int, hidden: int, generator: torch.Generator):
-        super().__init__()
+        self.split = dim // 2
         n_layers = layers if dim >= 2 else 0  # one coordinate: normal scores already suffice
-        self.couplings = nn.ModuleList([_Coupling(dim, hidden, i % 2 == 1) for i in range(n_layers)])
-        rotations = [torch.linalg.qr(torch.randn(dim, dim, generator=generator))[0] for _ in range(n_layers)]
-        self.register_buffer("rotations", torch.stack(rotations) if rotations else torch.zeros(0, dim, dim))
+        self.weights = nn.ParameterList()
+        for layer in range(n_layers):
+            n_in = dim - self.split if layer % 2 else self.split
+            shapes = ((n_in, hidden), (hidden, hidden), (hidden, 2 * (dim - n_in)))
+            for position, (fan_in, fan_out) in enumerate(shapes):
+                # nn.Linear's default initialisation; the last layer zero (the identity map)
+                bound = 1 / math.sqrt(fan_in) if position < 2 else 0.0
+                self.weights.append(nn.Parameter(
+                    (torch.rand(sides, fan_in + 1, fan_out, generator=generator) * 2 - 1) * bound))
+        rotations = [torch.linalg.qr(torch.randn(dim, dim, generator=generator))[0]
+                     for _ in range(n_layers * sides)]
+        self.register_buffer("rotations", torch.stack(rotations).reshape(n_layers, sides, dim, dim)
+                             if rotations else torch.zeros(0, sides, dim, dim))
+
+    @staticmethod
+    def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(weight[:, -1:], x, weight[:, :-1])  # the last row is the bias
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_det = torch.zeros(len(x), device=x.device)
-        for coupling, rotation in zip(self.couplings, self.rotations, strict=True):
-            x, step = coupling(x @ rotation)
-            log_det = log_det + step
+        """x (sides, batch, dim) -> outputs of the same shape and log |det J| (sides, batch)."""
+        log_det = torch.zeros(x.shape[:2], device=x.device)
+        for layer, rotation in enumerate(self.rotations):
+            x = torch.bmm(x, rotation)
+            first, second = x[..., :self.split], x[..., self.split:]
+            cond, moved = (second, first) if layer % 2 else (first, second)
+            w_in, w_hidden, w_out = self.weights[3 * layer: 3 * layer + 3]
+            h = nn.functional.silu(self._linear(cond, w_in))
+            h = nn.functional.silu(self._linear(h, w_hidden))
+            log_scale, shift = self._linear(h, w_out).chunk(2, dim=-1)
+            log_scale = torch.tanh(log_scale)
+            moved = moved * torch.exp(log_scale) + shift
+            x = torch.cat([moved, cond] if layer % 2 else [cond, moved], -1)
+            log_det = log_det + log_scale.sum(-1)
         return x, log_det
 
 
@@ -93,13 +102,15 @@ def flow_mutual_information(a: np.ndarray, b: np.ndarray, layers: int = 10, hidd
     side_b = torch.as_tensor(normal_scores(as_samples(b, "b", min_samples=3)), dtype=torch.float32,
                              device=device)
     dim_a, dim_b = side_a.shape[1], side_b.shape[1]
-    flow_a = _Flow(dim_a, layers, hidden, generator).to(device)
-    flow_b = _Flow(dim_b, layers, hidden, generator).to(device)
+    if dim_a == dim_b:  # the usual case (both sides compressed to `dim`): one batched network
+        flows = [_Couplings(2, dim_a, layers, hidden, generator).to(device)]
+    else:
+        flows = [_Couplings(1, dim, layers, hidden, generator).to(device) for dim in (dim_a, dim_b)]
     # The base covariance starts at the sample's (the Gaussian-copula estimate); the flows
     # then move the model away from it only where the likelihood improves.
     start = torch.linalg.cholesky(torch.cov(torch.cat([side_a, side_b], 1).T.double()))
     cholesky = nn.Parameter(start.float())
-    params = [*flow_a.parameters(), *flow_b.parameters(), cholesky]
+    params = [*(p for flow in flows for p in flow.parameters()), cholesky]
     optimizer = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
 
@@ -109,12 +120,16 @@ def flow_mutual_information(a: np.ndarray, b: np.ndarray, layers: int = 10, hidd
         return tri - torch.diag(diag) + torch.diag(diag.abs() + 1e-4)
 
     def negative_log_likelihood(rows: torch.Tensor) -> torch.Tensor:
-        z_a, log_det_a = flow_a(side_a[rows])
-        z_b, log_det_b = flow_b(side_b[rows])
+        if len(flows) == 1:
+            z, log_det = flows[0](torch.stack([side_a[rows], side_b[rows]]))
+            z_a, z_b = z
+        else:
+            (z_a, log_det_a), (z_b, log_det_b) = (flow(side[rows][None])
+                                                  for flow, side in zip(flows, (side_a, side_b), strict=True))
+            z_a, z_b, log_det = z_a[0], z_b[0], torch.cat([log_det_a, log_det_b])
         tri = lower()
         white = torch.linalg.solve_triangular(tri, torch.cat([z_a, z_b], 1).T, upper=False)
-        return (0.5 * (white ** 2).sum(0) + torch.log(torch.diagonal(tri)).sum()
-                - log_det_a - log_det_b).mean()
+        return (0.5 * (white ** 2).sum(0) + torch.log(torch.diagonal(tri)).sum() - log_det.sum(0)).mean()
 
     for _ in range(steps):
         rows = torch.randint(n, (min(batch, n),), generator=generator).to(device)
