@@ -191,7 +191,7 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         entropies err differently and their difference collapses to 0 (docs/estimators.md).
         "flow": the MI of a maximum-likelihood flow model of the compressed pair
         (`flow.flow_mutual_information`), which copes with warped codes where KSG loses up to
-        a third, at about 100 s a call on 2 CPU cores; with labels it falls back to KSG.
+        a third, at about 50-60 s a call on 2 CPU cores; with labels it falls back to KSG.
     k : int
         Neighbours (default 5).
     ae_steps : int

@@ -8,8 +8,8 @@ layers); the pair of outputs is modelled as one joint Gaussian, and all of it is
 maximum likelihood. MI is invariant under invertible maps of each side, so the model's MI is
 that of its Gaussian: I = 1/2 (log det S_aa + log det S_bb - log det S). Unlike kNN estimators
 it does not degrade when each side is a warped copy of simple latents (docs/estimators.md,
-"Compression limits"); it is slow (about 100 s a call on 2 CPU cores) and meant for the few
-dimensions left after compression.
+"Compression limits"); it is slow (about 50-60 s a call at n = 5000 on 2 CPU cores) and meant
+for the few dimensions left after compression.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ def flow_mutual_information(a: np.ndarray, b: np.ndarray, layers: int = 10, hidd
     seed : int
         Seeds the rotations, the initialisation and the batches: results are reproducible.
 
-    Measured (n = 5000): 1.564 bits for Gaussian latents of 4 dimensions at 1.5 bits, 0.002 for
-    independent ones, 1.363 on autoencoder codes of 4-latent bump images at 1.5 bits (KSG:
-    1.076; `python -m benchmarks.accuracy --flow`).
+    Measured (n = 5000): 1.575 bits for Gaussian latents of 4 dimensions at 1.5 bits, 0.002 for
+    independent ones (the same with b permuted), 1.400 on autoencoder codes of 4-latent bump
+    images at 1.5 bits (KSG: 1.076; `python -m benchmarks.accuracy --flow`).
     """
     n = same_length(a=a, b=b)
     if steps < 1 or layers < 0 or batch < 2:
