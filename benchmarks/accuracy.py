@@ -1,7 +1,6 @@
 """Estimator accuracy on samples with known MI: the table and figure of docs/estimators.md.
 
-    python -m benchmarks.accuracy              # also part of `make bench`
-    python -m benchmarks.accuracy --flow       # only the flow entropy on 4-latent images (~15 min)
+    python -m benchmarks.accuracy              # also part of `make bench` (about 35 min on 2 cores)
 
 KSG: Gaussian pairs (MI spread over all coordinate pairs by random rotations) and the same
 after injective maps of each coordinate, n = 5000. Compression: 16x16 Gaussian-bump and 32x32
@@ -12,7 +11,6 @@ the estimators issue: KSG max(0.1 bit, 15%) for 1-3 dimensions a side, max(0.1 b
 
 from __future__ import annotations
 
-import sys
 import time
 
 import matplotlib
@@ -66,36 +64,12 @@ def summarise_ksg(cases: list[dict]) -> list[list]:
     return rows
 
 
-def flow_section(default_cases: list[dict] | None = None) -> None:
-    """The cases the default misses (4 latents), with the flow model instead of KSG.
-
-    `default_cases`: the default's compression cases when `main` just computed them.
-    """
-    flow = compression_cases(dims=(4,), entropy="flow")
-    ksg = [c for c in default_cases if c["dim"] == 4] if default_cases else compression_cases(dims=(4,))
-    rows = [[c["images"], c["dim"], c["mi"], f"{k['est']:.3f}", "yes" if k["ok"] else "**no**",
-             f"{c['est']:.3f}", "yes" if c["ok"] else "**no**"] for c, k in zip(flow, ksg, strict=True)]
-    body = (
-        "Command: `python -m benchmarks.accuracy --flow`. Images of 4 latents, n = "
-        f"{N}, the default autoencoder, then `entropy=\"ksg\"` (default) or `entropy=\"flow\"` "
-        "(a maximum-likelihood flow model of the two 4-d codes). Seconds a case, autoencoders "
-        f"included: ksg {np.mean([k['seconds'] for k in ksg]):.0f}, flow "
-        f"{np.mean([c['seconds'] for c in flow]):.0f} ({machine()}). Within max(0.15 bit, 20%): "
-        f"ksg {sum(k['ok'] for k in ksg)}, flow "
-        f"{sum(c['ok'] for c in flow)} of {len(flow)}.\n\n"
-        + table(["images", "latent dim", "true MI", "ksg", "within", "flow", "within"], rows))
-    write_section(DOCS / "estimators.md", "accuracy-flow", body)
-    print(body)
-
-
-def main() -> list[dict]:
-    """Writes the accuracy section; returns the default's compression cases."""
-    if "--flow" in sys.argv[1:]:
-        flow_section()
-        return []
+def main() -> None:
+    """Writes the accuracy section of docs/estimators.md and its figure."""
     ksg = ksg_cases("auto")
     ksg_std = ksg_cases("standardise")
     comp = compression_cases()
+    comp_ksg = compression_cases(entropy="ksg")
     comp_pca = compression_cases(compressor="pca")
     comp_kl = compression_cases(compressor="pca", entropy="kl")
     (DOCS / "figures").mkdir(parents=True, exist_ok=True)
@@ -103,7 +77,8 @@ def main() -> list[dict]:
     for dim in (1, 2, 3, 4, 5):
         sel = [c for c in ksg if c["dim"] == dim]
         axes[0].scatter([c["mi"] for c in sel], [c["est"] for c in sel], s=12, label=f"{dim} dim/side")
-    for label, cases, marker in (("autoencoder + ksg (default)", comp, "o"), ("pca + ksg", comp_pca, "s"),
+    for label, cases, marker in (("autoencoder + flow (default)", comp, "o"),
+                                 ("autoencoder + ksg", comp_ksg, "^"), ("pca + ksg", comp_pca, "s"),
                                  ("pca + kl", comp_kl, "x")):
         axes[1].scatter([c["mi"] for c in cases], [c["est"] for c in cases], marker=marker, s=18,
                         label=label, facecolors="none" if marker == "s" else None)
@@ -116,10 +91,14 @@ def main() -> list[dict]:
     fig.savefig(DOCS / "figures" / "estimator_accuracy.png", dpi=110)
     ksg_rows = summarise_ksg(ksg)
     std_rows = summarise_ksg(ksg_std)
-    comp_rows = [[c["images"], c["dim"], c["mi"], f"{c['est']:.3f}", "yes" if c["ok"] else "**no**",
-                  f"{p['est']:.3f}", "yes" if p["ok"] else "**no**", f"{k['est']:.3f}"]
-                 for c, p, k in zip(comp, comp_pca, comp_kl, strict=True)]
-    n_ok = [sum(c["ok"] for c in cases) for cases in (comp, comp_pca, comp_kl)]
+    columns = (comp, comp_ksg, comp_pca, comp_kl)
+    def cells(case: dict) -> list[str]:
+        return [f"{case['est']:.3f}", "yes" if case["ok"] else "**no**"]
+
+    comp_rows = [[row[0]["images"], row[0]["dim"], row[0]["mi"], *cells(row[0]), *cells(row[1]),
+                  *cells(row[2]), f"{row[3]['est']:.3f}"] for row in zip(*columns, strict=True)]
+    n_ok = [sum(c["ok"] for c in cases) for cases in columns]
+    seconds = [np.mean([c["seconds"] for c in cases]) for cases in columns]
     body = (
         f"Command: `python -m benchmarks.accuracy` (part of `make bench`); n = {N} per case.\n\n"
         "![true vs estimated](figures/estimator_accuracy.png)\n\n"
@@ -130,16 +109,17 @@ def main() -> list[dict]:
         + "\n\nThe same with `transform=\"standardise\"` (SCIENCE.md's wording), for comparison:\n\n"
         + table(["dim per side", "cases", "within tolerance", "median rel. error", "worst case"], std_rows)
         + "\n\n**compression**, relative noise 1e-3, 4 dimensions, k = 5. Defaults: "
-        "`compressor=\"auto\"` (the autoencoder for images, 3000 steps) and `entropy=\"ksg\"`; "
-        "then `compressor=\"pca\"` (the default for dense layers), and PCA with the "
+        "`compressor=\"auto\"` (the autoencoder for images, 3000 steps) and `entropy=\"auto\"` "
+        "(the flow model on two autoencoder codes); then the autoencoder with `entropy=\"ksg\"`, "
+        "`compressor=\"pca\"` (the default for dense layers, with KSG), and PCA with the "
         "Kozachenko-Leonenko route `entropy=\"kl\"`. Cases within max(0.15 bit, 20%): "
-        f"{n_ok[0]}, {n_ok[1]} and {n_ok[2]} of {len(comp)}.\n\n"
-        + table(["images", "latent dim", "true MI", "autoencoder", "within", "pca", "within", "pca + kl"],
-                comp_rows)
+        f"{n_ok[0]}, {n_ok[1]}, {n_ok[2]} and {n_ok[3]} of {len(comp)}; seconds a case: "
+        + ", ".join(f"{sec:.0f}" for sec in seconds) + f" ({machine()}).\n\n"
+        + table(["images", "latent dim", "true MI", "default (flow)", "within", "autoencoder + ksg", "within",
+                 "pca", "within", "pca + kl"], comp_rows)
     )
     write_section(DOCS / "estimators.md", "accuracy", body)
     print(body)
-    return comp
 
 
 if __name__ == "__main__":

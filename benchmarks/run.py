@@ -1,6 +1,6 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
-    python -m benchmarks.run [--only train,estimators,stage,accuracy,limits,flow]
+    python -m benchmarks.run [--only train,estimators,stage,accuracy,limits]
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -173,7 +173,7 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,estimators,stage,accuracy,limits,flow")
+    parser.add_argument("--only", default="train,estimators,stage,accuracy,limits")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -181,13 +181,9 @@ def main() -> None:
         bench_stage()
     if "estimators" in sections:
         bench_estimators()
-    default_cases = None
     if "accuracy" in sections:
         from benchmarks.accuracy import main as accuracy
-        default_cases = accuracy()
-    if "flow" in sections:
-        from benchmarks.accuracy import flow_section
-        flow_section(default_cases)  # reuses the default's 4-latent estimates when just made
+        accuracy()
     if "limits" in sections:
         from benchmarks.compression_limits import main as limits
         limits()

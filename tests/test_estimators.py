@@ -264,7 +264,34 @@ def test_images_get_the_autoencoder_which_keeps_what_pca_folds():
     a, b = gaussian_pair(5000, 1.5, 3, seed=45, rotate=False)
     images_a, images_b = bump_images(a), bump_images(b)
     assert mutual_information(images_a, images_b, "compression", compressor="pca") < 1.5 - 0.3
-    assert mutual_information(images_a, images_b, "compression") == pytest.approx(1.5, abs=0.3)
+    assert mutual_information(images_a, images_b, "compression", entropy="ksg") == pytest.approx(1.5, abs=0.3)
+
+
+def test_auto_entropy_is_the_flow_for_autoencoder_codes_and_ksg_otherwise(monkeypatch):
+    from pipeline.estimators import compression
+
+    assert compression.resolve_entropy("auto", ("autoencoder", "autoencoder")) == "flow"
+    assert compression.resolve_entropy("auto", ("autoencoder", "pca")) == "ksg"
+    assert compression.resolve_entropy("auto", ("autoencoder",)) == "ksg"  # labels
+    assert compression.resolve_entropy("kl", ("autoencoder", "autoencoder")) == "kl"
+    with pytest.raises(ValueError, match="entropy must be one of"):
+        compression.resolve_entropy("shannon", ("pca", "pca"))
+    calls = []
+    monkeypatch.setattr(compression, "flow_mutual_information",
+                        lambda a, b, **kw: calls.append(a.shape) or 1.0)
+    a, b = gaussian_pair(300, 1.0, 2, seed=3, rotate=False)
+    images_a, images_b = bump_images(a), bump_images(b)
+    assert mutual_information(images_a, images_b, "compression", ae_steps=20) == 1.0
+    assert calls == [(300, 4)]  # the flow saw the two 4-d codes
+    mutual_information(images_a.reshape(300, -1), images_b.reshape(300, -1), "compression")
+    mutual_information(images_a, RNG.integers(0, 2, 300), "compression", ae_steps=20)
+    assert len(calls) == 1  # flat vectors (PCA) and labels stay with KSG
+    y = RNG.integers(0, 2, 300)
+    information_plane(images_a, images_b, y, "compression", ae_steps=20)  # PCA for both by default
+    assert len(calls) == 1
+    both = {"compressor": "autoencoder", "input_compressor": "autoencoder", "ae_steps": 20}
+    assert information_plane(images_a, images_b, y, "compression", **both)["I_XT"] == 1.0
+    assert len(calls) == 2  # I(X;T) by the flow, I(T;Y) by KSG
 
 
 def test_autoencoder_codes_keep_the_information_and_are_seeded():
