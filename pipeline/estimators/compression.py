@@ -109,14 +109,15 @@ _INPUT_CODES_KEPT = 4
 
 
 def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str, ae_steps: int = 3000,
-             sample_shape: tuple[int, ...] | None = None, remember: bool = False) -> np.ndarray:
+             remember: bool = False) -> np.ndarray:
     """`a` (n, features) to `dim` columns; fewer features than `dim` are kept as they are.
 
-    `sample_shape` is the trailing shape before flattening, which resolves "auto"
-    (`resolve_compressor`; default `a.shape[1:]`). With `remember`, autoencoder codes are kept
-    by content (the last few), so the same inputs are not encoded again.
+    `compressor` is already resolved (`resolve_compressor`, on the shape before flattening).
+    With `remember`, autoencoder codes are kept by content (the last few), so the same inputs
+    are not encoded again.
     """
-    compressor = resolve_compressor(compressor, a.shape[1:] if sample_shape is None else sample_shape)
+    if compressor not in COMPRESSORS[1:]:
+        raise ValueError(f"compressor must be one of {COMPRESSORS[1:]} here, got {compressor!r}")
     if compressor == "none" or a.shape[1] <= dim:
         return a
     if compressor == "pca":
@@ -199,9 +200,10 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         "ksg" otherwise (`resolve_entropy`). "ksg": KSG directly on the compressed pair, or
         "kl": H(A) + H(B) - H(A, B) from
         Kozachenko-Leonenko entropies (k neighbours, after whitening; Butakov et al.), weighted
-        KL where the compressed dimension exceeds 4. Default "ksg" because it was measured
-        better: when PCA keeps more dimensions than the data's latent manifold has, the three KL
-        entropies err differently and their difference collapses to 0 (docs/estimators.md).
+        KL where the compressed dimension exceeds 4. KSG rather than the paper's KL route
+        because it was measured better: when PCA keeps more dimensions than the data's latent
+        manifold has, the three KL entropies err differently and their difference collapses
+        to 0 (docs/estimators.md).
         "flow": the MI of a maximum-likelihood flow model of the compressed pair
         (`flow.flow_mutual_information`), which copes better with the warped codes of an
         autoencoder, at about 50-60 s a call on 2 CPU cores; with labels it falls back to KSG.
@@ -213,16 +215,16 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         Seeds the noise and the autoencoder: results are reproducible.
     """
     continuous = (a,) if is_discrete(b) else (a, b)
-    entropy = resolve_entropy(entropy, tuple(resolve_compressor(compressor, np.shape(side)[1:])
-                                             for side in continuous))
+    compressors = [resolve_compressor(compressor, np.shape(side)[1:]) for side in continuous]
+    entropy = resolve_entropy(entropy, tuple(compressors))
     same_length(a=a, b=b)
     rng = np.random.default_rng(seed)
-    ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim, compressor, seed, device,
-                  ae_steps, sample_shape=np.shape(a)[1:])
+    ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim, compressors[0], seed, device,
+                  ae_steps)
     if is_discrete(b):
         return _mi_compressed(ca, None, as_labels(b), entropy, k, seed, device)
-    cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim, compressor, seed + 1,
-                  device, ae_steps, sample_shape=np.shape(b)[1:])
+    cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim, compressors[1], seed + 1,
+                  device, ae_steps)
     return _mi_compressed(ca, cb, None, entropy, k, seed, device)
 
 
@@ -244,15 +246,16 @@ def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n
     autoencoder (then the flow for I(X;T)). Other parameters as in
     `compression_mutual_information`.
     """
-    xt_entropy = resolve_entropy(entropy, (resolve_compressor(compressor, np.shape(t)[1:]),
-                                           resolve_compressor(input_compressor, np.shape(x)[1:])))
-    ty_entropy = resolve_entropy(entropy, (resolve_compressor(compressor, np.shape(t)[1:]),))
+    layer_compressor = resolve_compressor(compressor, np.shape(t)[1:])
+    inputs_compressor = resolve_compressor(input_compressor, np.shape(x)[1:])
+    xt_entropy = resolve_entropy(entropy, (layer_compressor, inputs_compressor))
+    ty_entropy = resolve_entropy(entropy, (layer_compressor,))
     same_length(x=x, t=t, y=y)
     rng = np.random.default_rng(seed)
-    tn = compress(add_noise(as_samples(t, "t"), noise, noise_mode, rng), dim, compressor, seed, device,
-                  ae_steps, sample_shape=np.shape(t)[1:])
-    xc = compress(as_samples(x, "x"), input_dim or dim, input_compressor, seed + 1, device, ae_steps,
-                  sample_shape=np.shape(x)[1:], remember=True)
+    tn = compress(add_noise(as_samples(t, "t"), noise, noise_mode, rng), dim, layer_compressor, seed,
+                  device, ae_steps)
+    xc = compress(as_samples(x, "x"), input_dim or dim, inputs_compressor, seed + 1, device, ae_steps,
+                  remember=True)
     labels = as_labels(y)
     return {"I_XT": _mi_compressed(xc, tn, None, xt_entropy, k, seed, device),
             "I_TY": _mi_compressed(tn, None, labels, ty_entropy, k, seed, device)}

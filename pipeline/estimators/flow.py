@@ -29,8 +29,8 @@ class _Couplings(nn.Module):
 
     Each layer rotates by a fixed random orthogonal matrix (log-determinant 0), then one half of
     the coordinates scales (tanh-bounded) and shifts the other. The sides' networks are stacked
-    along a leading axis and applied with batched matrix products: the flow is overhead-bound
-    (tiny matrices), so one call for both sides costs about what one side did.
+    along a leading axis and applied with batched matrix products, which halves the time of a
+    call against one network per side (the 128-wide products dominate the profile).
     """
 
     def __init__(self, sides: int, dim: int, layers: int, hidden: int, generator: torch.Generator):
