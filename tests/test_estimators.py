@@ -256,7 +256,10 @@ def test_compression_on_bump_images(mi):
 def test_images_get_the_autoencoder_which_keeps_what_pca_folds():
     from pipeline.estimators.compression import resolve_compressor
 
-    assert resolve_compressor("auto", (1, 16, 16)) == "autoencoder"
+    assert resolve_compressor("auto", (1, 16, 16)) == "conv_autoencoder"
+    assert resolve_compressor("auto", (28, 28)) == "conv_autoencoder"
+    assert resolve_compressor("auto", (512, 2, 2)) == "autoencoder"  # too small for three strides
+    assert resolve_compressor("auto", (2, 3, 8, 8)) == "autoencoder"
     assert resolve_compressor("auto", (20,)) == "pca"
     with pytest.raises(ValueError, match="compressor must be one of"):
         resolve_compressor("tsne", (20,))
@@ -271,6 +274,7 @@ def test_auto_entropy_is_the_flow_for_autoencoder_codes_and_ksg_otherwise(monkey
     from pipeline.estimators import compression
 
     assert compression.resolve_entropy("auto", ("autoencoder", "autoencoder")) == "flow"
+    assert compression.resolve_entropy("auto", ("conv_autoencoder", "autoencoder")) == "flow"
     assert compression.resolve_entropy("auto", ("autoencoder", "pca")) == "ksg"
     assert compression.resolve_entropy("auto", ("autoencoder",)) == "ksg"  # labels
     assert compression.resolve_entropy("kl", ("autoencoder", "autoencoder")) == "kl"
@@ -306,6 +310,36 @@ def test_autoencoder_codes_keep_the_information_and_are_seeded():
     np.testing.assert_array_equal(codes_a, autoencoder_compress(images_a, 3, seed=0, steps=600))
     # 2-latent images coded in 3 dimensions: the code is injective, so the MI survives
     assert ksg_mutual_information(codes_a, codes_b) == pytest.approx(1.5, abs=0.15)
+
+
+def test_conv_autoencoder_codes_keep_the_information_and_are_seeded():
+    from pipeline.estimators.compression import conv_autoencoder_compress
+    from pipeline.estimators.knn import ksg_mutual_information
+
+    a, b = gaussian_pair(2000, 1.5, 2, seed=5, rotate=False)
+    images_a, images_b = bump_images(a).reshape(2000, -1), bump_images(b).reshape(2000, -1)
+    codes_a = conv_autoencoder_compress(images_a, 3, (1, 16, 16), seed=0, steps=400)
+    codes_b = conv_autoencoder_compress(images_b, 3, (16, 16), seed=1, steps=400)
+    assert codes_a.shape == (2000, 3)
+    again = conv_autoencoder_compress(images_a, 3, (16, 16), seed=0, steps=400)
+    np.testing.assert_array_equal(codes_a, again)
+    assert ksg_mutual_information(codes_a, codes_b) == pytest.approx(1.5, abs=0.15)
+
+
+@pytest.mark.parametrize("sample_shape", [(3, 12, 10), (28, 28), (2, 8, 9)])
+def test_conv_autoencoder_takes_any_image_size_of_at_least_8(sample_shape):
+    from pipeline.estimators.compression import conv_autoencoder_compress
+
+    images = RNG.normal(size=(64, int(np.prod(sample_shape))))
+    assert conv_autoencoder_compress(images, 4, sample_shape, steps=2).shape == (64, 4)
+
+
+def test_conv_autoencoder_rejects_flat_or_small_samples():
+    a = RNG.normal(size=(100, 6, 6))
+    with pytest.raises(ValueError, match="H, W >= 8.*compressor='autoencoder'"):
+        mutual_information(a, a, "compression", compressor="conv_autoencoder", ae_steps=2)
+    with pytest.raises(ValueError, match="got samples of shape \\(36,\\)"):
+        mutual_information(a.reshape(100, -1), a, "compression", compressor="conv_autoencoder", ae_steps=2)
 
 
 def test_input_autoencoder_is_trained_once_per_input_array():
