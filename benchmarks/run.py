@@ -1,6 +1,6 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
-    python -m benchmarks.run [--only train,estimators,stage,accuracy,limits]
+    python -m benchmarks.run [--only train,estimators,images,gpu,stage,accuracy,limits]
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -94,6 +94,96 @@ def bench_estimators() -> None:
     write_section(DOCS / "benchmarks.md", "estimators", body)
 
 
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    """Seconds of one call (waiting for the GPU's queue to drain) and its result."""
+    import torch
+
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def bench_images() -> None:
+    """The image defaults of compression, part by part: each autoencoder on one side, the flow."""
+    import torch
+
+    from pipeline.estimators.compression import autoencoder_compress, conv_autoencoder_compress
+    from pipeline.estimators.flow import flow_mutual_information
+    from pipeline.groundtruth import bump_images, gaussian_pair, rectangle_images
+
+    torch.set_num_threads(2)
+    devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    rows = []
+    for render, size in ((bump_images, 16), (rectangle_images, 32)):
+        for n in (1000, 5000):
+            a, b = gaussian_pair(n, 1.5, 4, seed=41, rotate=False)
+            images_a, images_b = render(a, size), render(b, size)
+            shape = images_a.shape[1:]
+            for device in devices:
+                conv, codes_a = timed(conv_autoencoder_compress, images_a.reshape(n, -1), 4, shape,
+                                      device=device)
+                _, codes_b = timed(conv_autoencoder_compress, images_b.reshape(n, -1), 4, shape, seed=1,
+                                   device=device)
+                dense, _ = timed(autoencoder_compress, images_a.reshape(n, -1), 4, device=device)
+                flow, _ = timed(flow_mutual_information, codes_a, codes_b, device=device)
+                rows.append([f"{render.__name__.split('_')[0]} {size}x{size}", n, device, f"{conv:.1f}",
+                             f"{dense:.1f}", f"{flow:.1f}", f"{2 * conv + flow:.0f}"])
+                print(rows[-1], flush=True)
+    body = ("Command: `make bench` (section images). Seconds for the parts of "
+            "`mutual_information(a, b, \"compression\")` on images (4 latents, defaults): the "
+            "convolutional autoencoder on one side (1500 steps, what `compressor=\"auto\"` picks for "
+            "images), the dense one for comparison (3000 steps), and the flow model on the two sides' "
+            "codes (3000 steps). A default call costs two encodings and one flow. Step counts do not "
+            "depend on n: n only changes the final encoding pass and the flow's normal scores.\n\n"
+            + table(["images", "n", "device", "conv autoencoder, one side", "dense autoencoder, one side",
+                     "flow", "default call (2 conv + flow)"], rows)
+            + f"\n\nMachine: {machine()}.")
+    write_section(DOCS / "benchmarks.md", "images", body)
+    print(body)
+
+
+def bench_gpu() -> None:
+    """`device="cuda"` against the CPU on the same calls: seconds and the largest difference."""
+    import torch
+
+    from pipeline.estimators import information_plane
+
+    if not torch.cuda.is_available():
+        print("section gpu: no GPU on this machine; docs/benchmarks.md keeps its last GPU table")
+        return
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    methods = {"renyi": {"n_batches": 10}, "kde": {}, "ksg": {}, "compression": {}}
+    rows = []
+    for d in (10, 1000, 65536):
+        for n in (1000, 4096):
+            x = rng.uniform(size=(n, 12))
+            t = np.tanh(rng.normal(size=(n, d)))
+            y = rng.integers(0, 10, n)
+            for method, params in methods.items():
+                if method == "ksg" and d > 10 and n > 1000:
+                    continue  # the CPU tree degrades to brute force: minutes for one reference value
+                seconds, values = {}, {}
+                for device in ("cpu", "cuda"):
+                    runs = [timed(information_plane, x, t, y, method, device=device, **params)
+                            for _ in range(3)]
+                    seconds[device], values[device] = min(runs, key=lambda run: run[0])
+                diff = max(abs(values["cuda"][key] - values["cpu"][key]) for key in values["cpu"])
+                rows.append([n, d, method, f"{seconds['cpu'] * 1000:.0f}", f"{seconds['cuda'] * 1000:.0f}",
+                             f"{seconds['cpu'] / seconds['cuda']:.1f}x", f"{diff:.1e}"])
+                print(rows[-1], flush=True)
+    body = ("Command: `python -m benchmarks.run --only gpu` (part of `make bench` where a GPU exists). "
+            "Milliseconds per `information_plane` call, best of 3 (the first GPU call includes "
+            "its warm-up), CPU (2 threads) against `device=\"cuda\"`, and the largest difference of "
+            "the two results in bits (float64 on both; ksg on the GPU uses brute-force neighbours).\n\n"
+            + table(["n", "d", "method", "cpu (ms)", "cuda (ms)", "speed-up", "max diff (bits)"], rows)
+            + f"\n\nMachine: {machine()}.")
+    write_section(DOCS / "benchmarks.md", "gpu", body)
+    print(body)
+
+
 def bench_stage() -> None:
     """Runs `_bench_stage` in a subprocess pinned to one thread per process (see its docstring)."""
     import os
@@ -173,7 +263,7 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,estimators,stage,accuracy,limits")
+    parser.add_argument("--only", default="train,estimators,images,gpu,stage,accuracy,limits")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -181,6 +271,10 @@ def main() -> None:
         bench_stage()
     if "estimators" in sections:
         bench_estimators()
+    if "images" in sections:
+        bench_images()
+    if "gpu" in sections:
+        bench_gpu()
     if "accuracy" in sections:
         from benchmarks.accuracy import main as accuracy
         accuracy()

@@ -476,3 +476,33 @@ def test_pca_scores_equal_the_svd(shape):
     centred = x - x.mean(0)
     u, s, _ = np.linalg.svd(centred, full_matrices=False)
     np.testing.assert_allclose(np.abs(pca_compress(x, 4)), np.abs(u[:, :4] * s[:4]), atol=1e-8)
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="no GPU here: run where one is lent (CI has none)")
+
+
+@needs_gpu
+@pytest.mark.parametrize("method, params", [
+    ("renyi", {"n_batches": 3}), ("kde", {}), ("kde", {"bound": "lower"}), ("ksg", {}),
+    ("compression", {}),
+])
+def test_cuda_path_equals_the_cpu_path(method, params):
+    # float64 on both devices: only summation order differs, so the values agree to ~1e-9;
+    # ksg compares brute-force GPU neighbours with the CPU's tree, which count the same points.
+    x = distinct_inputs(600)
+    t = np.tanh(x @ RNG.normal(size=(12, 40)))
+    y = RNG.integers(0, 4, 600)
+    cpu = information_plane(x, t, y, method, **params)
+    gpu = information_plane(x, t, y, method, device="cuda", **params)
+    for key, value in cpu.items():
+        assert gpu[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+@needs_gpu
+def test_autoencoder_codes_on_cuda_keep_the_information():
+    # GPU kernels are not bit-identical to the CPU's: the codes differ, the MI they keep must not
+    a, b = gaussian_pair(2000, 1.5, 2, seed=3, rotate=False)
+    est = mutual_information(bump_images(a, 16), bump_images(b, 16), "compression", entropy="ksg",
+                             device="cuda")
+    assert est == pytest.approx(1.5, abs=0.15)
