@@ -326,6 +326,52 @@ def test_conv_autoencoder_codes_keep_the_information_and_are_seeded():
     assert ksg_mutual_information(codes_a, codes_b) == pytest.approx(1.5, abs=0.15)
 
 
+def test_autoencoder_candidates_finish_the_one_with_the_lowest_loss_halfway():
+    import torch
+    from torch import nn
+
+    from pipeline.estimators.compression import _fit_autoencoder
+
+    # Three linear autoencoders of 2-d data with 1-d codes; a fixed offset on each decoder's
+    # output (a buffer, not trained) leaves only the middle one able to reconstruct well.
+    points = RNG.normal(size=(400, 2)) @ np.array([[1.0, 0.5], [0.0, 0.1]])
+    data = torch.as_tensor(points, dtype=torch.float32)
+    offsets = iter([3.0, 0.0, 5.0])
+    built, calls = [], []
+
+    class Shifted(nn.Linear):
+        def __init__(self, offset: float):
+            super().__init__(1, 2)
+            self.register_buffer("offset", torch.tensor(offset))
+
+        def forward(self, code):
+            return super().forward(code) + self.offset
+
+    def build():
+        built.append((nn.Linear(2, 1), Shifted(next(offsets))))
+        return built[-1]
+
+    def loss_of(encoder, decoder, xb):
+        calls.append(torch.is_grad_enabled())
+        return ((decoder(encoder(xb)) - xb) ** 2).mean()
+
+    encoder = _fit_autoencoder(build, data, loss_of, steps=40, batch=50, lr=1e-2,
+                               generator=torch.Generator().manual_seed(0), candidates=3)
+    assert encoder is built[1][0]
+    assert sum(calls) == 3 * 20 + 20  # three candidates for half the steps, one to the end
+    assert len(calls) - sum(calls) == 3  # the full-data loss of each candidate, once
+    with pytest.raises(ValueError, match="ae_candidates"):
+        _fit_autoencoder(build, data, loss_of, 40, 50, 1e-2, torch.Generator(), candidates=0)
+
+
+def test_ae_candidates_reach_the_autoencoder():
+    a = RNG.normal(size=(100, 16, 16))
+    with pytest.raises(ValueError, match="at least one candidate \\(ae_candidates\\), got 0"):
+        mutual_information(a, a, "compression", ae_candidates=0, ae_steps=4)
+    with pytest.raises(ValueError, match="ae_candidates"):
+        mutual_information(a, a, "compression", compressor="autoencoder", ae_candidates=0, ae_steps=4)
+
+
 @pytest.mark.parametrize("sample_shape", [(3, 12, 10), (28, 28), (2, 8, 9)])
 def test_conv_autoencoder_takes_any_image_size_of_at_least_8(sample_shape):
     from pipeline.estimators.compression import conv_autoencoder_compress
