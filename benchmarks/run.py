@@ -124,9 +124,10 @@ def bench_images() -> None:
                 print(rows[-1], flush=True)
     body = ("Command: `make bench` (section images). Seconds for the parts of "
             "`mutual_information(a, b, \"compression\")` on images (4 latents, defaults): the "
-            "convolutional autoencoder on one side (1500 steps, what `compressor=\"auto\"` picks for "
-            "images), the dense one for comparison (3000 steps), and the flow model on the two sides' "
-            "codes (3000 steps). A default call costs two encodings and one flow. Step counts do not "
+            "convolutional autoencoder on one side (1500 steps, 3 candidates for the first 750: what "
+            "`compressor=\"auto\"` picks for images), the dense one for comparison (3000 steps), and "
+            "the flow model on the two sides' codes (3000 steps). A default call costs two encodings "
+            "and one flow. Step counts do not "
             "depend on n: n only changes the final encoding pass and the flow's normal scores.\n\n"
             + table(["images", "n", "device", "conv autoencoder, one side", "dense autoencoder, one side",
                      "flow", "default call (2 conv + flow)"], rows)

@@ -138,8 +138,10 @@ def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, 
     the dense autoencoder it sees where each pixel is, which is what resolves the edges of
     sharp shapes: on 32x32 rectangles of 4 latents at 3 bits, one seed pair gave the flow
     model 2.48 bits against 2.17 from the dense autoencoder (docs/estimators.md, "Compression
-    limits"). It costs about 20 s a side at 16x16 and 70-85 s at 32x32 on 2 CPU cores
-    (docs/benchmarks.md, section images); a GPU is the place for it (`device="cuda"`).
+    limits"). One network costs about 20 s at 16x16 and 70-85 s at 32x32 on 2 CPU cores
+    (docs/benchmarks.md, section images); the default `candidates=3` (three initialisations
+    for half the steps, the best finishing; `_fit_autoencoder`) about twice that: 150-190 s a
+    side at 32x32. A GPU is the place for it (`device="cuda"`).
     """
     shape = tuple(sample_shape)
     if len(shape) == 2:
@@ -310,8 +312,9 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         Dimensions kept by the compressor (papers: 4; CIFAR inputs 10).
     compressor : {"auto", "pca", "autoencoder", "conv_autoencoder", "none"}
         "auto" (default) follows Butakov et al.: a convolutional autoencoder for images
-        ((n, H, W) or (n, C, H, W) with H, W >= 8; `conv_autoencoder_compress`, about 20 s a
-        side for 16x16 and 70-85 s for 32x32 on 2 CPU cores), a dense one for other samples with
+        ((n, H, W) or (n, C, H, W) with H, W >= 8; `conv_autoencoder_compress`, with its 3
+        candidates about 40 s a side for 16x16 and 150-190 s for 32x32 on 2 CPU cores), a dense
+        one for other samples with
         two or more trailing axes (`autoencoder_compress`, about 10 s a side), PCA for flat
         vectors such as dense layers. Pass images with their shape: flattened to (n, H * W)
         they are taken for a dense layer (PCA, 10 of the 18 image cases within tolerance).
