@@ -87,9 +87,12 @@ def _fit_autoencoder(build, data: torch.Tensor, loss_of, steps: int, batch: int,
             return sum(float(loss_of(run[0], run[1], part)) * len(part) for part in data.split(1000))
 
     done = steps // 2 if candidates > 1 else 0
-    for run in runs if done else ():
-        train(run, done)
-    best = min(runs, key=full_loss) if done else runs[0]
+    if done:
+        for run in runs:
+            train(run, done)
+        best = min(runs, key=full_loss)
+    else:
+        best = runs[0]
     train(best, steps - done)
     return best[0]
 
@@ -229,15 +232,14 @@ def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str, a
     if compressor == "pca":
         return pca_compress(a, dim)
 
+    # None leaves each autoencoder's own default in force (its signature is the one place for it)
+    options = {name: value for name, value in (("steps", ae_steps), ("candidates", ae_candidates))
+               if value is not None}
+
     def encode() -> np.ndarray:
         if compressor == "conv_autoencoder":
-            steps = 1500 if ae_steps is None else ae_steps
-            candidates = 3 if ae_candidates is None else ae_candidates
-            return conv_autoencoder_compress(a, dim, sample_shape, seed=seed, steps=steps,
-                                             candidates=candidates, device=device)
-        steps = 3000 if ae_steps is None else ae_steps
-        candidates = 1 if ae_candidates is None else ae_candidates
-        return autoencoder_compress(a, dim, seed=seed, steps=steps, candidates=candidates, device=device)
+            return conv_autoencoder_compress(a, dim, sample_shape, seed=seed, device=device, **options)
+        return autoencoder_compress(a, dim, seed=seed, device=device, **options)
 
     if not remember:
         return encode()
@@ -313,9 +315,10 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
     compressor : {"auto", "pca", "autoencoder", "conv_autoencoder", "none"}
         "auto" (default) follows Butakov et al.: a convolutional autoencoder for images
         ((n, H, W) or (n, C, H, W) with H, W >= 8; `conv_autoencoder_compress`, with its 3
-        candidates about 40 s a side for 16x16 and 150-190 s for 32x32 on 2 CPU cores), a dense
-        one for other samples with
-        two or more trailing axes (`autoencoder_compress`, about 10 s a side), PCA for flat
+        candidates a default call took 179-203 s on 16x16 and 378-419 s on 32x32 images at
+        n = 5000 on 2 CPU cores), a dense
+        one for other samples with two or more trailing axes (`autoencoder_compress`, about
+        10 s a side), PCA for flat
         vectors such as dense layers. Pass images with their shape: flattened to (n, H * W)
         they are taken for a dense layer (PCA, 10 of the 18 image cases within tolerance).
     entropy : {"auto", "ksg", "flow", "kl", "wkl"}
