@@ -1,16 +1,25 @@
 """Estimator accuracy on samples with known MI: the table and figure of docs/estimators.md.
 
-    python -m benchmarks.accuracy              # also part of `make bench` (about 35 min on 2 cores)
+    python -m benchmarks.accuracy                          # every column (about 2 h on 2 cores)
+    python -m benchmarks.accuracy --only compression       # re-measure one column, keep the others
 
 KSG: Gaussian pairs (MI spread over all coordinate pairs by random rotations) and the same
 after injective maps of each coordinate, n = 5000. Compression: 16x16 Gaussian-bump and 32x32
 rectangle images rendered from 2- to 4-dimensional latents, n = 5000. Tolerances are those of
 the estimators issue: KSG max(0.1 bit, 15%) for 1-3 dimensions a side, max(0.1 bit, 25%) for
 4-5; compression max(0.15 bit, 20%).
+
+Every case's estimate is kept in docs/accuracy_cases.json with the column's parameters, commit,
+date and machine, so one column can be re-measured after a change (the default compression
+column alone takes about 90 min here) while the table still shows where each column came from.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
+import subprocess
 import time
 
 import matplotlib
@@ -24,33 +33,78 @@ from pipeline.estimators import mutual_information  # noqa: E402
 from pipeline.groundtruth import INJECTIVE_MAPS, apply_map, bump_images, gaussian_pair, rectangle_images  # noqa: E402
 
 N = 5000
+RECORD = DOCS / "accuracy_cases.json"
 
 
-def ksg_cases(transform: str) -> list[dict]:
-    out = []
+def _progress(label: str, done: int, total: int, start: float) -> None:
+    spent = time.perf_counter() - start
+    print(f"[{label}] {done}/{total} cases, {spent / 60:.1f} min, about "
+          f"{spent / done * (total - done) / 60:.1f} min left", flush=True)
+
+
+def ksg_cases(label: str = "ksg", **params) -> list[dict]:
+    out, start, total = [], time.perf_counter(), 5 * 5 * len(INJECTIVE_MAPS)
     for dim in (1, 2, 3, 4, 5):
         for mi in (0.1, 0.5, 1.0, 2.0, 3.0):
             a, b = gaussian_pair(N, mi, dim, seed=100 * dim + int(10 * mi))
             for name in INJECTIVE_MAPS:
-                est = mutual_information(apply_map(name, a, 1), apply_map(name, b, 2), "ksg",
-                                         transform=transform)
+                est = mutual_information(apply_map(name, a, 1), apply_map(name, b, 2), "ksg", **params)
                 tol = max(0.1, (0.15 if dim <= 3 else 0.25) * mi)
-                out.append({"dim": dim, "mi": mi, "map": name, "est": est, "ok": abs(est - mi) <= tol})
+                out.append({"dim": dim, "mi": mi, "map": name, "est": est, "ok": bool(abs(est - mi) <= tol)})
+            _progress(label, len(out), total, start)
     return out
 
 
-def compression_cases(dims: tuple[int, ...] = (2, 3, 4), **params) -> list[dict]:
-    out = []
+def compression_cases(dims: tuple[int, ...] = (2, 3, 4), label: str = "compression", **params) -> list[dict]:
+    out, start, total = [], time.perf_counter(), 2 * 3 * len(dims)
     for render, size in ((bump_images, 16), (rectangle_images, 32)):
         for dim in dims:
             for mi in (0.5, 1.5, 3.0):
                 a, b = gaussian_pair(N, mi, dim, seed=10 * dim + int(10 * mi), rotate=False)
-                start = time.perf_counter()
+                case_start = time.perf_counter()
                 est = mutual_information(render(a, size), render(b, size), "compression", **params)
                 out.append({"images": f"{render.__name__.split('_')[0]} {size}x{size}", "dim": dim,
-                            "mi": mi, "est": est, "ok": abs(est - mi) <= max(0.15, 0.2 * mi),
-                            "seconds": time.perf_counter() - start})
+                            "mi": mi, "est": est, "ok": bool(abs(est - mi) <= max(0.15, 0.2 * mi)),
+                            "seconds": time.perf_counter() - case_start})
+                print(f"[{label}] {out[-1]['images']} dim={dim} mi={mi}: {est:.3f}", flush=True)
+                _progress(label, len(out), total, start)
     return out
+
+
+# column name -> (family, the estimator parameters it passes beside the defaults)
+COLUMNS: dict[str, tuple[str, dict]] = {
+    "ksg": ("ksg", {"transform": "auto"}),
+    "ksg_standardise": ("ksg", {"transform": "standardise"}),
+    "compression": ("compression", {}),
+    "compression_dense_ksg": ("compression", {"compressor": "autoencoder", "entropy": "ksg"}),
+    "compression_pca": ("compression", {"compressor": "pca"}),
+    "compression_pca_kl": ("compression", {"compressor": "pca", "entropy": "kl"}),
+}
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=DOCS.parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "pipeline"], capture_output=True, text=True,
+                               check=True, cwd=DOCS.parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+uncommitted pipeline changes" if dirty else "")
+
+
+def measure(columns: list[str]) -> dict:
+    """Run `columns` and store them in the record (after each column, so an interrupted run keeps them)."""
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    for name in columns:
+        family, params = COLUMNS[name]
+        start = time.perf_counter()
+        cases = (ksg_cases if family == "ksg" else compression_cases)(label=name, **params)
+        record[name] = {"params": params, "commit": _commit(), "date": datetime.date.today().isoformat(),
+                        "machine": machine(), "minutes": round((time.perf_counter() - start) / 60, 1),
+                        "cases": cases}
+        RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def summarise_ksg(cases: list[dict]) -> list[list]:
@@ -64,22 +118,28 @@ def summarise_ksg(cases: list[dict]) -> list[list]:
     return rows
 
 
-def main() -> None:
-    """Writes the accuracy section of docs/estimators.md and its figure."""
-    ksg = ksg_cases("auto")
-    ksg_std = ksg_cases("standardise")
-    comp = compression_cases()
-    comp_ksg = compression_cases(compressor="autoencoder", entropy="ksg")
-    comp_pca = compression_cases(compressor="pca")
-    comp_kl = compression_cases(compressor="pca", entropy="kl")
+def provenance(record: dict) -> str:
+    rows = [[f"`{name}`", f"`{json.dumps(entry['params'])}`", entry["commit"], entry["date"],
+             entry["minutes"], entry["machine"]] for name, entry in record.items()]
+    return table(["column", "parameters", "commit", "date", "minutes", "machine"], rows)
+
+
+def render(record: dict) -> str:
+    """The figure and the markdown section, from the record alone."""
+    missing = [name for name in COLUMNS if name not in record]
+    if missing:
+        raise ValueError(f"{RECORD} lacks columns {missing}; run `python -m benchmarks.accuracy --only "
+                         f"{','.join(missing)}`")
+    ksg, ksg_std = record["ksg"]["cases"], record["ksg_standardise"]["cases"]
+    columns = [record[name]["cases"] for name in
+               ("compression", "compression_dense_ksg", "compression_pca", "compression_pca_kl")]
     (DOCS / "figures").mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     for dim in (1, 2, 3, 4, 5):
         sel = [c for c in ksg if c["dim"] == dim]
         axes[0].scatter([c["mi"] for c in sel], [c["est"] for c in sel], s=12, label=f"{dim} dim/side")
-    for label, cases, marker in (("conv autoencoder + flow (default)", comp, "o"),
-                                 ("dense autoencoder + ksg", comp_ksg, "^"), ("pca + ksg", comp_pca, "s"),
-                                 ("pca + kl", comp_kl, "x")):
+    for label, cases, marker in zip(("conv autoencoder + flow (default)", "dense autoencoder + ksg",
+                                     "pca + ksg", "pca + kl"), columns, "o^sx", strict=True):
         axes[1].scatter([c["mi"] for c in cases], [c["est"] for c in cases], marker=marker, s=18,
                         label=label, facecolors="none" if marker == "s" else None)
     for ax, title in zip(axes, ("ksg: Gaussian pairs, 5 injective maps", "compression: images of latents"),
@@ -89,9 +149,8 @@ def main() -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(DOCS / "figures" / "estimator_accuracy.png", dpi=110)
-    ksg_rows = summarise_ksg(ksg)
-    std_rows = summarise_ksg(ksg_std)
-    columns = (comp, comp_ksg, comp_pca, comp_kl)
+    plt.close(fig)
+
     def cells(case: dict) -> list[str]:
         return [f"{case['est']:.3f}", "yes" if case["ok"] else "**no**"]
 
@@ -99,30 +158,47 @@ def main() -> None:
                   *cells(row[2]), f"{row[3]['est']:.3f}"] for row in zip(*columns, strict=True)]
     n_ok = [sum(c["ok"] for c in cases) for cases in columns]
     seconds = [np.mean([c["seconds"] for c in cases]) for cases in columns]
-    body = (
-        f"Command: `python -m benchmarks.accuracy` (part of `make bench`); n = {N} per case.\n\n"
+    return (
+        "Command: `python -m benchmarks.accuracy` (part of `make bench`; `--only COLUMN` re-measures "
+        f"one column); n = {N} per case. Every estimate is in `docs/accuracy_cases.json`. Where each "
+        "column was measured:\n\n" + provenance(record) + "\n\n"
         "![true vs estimated](figures/estimator_accuracy.png)\n\n"
         "**ksg** (default `transform=\"auto\"`: normal scores per coordinate), 25 Gaussian pairs "
         "(0.1-3 bits) x 5 maps (identity, normal CDF, asinh, x|x|^0.5, random rotation) per "
         "dimension:\n\n"
-        + table(["dim per side", "cases", "within tolerance", "median rel. error", "worst case"], ksg_rows)
+        + table(["dim per side", "cases", "within tolerance", "median rel. error", "worst case"],
+                summarise_ksg(ksg))
         + "\n\nThe same with `transform=\"standardise\"` (SCIENCE.md's wording), for comparison:\n\n"
-        + table(["dim per side", "cases", "within tolerance", "median rel. error", "worst case"], std_rows)
-        + "\n\n**compression**, relative noise 1e-3, 4 dimensions, k = 5. Defaults: "
-        "`compressor=\"auto\"` (the convolutional autoencoder for images, 1500 steps) and "
-        "`entropy=\"auto\"` (the flow model on two autoencoder codes); then the dense autoencoder "
-        "(`compressor=\"autoencoder\"`, 3000 steps) with `entropy=\"ksg\"`, "
+        + table(["dim per side", "cases", "within tolerance", "median rel. error", "worst case"],
+                summarise_ksg(ksg_std))
+        + "\n\n**compression**, relative noise 1e-3, 4 dimensions, k = 5, seed 0. Defaults: "
+        "`compressor=\"auto\"` (the convolutional autoencoder for images: 3 candidates for 750 steps, "
+        "the best finishing 1500) and `entropy=\"auto\"` (the flow model on two autoencoder codes); then "
+        "the dense autoencoder (`compressor=\"autoencoder\"`, 3000 steps) with `entropy=\"ksg\"`, "
         "`compressor=\"pca\"` (the default for dense layers, with KSG), and PCA with the "
         "Kozachenko-Leonenko route `entropy=\"kl\"`. Cases within max(0.15 bit, 20%): "
-        f"{n_ok[0]}, {n_ok[1]}, {n_ok[2]} and {n_ok[3]} of {len(comp)}; seconds a case: "
-        + ", ".join(f"{sec:.0f}" for sec in seconds) + f" ({machine()}).\n\n"
+        f"{n_ok[0]}, {n_ok[1]}, {n_ok[2]} and {n_ok[3]} of {len(columns[0])}; seconds a case: "
+        + ", ".join(f"{sec:.0f}" for sec in seconds) + ".\n\n"
         + table(["images", "latent dim", "true MI", "default (conv + flow)", "within",
                  "dense autoencoder + ksg", "within",
                  "pca", "within", "pca + kl"], comp_rows)
     )
+
+
+def main(columns: list[str] | None = None) -> None:
+    """Measure `columns` (all by default), then write the accuracy section of docs/estimators.md."""
+    columns = list(COLUMNS) if columns is None else columns
+    unknown = sorted(set(columns) - set(COLUMNS))
+    if unknown:
+        raise SystemExit(f"unknown accuracy columns {unknown}; valid: {', '.join(COLUMNS)}")
+    body = render(measure(columns))
     write_section(DOCS / "estimators.md", "accuracy", body)
     print(body)
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help=f"comma-separated columns, of: {', '.join(COLUMNS)}")
+    args = parser.parse_args()
+    main(args.only.split(",") if args.only else None)
