@@ -1,6 +1,6 @@
 """Estimator accuracy on samples with known MI: the table and figure of docs/estimators.md.
 
-    python -m benchmarks.accuracy                          # every column (about 2 h on 2 cores)
+    python -m benchmarks.accuracy                          # every column (about 100 min on 2 cores)
     python -m benchmarks.accuracy --only compression       # re-measure one column, keep the others
 
 KSG: Gaussian pairs (MI spread over all coordinate pairs by random rotations) and the same
@@ -11,7 +11,7 @@ the estimators issue: KSG max(0.1 bit, 15%) for 1-3 dimensions a side, max(0.1 b
 
 Every case's estimate is kept in docs/accuracy_cases.json with the column's parameters, commit,
 date and machine, so one column can be re-measured after a change (the default compression
-column alone takes about 90 min here) while the table still shows where each column came from.
+column alone took 86 min on 2 cores) while the table still shows where each column came from.
 """
 
 from __future__ import annotations
