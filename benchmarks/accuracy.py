@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import time
 
 import matplotlib
@@ -27,23 +26,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from benchmarks.common import DOCS, machine, table, write_section  # noqa: E402
 from pipeline.estimators import mutual_information  # noqa: E402
 from pipeline.groundtruth import INJECTIVE_MAPS, apply_map, bump_images, gaussian_pair, rectangle_images  # noqa: E402
+from pipeline.provenance import git_revision  # noqa: E402
 
 N = 5000
 RECORD = DOCS / "accuracy_cases.json"
 
 
-def _progress(label: str, done: int, total: int, start: float) -> None:
-    spent = time.perf_counter() - start
-    print(f"[{label}] {done}/{total} cases, {spent / 60:.1f} min, about "
-          f"{spent / done * (total - done) / 60:.1f} min left", flush=True)
-
-
 def ksg_cases(label: str = "ksg", **params) -> list[dict]:
-    out, start, total = [], time.perf_counter(), 5 * 5 * len(INJECTIVE_MAPS)
+    out, bar = [], tqdm(total=5 * 5 * len(INJECTIVE_MAPS), unit="case", desc=label)
     for dim in (1, 2, 3, 4, 5):
         for mi in (0.1, 0.5, 1.0, 2.0, 3.0):
             a, b = gaussian_pair(N, mi, dim, seed=100 * dim + int(10 * mi))
@@ -51,12 +46,13 @@ def ksg_cases(label: str = "ksg", **params) -> list[dict]:
                 est = mutual_information(apply_map(name, a, 1), apply_map(name, b, 2), "ksg", **params)
                 tol = max(0.1, (0.15 if dim <= 3 else 0.25) * mi)
                 out.append({"dim": dim, "mi": mi, "map": name, "est": est, "ok": bool(abs(est - mi) <= tol)})
-            _progress(label, len(out), total, start)
+                bar.update()
+    bar.close()
     return out
 
 
 def compression_cases(dims: tuple[int, ...] = (2, 3, 4), label: str = "compression", **params) -> list[dict]:
-    out, start, total = [], time.perf_counter(), 2 * 3 * len(dims)
+    out, bar = [], tqdm(total=2 * 3 * len(dims), unit="case", desc=label)
     for render, size in ((bump_images, 16), (rectangle_images, 32)):
         for dim in dims:
             for mi in (0.5, 1.5, 3.0):
@@ -66,8 +62,9 @@ def compression_cases(dims: tuple[int, ...] = (2, 3, 4), label: str = "compressi
                 out.append({"images": f"{render.__name__.split('_')[0]} {size}x{size}", "dim": dim,
                             "mi": mi, "est": est, "ok": bool(abs(est - mi) <= max(0.15, 0.2 * mi)),
                             "seconds": time.perf_counter() - case_start})
-                print(f"[{label}] {out[-1]['images']} dim={dim} mi={mi}: {est:.3f}", flush=True)
-                _progress(label, len(out), total, start)
+                bar.write(f"[{label}] {out[-1]['images']} dim={dim} mi={mi}: {est:.3f}")
+                bar.update()
+    bar.close()
     return out
 
 
@@ -82,17 +79,6 @@ COLUMNS: dict[str, tuple[str, dict]] = {
 }
 
 
-def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=DOCS.parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "pipeline"], capture_output=True, text=True,
-                               check=True, cwd=DOCS.parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+uncommitted pipeline changes" if dirty else "")
-
-
 def measure(columns: list[str]) -> dict:
     """Run `columns` and store them in the record (after each column, so an interrupted run keeps them)."""
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
@@ -100,7 +86,8 @@ def measure(columns: list[str]) -> dict:
         family, params = COLUMNS[name]
         start = time.perf_counter()
         cases = (ksg_cases if family == "ksg" else compression_cases)(label=name, **params)
-        record[name] = {"params": params, "commit": _commit(), "date": datetime.date.today().isoformat(),
+        record[name] = {"params": params, "commit": git_revision(paths=("pipeline",)),
+                        "date": datetime.date.today().isoformat(),
                         "machine": machine(), "minutes": round((time.perf_counter() - start) / 60, 1),
                         "cases": cases}
         RECORD.write_text(json.dumps(record, indent=1) + "\n")

@@ -25,13 +25,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def git_revision() -> str:
-    """HEAD of the project's checkout, with `+dirty` when it has uncommitted changes."""
+def git_revision(paths: tuple[str, ...] = ()) -> str:
+    """HEAD of the project's checkout, with `+dirty` when it has uncommitted changes (under
+    `paths` only, where given: a benchmark that writes tracked docs asks about `pipeline`)."""
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
                                cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
