@@ -3,6 +3,8 @@
 CONFIG ?= configs/szt_tanh.toml
 RUNS ?= data/runs
 SCHEDULER ?=
+ARCHIVE ?=
+ESTIMATORS ?=
 ARGS ?=
 PYTHON ?= python3
 VENV := .venv
@@ -22,11 +24,14 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) -m stages.train --config $(CONFIG) --runs $(RUNS) $(ARGS)
 
+# ARCHIVE=path/archive.zarr: any recorded archive (ESTIMATORS=file.toml: its [estimators.*] tables)
+RUN_ARGS = $(if $(ARCHIVE),--archive $(ARCHIVE),--config $(CONFIG) --runs $(RUNS))
+
 estimate: $(STAMP)
-	$(PY) -m stages.estimate --config $(CONFIG) --runs $(RUNS) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(ARGS)
+	$(PY) -m stages.estimate $(RUN_ARGS) $(if $(and $(ARCHIVE),$(ESTIMATORS)),--config $(ESTIMATORS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(ARGS)
 
 figures: $(STAMP)
-	$(PY) -m stages.figures --config $(CONFIG) --runs $(RUNS) $(ARGS)
+	$(PY) -m stages.figures $(RUN_ARGS) $(ARGS)
 
 # Runs every stage that exists so far.
 all: $(STAMP)

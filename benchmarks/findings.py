@@ -11,20 +11,28 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from benchmarks.common import DOCS, table, write_section
 from pipeline import findings as fd
-from pipeline.archive import ArchiveReader, split_indices
+from pipeline.archive import ArchiveReader
 from pipeline.results import holding_values, masked, open_results
+from pipeline.runs import RunPaths
 
 
 def _load(runs: Path, name: str):
-    results = open_results(runs / name / "estimates.zarr")
+    paths = RunPaths.of(runs, name)
+    results = open_results(paths.results)
     if results is None:
         return None, None
-    return masked(results), ArchiveReader(runs / name / "archive.zarr")
+    return masked(results), ArchiveReader(paths.archive)
+
+
+def _config(archive: ArchiveReader) -> SimpleNamespace:
+    """A built-in run's stored config with attribute access (read as stored, never re-validated)."""
+    return json.loads(json.dumps(archive.config), object_hook=lambda d: SimpleNamespace(**d))
 
 
 def _small_copy(src: Path, dst: Path, longest: int = 1400) -> None:
@@ -57,7 +65,7 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str, sp
              f"{float(phase.drop_mean.sel(layer=layer)):.3f} +- {float(phase.drop_std.sel(layer=layer)):.3f}",
              f"{float(phase.final_bits.sel(layer=layer).mean()):.3f}"] for layer in results.layer.values]
     out = fd.output_information(results, estimator, archive.labels, split)
-    cfg = archive.config
+    cfg = _config(archive)
     seeds, snapshots = _coverage(results, estimator, split)
     text = (f"Run `{name}`: {cfg.train.n_epochs} epochs; estimator `{estimator}` on {seeds} of "
             f"{len(results.seed)} seeds and {snapshots} of {len(results.epoch)} snapshots, "
@@ -124,7 +132,7 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
              f"{float(phase.peak_epoch_mean.sel(layer=layer)):.0f}",
              phases("I_XT", str(layer)), phases("I_TY", str(layer))]
             for layer in results.layer.values]
-    cfg = archive.config
+    cfg = _config(archive)
     history = archive.history(archive.seeds[0])
     return (f"Run `{name}`: {len(results.seed)} seed(s), {cfg.train.n_epochs} epochs, "
             f"{len(results.epoch)} snapshots, {cfg.archive.samples_per_split} {split} images; "
@@ -143,7 +151,7 @@ def tensor_renyi_section(runs: Path, figures: Path, name: str, estimator: str = 
     results, archive = _load(runs, name)
     if results is None or estimator not in results.estimator.values:
         return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
-    size = sum(f.stat().st_size for f in (runs / name / "archive.zarr").rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in RunPaths.of(runs, name).archive.rglob("*") if f.is_file())
     sel = results.sel(estimator=estimator).mean("seed")
     rows = [[str(layer), "x".join(map(str, archive.layer_shapes[str(layer)])),
              _path(sel.I_XT.sel(layer=layer, split="train"), "first", "last"),
@@ -151,8 +159,8 @@ def tensor_renyi_section(runs: Path, figures: Path, name: str, estimator: str = 
              _path(sel.I_TY.sel(layer=layer, split="test"), "last")]
             for layer in results.layer.values]
     history = archive.history(archive.seeds[0])
-    cfg = archive.config
-    shape = "x".join(map(str, archive.root["inputs"].shape[1:]))
+    cfg = _config(archive)
+    shape = "x".join(map(str, archive.inputs.shape[1:]))
     return (f"Run `{name}`: {cfg.data.dataset} data ({len(archive.labels)} samples of {shape} recorded), "
             f"{cfg.train.n_epochs} epochs on `{cfg.train.device}`, {len(archive.layers)} recorded layers, "
             f"{cfg.archive.samples_per_split} samples per split in {cfg.archive.activation_dtype}; "
@@ -186,7 +194,7 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
     batch = params.get("batch_size", 100)
     # the label kernel's entropy is the class entropy of a batch: its expectation at this size
     rng = np.random.default_rng(0)
-    train = split_indices(archive.split, "train")
+    train = archive.split_index("train")
     batch_entropy = []
     for _ in range(200):
         counts = np.bincount(rng.choice(archive.labels[train], batch, replace=False))
@@ -196,7 +204,7 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
     for split in results.split.values:
         out = fd.output_information(results, estimator, archive.labels, str(split))
         phase = fd.compression_phase(results, estimator, str(split))
-        hidden = [layer for layer in results.layer.values if layer != "softmax"]
+        hidden = fd.hidden_layers(results)
         rows.append([str(split), f"{out['final_mean']:.3f} +- {out['final_std']:.3f}",
                      f"{fd.dpi_share(results, estimator, str(split)):.0%}",
                      ", ".join(f"{layer}: {float(phase.drop_mean.sel(layer=layer)):.3f}"
@@ -204,11 +212,11 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
     history = [archive.history(seed)["loss_test"] for seed in archive.seeds]
     stop = int(np.nanargmin(np.mean([h[: min(map(len, history))] for h in history], axis=0)))
     onset = fd.compression_phase(results, estimator, "train").peak_epoch_mean
-    cfg = archive.config
+    cfg = _config(archive)
     return (f"Run `{name}`: {len(results.seed)} seed(s), {cfg.train.n_epochs} epochs, "
             f"{len(results.epoch)} snapshots, {cfg.archive.samples_per_split} samples per split; "
             f"`{estimator}` `{json.dumps(params)}`.\n\n"
-            + table(["split", "final I(T;Y) of softmax (bits)", "DPI holds (cells)",
+            + table(["split", f"final I(T;Y) of {fd.output_layer(results)} (bits)", "DPI holds (cells)",
                      "drop of I(X;T) from peak to end per hidden layer (bits)"], rows)
             + f"\n\nLabel-kernel entropy of a batch of {batch}: {np.mean(batch_entropy):.3f} bits (mean "
             "of 200 batches). Early stopping (minimum test loss): epoch "

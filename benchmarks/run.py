@@ -196,10 +196,11 @@ def _bench_stage() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.archive import ArchiveReader, split_indices
+    from pipeline.archive import ArchiveReader
     from pipeline.config import load_config
     from pipeline.estimate import main as estimate
     from pipeline.estimators import information_plane
+    from pipeline.runs import RunPaths
     from pipeline.train import main as train
 
     overrides = ["seeds=[0, 1]", "train.n_epochs=300", "archive.n_log_points=40",
@@ -209,7 +210,7 @@ def _bench_stage() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = Path(tmp)
         train(cfg, runs)
-        archive = ArchiveReader(runs / cfg.name / "archive.zarr")
+        archive = ArchiveReader(RunPaths.of(runs, cfg.name).archive)
         cells = []
         for name, table_ in cfg.estimators.items():
             for seed in archive.seeds:
@@ -220,7 +221,7 @@ def _bench_stage() -> None:
         t0 = time.perf_counter()
         for _name, table_, seed, split, layer in cells:
             params = {k: v for k, v in table_.items() if k != "method"}
-            index = split_indices(archive.split, split)
+            index = archive.split_index(split)
             for epoch in archive.committed_epochs(seed):
                 t = archive.activations(seed, layer, int(epoch))[index]
                 information_plane(archive.inputs[index], t, archive.labels[index], table_["method"],
@@ -228,12 +229,12 @@ def _bench_stage() -> None:
         loop = time.perf_counter() - t0
         timings = {}
         for workers in (1, 2):
-            shutil.rmtree(runs / cfg.name / "estimates.zarr", ignore_errors=True)
+            shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
             c = load_config(ROOT / "configs/szt_tanh.toml", [*overrides, f"estimate.n_workers={workers}"])
             t0 = time.perf_counter()
             estimate(c, runs)
             timings[workers] = time.perf_counter() - t0
-        shutil.rmtree(runs / cfg.name / "estimates.zarr", ignore_errors=True)
+        shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
         t0 = time.perf_counter()
         estimate(cfg, runs, scheduler="synchronous")
         sync = time.perf_counter() - t0

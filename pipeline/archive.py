@@ -14,22 +14,23 @@ a kill at any moment leaves either the old or the new version of each file, neve
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from pipeline.config import ArchiveConfig, ExperimentConfig, config_from_dict
+from pipeline.config import ArchiveConfig
 from pipeline.data import SplitData
 
-SCHEMA_VERSION = "1.0"
-SPLITS = ("train", "test")
-SPLIT_CODES = {"all": (0, 1), "train": (0,), "test": (1,)}  # the `split` array's codes
+SCHEMA_VERSION = "1.1"  # 1.1: self-describing root (layers, output layer, splits, parts, model)
+SPLITS = ("train", "test")  # the built-in runs' split names, codes 0 and 1
 HISTORY_VARIABLES = ("loss_train", "loss_test", "accuracy_train", "accuracy_test")
 CHUNK_BYTES = 64 * 2**20  # split an epoch's activations over samples beyond this size
 
@@ -75,9 +76,14 @@ def choose_samples(data: SplitData, per_split: int, seed: int) -> Samples:
     return Samples(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
 
 
-def split_indices(split_codes: np.ndarray, split: str) -> np.ndarray:
-    """Indices of the recorded samples of `split` ("all", "train" or "test")."""
-    return np.flatnonzero(np.isin(split_codes, SPLIT_CODES[split]))
+def split_indices(split_codes: np.ndarray, split: str,
+                  names: tuple[str, ...] | list[str] = SPLITS) -> np.ndarray:
+    """Indices of the recorded samples of `split`: "all", or one of `names` (code = position)."""
+    if split == "all":
+        return np.arange(len(split_codes))
+    if split not in names:
+        raise ArchiveError(f"no split {split!r}: the archive has {['all', *names]}")
+    return np.flatnonzero(split_codes == list(names).index(split))
 
 
 def _unit_dims(layer: str, shape: tuple[int, ...]) -> list[str]:
@@ -86,11 +92,6 @@ def _unit_dims(layer: str, shape: tuple[int, ...]) -> list[str]:
     if len(shape) == 3:
         return [f"{layer}_channel", f"{layer}_height", f"{layer}_width"]
     return [f"{layer}_dim{i}" for i in range(len(shape))]
-
-
-def weight_name(param: str) -> str:
-    """Archive name of a model parameter: `blocks.dense1.1.weight` -> `dense1.1.weight`."""
-    return param.removeprefix("blocks.")
 
 
 def flatten_weights(weights: dict[str, np.ndarray]) -> np.ndarray:
@@ -107,21 +108,63 @@ def unflatten_weights(row: np.ndarray, shapes: dict[str, list[int]]) -> dict[str
     return out
 
 
-def create_archive(
-    path: Path,
-    cfg: ExperimentConfig,
-    samples: Samples,
-    layer_shapes: dict[str, tuple[int, ...]],
-    param_shapes: dict[str, tuple[int, ...]],
-    layer_parameters: dict[str, list[str]],
-    provenance: dict[str, Any],
-) -> None:
+@dataclass(frozen=True)
+class LayerSpec:
+    """One recorded layer: archive name, the module it hooks, output shape, producing parameters."""
+
+    name: str
+    module: str
+    shape: tuple[int, ...]
+    parameters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    """Everything an archive's root records; what readers need, without any config code.
+
+    `epochs` and `n_epochs` are the planned snapshot schedule and training length (empty and 0
+    when unknown: the arrays then grow as snapshots come). `model` says how to rebuild the network
+    for the Fisher estimator (`{"factory": ..., "config": {...}}`), None when it cannot be.
+    """
+
+    name: str
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    split: np.ndarray  # code per sample, indexing `split_names`
+    split_names: tuple[str, ...]
+    dataset_index: np.ndarray
+    layers: tuple[LayerSpec, ...]
+    output_layer: str
+    parameters: dict[str, tuple[int, ...]]  # state arrays in model order (the weights row)
+    epochs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    n_epochs: int = 0
+    weights: bool = False
+    gradients: bool = False
+    activation_dtype: str = "float32"
+    model: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. a built-in run's config and hash
+
+    def recording_hash(self) -> str:
+        """Fingerprint of what a resumed recording must share: samples, layers and parameters."""
+        digest = hashlib.sha256()
+        for array in (self.inputs, self.split, self.dataset_index,
+                      self.labels if self.labels is not None else np.zeros(0)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        layout = {"layers": [[x.name, x.module, list(x.shape)] for x in self.layers],
+                  "output_layer": self.output_layer, "splits": list(self.split_names),
+                  "parameters": {k: list(v) for k, v in self.parameters.items()},
+                  "weights": self.weights, "gradients": self.gradients,
+                  "activation_dtype": self.activation_dtype}
+        digest.update(json.dumps(layout, sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+
+def create_archive(path: Path, spec: ArchiveSpec, provenance: dict[str, Any]) -> None:
     """Write the root group (samples, coordinates, metadata) atomically: build aside, rename."""
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     root = zarr.open_group(str(partial), mode="w", zarr_format=3)
-    epochs = snapshot_epochs(cfg.archive, cfg.train.n_epochs)
-    n = len(samples.labels)
+    n = len(spec.inputs)
 
     def put(name: str, values: np.ndarray, dims: list[str], **attrs: Any) -> None:
         arr = root.create_array(name, shape=values.shape, dtype=values.dtype,
@@ -129,29 +172,60 @@ def create_archive(
         arr[...] = values
         arr.attrs.update(attrs)
 
-    put("epoch", epochs, ["epoch"], long_name="snapshot epoch (0 = before training)")
-    put("history_epoch", np.arange(cfg.train.n_epochs + 1), ["history_epoch"],
-        long_name="epoch of the training history (0 = before training)")
+    if len(spec.epochs):
+        put("epoch", np.asarray(spec.epochs, dtype=np.int64), ["epoch"],
+            long_name="snapshot epoch (0 = before training)")
+    if spec.n_epochs:
+        put("history_epoch", np.arange(spec.n_epochs + 1), ["history_epoch"],
+            long_name="epoch of the training history (0 = before training)")
     put("sample", np.arange(n), ["sample"])
-    put("layer", np.array(list(layer_shapes), dtype=np.dtypes.StringDType()), ["layer"])
-    input_dims = ["sample", *[f"input_dim{i}" for i in range(samples.inputs.ndim - 1)]]
-    put("inputs", samples.inputs.astype(np.float32), input_dims, long_name="recorded inputs")
-    put("labels", samples.labels.astype(np.int64), ["sample"])
-    put("dataset_index", samples.dataset_index.astype(np.int64), ["sample"],
+    put("layer", np.array([x.name for x in spec.layers], dtype=np.dtypes.StringDType()), ["layer"])
+    input_dims = ["sample", *[f"input_dim{i}" for i in range(spec.inputs.ndim - 1)]]
+    put("inputs", spec.inputs, input_dims, long_name="recorded inputs")
+    if spec.labels is not None:
+        put("labels", spec.labels.astype(np.int64), ["sample"])
+    put("dataset_index", spec.dataset_index.astype(np.int64), ["sample"],
         long_name="index of the sample in the source dataset")
-    put("split", samples.split.astype(np.int8), ["sample"], flag_values=[0, 1],
-        flag_meanings="train test")
+    put("split", spec.split.astype(np.int8), ["sample"], flag_values=list(range(len(spec.split_names))),
+        flag_meanings=" ".join(spec.split_names))
     root.attrs.update({
         "schema_version": SCHEMA_VERSION,
-        "config": cfg.to_dict(),
-        "training_hash": cfg.training_hash(),
-        "layers": [{"name": k, "shape": list(v), "parameters": [weight_name(p) for p in
-                    layer_parameters.get(k, [])]} for k, v in layer_shapes.items()],
-        "parameters": {weight_name(k): list(v) for k, v in param_shapes.items()},
+        "name": spec.name,
+        **spec.extra,
+        "layers": [{"name": x.name, "module": x.module, "shape": list(x.shape),
+                    "parameters": list(x.parameters)} for x in spec.layers],
+        "output_layer": spec.output_layer,
+        "splits": list(spec.split_names),
+        "parts": {"weights": spec.weights, "gradients": spec.gradients, "history": True,
+                  "labels": spec.labels is not None},
+        "activation_dtype": spec.activation_dtype,
+        "model": spec.model,
+        "parameters": {k: list(v) for k, v in spec.parameters.items()},
+        "recording_hash": spec.recording_hash(),
         "provenance": provenance,
     })
     path.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(path)
+
+
+def metadata(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The root attributes in the current schema's terms; archives of schema 1.0 (whose facts
+    lived in the training config they stored) are read by deriving them from that config."""
+    if attrs.get("schema_version", "").startswith("1.0"):
+        config = attrs["config"]
+        attrs = {**attrs, "name": config["name"], "output_layer": attrs["layers"][-1]["name"],
+                 "splits": list(SPLITS), "activation_dtype": config["archive"]["activation_dtype"],
+                 "parts": {"weights": config["archive"]["store_weights"], "gradients": True,
+                           "history": True, "labels": True},
+                 "model": {"factory": config["model"]["architecture"], "config": config["model"]}}
+    return attrs
+
+
+GROWTH = 16  # snapshots (history rows: x64) allocated at once when the schedule is not known
+
+
+def _history_rows(root: zarr.Group) -> int:
+    return root["history_epoch"].shape[0] if "history_epoch" in root else GROWTH * 64
 
 
 def create_seed_group(path: Path, seed: int) -> zarr.Group:
@@ -162,12 +236,11 @@ def create_seed_group(path: Path, seed: int) -> zarr.Group:
         return root[name]
     if name in root:
         del root[name]
-    layers = root.attrs["layers"]
-    params = root.attrs["parameters"]
-    store_weights = root.attrs["config"]["archive"]["store_weights"]
-    act_dtype = root.attrs["config"]["archive"]["activation_dtype"]
-    n_snap = root["epoch"].shape[0]
-    n_hist = root["history_epoch"].shape[0]
+    meta = metadata(root.attrs.asdict())
+    layers, parts = meta["layers"], meta["parts"]
+    act_dtype = meta["activation_dtype"]
+    n_snap = root["epoch"].shape[0] if "epoch" in root else GROWTH
+    n_hist = _history_rows(root)
     n = root["sample"].shape[0]
     group = root.create_group(name)
     acts = group.create_group("activations")
@@ -178,32 +251,44 @@ def create_seed_group(path: Path, seed: int) -> zarr.Group:
         acts.create_array(layer["name"], shape=(n_snap, n, *shape), chunks=(1, rows, *shape),
                           dtype=act_dtype, fill_value=np.nan,
                           dimension_names=["epoch", "sample", *_unit_dims(layer["name"], shape)])
-    for stat in ("grad_mean", "grad_std"):
-        arr = group.create_array(stat, shape=(n_snap, len(layers)), chunks=(1, len(layers)),
-                                 dtype="float64", fill_value=np.nan,
-                                 dimension_names=["epoch", "layer"])
-        arr.attrs["long_name"] = {
-            "grad_mean": "||mean over the epoch's mini-batches of the layer's gradient||_2",
-            "grad_std": "sqrt(trace of the covariance of the layer's mini-batch gradients)",
-        }[stat]
+    if parts["gradients"]:
+        for stat in ("grad_mean", "grad_std"):
+            arr = group.create_array(stat, shape=(n_snap, len(layers)), chunks=(1, len(layers)),
+                                     dtype="float64", fill_value=np.nan,
+                                     dimension_names=["epoch", "layer"])
+            arr.attrs["long_name"] = GRADIENT_LONG_NAMES[stat]
     for var in HISTORY_VARIABLES:
         group.create_array(var, shape=(n_hist,), chunks=(min(n_hist, 4096),), dtype="float64",
                            fill_value=np.nan, dimension_names=["history_epoch"])
-    if store_weights:
-        n_params = sum(int(np.prod(shape)) for shape in params.values())
+    if parts["weights"]:
+        n_params = sum(int(np.prod(shape)) for shape in meta["parameters"].values())
         per_chunk = max(1, CHUNK_BYTES // 4)
         arr = group.create_array("weights", shape=(n_snap, n_params),
                                  chunks=(1, min(n_params, per_chunk)), dtype="float32",
                                  fill_value=np.nan, dimension_names=["epoch", "parameter"])
         arr.attrs["long_name"] = ("all model parameters and float buffers (BatchNorm statistics), "
                                   "flattened in the order of the root attribute `parameters`")
-    group.attrs.update({"seed": seed, "committed_snapshots": 0, "history_through": -1,
-                        "status": "training", "message": "", "initialised": True})
+    group.attrs.update({"seed": seed, "committed_snapshots": 0, "snapshot_epochs": [],
+                        "history_through": -1, "status": "training", "message": "",
+                        "initialised": True})
     return group
 
 
+GRADIENT_LONG_NAMES = {
+    "grad_mean": "||mean over the epoch's mini-batches of the layer's gradient||_2",
+    "grad_std": "sqrt(trace of the covariance of the layer's mini-batch gradients)",
+}
+
+
+def _fit(array: zarr.Array, index: int) -> zarr.Array:
+    """Grow `array` along its first axis so that row `index` exists (doubling, for few resizes)."""
+    if index >= array.shape[0]:
+        array.resize((max(index + 1, 2 * array.shape[0]), *array.shape[1:]))
+    return array
+
+
 class SeedWriter:
-    """Writes one seed's snapshots; only the training process of that seed uses it."""
+    """Writes one seed's snapshots; only the writer process of that seed uses it."""
 
     def __init__(self, path: Path, seed: int):
         self.group = create_seed_group(path, seed)
@@ -211,6 +296,10 @@ class SeedWriter:
     @property
     def committed(self) -> int:
         return int(self.group.attrs["committed_snapshots"])
+
+    @property
+    def committed_epochs(self) -> list[int]:
+        return list(self.group.attrs.get("snapshot_epochs", []))
 
     @property
     def history_through(self) -> int:
@@ -221,24 +310,28 @@ class SeedWriter:
         return str(self.group.attrs["status"])
 
     def write_snapshot(self, index: int, activations: dict[str, np.ndarray],
-                       weights: dict[str, np.ndarray], grad_mean: np.ndarray,
-                       grad_std: np.ndarray) -> None:
+                       weights: dict[str, np.ndarray], grad_mean: np.ndarray | None,
+                       grad_std: np.ndarray | None) -> None:
         for layer, values in activations.items():
-            self.group["activations"][layer][index] = values
+            _fit(self.group["activations"][layer], index)[index] = values
         if "weights" in self.group and weights:
-            self.group["weights"][index] = flatten_weights(weights)
-        self.group["grad_mean"][index] = grad_mean
-        self.group["grad_std"][index] = grad_std
+            _fit(self.group["weights"], index)[index] = flatten_weights(weights)
+        if "grad_mean" in self.group and grad_mean is not None:
+            _fit(self.group["grad_mean"], index)[index] = grad_mean
+            _fit(self.group["grad_std"], index)[index] = grad_std
 
     def write_history(self, first_epoch: int, rows: dict[str, np.ndarray]) -> None:
         for var, values in rows.items():
             if len(values):
-                self.group[var][first_epoch:first_epoch + len(values)] = values
+                array = _fit(self.group[var], first_epoch + len(values) - 1)
+                array[first_epoch:first_epoch + len(values)] = values
 
     def commit(self, committed_snapshots: int, history_through: int, status: str = "training",
-               message: str = "") -> None:
+               message: str = "", snapshot_epochs: list[int] | None = None) -> None:
         """The commit point: one atomic rewrite of the seed group's metadata document."""
+        epochs = self.committed_epochs if snapshot_epochs is None else snapshot_epochs
         self.group.attrs.update({"committed_snapshots": committed_snapshots,
+                                 "snapshot_epochs": [int(e) for e in epochs[:committed_snapshots]],
                                  "history_through": history_through, "status": status,
                                  "message": message})
 
@@ -268,15 +361,34 @@ class ArchiveReader:
         if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
             raise ArchiveError(
                 f"{self.path} has archive schema {version}; this infoplane reads "
-                f"{SCHEMA_VERSION}: retrain with `make train --force` or use a matching release"
+                f"{SCHEMA_VERSION.split('.')[0]}.x: retrain with `make train --force` or use a "
+                "matching release"
             )
-        self.attrs = attrs
-        self.config: ExperimentConfig = config_from_dict(attrs["config"])
-        self.layers: list[str] = [layer["name"] for layer in attrs["layers"]]
-        self.layer_shapes = {layer["name"]: tuple(layer["shape"]) for layer in attrs["layers"]}
-        self.snapshot_epochs: np.ndarray = self._read("epoch")
-        self.labels: np.ndarray = self._read("labels")
+        self.attrs = metadata(attrs)
+        self.name: str = self.attrs["name"]
+        self.layers: list[str] = [layer["name"] for layer in self.attrs["layers"]]
+        self.layer_shapes = {layer["name"]: tuple(layer["shape"]) for layer in self.attrs["layers"]}
+        self.layer_parameters = {layer["name"]: list(layer["parameters"]) for layer in self.attrs["layers"]}
+        self.output_layer: str = self.attrs["output_layer"]
+        self.split_names: tuple[str, ...] = tuple(self.attrs["splits"])
+        self.parts: dict[str, bool] = dict(self.attrs["parts"])
+        self.snapshot_epochs: np.ndarray = (self._read("epoch") if "epoch" in self.root
+                                            else np.zeros(0, dtype=np.int64))
+        self.labels: np.ndarray | None = self._read("labels") if self.parts["labels"] else None
         self.split: np.ndarray = self._read("split")
+
+    @property
+    def splits(self) -> list[str]:
+        """Split names estimates can use: "all", then the recorded ones (unless "all" is the only)."""
+        return ["all", *[s for s in self.split_names if s != "all"]]
+
+    def split_index(self, split: str) -> np.ndarray:
+        return split_indices(self.split, split, self.split_names)
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The training config a built-in run stored (a plain dict, never re-validated)."""
+        return self.attrs.get("config")
 
     def _array(self, name: str, group: zarr.Group | None = None) -> zarr.Array:
         group = self.root if group is None else group
@@ -301,6 +413,10 @@ class ArchiveReader:
         return self._read("inputs")
 
     @property
+    def dataset_index(self) -> np.ndarray:
+        return self._read("dataset_index")
+
+    @property
     def seeds(self) -> list[int]:
         names = [k for k, _ in self.root.groups() if k.startswith("seed_")]
         seeds = [int(k.removeprefix("seed_")) for k in names]
@@ -317,7 +433,10 @@ class ArchiveReader:
 
     def committed_epochs(self, seed: int) -> np.ndarray:
         """Snapshot epochs of `seed` whose data are completely written."""
-        n = int(self.seed_group(seed).attrs["committed_snapshots"])
+        attrs = self.seed_group(seed).attrs
+        n = int(attrs["committed_snapshots"])
+        if "snapshot_epochs" in attrs:  # schema 1.1 records each seed's own epochs
+            return np.asarray(attrs["snapshot_epochs"][:n], dtype=np.int64)
         return self.snapshot_epochs[:n]
 
     def epoch_index(self, seed: int, epoch: int) -> int:
@@ -349,13 +468,17 @@ class ArchiveReader:
     def weights(self, seed: int, epoch: int) -> dict[str, np.ndarray]:
         group = self.seed_group(seed)
         if "weights" not in group:
-            raise ArchiveError(f"{self.path}: weights were not stored (archive.store_weights)")
+            raise ArchiveError(f"{self.path}: weights were not recorded (Recorder(weights=True), "
+                               "archive.store_weights)")
         row = self._read("weights", group, self.epoch_index(seed, epoch))
         return unflatten_weights(row, self.attrs["parameters"])
 
-    def gradient_stats(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def gradient_stats(self, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per committed snapshot and layer: gradient mean norm and std; None if not recorded."""
         n = len(self.committed_epochs(seed))
         group = self.seed_group(seed)
+        if "grad_mean" not in group:
+            return None
         return self._read("grad_mean", group)[:n], self._read("grad_std", group)[:n]
 
     def history(self, seed: int) -> dict[str, np.ndarray]:
@@ -364,13 +487,23 @@ class ArchiveReader:
         return {var: self._read(var, group)[: through + 1] for var in HISTORY_VARIABLES}
 
     def describe(self) -> str:
-        lines = [f"archive {self.path} (schema {self.attrs['schema_version']})",
+        lines = [f"archive {self.path} (schema {self.attrs['schema_version']}, run {self.name})",
                  f"  layers: {', '.join(f'{k}{list(v)}' for k, v in self.layer_shapes.items())}"]
         for seed in self.seeds:
             a = self.seed_status(seed)
-            lines.append(f"  seed {seed}: {a['committed_snapshots']}/{len(self.snapshot_epochs)}"
-                         f" snapshots, status {a['status']} {a['message']}".rstrip())
+            lines.append(f"  seed {seed}: {a['committed_snapshots']} snapshots, status "
+                         f"{a['status']} {a['message']}".rstrip())
         return "\n".join(lines)
+
+
+def prepare_for_writing(path: Path) -> None:
+    """Drop consolidated metadata before writing: it would go stale as seeds commit."""
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    if meta.pop("consolidated_metadata", None) is not None:
+        tmp = meta_path.with_name("zarr.json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(meta_path)
 
 
 def consolidate(path: Path) -> None:

@@ -9,29 +9,36 @@ from collections.abc import Callable
 from pipeline.archive import ArchiveError
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.data import DataError
+from pipeline.record import RecordError
+from pipeline.registry import RegistryError
 from pipeline.results import ResultsError
 
+DEFAULT_CONFIG = "configs/szt_tanh.toml"
+KNOWN_ERRORS = (ConfigError, DataError, ArchiveError, ResultsError, RegistryError, RecordError)
 
-def base_parser(description: str, several_configs: bool = False) -> argparse.ArgumentParser:
+
+def base_parser(description: str, several_configs: bool = False,
+                archive: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     if several_configs:
-        parser.add_argument("--config", nargs="+", default=["configs/szt_tanh.toml"],
-                            help="one or more experiment TOML files")
+        parser.add_argument("--config", nargs="+", default=None,
+                            help=f"one or more experiment TOML files (default {DEFAULT_CONFIG})")
     else:
-        parser.add_argument("--config", default="configs/szt_tanh.toml", help="experiment TOML file")
+        parser.add_argument("--config", default=None, help=f"experiment TOML file (default {DEFAULT_CONFIG})")
+    if archive:
+        parser.add_argument("--archive", default=None, metavar="PATH",
+                            help="work on this archive (any recording) instead of a config's run")
     parser.add_argument("--runs", default="data/runs", help="directory holding one folder per run")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key, e.g. train.n_epochs=50")
     return parser
 
 
-def run_stage(body: Callable[[argparse.Namespace, ExperimentConfig], int],
-              args: argparse.Namespace) -> None:
-    """Load the config and run `body`; known failures print one line and exit non-zero."""
+def guarded(body: Callable[[], int]) -> None:
+    """Run `body` and exit with its code; known failures print one line and exit 2."""
     try:
-        cfg = load_config(args.config, args.overrides)
-        code = body(args, cfg)
-    except (ConfigError, DataError, ArchiveError, ResultsError) as err:
+        code = body()
+    except KNOWN_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -39,3 +46,10 @@ def run_stage(body: Callable[[argparse.Namespace, ExperimentConfig], int],
               file=sys.stderr)
         sys.exit(130)
     sys.exit(code)
+
+
+def run_stage(body: Callable[[argparse.Namespace, ExperimentConfig], int],
+              args: argparse.Namespace) -> None:
+    """Load the config and run `body`; known failures print one line and exit non-zero."""
+    config = args.config[0] if isinstance(args.config, list) else args.config
+    guarded(lambda: body(args, load_config(config or DEFAULT_CONFIG, args.overrides)))

@@ -28,7 +28,11 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the samples come from and how they are split into train and test."""
 
-    dataset: Literal["szt", "mnist", "cifar10", "synthetic"] = "szt"
+    # a registered dataset (szt, mnist, cifar10, synthetic: pipeline.data) or, with `factory`,
+    # any function `(cfg: DataConfig) -> SplitData` named as "package.module:function"
+    dataset: str = "szt"
+    factory: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # free keywords for a factory
     root: str = "data/datasets"  # torchvision root for mnist / cifar10
     download: bool = False  # let torchvision download when files are missing
     # "native": the dataset's own train/test split; "train"/"test": split that one split into a
@@ -48,7 +52,12 @@ class DataConfig:
 class ModelConfig:
     """Network architecture. Layers are recorded under stable names (see pipeline.models)."""
 
-    architecture: Literal["mlp", "mnist_cnn", "vgg16"] = "mlp"
+    # a registered network (mlp, mnist_cnn, vgg16: pipeline.models) or, with `factory`, any
+    # function `(input_shape, n_classes, cfg: ModelConfig) -> nn.Module` as "package.module:function"
+    architecture: str = "mlp"
+    factory: str = ""
+    layers: tuple[str, ...] = ()  # module names or globs to record; (): the model's own list
+    options: dict[str, Any] = field(default_factory=dict)  # free keywords for a factory
     widths: tuple[int, ...] = (10, 7, 5, 4, 3)  # MLP hidden widths (SZT: 12-10-7-5-4-3-2)
     activation: Literal["tanh", "relu", "linear", "softsign"] = "tanh"
     # SZT: truncated normal, std 1/sqrt(fan_in), zero biases; "default": torch's own init
@@ -125,8 +134,16 @@ class ExperimentConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def training_hash(self) -> str:
-        """Hash of what determines each seed's archived data (seeds may be added later)."""
+        """Hash of what determines each seed's archived data (seeds may be added later).
+
+        Keys added to the schema later are left out while at their defaults, so an archive
+        trained before they existed still matches its unchanged config.
+        """
         d = self.to_dict()
+        for section, defaults in _LATER_KEYS.items():
+            for key, default in defaults.items():
+                if d[section].get(key) == default:
+                    d[section].pop(key)
         d.pop("estimators")
         d.pop("estimate")
         d.pop("seeds")
@@ -134,6 +151,10 @@ class ExperimentConfig:
         d["train"].pop("parallel_seeds")
         d["train"].pop("threads_per_seed")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_LATER_KEYS = {"data": {"factory": "", "options": {}},
+               "model": {"factory": "", "layers": (), "options": {}}}
 
 
 def _type_name(tp: Any) -> str:
@@ -251,6 +272,35 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise ConfigError(f"{path}: {err}") from None
 
 
+@dataclass(frozen=True)
+class EstimatorsConfig:
+    """The part of a config the estimate stage reads: `[estimate]` and `[estimators.*]`."""
+
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    estimators: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def load_estimators_config(path: str | Path, overrides: list[str] | None = None) -> EstimatorsConfig:
+    """The estimate stage's tables of a TOML file: a file of only `[estimate]` and
+    `[estimators.*]` tables, or a whole experiment config (whose other tables are not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; write one with [estimators.<entry>] tables")
+    try:
+        data = apply_overrides(tomllib.loads(path.read_text()), list(overrides or []))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    try:
+        if "name" in data:  # a whole experiment config
+            cfg = config_from_dict(data)
+            return EstimatorsConfig(cfg.estimate, cfg.estimators)
+        out = from_dict(EstimatorsConfig, data)
+        validate_estimate(out.estimate, out.estimators)
+        return out
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, data)
     validate(cfg)
@@ -267,6 +317,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.n_epochs: must be at least 1")
     if cfg.train.batch_size < 1:
         raise ConfigError("train.batch_size: must be at least 1")
+    if not cfg.train.lr > 0:
+        raise ConfigError(f"train.lr: must be positive, got {cfg.train.lr}")
+    if any(w < 1 for w in cfg.model.widths):
+        raise ConfigError(f"model.widths: every width must be at least 1, got {list(cfg.model.widths)}")
     if not 0.0 < cfg.data.train_fraction < 1.0:
         raise ConfigError("data.train_fraction: must lie strictly between 0 and 1")
     if cfg.archive.snapshots == "list":
@@ -277,12 +331,31 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"archive.epochs: {bad} outside 0..train.n_epochs")
     if cfg.archive.every < 1:
         raise ConfigError("archive.every: must be at least 1")
-    if cfg.model.architecture == "mlp" and not cfg.model.widths:
+    if cfg.model.architecture == "mlp" and not cfg.model.factory and not cfg.model.widths:
         raise ConfigError("model.widths: an MLP needs at least one hidden layer")
-    bad_splits = sorted(set(cfg.estimate.splits) - {"all", "train", "test"})
-    if bad_splits or not cfg.estimate.splits:
-        raise ConfigError(f"estimate.splits: {bad_splits or '[]'} invalid; use 'all', 'train', 'test'")
-    for entry, table in cfg.estimators.items():
+    _check_registered(cfg)
+    validate_estimate(cfg.estimate, cfg.estimators)
+
+
+def _check_registered(cfg: ExperimentConfig) -> None:
+    """Built-in names must exist; entry points are imported by the stage that needs them."""
+    from pipeline.data import DATASETS  # late: the registries live with their code
+    from pipeline.models import MODELS
+
+    for key, registry, name, factory in (("model.architecture", MODELS, cfg.model.architecture,
+                                          cfg.model.factory),
+                                         ("data.dataset", DATASETS, cfg.data.dataset, cfg.data.factory)):
+        if not factory and name not in registry:
+            raise ConfigError(f"{key}: {name!r} is not registered ({', '.join(registry.names())});"
+                              f" for your own, set {key.split('.')[0]}.factory = 'package.module:function'")
+
+
+def validate_estimate(estimate: EstimateConfig, estimators: dict[str, dict[str, Any]]) -> None:
+    """Checks of the [estimate] and [estimators.*] tables, which an archive's own run may use."""
+    if not estimate.splits or len(set(estimate.splits)) != len(estimate.splits):
+        raise ConfigError(f"estimate.splits: {list(estimate.splits)} must name distinct splits "
+                          "('all' is every recorded sample)")
+    for entry, table in estimators.items():
         if "method" not in table:
             raise ConfigError(f"estimators.{entry}.method: required key is missing")
         from pipeline.estimators import check_parameters  # late: estimators import torch
@@ -290,5 +363,5 @@ def validate(cfg: ExperimentConfig) -> None:
         params = {k: v for k, v in table.items() if k != "method"}
         try:
             check_parameters(table["method"], params)
-        except ValueError as err:
+        except ValueError as err:  # RegistryError included
             raise ConfigError(f"estimators.{entry}: {err}") from None

@@ -1,13 +1,19 @@
 """Datasets: the generated 12-bit SZT task, MNIST and CIFAR-10 through torchvision, synthetic images.
 
     from pipeline.config import DataConfig
+from pipeline.registry import Registry
+
+DATASETS = Registry("dataset")
+register_dataset = DATASETS.register
     from pipeline.data import load_dataset
     data = load_dataset(DataConfig(dataset="szt"))
     data.x_train.shape  # (3276, 12)
 
-Every dataset comes back as float32 inputs in [0, 1] (SZT: bits 0/1), int64 labels, and for
-each sample its index in the source dataset, so the archive can record exactly which samples
-the MI estimates use.
+Datasets are registered by name (`DATASETS`); a config's `data.factory = "package.module:fn"`
+names a function of one's own with the signature `(cfg: DataConfig) -> SplitData`, where
+`cfg.options` holds its free keywords. Every built-in dataset comes back as float32 inputs in
+[0, 1] (SZT: bits 0/1), int64 labels, and for each sample its index in the source dataset, so
+the archive can record exactly which samples the MI estimates use.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.registry import Registry
+
+DATASETS = Registry("dataset")
+register_dataset = DATASETS.register
 
 # Icosahedron neighbour lists and antipodal pairs of SCIENCE.md section 2.
 SZT_NEIGHBOURS = {
@@ -152,26 +162,48 @@ def synthetic_images(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def load_dataset(cfg: DataConfig) -> SplitData:
-    """Load or generate the dataset of `cfg`, split into train and test."""
-    if cfg.dataset == "szt":
-        x, y = szt_patterns()
-        x_all, y_all, n_classes = x.astype(np.float32), y, 2
-    elif cfg.dataset == "synthetic":
-        x_all, y_all = synthetic_images(cfg)
-        n_classes = cfg.n_classes
-    elif cfg.source_split == "native":
-        x_tr, y_tr = _torchvision(cfg, train=True)
-        x_te, y_te = _torchvision(cfg, train=False)
-        # Native splits: indices count the train split first, then the test split.
-        i_tr = _limit(np.arange(len(y_tr)), cfg.max_train, cfg.split_seed)
-        i_te = _limit(np.arange(len(y_te)), cfg.max_test, cfg.split_seed)
-        return SplitData(x_tr[i_tr], y_tr[i_tr], i_tr, x_te[i_te], y_te[i_te],
-                         i_te + len(y_tr), n_classes=10)
-    else:
-        x_all, y_all = _torchvision(cfg, train=cfg.source_split == "train")
-        n_classes = 10
-    i_tr, i_te = _shuffled_split(len(y_all), cfg.train_fraction, cfg.split_seed)
+def split_dataset(x: np.ndarray, y: np.ndarray, n_classes: int, cfg: DataConfig) -> SplitData:
+    """A shuffled train/test split of one array of samples (`train_fraction`, `split_seed`)."""
+    i_tr, i_te = _shuffled_split(len(y), cfg.train_fraction, cfg.split_seed)
     i_tr = _limit(i_tr, cfg.max_train, cfg.split_seed)
     i_te = _limit(i_te, cfg.max_test, cfg.split_seed)
-    return SplitData(x_all[i_tr], y_all[i_tr], i_tr, x_all[i_te], y_all[i_te], i_te, n_classes)
+    return SplitData(x[i_tr], y[i_tr], i_tr, x[i_te], y[i_te], i_te, n_classes)
+
+
+@register_dataset("szt")
+def szt(cfg: DataConfig) -> SplitData:
+    """The 4096 12-bit patterns of Shwartz-Ziv & Tishby, shuffled into train and test."""
+    x, y = szt_patterns()
+    return split_dataset(x.astype(np.float32), y, 2, cfg)
+
+
+@register_dataset("synthetic")
+def synthetic(cfg: DataConfig) -> SplitData:
+    """Class-conditional images of `synthetic_shape` (CIFAR-shaped data without files)."""
+    x, y = synthetic_images(cfg)
+    return split_dataset(x, y, cfg.n_classes, cfg)
+
+
+@register_dataset("mnist")
+@register_dataset("cifar10")
+def torchvision_dataset(cfg: DataConfig) -> SplitData:
+    """MNIST or CIFAR-10 from `root`: the native split, or one source split divided in two."""
+    if cfg.source_split != "native":
+        x_all, y_all = _torchvision(cfg, train=cfg.source_split == "train")
+        return split_dataset(x_all, y_all, 10, cfg)
+    x_tr, y_tr = _torchvision(cfg, train=True)
+    x_te, y_te = _torchvision(cfg, train=False)
+    # Native splits: indices count the train split first, then the test split.
+    i_tr = _limit(np.arange(len(y_tr)), cfg.max_train, cfg.split_seed)
+    i_te = _limit(np.arange(len(y_te)), cfg.max_test, cfg.split_seed)
+    return SplitData(x_tr[i_tr], y_tr[i_tr], i_tr, x_te[i_te], y_te[i_te], i_te + len(y_tr), n_classes=10)
+
+
+def load_dataset(cfg: DataConfig) -> SplitData:
+    """The dataset of `cfg`: a registered name, or the function `cfg.factory` names."""
+    name = cfg.factory or cfg.dataset
+    data = DATASETS.get(name)(cfg)
+    if not isinstance(data, SplitData):
+        raise DataError(f"dataset factory {name!r} returned {type(data).__name__}; it must return "
+                        "pipeline.data.SplitData (x_train, y_train, index_train, x_test, ...)")
+    return data

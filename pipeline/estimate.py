@@ -1,10 +1,12 @@
 """The estimate stage: every estimator entry over every archive cell, on Dask, into estimates.zarr.
 
     python -m stages.estimate --config configs/szt_tanh.toml [--scheduler tcp://host:8786]
-    from pipeline.estimate import main; main(cfg, runs_dir="data/runs")
+    python -m stages.estimate --archive runs/mine/archive.zarr --config estimators.toml
+    from pipeline.estimate import main, estimate_archive
 
 A task is one (estimator entry, seed, split, layer) over the epochs still missing, so the graph
-stays small and the Renyi width smoothing (a chain over epochs) runs in order inside one task.
+stays small and an estimator that carries state from epoch to epoch (Renyi's width smoothing,
+declared by its `carry`) runs its epochs in order inside one task.
 Workers read activations from the archive by path; only small result vectors travel back. The
 client is the single writer of the results store, writing each task's cells as it completes:
 a kill loses only the tasks in flight, and a rerun computes exactly the cells not yet done.
@@ -28,19 +30,22 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from pipeline.archive import ArchiveError, ArchiveReader, split_indices
-from pipeline.config import ConfigError, ExperimentConfig
-from pipeline.estimators import information_plane
+from pipeline.archive import ArchiveError, ArchiveReader
+from pipeline.config import ConfigError, EstimateConfig, EstimatorsConfig, ExperimentConfig
+from pipeline.estimators import Estimator, get_estimator
 from pipeline.provenance import provenance
 from pipeline.results import (
+    CELL_DIMS,
     ResultsError,
     ResultsWriter,
+    cell_variables,
     merge_into,
     open_results,
     recover,
     template,
     write_store,
 )
+from pipeline.runs import RunPaths
 
 # Used when a config has no [estimators.*] tables: every method with the papers' parameters.
 DEFAULT_ESTIMATORS: dict[str, dict[str, Any]] = {
@@ -55,79 +60,101 @@ DEFAULT_ESTIMATORS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Task:
-    """One chain of cells: an estimator entry on one seed, split and layer, over `epochs`."""
+    """One chain of cells: an estimator entry on one seed, split and layer, over `epochs`.
+
+    `carried` holds the parameters the first epoch receives from the epoch before it (an
+    estimator's `carry`), e.g. Renyi's `sigma_prev`.
+    """
 
     estimator: str
     table: dict[str, Any]
+    definition: Estimator
     seed: int
     split: str
     layer: str
     epochs: tuple[int, ...]
-    sigma_prev: float | None = None
+    carried: tuple[tuple[str, float], ...] = ()
 
     @property
     def key(self) -> str:
         span = f"{self.epochs[0]}-{self.epochs[-1]}-{len(self.epochs)}"
         return f"estimate-{self.estimator}-s{self.seed}-{self.split}-{self.layer}-e{span}"
 
+    @property
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.table.items() if k != "method"}
 
-def is_chain(table: dict[str, Any]) -> bool:
-    """Renyi with a searched width smooths it across successive epochs: order matters."""
-    return table["method"] == "renyi" and isinstance(table.get("sigma_t", "alignment"), str)
+    @property
+    def is_chain(self) -> bool:
+        return self.definition.is_chain(self.params)
 
 
 def run_task(archive_path: str, task: Task) -> dict[str, Any]:
     """Compute one task's cells (runs on a worker). ValueErrors become NaN plus a warning."""
     torch.set_num_threads(1)  # one single-threaded worker per core
     archive = ArchiveReader(archive_path)
-    index = split_indices(archive.split, task.split)
-    x, y = archive.inputs[index], archive.labels[index]
-    params = {k: v for k, v in task.table.items() if k != "method"}
-    chain = is_chain(task.table)
-    sigma_prev = task.sigma_prev
-    values: dict[str, list[float]] = {}
+    index = archive.split_index(task.split)
+    x = archive.inputs[index]
+    # Without labels no I(T;Y) exists: one class stands in, and I_TY is stored as NaN.
+    y = archive.labels[index] if archive.labels is not None else np.zeros(len(index), dtype=np.int64)
+    carried = dict(task.carried)
+    names = ["I_XT", "I_TY", *task.definition.outputs]
+    values: dict[str, list[float]] = {name: [] for name in names}
     messages = []
     read = archive.layer_reader(task.seed, task.layer)
     for epoch in task.epochs:
         t = read(epoch)[index]
-        kwargs = {**params, "sigma_prev": sigma_prev} if chain else params
+        kwargs = {**task.params, **carried} if task.is_chain else task.params
         try:
-            out = information_plane(x, t, y, task.table["method"], **kwargs)
+            out = task.definition.information_plane(x, t, y, **kwargs)
         except ValueError as err:
             out = {"I_XT": np.nan, "I_TY": np.nan}
             messages.append(f"{task.estimator} seed {task.seed} {task.split} epoch {epoch} "
                             f"{task.layer}: {err}")
-        if chain and np.isfinite(out.get("sigma_t", np.nan)):
-            sigma_prev = out["sigma_t"]
-        for name in ("I_XT", "I_TY", "I_XT_std", "I_TY_std", "sigma_t"):
-            values.setdefault(name, []).append(float(out.get(name, np.nan)))
+        if task.is_chain:
+            carried.update({param: out[output] for output, param in task.definition.carry.items()
+                            if np.isfinite(out.get(output, np.nan))})
+        for name in names:
+            values[name].append(float(out.get(name, np.nan)))
+    if archive.labels is None:
+        values["I_TY"] = [np.nan] * len(task.epochs)
     return {"task": task, "values": {k: np.asarray(v) for k, v in values.items()}, "warnings": messages}
 
 
-def run_fisher_task(archive_path: str, seed: int, epochs: tuple[int, ...], probe_size: int,
-                    label_seeds: int) -> dict[str, Any]:
-    """Fisher traces of every layer at `epochs`, from the archived weights (no retraining)."""
-    from pipeline.fisher import balanced_probe, fisher_traces
-    from pipeline.models import build_model
+@dataclass(frozen=True)
+class FisherTask:
+    """Fisher traces of every layer of one seed at `epochs`."""
+
+    seed: int
+    epochs: tuple[int, ...]
+    probe_size: int
+    label_seeds: int
+
+    @property
+    def key(self) -> str:
+        return f"fisher-s{self.seed}-e{self.epochs[0]}-{len(self.epochs)}"
+
+
+def run_fisher_task(archive_path: str, task: FisherTask) -> dict[str, Any]:
+    """Fisher traces of every layer at the task's epochs, from the archived weights."""
+    from pipeline.fisher import balanced_probe, fisher_traces, rebuild_model
 
     torch.set_num_threads(1)
     archive = ArchiveReader(archive_path)
-    cfg = archive.config
-    train = split_indices(archive.split, "train")
-    probe = train[balanced_probe(archive.labels[train], probe_size)]
+    train = archive.split_index("train" if "train" in archive.split_names else "all")
+    probe = train[balanced_probe(archive.labels[train], task.probe_size)]
     inputs = torch.as_tensor(archive.inputs[probe])
-    n_classes = archive.layer_shapes["softmax"][0]
-    model = build_model(cfg.model, tuple(inputs.shape[1:]), n_classes)
+    model = rebuild_model(archive)
     state = model.state_dict()
     traces = []
-    for epoch in epochs:
-        weights = archive.weights(seed, epoch)
-        for name, values in weights.items():
-            state[f"blocks.{name}"] = torch.as_tensor(values)
+    for epoch in task.epochs:
+        for name, values in archive.weights(task.seed, epoch).items():
+            state[name] = torch.as_tensor(values)
         model.load_state_dict(state)
-        result = fisher_traces(model, inputs, label_seeds)
+        result = fisher_traces(model, inputs, archive.layer_parameters, task.label_seeds)
         traces.append([result.get(layer, np.nan) for layer in archive.layers])
-    return {"seed": seed, "epochs": list(epochs), "layers": archive.layers, "traces": np.asarray(traces)}
+    return {"seed": task.seed, "epochs": list(task.epochs), "layers": archive.layers,
+            "traces": np.asarray(traces)}
 
 
 @dataclass(frozen=True)
@@ -178,16 +205,18 @@ class Selection:
 
 def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray],
          selection: Selection = Selection()) -> list[Task]:
-    """Tasks for every selected cell not done, honouring the width chain of Renyi entries."""
+    """Tasks for every selected cell not done; a chained entry recomputes a layer's epochs from
+    its first missing one on, starting from the state stored at the epoch before."""
     tasks = []
     done = ds["done"].values
-    sigma = ds["sigma_t"].values
     epochs = ds.epoch.values
     chosen_rows = selection.rows(len(epochs))
     for e, name in enumerate(ds.estimator.values):
-        table = entries[name]
         if not selection.takes(entry=name):
             continue
+        table = entries[name]
+        definition = get_estimator(table["method"])
+        chain = definition.is_chain({k: v for k, v in table.items() if k != "method"})
         for s, seed in enumerate(ds.seed.values):
             if not selection.takes(seed=seed):
                 continue
@@ -199,15 +228,34 @@ def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray
                     missing = available & ~done[e, s, p, :, l]
                     if not missing.any():
                         continue
-                    if is_chain(table):  # recompute from the first missing epoch onwards
+                    rows, carried = np.flatnonzero(missing), ()
+                    if chain:
                         first = int(np.argmax(missing))
                         rows = np.flatnonzero(available & (np.arange(len(epochs)) >= first))
                         before = np.flatnonzero(available[:first])
-                        prev = float(sigma[e, s, p, before[-1], l]) if len(before) else None
-                    else:
-                        rows, prev = np.flatnonzero(missing), None
-                    tasks.append(Task(str(name), table, int(seed), str(split), str(layer),
-                                      tuple(int(epochs[r]) for r in rows), prev))
+                        if len(before):
+                            carried = tuple((param, float(ds[output].values[e, s, p, before[-1], l]))
+                                            for output, param in definition.carry.items())
+                    tasks.append(Task(str(name), table, definition, int(seed), str(split), str(layer),
+                                      tuple(int(epochs[r]) for r in rows), carried))
+    return tasks
+
+
+def fisher_plan(ds, committed: dict[int, np.ndarray], settings: EstimateConfig,
+                selection: Selection = Selection(), per_task: int = 25) -> list[FisherTask]:
+    """Fisher tasks over the selected epochs not done, `per_task` epochs each."""
+    tasks = []
+    done = ds["fisher_done"].values
+    chosen_rows = selection.rows(len(ds.epoch))
+    for s, seed in enumerate(ds.seed.values):
+        if not selection.takes(seed=seed):
+            continue
+        rows = [r for r, ep in enumerate(ds.epoch.values)
+                if ep in committed[int(seed)] and not done[s, r].all() and chosen_rows[r]]
+        for start in range(0, len(rows), per_task):
+            epochs = tuple(int(ds.epoch.values[r]) for r in rows[start:start + per_task])
+            tasks.append(FisherTask(int(seed), epochs, settings.fisher_probe_size,
+                                    settings.fisher_label_seeds))
     return tasks
 
 
@@ -260,81 +308,127 @@ def make_client(scheduler: str | None, scheduler_file: str | None, n_workers: in
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: str | None = None,
          scheduler_file: str | None = None, netcdf: bool = False,
          selection: Selection = Selection()) -> int:
-    """Compute every missing cell of the run's results store; returns a process exit code.
+    """Compute every missing cell of a built-in run's results store; returns an exit code."""
+    return estimate_archive(RunPaths.of(runs_dir, cfg.name), EstimatorsConfig(cfg.estimate, cfg.estimators),
+                            scheduler, scheduler_file, netcdf, selection)
+
+
+def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | None = None,
+                     scheduler: str | None = None, scheduler_file: str | None = None,
+                     netcdf: bool = False, selection: Selection = Selection()) -> int:
+    """Compute every missing cell of the results store beside an archive; returns an exit code.
 
     `scheduler="synchronous"` runs the tasks in this process, one after another (reference
     results, debugging); otherwise a Dask cluster does. A `selection` restricts this run to part
     of the cells, e.g. an expensive entry on a few seeds; the store keeps its full shape.
     """
-    run_dir = Path(runs_dir) / cfg.name
-    archive_path = run_dir / "archive.zarr"
-    results_path = run_dir / "estimates.zarr"
-    archive = ArchiveReader(archive_path)
+    paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
+    settings = settings or EstimatorsConfig()
+    archive = ArchiveReader(paths.archive)
     if not archive.seeds:
-        raise ArchiveError(f"{archive_path} holds no seed yet: let `make train` commit a snapshot")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    entries = dict(cfg.estimators) or DEFAULT_ESTIMATORS
-    selection.check(list(entries), archive.seeds, list(cfg.estimate.splits), archive_path, cfg.name)
-    lock = _Lock(run_dir / "estimates.lock")
+        raise ArchiveError(f"{paths.archive} holds no seed yet: let training commit a snapshot")
+    entries = dict(settings.estimators) or DEFAULT_ESTIMATORS
+    splits, notes = usable_splits(archive, settings.estimate)
+    selection.check(list(entries), archive.seeds, splits, paths.archive, archive.name)
+    lock = _Lock(paths.estimate_lock)
     try:
-        return _estimate(cfg, entries, archive, archive_path, results_path, scheduler, scheduler_file,
-                         netcdf, selection)
+        return _estimate(archive, paths, entries, settings.estimate, splits, notes, scheduler,
+                         scheduler_file, netcdf, selection)
     finally:
         lock.release()
 
 
-def _estimate(cfg: ExperimentConfig, entries: dict[str, dict[str, Any]], archive: ArchiveReader,
-              archive_path: Path, results_path: Path,
-              scheduler: str | None, scheduler_file: str | None, netcdf: bool,
-              selection: Selection) -> int:
-    recover(results_path)
+def usable_splits(archive: ArchiveReader, settings: EstimateConfig) -> tuple[list[str], list[str]]:
+    """The configured splits the archive has, and one note for those it lacks."""
+    splits = [s for s in settings.splits if s in archive.splits]
+    skipped = [s for s in settings.splits if s not in archive.splits]
+    if not splits:
+        raise ConfigError(f"estimate.splits {list(settings.splits)}: none is in {archive.path} "
+                          f"(it has {archive.splits}); set estimate.splits accordingly")
+    notes = [f"splits {skipped} are not in the archive (it has {archive.splits}): skipped"] if skipped else []
+    return splits, notes
+
+
+def fisher_skipped(archive: ArchiveReader, settings: EstimateConfig) -> str | None:
+    """Why the Fisher traces cannot be computed for this archive, or None if they can."""
+    if not settings.fisher:
+        return None
+    missing = [what for what, ok in (("weights", archive.parts["weights"]),
+                                     ("labels", archive.parts["labels"]),
+                                     ("a model factory", archive.attrs.get("model") is not None)) if not ok]
+    if missing:
+        return (f"Fisher information skipped: the archive has no {' and no '.join(missing)} "
+                "(Recorder(weights=True, model_spec=...) records them)")
+    return None
+
+
+def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
+                   splits: list[str]):
+    """The results template merged with the done cells of an existing store, written if new."""
+    recover(paths.results)
     committed = {seed: archive.committed_epochs(seed) for seed in archive.seeds}
     epochs = np.unique(np.concatenate(list(committed.values())))
     widths = [int(np.prod(archive.layer_shapes[name])) for name in archive.layers]
+    outputs = {}
+    for table in entries.values():
+        outputs.update(get_estimator(table["method"]).outputs)
     prov = provenance()
-    attrs = {"archive_path": str(archive_path.resolve()), "archive_training_hash":
-             archive.attrs["training_hash"], "config_name": cfg.name,
+    attrs = {"archive_path": str(paths.archive.resolve()), "archive_recording": archive_identity(archive),
+             "config_name": archive.name, "output_layer": archive.output_layer,
              "versions": json.dumps(prov["versions"]), "git_revision": prov["git_revision"]}
-    target = template(entries, archive.seeds, list(cfg.estimate.splits), epochs, archive.layers,
-                      widths, attrs)
-    old = open_results(results_path)
-    if old is not None and old.attrs.get("archive_training_hash") != attrs["archive_training_hash"]:
-        raise ResultsError(f"{results_path} belongs to another archive (retrained?): move it away "
+    if "training_hash" in archive.attrs:
+        attrs["archive_training_hash"] = archive.attrs["training_hash"]
+    target = template(entries, archive.seeds, splits, epochs, archive.layers, widths, attrs, outputs)
+    old = open_results(paths.results)
+    if old is not None and not same_archive(old.attrs, attrs):
+        raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
                            "to recompute from the current archive")
     target = merge_into(target, old)
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")
-    if old is None or any(not old[dim].equals(target[dim]) for dim in
-                          ("estimator", "seed", "split", "epoch", "layer")) or \
-            not old.parameters.equals(target.parameters):
-        write_store(target, results_path)
+    if old is None or any(not old[dim].equals(target[dim]) for dim in CELL_DIMS) or \
+            not old.parameters.equals(target.parameters) or \
+            set(cell_variables(old)) != set(cell_variables(target)):
+        write_store(target, paths.results)
+    return target, committed
+
+
+def archive_identity(archive: ArchiveReader) -> str:
+    """What ties a results store to its archive: the recording hash (schema 1.0: training hash)."""
+    return str(archive.attrs.get("recording_hash") or archive.attrs.get("training_hash"))
+
+
+def same_archive(old_attrs: dict[str, Any], attrs: dict[str, Any]) -> bool:
+    if "archive_recording" in old_attrs:
+        return old_attrs["archive_recording"] == attrs["archive_recording"]
+    return old_attrs.get("archive_training_hash") == attrs.get("archive_training_hash")
+
+
+def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
+              settings: EstimateConfig, splits: list[str], notes: list[str],
+              scheduler: str | None, scheduler_file: str | None, netcdf: bool,
+              selection: Selection) -> int:
+    target, committed = _prepare_store(archive, paths, entries, splits)
     tasks = plan(target, entries, committed, selection)
+    fisher_note = fisher_skipped(archive, settings)
     fisher_tasks = []
-    if cfg.estimate.fisher and archive.attrs["config"]["archive"]["store_weights"] and \
-            selection.takes(entry="fisher"):
-        fdone = target["fisher_done"].values
-        chosen_rows = selection.rows(len(target.epoch))
-        for s, seed in enumerate(target.seed.values):
-            if not selection.takes(seed=seed):
-                continue
-            rows = [r for r, ep in enumerate(target.epoch.values)
-                    if ep in committed[int(seed)] and not fdone[s, r].all()
-                    and chosen_rows[r]]
-            for start in range(0, len(rows), 25):
-                fisher_tasks.append((int(seed), tuple(int(target.epoch.values[r])
-                                                      for r in rows[start:start + 25])))
+    if settings.fisher and fisher_note is None and selection.takes(entry="fisher"):
+        fisher_tasks = fisher_plan(target, committed, settings, selection)
+    for note in notes + ([fisher_note] if fisher_note else []):
+        print(f"note: {note}")
+    if archive.labels is None:
+        print("note: the archive has no labels: I(T;Y) is stored as NaN")
     n_cells = sum(len(t.epochs) for t in tasks)
     if not tasks and not fisher_tasks:
         selected = "" if selection.everything else " selected"
-        print(f"nothing to do: {results_path} has every{selected} cell of {len(entries)} estimator(s) x "
-              f"{len(archive.seeds)} seed(s) x {len(target.split)} split(s) x {len(epochs)} "
+        print(f"nothing to do: {paths.results} has every{selected} cell of {len(entries)} estimator(s) x "
+              f"{len(archive.seeds)} seed(s) x {len(target.split)} split(s) x {target.sizes['epoch']} "
               f"epoch(s) x {len(archive.layers)} layer(s)")
         return 0
-    print(f"estimating {cfg.name}: {len(tasks)} tasks ({n_cells} cells) + {len(fisher_tasks)} "
-          f"Fisher tasks -> {results_path}", flush=True)
-    writer = ResultsWriter(results_path, target)
+    print(f"estimating {archive.name}: {len(tasks)} tasks ({n_cells} cells) + {len(fisher_tasks)} "
+          f"Fisher tasks -> {paths.results}", flush=True)
+    writer = ResultsWriter(paths.results, target)
     messages: list[str] = []
-    failures: list[str] = []
     started = time.perf_counter()
 
     def handle(result: dict[str, Any]) -> None:
@@ -345,57 +439,56 @@ def _estimate(cfg: ExperimentConfig, entries: dict[str, dict[str, Any]], archive
         else:
             writer.write_fisher(result["seed"], result["epochs"], result["layers"], result["traces"])
 
-    path = str(archive_path.resolve())
-    bar = tqdm(total=len(tasks) + len(fisher_tasks), unit="task", desc=f"estimate {cfg.name}",
+    path = str(paths.archive.resolve())
+    bar = tqdm(total=len(tasks) + len(fisher_tasks), unit="task", desc=f"estimate {archive.name}",
                mininterval=1.0, dynamic_ncols=True)
+    failures: list[str] = []
     if scheduler == "synchronous":
         for task in tasks:
             handle(run_task(path, task))
             bar.update(1)
-        for seed, eps in fisher_tasks:
-            handle(run_fisher_task(path, seed, eps, cfg.estimate.fisher_probe_size,
-                                   cfg.estimate.fisher_label_seeds))
+        for ftask in fisher_tasks:
+            handle(run_fisher_task(path, ftask))
             bar.update(1)
     else:
-        failures = _run_on_dask(cfg, path, tasks, fisher_tasks, scheduler, scheduler_file, handle, bar)
+        failures = _run_on_dask(settings, path, tasks, fisher_tasks, scheduler, scheduler_file, handle, bar)
     bar.close()
     for message in messages:
         warnings.warn(f"NaN stored: {message}", stacklevel=1)
     elapsed = time.perf_counter() - started
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     line = (f"{stamp} estimate: {len(tasks)} tasks, {n_cells} cells, {len(fisher_tasks)} Fisher "
-            f"tasks in {elapsed:.1f}s, {len(failures)} failed (git {attrs['git_revision']})")
+            f"tasks in {elapsed:.1f}s, {len(failures)} failed (git {target.attrs['git_revision']})")
     history = "\n".join(filter(None, [target.attrs.get("history", ""), line]))
     writer.set_attrs(history=history, warnings=json.dumps(messages[-200:]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
-        zarr.consolidate_metadata(str(results_path))
+        zarr.consolidate_metadata(str(paths.results))
     print(line)
     if netcdf:
-        export_netcdf(results_path)
+        export_netcdf(paths.results)
     for failure in failures:
         print(f"error: {failure}")
     return 1 if failures else 0
 
 
-def _run_on_dask(cfg, path, tasks, fisher_tasks, scheduler, scheduler_file, handle, bar) -> list[str]:
+def _run_on_dask(settings: EstimateConfig, path: str, tasks: list[Task], fisher_tasks: list[FisherTask],
+                 scheduler: str | None, scheduler_file: str | None, handle, bar) -> list[str]:
     from distributed import as_completed
 
-    client, cluster = make_client(scheduler, scheduler_file, cfg.estimate.n_workers)
+    client, cluster = make_client(scheduler, scheduler_file, settings.n_workers)
     print(f"dask dashboard: {client.dashboard_link}", flush=True)
     failures = []
     try:
-        futures = [client.submit(run_task, path, task, key=task.key, retries=cfg.estimate.retries,
+        futures = [client.submit(run_task, path, task, key=task.key, retries=settings.retries,
                                  pure=False) for task in tasks]
-        futures += [client.submit(run_fisher_task, path, seed, eps, cfg.estimate.fisher_probe_size,
-                                  cfg.estimate.fisher_label_seeds, key=f"fisher-s{seed}-e{eps[0]}-{len(eps)}",
-                                  retries=cfg.estimate.retries, pure=False)
-                    for seed, eps in fisher_tasks]
+        futures += [client.submit(run_fisher_task, path, task, key=task.key, retries=settings.retries,
+                                  pure=False) for task in fisher_tasks]
         for future in as_completed(futures):
             try:
                 handle(future.result())
             except Exception as err:  # kept going: other cells are still written
-                failures.append(f"task {future.key} failed after {cfg.estimate.retries} retries: {err}")
+                failures.append(f"task {future.key} failed after {settings.retries} retries: {err}")
             bar.update(1)
     finally:
         client.close()

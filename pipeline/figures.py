@@ -15,16 +15,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from pipeline.results import holding_values  # noqa: E402
+from pipeline.results import holding_values
 
 CMAP = "viridis"  # perceptually uniform
 SATURATION_TOL = 1e-6
@@ -182,12 +179,12 @@ def dpi_figure(results: xr.Dataset, estimator: str, split: str) -> Figure:
     return fig
 
 
-def early_stopping_epoch(loss_test: np.ndarray) -> int:
-    """Epoch of minimal test loss."""
-    return int(np.nanargmin(loss_test))
+def early_stopping_epoch(loss_test: np.ndarray) -> int | None:
+    """Epoch of minimal test loss (None when no test loss was recorded)."""
+    return int(np.nanargmin(loss_test)) if np.isfinite(loss_test).any() else None
 
 
-def training_figure(histories: list[dict[str, np.ndarray]]) -> tuple[Figure, int]:
+def training_figure(histories: list[dict[str, np.ndarray]]) -> tuple[Figure, int | None]:
     """Loss and accuracy on both splits (mean over seeds), the early-stopping epoch marked."""
     length = min(len(h["loss_train"]) for h in histories)
     mean = {k: np.mean([h[k][:length] for h in histories], axis=0) for k in histories[0]}
@@ -195,9 +192,12 @@ def training_figure(histories: list[dict[str, np.ndarray]]) -> tuple[Figure, int
     epochs = np.arange(length) + 1
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, metric, label in ((axes[0], "loss", "cross-entropy (nats)"), (axes[1], "accuracy", "accuracy")):
-        ax.plot(epochs, mean[f"{metric}_train"], label="train")
-        ax.plot(epochs, mean[f"{metric}_test"], label="test")
-        ax.axvline(stop + 1, color="crimson", lw=0.8, ls="--", label=f"early stopping (epoch {stop})")
+        for split in ("train", "test"):
+            finite = np.isfinite(mean[f"{metric}_{split}"])  # a recording may log some epochs only
+            if finite.any():
+                ax.plot(epochs[finite], mean[f"{metric}_{split}"][finite], label=split)
+        if stop is not None:
+            ax.axvline(stop + 1, color="crimson", lw=0.8, ls="--", label=f"early stopping (epoch {stop})")
         ax.set(xscale="log", xlabel="epoch + 1", ylabel=label)
         ax.legend(fontsize=7)
     fig.suptitle(f"training curves, mean of {len(histories)} seed(s)", fontsize=9)

@@ -57,9 +57,19 @@ def compression_phase(results: xr.Dataset, estimator: str, split: str = "all") -
     return out
 
 
+def output_layer(results: xr.Dataset) -> str:
+    """The archive's output layer, as the store records it (stores without it: the last layer)."""
+    return str(results.attrs.get("output_layer", results.layer.values[-1]))
+
+
+def hidden_layers(results: xr.Dataset) -> list[str]:
+    return [str(name) for name in results.layer.values if name != output_layer(results)]
+
+
 def output_information(results: xr.Dataset, estimator: str, labels: np.ndarray,
-                       split: str = "all", layer: str = "softmax") -> dict[str, float]:
+                       split: str = "all", layer: str | None = None) -> dict[str, float]:
     """Final I(T;Y) of the output layer (mean and std over seeds) against H(Y) of the labels."""
+    layer = layer or output_layer(results)
     final = last_valid(_valid(results).I_TY.sel(estimator=estimator, split=split, layer=layer))
     p = np.bincount(labels) / len(labels)
     p = p[p > 0]
@@ -83,8 +93,7 @@ def compresses(results: xr.Dataset, estimator: str, split: str = "all",
     i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split).mean("seed")
     peak = i_xt.max("epoch")
     final = last_valid(i_xt)
-    hidden = [name for name in results.layer.values if name != "softmax"]
-    return ((peak - final) > min_drop * peak.where(peak > 0)).sel(layer=hidden)
+    return ((peak - final) > min_drop * peak.where(peak > 0)).sel(layer=hidden_layers(results))
 
 
 def compression_table(results: xr.Dataset, split: str = "all", min_drop: float = 0.05) -> dict[str, float]:

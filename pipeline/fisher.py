@@ -1,7 +1,7 @@
 """Information in the weights (Achille et al.): trace of the model Fisher per layer.
 
     from pipeline.fisher import fisher_traces
-    traces = fisher_traces(model, probe_inputs, label_seeds=3)   # {layer: trace}
+    traces = fisher_traces(model, probe_inputs, {"dense1": ["dense1.1.weight", ...]}, 3)
 
 F = E_x E_{y ~ p_w(.|x)} [grad log p_w(y|x) grad^T]: labels are sampled from the model (the
 true label would give the biased empirical Fisher), on a fixed probe set, averaged over a few
@@ -11,11 +11,14 @@ gradient of that layer's parameters, computed for all samples at once with torch
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from pipeline.models import RecordingNetwork
+from pipeline.archive import ArchiveError, ArchiveReader
+from pipeline.config import ConfigError, ModelConfig, from_dict
 
 
 def balanced_probe(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
@@ -28,20 +31,42 @@ def balanced_probe(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def fisher_traces(model: RecordingNetwork, inputs: torch.Tensor, label_seeds: int = 3,
-                  batch_size: int = 256) -> dict[str, float]:
-    """Trace of the Fisher block of each recorded layer's parameters, averaged over seeds."""
+def rebuild_model(archive: ArchiveReader) -> torch.nn.Module:
+    """The archived network, untrained, from the archive's model factory and its settings."""
+    from pipeline.models import build_model
+
+    spec = archive.attrs.get("model")
+    if spec is None:
+        raise ArchiveError(f"{archive.path} records no model factory: Fisher information needs one")
+    known = {f for f in ModelConfig.__dataclass_fields__}
+    try:  # leniently: settings this release does not know are left out, never re-validated
+        cfg = from_dict(ModelConfig, {k: v for k, v in spec.get("config", {}).items() if k in known})
+    except ConfigError as err:
+        raise ArchiveError(f"{archive.path}: the archived model settings cannot be read ({err})") from None
+    if ":" in spec["factory"]:
+        cfg = dataclasses.replace(cfg, factory=spec["factory"])
+    else:
+        cfg = dataclasses.replace(cfg, architecture=spec["factory"], factory="")
+    n_classes = archive.layer_shapes[archive.output_layer][0]
+    with torch.random.fork_rng(devices=[]):  # initialisation draws leave the caller's RNG alone
+        return build_model(cfg, tuple(archive.inputs.shape[1:]), n_classes)
+
+
+def fisher_traces(model: torch.nn.Module, inputs: torch.Tensor, layer_params: dict[str, list[str]],
+                  label_seeds: int = 3, batch_size: int = 256) -> dict[str, float]:
+    """Trace of the Fisher block of each layer's parameters (`layer_params`: layer -> parameter
+    names), averaged over label seeds. The model's output must be the class logits."""
     model.eval()  # no training noise, BatchNorm on its archived statistics
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
-    layer_params = model.layer_parameters()
+    layer_params = {layer: [n for n in names if n in params] for layer, names in layer_params.items()}
 
     def log_prob(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, (p, buffers), (x[None],))
         return -torch.nn.functional.cross_entropy(logits, y[None])
 
     per_sample_grad = vmap(grad(log_prob), in_dims=(None, 0, 0))
-    totals = {layer: 0.0 for layer in layer_params}
+    totals = {layer: 0.0 for layer, names in layer_params.items() if names}  # none: no trace
     for seed in range(label_seeds):
         generator = torch.Generator().manual_seed(seed)
         for start in range(0, len(inputs), batch_size):

@@ -1,24 +1,34 @@
-"""Networks whose layers are recorded under stable names.
+"""The built-in networks, registered by name; any other `nn.Module` is recorded the same way.
 
     from pipeline.models import build_model
     model = build_model(cfg.model, input_shape=(12,), n_classes=2)
-    logits, layers = model(x, record=True)   # layers: {"dense1": ..., ..., "softmax": ...}
+    model.recorded_layers       # ["dense1", ..., "softmax"]: module names, recorded by hooks
 
-Names: MLP `dense1..denseK` then `softmax`; MNIST CNN `conv1..conv3`, `dense1`, `softmax`;
-VGG-16 `conv1..conv13`, `dense1`, `dense2`, `softmax` (16 layers, as in Wickstrom et al.).
-Convolutional layers keep their C x H x W shape. `layer_parameters` maps each recorded layer to
-the parameters that produce it (for gradient statistics and Fisher information).
+A built-in network is a plain module whose children are its named blocks: MLP `dense1..denseK`,
+MNIST CNN `conv1..conv3`, `dense1`, VGG-16 `conv1..conv13`, `dense1`, `dense2` (16 recorded
+layers with `softmax`, as in Wickstrom et al.), then `logits` and `softmax`. The forward pass
+returns the logits; in evaluation mode it also runs `softmax`, so that the recorder's hook sees
+the class probabilities (training needs only the logits). Convolutional layers keep C x H x W.
+
+A model of one's own: `model.factory = "package.module:function"` in a config, with the
+signature of `build_model`'s factories, `(input_shape, n_classes, cfg) -> nn.Module`; the
+layers to record come from `model.layers` (module names or globs) or the module's own
+`recorded_layers` attribute.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
+from pipeline.registry import Registry
 
+MODELS = Registry("model")
+register_model = MODELS.register
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "linear": nn.Identity, "softsign": nn.Softsign}
 
 
@@ -39,35 +49,24 @@ class NoisyActivation(nn.Module):
         return h + (h * noise if self.mode == "relative" else noise)
 
 
-class RecordingNetwork(nn.Module):
-    """A sequence of named blocks; `forward(x, record=True)` also returns each block's output."""
+class BlockNetwork(nn.Module):
+    """Named blocks applied in order, then `logits`; `softmax` runs in evaluation mode only."""
 
-    blocks: nn.ModuleDict
-    layer_names: list[str]
+    def __init__(self, blocks: dict[str, nn.Module]):
+        super().__init__()
+        for name, block in blocks.items():
+            self.add_module(name, block)
+        self.softmax = nn.Softmax(dim=1)
+        self.recorded_layers = [name for name in blocks if name != "logits"] + ["softmax"]
 
-    def forward(self, x: torch.Tensor, record: bool = False):
-        layers = {}
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
-        for name, block in self.blocks.items():
-            h = block(h)
-            if record and name != self.logits_block:
-                layers[name] = h
-        if record:
-            layers["softmax"] = torch.softmax(h, dim=1)
-            return h, layers
+        for name, block in self.named_children():
+            if name != "softmax":
+                h = block(h)
+        if not self.training:
+            self.softmax(h)  # for the recorder's hook: the probabilities are a recorded layer
         return h
-
-    def layer_parameters(self) -> dict[str, list[str]]:
-        """Recorded layer name -> names of the parameters of the block that produces it."""
-        out = {}
-        for name in self.blocks:
-            key = "softmax" if name == self.logits_block else name
-            out[key] = [f"blocks.{name}.{p}" for p, _ in self.blocks[name].named_parameters()]
-        return out
-
-    @property
-    def logits_block(self) -> str:
-        return list(self.blocks)[-1]
 
 
 def state_arrays(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -81,94 +80,92 @@ def _truncated_normal_(linear: nn.Linear) -> None:
     nn.init.zeros_(linear.bias)
 
 
-class MLP(RecordingNetwork):
-    def __init__(self, in_features: int, cfg: ModelConfig, n_classes: int):
-        super().__init__()
-        blocks = {}
-        sizes = [in_features, *cfg.widths]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
-            blocks[f"dense{i}"] = nn.Sequential(
-                nn.Flatten(), nn.Linear(a, b), ACTIVATIONS[cfg.activation](),
-                NoisyActivation(cfg.noise_std, cfg.noise_mode),
-            )
-        blocks["logits"] = nn.Sequential(nn.Linear(sizes[-1], n_classes))
-        self.blocks = nn.ModuleDict(blocks)
-        self.layer_names = [*list(blocks)[:-1], "softmax"]
-        if cfg.init == "truncated_normal":
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    _truncated_normal_(m)
-
-
-class MnistCNN(RecordingNetwork):
-    """Butakov et al.: 3 x (Conv 3x3, MaxPool 2, LeakyReLU), Linear(32, 32), Linear(32, 10)."""
-
-    def __init__(self, in_channels: int, cfg: ModelConfig, n_classes: int):
-        super().__init__()
-        channels = [in_channels, 8, 16, 32]
-        blocks = {}
-        for i in range(3):
-            blocks[f"conv{i + 1}"] = nn.Sequential(
-                nn.Conv2d(channels[i], channels[i + 1], 3), nn.MaxPool2d(2), nn.LeakyReLU(),
-                NoisyActivation(cfg.noise_std, cfg.noise_mode),
-            )
-        blocks["dense1"] = nn.Sequential(
-            nn.Flatten(), nn.Linear(32, 32), nn.LeakyReLU(),
+@register_model("mlp")
+def mlp(input_shape: tuple[int, ...], n_classes: int, cfg: ModelConfig) -> BlockNetwork:
+    """SZT's fully connected network: `widths` hidden layers of `activation`, then the logits."""
+    if not cfg.widths:
+        raise ValueError("model.widths: an MLP needs at least one hidden layer")
+    blocks = {}
+    sizes = [math.prod(input_shape), *cfg.widths]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True), start=1):
+        blocks[f"dense{i}"] = nn.Sequential(
+            nn.Flatten(), nn.Linear(a, b), ACTIVATIONS[cfg.activation](),
             NoisyActivation(cfg.noise_std, cfg.noise_mode),
         )
-        blocks["logits"] = nn.Sequential(nn.Linear(32, n_classes))
-        self.blocks = nn.ModuleDict(blocks)
-        self.layer_names = ["conv1", "conv2", "conv3", "dense1", "softmax"]
+    blocks["logits"] = nn.Sequential(nn.Linear(sizes[-1], n_classes))
+    model = BlockNetwork(blocks)
+    if cfg.init == "truncated_normal":
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                _truncated_normal_(m)
+    return model
 
 
-class VGG16(RecordingNetwork):
-    """VGG-16 with batch norm for 32x32 inputs: torchvision's feature extractor, 512-512-10 head."""
-
-    def __init__(self, in_channels: int, cfg: ModelConfig, n_classes: int):
-        super().__init__()
-        from torchvision.models import vgg16_bn
-
-        features = vgg16_bn(weights=None).features
-        if in_channels != 3:
-            features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
-        # Regroup torchvision's flat feature list into one block per conv (conv, bn, relu[, pool])
-        # so each conv layer is recorded after its non-linearity, before pooling.
-        blocks, current, n_conv = {}, [], 0
-        for module in features:
-            if isinstance(module, nn.MaxPool2d):
-                blocks[f"conv{n_conv}"] = nn.Sequential(*blocks[f"conv{n_conv}"], module)
-                continue
-            current.append(module)
-            if isinstance(module, nn.ReLU):
-                n_conv += 1
-                blocks[f"conv{n_conv}"] = nn.Sequential(*current)
-                current = []
-        # Record conv outputs before the pool: split the pool off into the next block instead.
-        names = list(blocks)
-        for i, name in enumerate(names):
-            seq = list(blocks[name])
-            if isinstance(seq[-1], nn.MaxPool2d) and i + 1 < len(names):
-                blocks[name] = nn.Sequential(*seq[:-1])
-                blocks[names[i + 1]] = nn.Sequential(seq[-1], *blocks[names[i + 1]])
-        last_pool = list(blocks[names[-1]])[-1]
-        blocks[names[-1]] = nn.Sequential(*list(blocks[names[-1]])[:-1])
-        blocks["dense1"] = nn.Sequential(last_pool, nn.Flatten(), nn.Linear(512, 512), nn.ReLU())
-        blocks["dense2"] = nn.Sequential(nn.Linear(512, 512), nn.ReLU())
-        blocks["logits"] = nn.Sequential(nn.Linear(512, n_classes))
-        self.blocks = nn.ModuleDict(blocks)
-        self.layer_names = [*list(blocks)[:-1], "softmax"]
-
-
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> RecordingNetwork:
-    """Instantiate the network of `cfg` for inputs of `input_shape` (without the batch axis)."""
-    if cfg.architecture == "mlp":
-        return MLP(math.prod(input_shape), cfg, n_classes)
+def _image_shape(name: str, input_shape: tuple[int, ...], size: int) -> int:
     if len(input_shape) != 3:
-        raise ValueError(f"{cfg.architecture} needs image inputs (C, H, W), got {input_shape}")
-    if cfg.architecture == "mnist_cnn":
-        if input_shape[1:] != (28, 28):
-            raise ValueError(f"mnist_cnn expects 28x28 inputs, got {input_shape}")
-        return MnistCNN(input_shape[0], cfg, n_classes)
-    if input_shape[1:] != (32, 32):
-        raise ValueError(f"vgg16 expects 32x32 inputs, got {input_shape}")
-    return VGG16(input_shape[0], cfg, n_classes)
+        raise ValueError(f"{name} needs image inputs (C, H, W), got {input_shape}")
+    if input_shape[1:] != (size, size):
+        raise ValueError(f"{name} expects {size}x{size} inputs, got {input_shape}")
+    return input_shape[0]
+
+
+@register_model("mnist_cnn")
+def mnist_cnn(input_shape: tuple[int, ...], n_classes: int, cfg: ModelConfig) -> BlockNetwork:
+    """Butakov et al.: 3 x (Conv 3x3, MaxPool 2, LeakyReLU), Linear(32, 32), Linear(32, 10)."""
+    channels = [_image_shape("mnist_cnn", input_shape, 28), 8, 16, 32]
+    blocks = {}
+    for i in range(3):
+        blocks[f"conv{i + 1}"] = nn.Sequential(
+            nn.Conv2d(channels[i], channels[i + 1], 3), nn.MaxPool2d(2), nn.LeakyReLU(),
+            NoisyActivation(cfg.noise_std, cfg.noise_mode),
+        )
+    blocks["dense1"] = nn.Sequential(
+        nn.Flatten(), nn.Linear(32, 32), nn.LeakyReLU(), NoisyActivation(cfg.noise_std, cfg.noise_mode),
+    )
+    blocks["logits"] = nn.Sequential(nn.Linear(32, n_classes))
+    return BlockNetwork(blocks)
+
+
+@register_model("vgg16")
+def vgg16(input_shape: tuple[int, ...], n_classes: int, cfg: ModelConfig) -> BlockNetwork:
+    """VGG-16 with batch norm for 32x32 inputs: torchvision's feature extractor, 512-512-10 head."""
+    from torchvision.models import vgg16_bn
+
+    in_channels = _image_shape("vgg16", input_shape, 32)
+    features = vgg16_bn(weights=None).features
+    if in_channels != 3:
+        features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+    # One block per conv (conv, bn, relu), recorded after its non-linearity; each max-pool
+    # opens the block that follows it, so conv outputs are recorded before pooling.
+    blocks: OrderedDict[str, nn.Module] = OrderedDict()
+    current: list[nn.Module] = []
+    for module in features:
+        current.append(module)
+        if isinstance(module, nn.ReLU):
+            blocks[f"conv{len(blocks) + 1}"] = nn.Sequential(*current)
+            current = []
+    last_pool = current.pop()  # the feature extractor ends with a pool
+    blocks["dense1"] = nn.Sequential(last_pool, nn.Flatten(), nn.Linear(512, 512), nn.ReLU())
+    blocks["dense2"] = nn.Sequential(nn.Linear(512, 512), nn.ReLU())
+    blocks["logits"] = nn.Sequential(nn.Linear(512, n_classes))
+    return BlockNetwork(blocks)
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """The network of `cfg` (a registered name or `cfg.factory`) for inputs of `input_shape`."""
+    factory = MODELS.get(cfg.factory or cfg.architecture)
+    model = factory(tuple(input_shape), n_classes, cfg)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model factory {cfg.factory or cfg.architecture!r} returned "
+                        f"{type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def recorded_layers(model: nn.Module, cfg: ModelConfig) -> list[str]:
+    """The layer names or globs to record: `model.layers`, else the model's `recorded_layers`."""
+    if cfg.layers:
+        return list(cfg.layers)
+    if hasattr(model, "recorded_layers"):
+        return list(model.recorded_layers)
+    raise ValueError("model.layers: name the modules to record (names or globs over "
+                     "model.named_modules()); this model has no `recorded_layers` attribute")

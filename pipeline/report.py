@@ -1,7 +1,8 @@
 """The figures stage: every figure of a run, and its HTML report, from results and metadata.
 
     python -m stages.figures --config configs/szt_tanh.toml [--seed-spread]
-    from pipeline.report import main; main(cfg, runs_dir="data/runs", figures_dir="figures")
+    python -m stages.figures --archive runs/mine/archive.zarr
+    from pipeline.report import report_archive; report_archive("runs/mine/archive.zarr")
 
 Never trains or estimates. Missing or partial results give a message and the remaining
 figures (training curves and gradients come from the archive alone).
@@ -9,15 +10,16 @@ figures (training curves and gradients come from the archive alone).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline import figures as F
-from pipeline.archive import ArchiveReader, split_indices
+from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
 from pipeline.results import ResultsError, masked, open_results
+from pipeline.runs import RunPaths
 
 
 def szt_ib_curve(betas: np.ndarray | None = None) -> np.ndarray:
@@ -33,66 +35,108 @@ def szt_ib_curve(betas: np.ndarray | None = None) -> np.ndarray:
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", figures_dir: str | Path = "figures",
          seed_spread: bool = False) -> int:
-    run_dir = Path(runs_dir) / cfg.name
-    out = Path(figures_dir) / cfg.name
+    """Every figure of a built-in run (its config's estimator entries are checked for)."""
+    return report_archive(RunPaths.of(runs_dir, cfg.name), figures_dir, seed_spread, list(cfg.estimators))
+
+
+def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figures",
+                   seed_spread: bool = False, wanted: list[str] | None = None) -> int:
+    """Every figure of an archive and its results store into `figures_dir/<run>/`, with index.html.
+
+    Parts the archive lacks (history, gradient statistics, weights) and results not computed yet
+    are skipped, each with one note saying why.
+    """
+    paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
+    out = paths.figures(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved: list[str] = []
     messages: list[str] = []
-    archive = ArchiveReader(run_dir / "archive.zarr")
-    seeds = archive.seeds
-    stop = None
-    histories = [h for h in map(archive.history, seeds) if len(h["loss_train"])]
-    if histories:
-        fig, stop = F.training_figure(histories)
-        F.save(fig, out, "training", saved)
-    if seeds and len(archive.committed_epochs(seeds[0])) > 1:
-        g_mean, g_std = archive.gradient_stats(seeds[0])
-        F.save(F.gradients_figure(archive.committed_epochs(seeds[0]), g_mean, g_std, archive.layers),
-               out, "gradients", saved)
-    try:
-        results = open_results(run_dir / "estimates.zarr")
-    except ResultsError as err:
-        results, _ = None, messages.append(str(err))
-    if results is None:
-        messages.append(f"no results store at {run_dir / 'estimates.zarr'}: run `make estimate` for "
-                        "the information-plane figures")
-    else:
-        results = masked(results)  # cells not computed yet are NaN, not fill values
-        wanted = [e for e in cfg.estimators if e not in results.estimator.values]
-        if wanted:
-            messages.append(f"estimator entries {wanted} are in the config but not in the results: "
-                            "run `make estimate`")
-        present = [e for e in results.estimator.values if not np.isnan(results.I_XT.sel(estimator=e)).all()]
-        for e in results.estimator.values:
-            if e not in present:
-                messages.append(f"estimator {e}: every value is NaN (see the store's `warnings`); skipped")
-        results = results.sel(estimator=present)
-        ib = szt_ib_curve() if cfg.data.dataset == "szt" else None
-        for estimator in present:
-            for split in results.split.values:
-                if np.isnan(results.I_XT.sel(estimator=estimator, split=split)).all():
-                    messages.append(f"estimator {estimator}: no values on split {split} (estimated "
-                                    "on part of the cells); its plane is not drawn")
-                    continue
-                index = split_indices(archive.split, str(split))
-                limits = F.saturation_limits(len(index), archive.labels[index])
-                fig = F.information_plane_figure(results, estimator, split, limits, seed_spread, stop, ib)
-                F.save(fig, out, f"plane_{estimator}_{split}", saved)
-                F.save(F.dpi_figure(results, estimator, split), out, f"dpi_{estimator}_{split}", saved)
-            F.save(F.mi_vs_epoch_figure(results, estimator), out, f"mi_vs_epoch_{estimator}", saved)
-        if present:
-            F.save(F.comparison_figure(results), out, "comparison", saved)
-        if "fisher_trace" in results and not np.isnan(results.fisher_trace).all():
-            F.save(F.fisher_figure(results), out, "fisher", saved)
+    archive = ArchiveReader(paths.archive)
+    stop = _archive_figures(archive, out, saved, messages)
+    results = _results(paths, archive, messages, wanted or [])
+    if results is not None:
+        _results_figures(results, archive, out, saved, messages, seed_spread, stop)
     estimators = {} if results is None else {
         str(e): str(results.parameters.sel(estimator=e).values) for e in results.estimator.values}
     attrs = {} if results is None else dict(results.attrs)
     attrs["archive_provenance"] = archive.attrs.get("provenance")
-    report = F.write_report(out, cfg.name, saved, json.loads(cfg.to_json()), attrs, estimators, messages)
+    report = F.write_report(out, archive.name, saved, archive.config or _recording(archive), attrs,
+                            estimators, messages)
     for message in messages:
         print(f"note: {message}")
     print(f"wrote {len(saved)} figures (PNG and PDF) and {report}")
     return 0
 
 
+def _recording(archive: ArchiveReader) -> dict[str, Any]:
+    """What the report shows of an archive that no built-in config produced."""
+    return {key: archive.attrs.get(key) for key in ("name", "output_layer", "splits", "parts", "model")} | {
+        "layers": {name: list(shape) for name, shape in archive.layer_shapes.items()}}
 
+
+def _archive_figures(archive: ArchiveReader, out: Path, saved: list[str], messages: list[str]) -> int | None:
+    """Training curves and gradient statistics, from the archive alone; the early-stopping epoch."""
+    seeds = archive.seeds
+    stop = None
+    histories = [h for h in map(archive.history, seeds) if np.isfinite(h["loss_train"]).any()]
+    if histories:
+        fig, stop = F.training_figure(histories)
+        F.save(fig, out, "training", saved)
+    else:
+        messages.append("no training history in the archive (Recorder.log / snapshot(loss=...)): "
+                        "no training curves")
+    grads = archive.gradient_stats(seeds[0]) if seeds else None
+    epochs = archive.committed_epochs(seeds[0]) if seeds else np.zeros(0)
+    if grads is None or not (np.isfinite(grads[0]) & (grads[0] > 0)).any() or len(epochs) < 2:
+        messages.append("no gradient statistics in the archive (Recorder(gradients=True) and "
+                        "gradient_step()): no gradient figure")
+    else:
+        F.save(F.gradients_figure(epochs, grads[0], grads[1], archive.layers), out, "gradients", saved)
+    return stop
+
+
+def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wanted: list[str]):
+    """The results store with uncomputed cells masked, or None (and a note) when there is none."""
+    try:
+        results = open_results(paths.results)
+    except ResultsError as err:
+        messages.append(str(err))
+        return None
+    if results is None:
+        messages.append(f"no results store at {paths.results}: run `make estimate` for the "
+                        "information-plane figures")
+        return None
+    results = masked(results)  # cells not computed yet are NaN, not fill values
+    missing = [e for e in wanted if e not in results.estimator.values]
+    if missing:
+        messages.append(f"estimator entries {missing} are in the config but not in the results: "
+                        "run `make estimate`")
+    present = [e for e in results.estimator.values if not np.isnan(results.I_XT.sel(estimator=e)).all()]
+    for e in results.estimator.values:
+        if e not in present:
+            messages.append(f"estimator {e}: every value is NaN (see the store's `warnings`); skipped")
+    return results.sel(estimator=present)
+
+
+def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str], messages: list[str],
+                     seed_spread: bool, stop: int | None) -> None:
+    """Planes, DPI and MI-vs-epoch per estimator entry, the comparison and the Fisher traces."""
+    config = archive.config or {}
+    ib = szt_ib_curve() if config.get("data", {}).get("dataset") == "szt" else None
+    labels = archive.labels if archive.labels is not None else np.zeros(len(archive.split), dtype=np.int64)
+    for estimator in results.estimator.values:
+        for split in results.split.values:
+            if np.isnan(results.I_XT.sel(estimator=estimator, split=split)).all():
+                messages.append(f"estimator {estimator}: no values on split {split} (estimated "
+                                "on part of the cells); its plane is not drawn")
+                continue
+            index = archive.split_index(str(split))
+            limits = F.saturation_limits(len(index), labels[index])
+            fig = F.information_plane_figure(results, estimator, split, limits, seed_spread, stop, ib)
+            F.save(fig, out, f"plane_{estimator}_{split}", saved)
+            F.save(F.dpi_figure(results, estimator, split), out, f"dpi_{estimator}_{split}", saved)
+        F.save(F.mi_vs_epoch_figure(results, estimator), out, f"mi_vs_epoch_{estimator}", saved)
+    if results.sizes["estimator"]:
+        F.save(F.comparison_figure(results), out, "comparison", saved)
+    if "fisher_trace" in results and not np.isnan(results.fisher_trace).all():
+        F.save(F.fisher_figure(results), out, "fisher", saved)

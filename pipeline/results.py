@@ -24,12 +24,9 @@ import zarr
 
 RESULTS_SCHEMA_VERSION = "1.0"
 CELL_DIMS = ("estimator", "seed", "split", "epoch", "layer")
-CELL_VARIABLES = {
+CELL_VARIABLES = {  # every store has these; estimators declare more (Estimator.outputs)
     "I_XT": ("I(X;T)", "bits"),
     "I_TY": ("I(T;Y)", "bits"),
-    "I_XT_std": ("spread of I(X;T) over batches", "bits"),
-    "I_TY_std": ("spread of I(T;Y) over batches", "bits"),
-    "sigma_t": ("kernel width used for the layer (Renyi)", "1"),
 }
 FISHER_DIMS = ("seed", "epoch", "layer")
 
@@ -38,10 +35,15 @@ class ResultsError(RuntimeError):
     """The results store is unreadable or of another schema; the message names the fix."""
 
 
+def cell_variables(ds: xr.Dataset) -> list[str]:
+    """The store's per-cell value variables (I_XT, I_TY and the estimators' declared outputs)."""
+    return [name for name, var in ds.data_vars.items() if var.dims == CELL_DIMS and name != "done"]
+
+
 def template(estimators: dict[str, dict[str, Any]], seeds: list[int], splits: list[str],
              epochs: np.ndarray, layers: list[str], layer_widths: list[int],
-             attrs: dict[str, Any]) -> xr.Dataset:
-    """An all-NaN Dataset with every cell not done."""
+             attrs: dict[str, Any], outputs: dict[str, tuple[str, str]] | None = None) -> xr.Dataset:
+    """An all-NaN Dataset with every cell not done; `outputs` adds the estimators' variables."""
     shape = (len(estimators), len(seeds), len(splits), len(epochs), len(layers))
     coords = {
         "estimator": list(estimators), "seed": np.asarray(seeds, dtype=np.int64),
@@ -51,7 +53,7 @@ def template(estimators: dict[str, dict[str, Any]], seeds: list[int], splits: li
         "parameters": ("estimator", [json.dumps(table, sort_keys=True) for table in estimators.values()]),
     }
     data = {}
-    for name, (long_name, units) in CELL_VARIABLES.items():
+    for name, (long_name, units) in {**CELL_VARIABLES, **(outputs or {})}.items():
         data[name] = xr.Variable(CELL_DIMS, np.full(shape, np.nan),
                                  {"long_name": long_name, "units": units})
     data["done"] = xr.Variable(CELL_DIMS, np.zeros(shape, dtype=bool),
@@ -69,7 +71,7 @@ def template(estimators: dict[str, dict[str, Any]], seeds: list[int], splits: li
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     # One chunk per (estimator, seed, split): a task's writes touch one chunk per variable.
     enc = {}
-    for name in [*CELL_VARIABLES, "done"]:
+    for name in [*cell_variables(ds), "done"]:
         enc[name] = {"chunks": (1, 1, 1, ds.sizes["epoch"], ds.sizes["layer"])}
     for name in ("fisher_trace", "fisher_done"):
         enc[name] = {"chunks": (1, ds.sizes["epoch"], ds.sizes["layer"])}
@@ -79,9 +81,8 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
 def masked(ds: xr.Dataset) -> xr.Dataset:
     """Cell variables with cells not yet computed set to NaN (Fisher variables untouched)."""
     ds = ds.copy()
-    for name in CELL_VARIABLES:
-        if name in ds:
-            ds[name] = ds[name].where(ds["done"])
+    for name in cell_variables(ds):
+        ds[name] = ds[name].where(ds["done"])
     if "fisher_trace" in ds:
         ds["fisher_trace"] = ds["fisher_trace"].where(ds["fisher_done"])
     return ds
@@ -127,8 +128,9 @@ def merge_into(target: xr.Dataset, old: xr.Dataset | None) -> xr.Dataset:
         "layer": [name for name in target.layer.values if name in old.layer.values],
     }
     if all(len(v) for v in common.values()):
-        for name in [*CELL_VARIABLES, "done"]:
-            target[name].loc[common] = old[name].sel(common).values
+        for name in [*cell_variables(target), "done"]:
+            if name in old:
+                target[name].loc[common] = old[name].sel(common).values
     fisher_common = {k: common[k] for k in FISHER_DIMS}
     if all(len(v) for v in fisher_common.values()):
         for name in ("fisher_trace", "fisher_done"):
@@ -172,8 +174,8 @@ class ResultsWriter:
         e, s, p, l = (self.index["estimator"][estimator], self.index["seed"][seed],
                       self.index["split"][split], self.index["layer"][layer])
         rows = [self.index["epoch"][ep] for ep in epochs]
-        for name in CELL_VARIABLES:
-            if name in values:
+        for name in values:
+            if name in self.root:
                 arr = self.root[name]
                 block = arr[e, s, p, :, l]
                 block[rows] = values[name]

@@ -10,28 +10,29 @@ and ends with the same archive content as an uninterrupted run.
 
 from __future__ import annotations
 
-import io
-import json
+import dataclasses
 import math
 import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import zarr
+from torch import nn
 from tqdm import tqdm
 
 from pipeline.archive import (
-    HISTORY_VARIABLES,
+    SPLITS,
     ArchiveError,
     ArchiveReader,
-    SeedWriter,
+    Samples,
     choose_samples,
     consolidate,
     create_archive,
@@ -39,9 +40,10 @@ from pipeline.archive import (
 )
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.data import SplitData, load_dataset
-from pipeline.models import RecordingNetwork, build_model, state_arrays
+from pipeline.models import build_model, recorded_layers
 from pipeline.provenance import provenance
-from pipeline.writer import Commit, WriterProcess, atomic_write, lock_seed
+from pipeline.record import Recorder, match_layers, recording_spec
+from pipeline.runs import RunPaths
 
 EVAL_BATCH = 2048
 
@@ -54,45 +56,9 @@ class SeedResult:
     seconds: float
 
 
-class GradientStats:
-    """Per recorded layer: ||E_batch g||_2 and sqrt(tr Cov_batch g) over one epoch's batches."""
-
-    def __init__(self, model: RecordingNetwork):
-        named = dict(model.named_parameters())
-        self.groups = {layer: [named[p] for p in params]
-                       for layer, params in model.layer_parameters().items()}
-        self.sum = {k: [torch.zeros_like(p) for p in ps] for k, ps in self.groups.items()}
-        self.sum_sq = {k: [torch.zeros_like(p) for p in ps] for k, ps in self.groups.items()}
-        self.n_batches = 0
-
-    def update(self) -> None:
-        self.n_batches += 1
-        for layer, params in self.groups.items():
-            for p, s, s2 in zip(params, self.sum[layer], self.sum_sq[layer], strict=True):
-                if p.grad is not None:
-                    s += p.grad
-                    s2 += p.grad * p.grad
-
-    def result(self, layers: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        mean, std = np.full(len(layers), np.nan), np.full(len(layers), np.nan)
-        if self.n_batches == 0:
-            return mean, std
-        for i, layer in enumerate(layers):
-            if layer not in self.groups:
-                continue
-            # Reduce in numpy float64: torch's threaded sums would vary with the thread count.
-            s = np.concatenate([t.detach().cpu().double().numpy().ravel() for t in self.sum[layer]])
-            s2 = np.concatenate([t.detach().cpu().double().numpy().ravel()
-                                 for t in self.sum_sq[layer]])
-            m = s / self.n_batches
-            mean[i] = math.sqrt(float(np.dot(m, m)))
-            std[i] = math.sqrt(float(np.clip(s2 / self.n_batches - m * m, 0, None).sum()))
-        return mean, std
-
-
-def train_one_epoch(model: RecordingNetwork, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                     y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                    grad_stats: GradientStats | None = None) -> float:
+                    after_backward: Callable[[], None] | None = None) -> float:
     """One pass over shuffled mini-batches; returns the mean training loss over batches."""
     model.train()
     order = torch.randperm(len(y), generator=generator)
@@ -102,8 +68,8 @@ def train_one_epoch(model: RecordingNetwork, optimizer: torch.optim.Optimizer, x
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[batch]), y[batch])
         loss.backward()
-        if grad_stats is not None:
-            grad_stats.update()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         total += loss.item() * len(batch)
         n += len(batch)
@@ -111,7 +77,7 @@ def train_one_epoch(model: RecordingNetwork, optimizer: torch.optim.Optimizer, x
 
 
 @torch.no_grad()
-def evaluate(model: RecordingNetwork, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Cross-entropy and accuracy on a whole split, in evaluation mode (no noise, BN frozen)."""
     model.eval()
     loss, correct = 0.0, 0
@@ -123,18 +89,6 @@ def evaluate(model: RecordingNetwork, x: torch.Tensor, y: torch.Tensor) -> tuple
     return loss / len(y), correct / len(y)
 
 
-@torch.no_grad()
-def record_activations(model: RecordingNetwork, inputs: torch.Tensor) -> dict[str, np.ndarray]:
-    """Every recorded layer's output for the archived inputs, as float32 numpy arrays."""
-    model.eval()
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(inputs), EVAL_BATCH):
-        _, layers = model(inputs[start:start + EVAL_BATCH], record=True)
-        for name, value in layers.items():
-            parts.setdefault(name, []).append(value.float().cpu().numpy())
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-
-
 def _make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     # foreach: one fused update over all tensors (the per-tensor loop dominates small nets)
     if cfg.train.optimizer == "adam":
@@ -144,9 +98,53 @@ def _make_optimizer(cfg: ExperimentConfig, model: torch.nn.Module) -> torch.opti
                            weight_decay=cfg.train.weight_decay, foreach=True)
 
 
-def run_paths(cfg: ExperimentConfig, runs_dir: str | Path) -> tuple[Path, Path, Path]:
-    run_dir = Path(runs_dir) / cfg.name
-    return run_dir, run_dir / "archive.zarr", run_dir / "checkpoints"
+def model_spec(cfg: ExperimentConfig) -> dict[str, Any]:
+    """How the Fisher estimator rebuilds a built-in run's network (pipeline.models factories)."""
+    return {"factory": cfg.model.factory or cfg.model.architecture, "config": dataclasses.asdict(cfg.model)}
+
+
+def recorder(cfg: ExperimentConfig, paths: RunPaths, seed: int, model: nn.Module, samples: Samples,
+             optimizer: torch.optim.Optimizer | None = None,
+             generator: torch.Generator | None = None, device: str = "cpu") -> Recorder:
+    """The Recorder of one seed of a built-in run: the config's layers, schedule and parts."""
+    splits = {name: np.flatnonzero(samples.split == code) for code, name in enumerate(SPLITS)}
+    return Recorder(
+        paths.archive, model, recorded_layers(model, cfg.model),
+        torch.from_numpy(samples.inputs).to(device), samples.labels, splits, seed, cfg.name,
+        epochs=snapshot_epochs(cfg.archive, cfg.train.n_epochs), n_epochs=cfg.train.n_epochs,
+        weights=cfg.archive.store_weights, gradients=True, optimizer=optimizer,
+        generators=[generator] if generator is not None else [],
+        activation_dtype=cfg.archive.activation_dtype, dataset_index=samples.dataset_index,
+        model_spec=model_spec(cfg), extra={"config": cfg.to_dict(), "training_hash": cfg.training_hash()},
+        batch_size=EVAL_BATCH)
+
+
+@dataclass
+class Trainer:
+    """One seed's model, optimiser and data on its device; `history()` evaluates both splits."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig, seed: int, data: SplitData) -> Trainer:
+        device = torch.device(cfg.train.device)
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
+        tensors = [torch.from_numpy(a).to(device) for a in (data.x_train, data.y_train, data.x_test,
+                                                             data.y_test)]
+        return cls(model, _make_optimizer(cfg, model), torch.Generator().manual_seed(seed), *tensors)
+
+    def history(self) -> dict[str, float]:
+        loss_train, acc_train = evaluate(self.model, self.x_train, self.y_train)
+        loss_test, acc_test = evaluate(self.model, self.x_test, self.y_test)
+        return {"loss_train": loss_train, "loss_test": loss_test, "accuracy_train": acc_train,
+                "accuracy_test": acc_test}
 
 
 def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position: int = 0,
@@ -155,125 +153,75 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
     t0 = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
-    _, archive_path, ckpt_root = run_paths(cfg, runs_dir)
+    paths = RunPaths.of(runs_dir, cfg.name)
     data = data or load_dataset(cfg.data)
-    device = torch.device(cfg.train.device)
-    record = cfg.archive.enabled
-    schedule = snapshot_epochs(cfg.archive, cfg.train.n_epochs)
-    schedule_index = {int(e): i for i, e in enumerate(schedule)}
-    writer = SeedWriter(archive_path, seed) if record else None
-    if writer is not None and writer.status in ("finished", "diverged"):
-        return SeedResult(seed, "skipped", f"already {writer.status}", 0.0)
-    if writer is not None and writer.committed == len(schedule) == 0:
-        raise ArchiveError("the snapshot schedule is empty: nothing would be archived")
-    ckpt_dir = ckpt_root / f"seed_{seed}"
-    trainer_lock = lock_seed(ckpt_dir, "trainer", wait=False) if record else None
-
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, data.input_shape, data.n_classes).to(device)
-    optimizer = _make_optimizer(cfg, model)
-    generator = torch.Generator().manual_seed(seed)
-    x_train, y_train = torch.from_numpy(data.x_train).to(device), torch.from_numpy(data.y_train).to(device)
-    x_test, y_test = torch.from_numpy(data.x_test).to(device), torch.from_numpy(data.y_test).to(device)
-    if record:
-        samples = zarr.open_group(str(archive_path), mode="r", use_consolidated=False)
-        sample_inputs = torch.from_numpy(np.asarray(samples["inputs"][...])).to(device)
-        layers = [layer["name"] for layer in samples.attrs["layers"]]
-        layer_shapes = [tuple(layer["shape"]) for layer in samples.attrs["layers"]]
-    committed = writer.committed if writer else 0
-    start_epoch = 0
-    if committed:
-        ckpt = torch.load(ckpt_dir / f"snapshot_{committed - 1}.pt", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        generator.set_state(ckpt["generator"])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        start_epoch = int(ckpt["epoch"])
-    history: dict[str, list[float]] = {k: [] for k in HISTORY_VARIABLES}
-    history_first = start_epoch + 1 if committed else 0
-    background = None
-    if record:
-        model_bytes = sum(p.numel() for p in model.parameters()) * 4 * 4  # weights + checkpoint
-        act_bytes = sum(int(np.prod(shape)) for shape in layer_shapes) * len(sample_inputs) * 4
-        background = WriterProcess(archive_path, seed, ckpt_dir, model_bytes + act_bytes)
-
-    def add_history() -> float:
-        loss_train, acc_train = evaluate(model, x_train, y_train)
-        loss_test, acc_test = evaluate(model, x_test, y_test)
-        for k, v in zip(history, (loss_train, loss_test, acc_train, acc_test), strict=True):
-            history[k].append(v)
-        return loss_train
-
-    def flush(committed_snapshots: int, epoch: int, **fields) -> None:
-        """Queue one commit: the history rows since the last one, plus any snapshot."""
-        nonlocal history_first
-        rows = {k: np.asarray(v) for k, v in history.items()}
-        background.submit(Commit(committed_snapshots, epoch, history_first, rows, **fields))
-        history_first = epoch + 1
-        for v in history.values():
-            v.clear()
-
-    def take_snapshot(epoch: int, grad_stats: GradientStats | None) -> None:
-        index = schedule_index[epoch]
-        acts = record_activations(model, sample_inputs)
-        if cfg.archive.activation_dtype == "float16":
-            acts = {k: v.astype(np.float16) for k, v in acts.items()}
-        weights = ({k: v.detach().float().cpu().numpy().copy() for k, v in state_arrays(model).items()}
-                   if cfg.archive.store_weights else {})
-        g_mean, g_std = (grad_stats.result(layers) if grad_stats else
-                         (np.full(len(layers), np.nan), np.full(len(layers), np.nan)))
-        buffer = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "epoch": epoch, "snapshot_index": index}, buffer)
-        flush(index + 1, epoch, snapshot_index=index, activations=acts, weights=weights,
-              grad_mean=g_mean, grad_std=g_std, checkpoint=buffer.getvalue())
-
-    status, message = "finished", ""
-    bar = tqdm(total=cfg.train.n_epochs, initial=start_epoch, position=position, leave=True,
-               desc=f"{cfg.name} seed {seed}", unit="epoch", mininterval=2.0, dynamic_ncols=True)
-    try:
-        if start_epoch == 0 and not committed:
-            add_history()
-            if record and 0 in schedule_index:
-                take_snapshot(0, None)
-        for epoch in range(start_epoch + 1, cfg.train.n_epochs + 1):
-            tracked = record and epoch in schedule_index
-            grad_stats = GradientStats(model) if tracked else None
-            batch_loss = train_one_epoch(model, optimizer, x_train, y_train, cfg.train.batch_size,
-                                         generator, grad_stats)
-            loss_train = add_history()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_train:.4f}", refresh=False)
-            if not (math.isfinite(batch_loss) and math.isfinite(loss_train)):
-                status = "diverged"
-                message = (f"seed {seed} diverged: loss is {loss_train} at epoch {epoch}; "
-                           "snapshots before it are kept. Lower train.lr or check the data.")
-                break
-            if tracked:
-                take_snapshot(epoch, grad_stats)
-        if record:
-            last = epoch if status == "diverged" else cfg.train.n_epochs
-            flush(writer_committed_after(schedule_index, last, status), last, status=status,
-                  message=message)
-    finally:
-        bar.close()
-        if background is not None:
-            background.close()
-        if trainer_lock is not None:
-            os.close(trainer_lock)
-    if status == "finished":
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # a finished seed never resumes
+    trainer = Trainer.build(cfg, seed, data)
+    if not cfg.archive.enabled:  # benchmarks only: the same loop without recording
+        status, message = _train_epochs(cfg, seed, trainer, Unrecorded(), position)
+        return SeedResult(seed, status, message, time.perf_counter() - t0)
+    archive = ArchiveReader(paths.archive)
+    rec = recorder(cfg, paths, seed, trainer.model, archive_samples(archive), trainer.optimizer,
+                   trainer.generator, cfg.train.device)
+    if rec.finished:
+        rec.close()
+        return SeedResult(seed, "skipped", f"already {rec.status}", 0.0)
+    with rec:
+        status, message = _train_epochs(cfg, seed, trainer, rec, position)
+        rec.close(status, message)
     return SeedResult(seed, status, message, time.perf_counter() - t0)
 
 
-def writer_committed_after(schedule_index: dict[int, int], last_epoch: int, status: str) -> int:
-    """Snapshots committed once training stopped after `last_epoch` (diverged: not that one)."""
-    limit = last_epoch - 1 if status == "diverged" else last_epoch
-    return sum(1 for e in schedule_index if e <= limit)
+def _train_epochs(cfg: ExperimentConfig, seed: int, trainer: Trainer, rec: Recorder,
+                  position: int) -> tuple[str, str]:
+    """The epoch loop: train, evaluate, snapshot on schedule; stops at a non-finite loss."""
+    schedule = {int(e) for e in snapshot_epochs(cfg.archive, cfg.train.n_epochs)}
+    start = rec.resume()
+    if start < 0:
+        rec.log(0, **trainer.history())
+        if 0 in schedule:
+            rec.snapshot(0)
+        start = 0
+    bar = tqdm(total=cfg.train.n_epochs, initial=start, position=position, leave=True,
+               desc=f"{cfg.name} seed {seed}", unit="epoch", mininterval=2.0, dynamic_ncols=True)
+    try:
+        for epoch in range(start + 1, cfg.train.n_epochs + 1):
+            tracked = epoch in schedule  # gradient statistics only where a snapshot keeps them
+            batch_loss = train_one_epoch(trainer.model, trainer.optimizer, trainer.x_train,
+                                         trainer.y_train, cfg.train.batch_size, trainer.generator,
+                                         rec.gradient_step if tracked and rec.recording else None)
+            history = trainer.history()
+            rec.log(epoch, **history)
+            bar.update(1)
+            bar.set_postfix(loss=f"{history['loss_train']:.4f}", refresh=False)
+            if not (math.isfinite(batch_loss) and math.isfinite(history["loss_train"])):
+                return "diverged", (f"seed {seed} diverged: loss is {history['loss_train']} at "
+                                    f"epoch {epoch}; snapshots before it are kept. Lower train.lr "
+                                    "or check the data.")
+            if tracked:
+                rec.snapshot(epoch)
+    finally:
+        bar.close()
+    return "finished", ""
+
+
+class Unrecorded:
+    """The Recorder's calls as no-ops: `archive.enabled = false` times training alone."""
+
+    recording = False
+
+    def resume(self) -> int:
+        return -1
+
+    def log(self, epoch: int, **metrics: float) -> None:
+        pass
+
+    def snapshot(self, epoch: int, **metrics: float) -> bool:
+        return False
+
+
+def archive_samples(archive: ArchiveReader) -> Samples:
+    """The recorded samples of a built-in run's archive."""
+    return Samples(archive.inputs, archive.labels, archive.dataset_index, archive.split)
 
 
 def _train_seed_process(args: tuple) -> SeedResult:
@@ -283,42 +231,38 @@ def _train_seed_process(args: tuple) -> SeedResult:
 
 def prepare_archive(cfg: ExperimentConfig, runs_dir: str | Path, force: bool = False) -> Path:
     """Create the run's archive, or check that an existing one belongs to this config."""
-    run_dir, archive_path, ckpt_root = run_paths(cfg, runs_dir)
+    paths = RunPaths.of(runs_dir, cfg.name)
     if force:
-        shutil.rmtree(archive_path, ignore_errors=True)
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-    if archive_path.exists():
-        reader = ArchiveReader(archive_path)
-        if reader.attrs["training_hash"] != cfg.training_hash():
+        shutil.rmtree(paths.archive, ignore_errors=True)
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    if paths.archive.exists():
+        reader = ArchiveReader(paths.archive)
+        if reader.attrs.get("training_hash") != cfg.training_hash():
             raise ArchiveError(
-                f"{archive_path} was trained with another configuration (hash "
-                f"{reader.attrs['training_hash']}, this config {cfg.training_hash()}): use "
+                f"{paths.archive} was trained with another configuration (hash "
+                f"{reader.attrs.get('training_hash')}, this config {cfg.training_hash()}): use "
                 "--force to retrain it, or give the experiment another `name`"
             )
-        _strip_consolidated(archive_path)
-        return archive_path
+        return paths.archive
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.input_shape, data.n_classes)
     samples = choose_samples(data, cfg.archive.samples_per_split, cfg.archive.sample_seed)
-    _, layers = model(torch.from_numpy(samples.inputs[:2]), record=True)
-    create_archive(archive_path, cfg, samples,
-                   {k: tuple(v.shape[1:]) for k, v in layers.items()},
-                   {k: tuple(p.shape) for k, p in state_arrays(model).items()},
-                   model.layer_parameters(), provenance())
-    return archive_path
-
-
-def _strip_consolidated(path: Path) -> None:
-    """Drop consolidated metadata before writing: it would go stale as seeds commit."""
-    meta_path = path / "zarr.json"
-    meta = json.loads(meta_path.read_text())
-    if meta.pop("consolidated_metadata", None) is not None:
-        atomic_write(meta_path, json.dumps(meta, indent=2).encode())
+    samples = Samples(samples.inputs.astype(np.float32), *[getattr(samples, f) for f in
+                                                           ("labels", "dataset_index", "split")])
+    spec = recording_spec(
+        model, match_layers(model, recorded_layers(model, cfg.model)), samples.inputs, samples.labels,
+        {name: np.flatnonzero(samples.split == code) for code, name in enumerate(SPLITS)}, cfg.name,
+        select={}, output_layer=None, epochs=snapshot_epochs(cfg.archive, cfg.train.n_epochs),
+        n_epochs=cfg.train.n_epochs, weights=cfg.archive.store_weights, gradients=True,
+        activation_dtype=cfg.archive.activation_dtype, dataset_index=samples.dataset_index,
+        model_spec=model_spec(cfg), extra={"config": cfg.to_dict(), "training_hash": cfg.training_hash()})
+    create_archive(paths.archive, spec, provenance())
+    return paths.archive
 
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", force: bool = False) -> int:
     """Train every seed of `cfg` not yet finished; returns a process exit code."""
-    _, archive_path, _ = run_paths(cfg, runs_dir)
+    archive_path = RunPaths.of(runs_dir, cfg.name).archive
     if not cfg.archive.enabled:
         raise ValueError("archive.enabled = false is for benchmarks only: nothing would be written")
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():

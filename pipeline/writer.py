@@ -37,6 +37,7 @@ class Commit:
     grad_mean: np.ndarray | None = None
     grad_std: np.ndarray | None = None
     checkpoint: bytes = b""
+    snapshot_epochs: list[int] | None = None  # the seed's committed epochs after this commit
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
@@ -51,9 +52,11 @@ def apply_commit(writer: SeedWriter, ckpt_dir: Path, commit: Commit) -> None:
     if index is not None:
         writer.write_snapshot(index, commit.activations, commit.weights, commit.grad_mean,
                               commit.grad_std)
-        atomic_write(ckpt_dir / f"snapshot_{index}.pt", commit.checkpoint)
+        if commit.checkpoint:
+            atomic_write(ckpt_dir / f"snapshot_{index}.pt", commit.checkpoint)
     writer.write_history(commit.history_first, commit.history)
-    writer.commit(commit.committed_snapshots, commit.history_through, commit.status, commit.message)
+    writer.commit(commit.committed_snapshots, commit.history_through, commit.status, commit.message,
+                  commit.snapshot_epochs)
     if index is not None:  # the last two checkpoints are enough to resume
         (ckpt_dir / f"snapshot_{index - 2}.pt").unlink(missing_ok=True)
 

@@ -5,15 +5,16 @@
     python -m stages.estimate --config configs/tiny.toml --scheduler synchronous     # no Dask
     python -m stages.estimate --config configs/szt_relu.toml --only kde_upper_1e-1 --seeds 0 1 \
         --splits all --every 4                                   # part of the cells
+    python -m stages.estimate --archive runs/mine/archive.zarr [--config estimators.toml]
 """
 
-from pipeline.cli import base_parser, run_stage
-from pipeline.config import load_config
-from pipeline.estimate import Selection, main
+from pipeline.cli import base_parser, guarded, run_stage
+from pipeline.config import load_config, load_estimators_config
+from pipeline.estimate import Selection, estimate_archive, main
 
 
 def cli() -> None:
-    parser = base_parser(__doc__.splitlines()[0], several_configs=True)
+    parser = base_parser(__doc__.splitlines()[0], several_configs=True, archive=True)
     parser.add_argument("--scheduler", default=None,
                         help="address of an existing Dask scheduler, or 'synchronous'")
     parser.add_argument("--scheduler-file", default=None, help="Dask scheduler file")
@@ -25,16 +26,25 @@ def cli() -> None:
     parser.add_argument("--every", type=int, default=1, metavar="K",
                         help="compute only every K-th snapshot (and the last)")
     args = parser.parse_args()
-    configs, args.config = args.config, args.config[0]
+    options = {"scheduler": args.scheduler, "scheduler_file": args.scheduler_file, "netcdf": args.netcdf}
+
+    def selection() -> Selection:
+        return Selection(only=args.only and tuple(args.only), seeds=args.seeds and tuple(args.seeds),
+                         splits=args.splits and tuple(args.splits), every=args.every)
+
+    if args.archive:  # the config, if any, holds [estimate] and [estimators.*] tables
+        def on_archive() -> int:
+            settings = (load_estimators_config(args.config[0], args.overrides) if args.config else None)
+            return estimate_archive(args.archive, settings, selection=selection(), **options)
+        guarded(on_archive)
+
+    configs = args.config or [None]
 
     def body(a, first_cfg) -> int:
-        selection = Selection(only=a.only and tuple(a.only), seeds=a.seeds and tuple(a.seeds),
-                              splits=a.splits and tuple(a.splits), every=a.every)
         codes = []
         for path in configs:  # every archive in turn; the first was loaded by run_stage
             cfg = first_cfg if path == configs[0] else load_config(path, a.overrides)
-            codes.append(main(cfg, a.runs, scheduler=a.scheduler, scheduler_file=a.scheduler_file,
-                              netcdf=a.netcdf, selection=selection))
+            codes.append(main(cfg, a.runs, selection=selection(), **options))
         return max(codes)
 
     run_stage(body, args)

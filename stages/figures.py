@@ -1,17 +1,24 @@
 """Draw information planes, comparisons and diagnostics of a run into figures/<run>/.
 
     python -m stages.figures --config configs/szt_tanh.toml [--seed-spread] [--figures figures]
+    python -m stages.figures --archive runs/mine/archive.zarr      # any archive, results beside it
 """
 
-from pipeline.cli import base_parser, run_stage
-from pipeline.report import main
+import matplotlib
+
+matplotlib.use("Agg")  # files only; the library leaves the backend to its caller
+
+from pipeline.cli import base_parser, guarded, run_stage  # noqa: E402
+from pipeline.report import main, report_archive  # noqa: E402
 
 
 def cli() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(__doc__.splitlines()[0], archive=True)
     parser.add_argument("--figures", default="figures", help="output root (figures/<run>/)")
     parser.add_argument("--seed-spread", action="store_true", help="error bars over seeds")
     args = parser.parse_args()
+    if args.archive:
+        guarded(lambda: report_archive(args.archive, args.figures, args.seed_spread))
     run_stage(lambda a, cfg: main(cfg, a.runs, a.figures, a.seed_spread), args)
 
 

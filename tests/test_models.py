@@ -3,6 +3,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.models import build_model, state_arrays
+from pipeline.record import capture, layer_layout
 
 CASES = [
     ("mlp", (12,), ["dense1", "dense2", "dense3", "dense4", "dense5", "softmax"],
@@ -18,29 +19,34 @@ CASES = [
 def test_recorded_layers(architecture, shape, names, shapes):
     n_classes = 2 if architecture == "mlp" else 10
     model = build_model(ModelConfig(architecture=architecture), shape, n_classes)
-    logits, layers = model(torch.rand(3, *shape), record=True)
-    assert list(layers) == names == model.layer_names
+    assert model.recorded_layers == names
+    x = torch.rand(3, *shape)
+    layers = capture(model, x, names)
+    assert list(layers) == names
     for name, expected in shapes.items():
-        assert tuple(layers[name].shape[1:]) == expected
-    torch.testing.assert_close(layers["softmax"], torch.softmax(logits, 1))
-    assert set(model.layer_parameters()) == set(names)
-    # every parameter belongs to exactly one recorded layer
-    owned = [p for ps in model.layer_parameters().values() for p in ps]
+        assert layers[name].shape[1:] == expected
+    model.eval()
+    torch.testing.assert_close(torch.from_numpy(layers["softmax"]), torch.softmax(model(x), 1))
+    layout = {spec.name: spec.parameters for spec in layer_layout(model, names, x)}
+    # every parameter belongs to exactly one recorded layer; the probabilities own the logits'
+    owned = [p for ps in layout.values() for p in ps]
     assert sorted(owned) == sorted(dict(model.named_parameters()))
+    assert all(p.startswith("logits.") for p in layout["softmax"])
     assert set(dict(model.named_parameters())) <= set(state_arrays(model))
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "linear", "softsign"])
 def test_mlp_activations(activation):
     model = build_model(ModelConfig(activation=activation, widths=(4,)), (12,), 2)
-    _, layers = model(torch.randn(50, 12) * 5, record=True)
-    h = layers["dense1"]
-    if activation == "tanh":
-        assert h.abs().max() <= 1
-    elif activation == "relu":
-        assert h.min() >= 0 and h.max() > 1  # never clipped
-    elif activation == "softsign":
-        assert h.abs().max() < 1
+    x = torch.randn(50, 12) * 5
+    h = capture(model, x, ["dense1"])["dense1"]
+    with torch.no_grad():
+        pre = model.dense1[1](x).numpy()  # the layer's affine map, before its non-linearity
+    expected = {"tanh": torch.tanh, "relu": torch.relu, "linear": lambda v: v,
+                "softsign": torch.nn.functional.softsign}[activation](torch.from_numpy(pre))
+    torch.testing.assert_close(torch.from_numpy(h), expected)
+    if activation == "relu":
+        assert h.max() > 1  # never clipped
 
 
 def test_noise_only_in_training_mode():

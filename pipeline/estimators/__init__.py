@@ -4,7 +4,9 @@
     information_plane(x, t, y, "binning", n_bins=30)    # {"I_XT": ..., "I_TY": ...} bits
     mutual_information(a, b, "ksg", k=5)                # bits; 1-D integer b = labels
 
-Methods: "binning", "kde", "renyi", "ksg", "compression" (one module each). `x`: inputs
+Methods: "binning", "kde", "renyi", "ksg", "compression" (one module each), registered with
+`register_estimator`; a method of one's own is registered the same way, or named in a config
+as an entry point `method = "package.module:function"`. `x`: inputs
 (n, ...); `t`: one layer's outputs (n, ...), any trailing shape; `y`: integer labels (n,).
 Unknown methods or parameters raise ValueError listing the valid ones; every method's defaults
 are the papers' (SCIENCE.md sections 3-7) and documented in its function's docstring.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,7 @@ from pipeline.estimators.compression import (
 from pipeline.estimators.kde import kde_information_plane
 from pipeline.estimators.knn import ksg_mutual_information
 from pipeline.estimators.renyi import renyi_information_plane, renyi_mutual_information
+from pipeline.registry import resolve_entry_point
 
 
 def ksg_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, k: int = 5,
@@ -60,34 +64,92 @@ def kde_mutual_information(a: np.ndarray, b: np.ndarray, noise_variance: float =
     return out["I_XT"]
 
 
-INFORMATION_PLANE: dict[str, Callable[..., dict[str, float]]] = {
-    "binning": binning_information_plane,
-    "kde": kde_information_plane,
-    "renyi": renyi_information_plane,
-    "ksg": ksg_information_plane,
-    "compression": compression_information_plane,
-}
-MUTUAL_INFORMATION: dict[str, Callable[..., float]] = {
-    "binning": binning_mutual_information,
-    "kde": kde_mutual_information,
-    "renyi": renyi_mutual_information,
-    "ksg": ksg_mutual_information,
-    "compression": compression_mutual_information,
-}
-METHODS = tuple(INFORMATION_PLANE)
+@dataclass(frozen=True)
+class Estimator:
+    """A registered estimator: its functions and what the estimate stage stores of it.
+
+    `outputs` maps each extra value the information-plane function returns (beyond I_XT and
+    I_TY) to its (long name, units): the stage stores one results variable per output. `carry`
+    maps an output to the parameter that receives it at the next epoch: with it, a layer's epochs
+    run in order as one chain (Renyi's smoothed kernel width), when `chained(params)` holds.
+    """
+
+    name: str
+    information_plane: Callable[..., dict[str, float]]
+    mutual_information: Callable[..., float] | None = None
+    outputs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    carry: dict[str, str] = field(default_factory=dict)
+    chained: Callable[[dict[str, Any]], bool] | None = None
+
+    def is_chain(self, params: dict[str, Any]) -> bool:
+        return bool(self.carry) and (self.chained is None or self.chained(params))
+
+
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(name: str, *, outputs: dict[str, tuple[str, str]] | None = None,
+                       carry: dict[str, str] | None = None,
+                       chained: Callable[[dict[str, Any]], bool] | None = None,
+                       mutual_information: Callable[..., float] | None = None):
+    """Decorator: register an information-plane function `(x, t, y, **params) -> {"I_XT", "I_TY",
+    ...}` under `name`, so `method = name` in a config runs it like the built-ins."""
+    def add(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+        if ":" in name:
+            raise ValueError(f"estimator name {name!r} may not hold ':' (entry points do)")
+        estimator = Estimator(name, fn, mutual_information, dict(outputs or {}), dict(carry or {}), chained)
+        ESTIMATORS[name] = estimator
+        fn.infoplane_estimator = estimator  # an entry point naming `fn` finds its declaration
+        return fn
+    return add
+
+
+def get_estimator(method: str) -> Estimator:
+    """A registered estimator, or the function an entry point `package.module:function` names."""
+    if ":" in method:
+        fn = resolve_entry_point(method)
+        return getattr(fn, "infoplane_estimator", None) or Estimator(method, fn)
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(ESTIMATORS)} "
+                         "(or an entry point 'package.module:function')")
+    return ESTIMATORS[method]
+
+
+_SPREADS = {"I_XT_std": ("spread of I(X;T) over batches", "bits"),
+            "I_TY_std": ("spread of I(T;Y) over batches", "bits")}
+register_estimator("binning", mutual_information=binning_mutual_information)(binning_information_plane)
+register_estimator("kde", mutual_information=kde_mutual_information)(kde_information_plane)
+register_estimator(
+    "renyi", mutual_information=renyi_mutual_information,
+    outputs={**_SPREADS, "sigma_t": ("kernel width used for the layer (Renyi)", "1")},
+    carry={"sigma_t": "sigma_prev"},  # the searched width is smoothed from epoch to epoch
+    chained=lambda params: isinstance(params.get("sigma_t", "alignment"), str),
+)(renyi_information_plane)
+register_estimator("ksg", mutual_information=ksg_mutual_information)(ksg_information_plane)
+register_estimator("compression", mutual_information=compression_mutual_information)(
+    compression_information_plane)
+METHODS = tuple(ESTIMATORS)
+
+
+def _function(method: str, kind: str) -> Callable[..., Any]:
+    estimator = get_estimator(method)
+    fn = estimator.information_plane if kind == "information_plane" else estimator.mutual_information
+    if fn is None:
+        raise ValueError(f"method {method!r} has no mutual_information function; use information_plane")
+    return fn
 
 
 def parameters(method: str, kind: str = "information_plane") -> dict[str, Any]:
     """The parameters of `method` and their defaults."""
-    table = INFORMATION_PLANE if kind == "information_plane" else MUTUAL_INFORMATION
-    if method not in table:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(table)}")
-    signature = inspect.signature(table[method])
+    signature = inspect.signature(_function(method, kind))
     return {name: p.default for name, p in list(signature.parameters.items())
             if p.default is not inspect.Parameter.empty}
 
 
 def check_parameters(method: str, params: dict[str, Any], kind: str = "information_plane") -> None:
+    signature = inspect.signature(_function(method, kind))
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return  # a function taking **params checks them itself
     valid = parameters(method, kind)
     unknown = sorted(set(params) - set(valid))
     if unknown:
@@ -99,14 +161,14 @@ def information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, method: str,
                       **params: Any) -> dict[str, float]:
     """I(X;T) and I(T;Y) in bits for one layer; some methods add spreads and widths."""
     check_parameters(method, params)
-    return INFORMATION_PLANE[method](x, t, y, **params)
+    return get_estimator(method).information_plane(x, t, y, **params)
 
 
 def mutual_information(a: np.ndarray, b: np.ndarray, method: str, **params: Any) -> float:
     """I(A;B) in bits; a 1-D integer `b` means discrete labels."""
     check_parameters(method, params, kind="mutual_information")
-    return float(MUTUAL_INFORMATION[method](a, b, **params))
+    return float(_function(method, "mutual_information")(a, b, **params))
 
 
 __all__ = ["information_plane", "mutual_information", "parameters", "check_parameters", "METHODS",
-           "as_labels", "as_samples"]
+           "Estimator", "ESTIMATORS", "register_estimator", "get_estimator", "as_labels", "as_samples"]

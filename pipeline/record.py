@@ -1,0 +1,507 @@
+"""Record any `torch.nn.Module`, trained by any loop, into an infoplane archive.
+
+    from pipeline.record import Recorder
+    with Recorder("runs/my_run/archive.zarr", model, layers=["features.*", "head"],
+                  inputs=x_probe, labels=y_probe, splits={"train": idx_tr, "test": idx_te},
+                  seed=0, name="my_run") as rec:
+        for epoch in range(n_epochs):
+            ...                                   # your own training step(s)
+            rec.snapshot(epoch, loss=train_loss)  # probe forward pass; hooks capture the layers
+
+Layers are module names of `model.named_modules()`, exact or glob: `*` matches within one
+dotted segment, `**` any number of segments (`"blocks.*"` are the direct children of `blocks`).
+They are recorded in `named_modules()` order, each by a forward hook that exists only during
+the probe pass, so training pays nothing. A module returning a tuple or list records its first
+element; `select={"layer": key}` picks another element or a dict entry. The last recorded layer
+is the output layer unless `output_layer=` names another. Each layer's parameters (for gradient
+statistics and Fisher information) are those of the modules that run after the previous
+recorded layer and up to it, in the probe pass's execution order.
+
+Snapshots go through the archive's writer process (pipeline.writer): a snapshot is committed
+after all its chunks, the history rows and, when an `optimizer` is given, a resume checkpoint.
+A restarted script resumes: `rec.resume()` restores model, optimizer and RNG states and returns
+the last committed epoch, and `rec.snapshot` on an epoch already committed does nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import math
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.archive import (
+    HISTORY_VARIABLES,
+    ArchiveError,
+    ArchiveReader,
+    ArchiveSpec,
+    LayerSpec,
+    SeedWriter,
+    create_archive,
+    prepare_for_writing,
+)
+from pipeline.models import state_arrays
+from pipeline.provenance import provenance
+from pipeline.runs import RunPaths
+from pipeline.writer import Commit, WriterProcess, lock_seed
+
+PROBE_BATCH = 2048
+METRIC_ALIASES = {"loss": "loss_train", "accuracy": "accuracy_train"}
+
+
+class RecordError(ValueError):
+    """A layer pattern, a module output or a recorder argument cannot be used; says which."""
+
+
+def match_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Module names matching `patterns` (exact or glob), in `named_modules()` order."""
+    names = [name for name, _ in model.named_modules() if name]
+    chosen = set()
+    for pattern in patterns:
+        hits = [n for n in names if _glob(pattern.split("."), n.split("."))]
+        if not hits:
+            raise RecordError(f"layer pattern {pattern!r} matches no module; modules are "
+                              + ", ".join(names[:40]) + (" ..." if len(names) > 40 else ""))
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
+def _glob(pattern: list[str], name: list[str]) -> bool:
+    if not pattern:
+        return not name
+    if pattern[0] == "**":
+        return any(_glob(pattern[1:], name[i:]) for i in range(len(name) + 1))
+    return bool(name) and fnmatch.fnmatchcase(name[0], pattern[0]) and _glob(pattern[1:], name[1:])
+
+
+def _select(module_name: str, output: Any, key: int | str | None) -> torch.Tensor:
+    """The recorded tensor of one module's output (a tensor, a tuple/list element, a dict entry)."""
+    if key is None and isinstance(output, tuple | list):
+        key = 0
+    if key is not None:
+        try:
+            output = output[key]
+        except (KeyError, IndexError, TypeError):
+            raise RecordError(f"module {module_name!r}: its output {type(output).__name__} has no "
+                              f"element {key!r}; set select={{{module_name!r}: <index or key>}}") from None
+    if isinstance(output, dict):
+        raise RecordError(f"module {module_name!r} returns a dict with keys {list(output)}; set "
+                          f"select={{{module_name!r}: <key>}} to record one of them")
+    if not isinstance(output, torch.Tensor):
+        raise RecordError(f"module {module_name!r} returns {type(output).__name__}, not a tensor; "
+                          "record a module that returns one, or select an element")
+    return output
+
+
+class _Hooks:
+    """Forward hooks on the recorded modules (and, for the layout, on every parameter owner)."""
+
+    def __init__(self, model: nn.Module, layers: list[str], select: dict[str, int | str],
+                 trace_parameters: bool = False):
+        modules = dict(model.named_modules())
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.events: list[tuple[str, str]] = []  # ("parameters" | "layer", module name)
+        self.handles = []
+        if trace_parameters:
+            for name, module in modules.items():
+                if any(True for _ in module.parameters(recurse=False)):
+                    self.handles.append(module.register_forward_hook(self._trace(name)))
+        for name in layers:
+            self.handles.append(modules[name].register_forward_hook(self._capture(name, select.get(name))))
+
+    def _trace(self, name: str):
+        def hook(module, args, output):
+            self.events.append(("parameters", name))
+        return hook
+
+    def _capture(self, name: str, key: int | str | None):
+        def hook(module, args, output):
+            if name in self.outputs:
+                raise RecordError(f"module {name!r} ran twice in one forward pass; record a module "
+                                  "that runs once (e.g. its parent block)")
+            self.outputs[name] = _select(name, output, key).detach()
+            self.events.append(("layer", name))
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _forward(model: nn.Module, batch: torch.Tensor | Any) -> None:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def tensor(x: Any) -> Any:
+        return torch.from_numpy(x).to(device) if isinstance(x, np.ndarray) else x
+    model(*map(tensor, batch)) if isinstance(batch, tuple) else model(tensor(batch))
+
+
+def layer_layout(model: nn.Module, layers: list[str], probe: Any,
+                 select: dict[str, int | str] | None = None) -> list[LayerSpec]:
+    """Shape and producing parameters of each layer, from one probe forward pass."""
+    hooks = _Hooks(model, layers, select or {}, trace_parameters=True)
+    modules = dict(model.named_modules())
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            _forward(model, probe)
+    finally:
+        hooks.remove()
+        model.train(was_training)
+    missing = [name for name in layers if name not in hooks.outputs]
+    if missing:
+        raise RecordError(f"modules {missing} did not run in the forward pass; record modules the "
+                          "model's forward calls")
+    owned: dict[str, list[str]] = {}
+    pending: list[str] = []
+    taken: set[str] = set()
+    for kind, name in hooks.events:
+        if kind == "parameters":
+            pending += [f"{name}.{p}" for p, _ in modules[name].named_parameters(recurse=False)]
+        else:
+            owned[name] = [p for p in dict.fromkeys(pending) if p not in taken]
+            taken.update(owned[name])
+            pending = []
+    return [LayerSpec(name, name, tuple(hooks.outputs[name].shape[1:]), tuple(owned[name]))
+            for name in layers]
+
+
+def _batches(inputs: Any, size: int) -> Iterable[Any]:
+    n = len(inputs[0]) if isinstance(inputs, tuple) else len(inputs)
+    for start in range(0, n, size):
+        yield (tuple(x[start:start + size] for x in inputs) if isinstance(inputs, tuple)
+               else inputs[start:start + size])
+
+
+@torch.no_grad()
+def capture(model: nn.Module, inputs: Any, layers: list[str], select: dict[str, int | str] | None = None,
+            batch_size: int = PROBE_BATCH) -> dict[str, np.ndarray]:
+    """Every layer's output for `inputs` in evaluation mode, as float32 numpy arrays.
+
+    The model's training mode is restored afterwards; nothing else about it changes.
+    """
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    try:
+        for batch in _batches(inputs, batch_size):
+            hooks = _Hooks(model, layers, select or {})
+            try:
+                _forward(model, batch)
+            finally:
+                hooks.remove()
+            for name in layers:
+                parts[name].append(hooks.outputs[name].float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+class GradientStats:
+    """Per recorded layer: ||E_batch g||_2 and sqrt(tr Cov_batch g) over the batches seen."""
+
+    def __init__(self, model: nn.Module, layer_parameters: dict[str, list[str]]):
+        named = dict(model.named_parameters())
+        self.groups = {layer: [named[p] for p in params if p in named]
+                       for layer, params in layer_parameters.items()}
+        self.reset()
+
+    def reset(self) -> None:
+        self.sum = {k: [torch.zeros_like(p) for p in ps] for k, ps in self.groups.items()}
+        self.sum_sq = {k: [torch.zeros_like(p) for p in ps] for k, ps in self.groups.items()}
+        self.n_batches = 0
+
+    def update(self) -> None:
+        self.n_batches += 1
+        for layer, params in self.groups.items():
+            for p, s, s2 in zip(params, self.sum[layer], self.sum_sq[layer], strict=True):
+                if p.grad is not None:
+                    s += p.grad
+                    s2 += p.grad * p.grad
+
+    def result(self, layers: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        mean, std = np.full(len(layers), np.nan), np.full(len(layers), np.nan)
+        if self.n_batches == 0:
+            return mean, std
+        for i, layer in enumerate(layers):
+            if not self.groups.get(layer):
+                continue
+            # Reduce in numpy float64: torch's threaded sums would vary with the thread count.
+            s = np.concatenate([t.detach().cpu().double().numpy().ravel() for t in self.sum[layer]])
+            s2 = np.concatenate([t.detach().cpu().double().numpy().ravel()
+                                 for t in self.sum_sq[layer]])
+            m = s / self.n_batches
+            mean[i] = math.sqrt(float(np.dot(m, m)))
+            std[i] = math.sqrt(float(np.clip(s2 / self.n_batches - m * m, 0, None).sum()))
+        return mean, std
+
+
+def _as_array(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def split_codes(n: int, splits: dict[str, Any] | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """One code per sample from `{name: indices}`; the splits must partition the samples."""
+    if not splits:
+        return np.zeros(n, dtype=np.int8), ("all",)
+    if "all" in splits:
+        raise RecordError("splits: 'all' is reserved (it means every recorded sample)")
+    codes = np.full(n, -1, dtype=np.int8)
+    for code, (name, index) in enumerate(splits.items()):
+        index = _as_array(index).astype(np.int64)
+        if (codes[index] >= 0).any():
+            raise RecordError(f"splits: samples of {name!r} are also in another split")
+        codes[index] = code
+    if (codes < 0).any():
+        raise RecordError(f"splits: {int((codes < 0).sum())} samples are in no split; every "
+                          "recorded sample must be in exactly one")
+    return codes, tuple(splits)
+
+
+def _metrics(values: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for key, value in values.items():
+        name = METRIC_ALIASES.get(key, key)
+        if name not in HISTORY_VARIABLES:
+            raise RecordError(f"unknown metric {key!r}; record one of {list(HISTORY_VARIABLES)} "
+                              f"(or the aliases {list(METRIC_ALIASES)})")
+        out[name] = float(value)
+    return out
+
+
+def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any,
+                   splits: dict[str, Any] | None, name: str, *, select: dict[str, int | str],
+                   output_layer: str | None,
+                   epochs: Sequence[int], n_epochs: int, weights: bool, gradients: bool,
+                   activation_dtype: str, dataset_index: Any, model_spec: dict[str, Any] | None,
+                   extra: dict[str, Any]) -> ArchiveSpec:
+    """The archive root of a recording (see Recorder for the arguments), from one probe pass."""
+    layout = layer_layout(model, layers, next(iter(_batches(inputs, 2))), select)
+    stored = _as_array(inputs[0] if isinstance(inputs, tuple) else inputs)
+    n = len(stored)
+    labels = None if labels is None else _as_array(labels).astype(np.int64)
+    if labels is not None and labels.shape != (n,):
+        raise RecordError(f"labels: expected shape ({n},), one per input, got {labels.shape}")
+    codes, split_names = split_codes(n, splits)
+    index = np.arange(n) if dataset_index is None else _as_array(dataset_index).astype(np.int64)
+    return ArchiveSpec(
+        name=name, inputs=stored, labels=labels, split=codes, split_names=split_names,
+        dataset_index=index, layers=tuple(layout), output_layer=output_layer or layers[-1],
+        parameters={k: tuple(v.shape) for k, v in state_arrays(model).items()},
+        epochs=np.asarray(epochs, dtype=np.int64), n_epochs=n_epochs, weights=weights,
+        gradients=gradients, activation_dtype=activation_dtype, model=model_spec, extra=extra)
+
+
+class Recorder:
+    """Writes one seed's snapshots of `model` into the archive at `path` (see the module docstring).
+
+    Parameters
+    ----------
+    path : archive.zarr path; created on first use, reopened (and checked) on resume.
+    model : the network; it is only read (probe passes in eval mode, mode restored).
+    layers : module names or globs; `select` picks an element of tuple or dict outputs.
+    inputs, labels : the probe samples (tensor, array, or a tuple of tensors for several
+        forward arguments) and their integer labels (None: no I(T;Y) can be estimated).
+    splits : `{name: indices}` partitioning the samples; None: one split, "all".
+    epochs, n_epochs : the planned snapshot epochs and training length, when known (arrays are
+        then allocated once; otherwise they grow).
+    weights, gradients : record the parameters at each snapshot (Fisher information) and, via
+        `gradient_step()` after each `backward()`, the gradients' mean and spread.
+    optimizer, generators : with an optimizer, each commit stores a checkpoint that `resume()`
+        restores (model, optimizer, torch RNG, and these `torch.Generator`s).
+    model_spec : how the Fisher estimator rebuilds the model: `{"factory": "pkg.module:fn",
+        "config": {...}}` (pipeline.models' factory signature); None: Fisher is skipped.
+    """
+
+    def __init__(self, path: str | Path, model: nn.Module, layers: Sequence[str], inputs: Any,
+                 labels: Any = None, splits: dict[str, Any] | None = None, seed: int = 0,
+                 name: str | None = None, *, output_layer: str | None = None,
+                 select: dict[str, int | str] | None = None, epochs: Sequence[int] = (),
+                 n_epochs: int = 0, weights: bool = False, gradients: bool = False,
+                 optimizer: torch.optim.Optimizer | None = None,
+                 generators: Sequence[torch.Generator] = (), activation_dtype: str = "float32",
+                 dataset_index: Any = None, model_spec: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None, batch_size: int = PROBE_BATCH):
+        self.paths = RunPaths.from_archive(path)
+        self.model, self.seed, self.select = model, int(seed), dict(select or {})
+        self.optimizer, self.generators, self.batch_size = optimizer, list(generators), batch_size
+        self.inputs = inputs
+        self.layers = match_layers(model, layers)
+        if output_layer is not None and output_layer not in self.layers:
+            raise RecordError(f"output_layer {output_layer!r} is not among the recorded layers {self.layers}")
+        if activation_dtype not in ("float32", "float16"):
+            raise RecordError(f"activation_dtype: 'float32' or 'float16', got {activation_dtype!r}")
+        self.float16 = activation_dtype == "float16"
+        self.spec = recording_spec(
+            model, self.layers, inputs, labels, splits, name or self.paths.name, select=self.select,
+            output_layer=output_layer, epochs=epochs, n_epochs=n_epochs, weights=weights,
+            gradients=gradients, activation_dtype=activation_dtype, dataset_index=dataset_index,
+            model_spec=model_spec, extra=extra or {})
+        self._open_archive()
+        layer_parameters = {x.name: list(x.parameters) for x in self.spec.layers}
+        self.gradients = GradientStats(model, layer_parameters) if gradients else None
+        self._lock = lock_seed(self.paths.seed_checkpoints(self.seed), "trainer", wait=False)
+        self._writer: WriterProcess | None = None
+        seed_writer = SeedWriter(self.paths.archive, self.seed)
+        self.status = seed_writer.status
+        self._epochs = seed_writer.committed_epochs[:seed_writer.committed]
+        self._history: dict[int, dict[str, float]] = {}
+        self._history_through = seed_writer.history_through
+        self._closed = False
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _open_archive(self) -> None:
+        """Create the archive, or check that the existing one records the same thing."""
+        path = self.paths.archive
+        if not path.exists():
+            create_archive(path, self.spec, provenance())
+            return
+        existing = ArchiveReader(path).attrs
+        if "recording_hash" not in existing:
+            raise ArchiveError(f"{path} has archive schema {existing['schema_version']}, which this "
+                               "release reads but does not extend: retrain with --force, or record "
+                               "into another path")
+        if existing.get("recording_hash") != self.spec.recording_hash():
+            raise ArchiveError(f"{path} was recorded with other inputs, layers or parameters: "
+                               "delete it to record afresh, or record into another path")
+        prepare_for_writing(path)
+
+    # -- the loop's calls ---------------------------------------------------------------------
+    @property
+    def committed_epochs(self) -> list[int]:
+        return list(self._epochs)
+
+    recording = True
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("finished", "diverged")
+
+    def resume(self) -> int:
+        """Restore the last checkpoint (with an optimizer); returns its epoch, -1 if none."""
+        if not self._epochs:
+            return -1
+        if self.optimizer is None:
+            return self._epochs[-1]
+        ckpt_path = self.paths.seed_checkpoints(self.seed) / f"snapshot_{len(self._epochs) - 1}.pt"
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        for generator, state in zip(self.generators, ckpt["generators"], strict=True):
+            generator.set_state(state)
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        return int(ckpt["epoch"])
+
+    def gradient_step(self) -> None:
+        """Call after each `loss.backward()` to record the gradients' mean and spread."""
+        if self.gradients is None:
+            raise RecordError("gradient_step: open the Recorder with gradients=True")
+        self.gradients.update()
+
+    def log(self, epoch: int, **metrics: float) -> None:
+        """History of one epoch (loss_train, loss_test, accuracy_train, accuracy_test)."""
+        if epoch > self._history_through:
+            self._history.setdefault(int(epoch), {}).update(_metrics(metrics))
+
+    def snapshot(self, epoch: int, **metrics: float) -> bool:
+        """Record every layer on the probe inputs at `epoch`; False if already committed."""
+        if self.finished or (self._epochs and epoch <= self._epochs[-1]):
+            return False
+        if metrics:
+            self.log(epoch, **metrics)
+        acts = capture(self.model, self.inputs, self.layers, self.select, self.batch_size)
+        if self.float16:
+            acts = {k: v.astype(np.float16) for k, v in acts.items()}
+        weights = ({k: v.detach().float().cpu().numpy().copy() for k, v in state_arrays(self.model).items()}
+                   if self.spec.weights else {})
+        grads = (None, None)
+        if self.gradients is not None:
+            grads = self.gradients.result(self.layers)
+            self.gradients.reset()
+        index = len(self._epochs)
+        self._epochs.append(int(epoch))
+        self._submit(Commit(index + 1, -1, 0, {}, snapshot_index=index, activations=acts,
+                            weights=weights, grad_mean=grads[0], grad_std=grads[1],
+                            checkpoint=self._checkpoint(epoch, index), snapshot_epochs=list(self._epochs)),
+                     epoch)
+        return True
+
+    def close(self, status: str = "finished", message: str = "") -> None:
+        """Commit the remaining history with the seed's final status, and stop the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self.finished:
+                last = max([self._history_through, *self._history])
+                self._submit(Commit(len(self._epochs), -1, 0, {}, status=status, message=message,
+                                    snapshot_epochs=list(self._epochs)), last)
+                self.status = status
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            os.close(self._lock)
+        if self.status == "finished":  # a finished seed never resumes
+            shutil.rmtree(self.paths.seed_checkpoints(self.seed), ignore_errors=True)
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self._closed:  # leave the seed resumable: nothing after the last commit counts
+            self._closed = True
+            self._stop()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _checkpoint(self, epoch: int, index: int) -> bytes:
+        if self.optimizer is None:
+            return b""
+        buffer = io.BytesIO()
+        cuda = next((p.device for p in self.model.parameters() if p.device.type == "cuda"), None)
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "generators": [g.get_state() for g in self.generators],
+                    "cuda_rng": torch.cuda.get_rng_state(cuda) if cuda is not None else None,
+                    "epoch": int(epoch), "snapshot_index": index}, buffer)
+        return buffer.getvalue()
+
+    def _submit(self, commit: Commit, through: int) -> None:
+        """Attach the history rows up to `through` to `commit` and queue it."""
+        first = self._history_through + 1
+        rows = {var: np.full(max(through - first + 1, 0), np.nan) for var in HISTORY_VARIABLES}
+        for epoch in [e for e in self._history if e <= through]:
+            for var, value in self._history.pop(epoch).items():
+                rows[var][epoch - first] = value
+        used = [var for var in rows if np.isfinite(rows[var]).any() or len(rows[var]) == 0]
+        commit.history = {var: rows[var] for var in used} if used else {}
+        commit.history_first, commit.history_through = first, max(through, self._history_through)
+        self._history_through = commit.history_through
+        if self._writer is None:
+            self._writer = WriterProcess(self.paths.archive, self.seed,
+                                         self.paths.seed_checkpoints(self.seed), _nbytes(commit))
+        self._writer.submit(commit)
+
+
+def _nbytes(commit: Commit) -> int:
+    arrays = [*commit.activations.values(), *commit.weights.values()]
+    return sum(a.nbytes for a in arrays) + len(commit.checkpoint)
