@@ -40,14 +40,14 @@ all: $(STAMP)
 	@if [ -f stages/figures.py ]; then $(MAKE) figures; fi
 
 test: $(STAMP)
-	$(PY) -m ruff check pipeline stages tests benchmarks
+	$(PY) -m ruff check pipeline stages tests benchmarks examples
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 lint: $(STAMP)
-	$(PY) -m ruff check pipeline stages tests benchmarks
+	$(PY) -m ruff check pipeline stages tests benchmarks examples
 
 # The seven experiments of docs/results.md exactly as run there (about 3 h on 2 cores), then
 # `make findings` writes every number and copies every figure into docs/results.md. KDE and the

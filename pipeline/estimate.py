@@ -31,7 +31,7 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.archive import ArchiveError, ArchiveReader
-from pipeline.config import ConfigError, EstimateConfig, EstimatorsConfig, ExperimentConfig
+from pipeline.config import ConfigError, EstimateConfig, EstimatorsConfig, ExperimentConfig, validate_estimate
 from pipeline.estimators import Estimator, get_estimator
 from pipeline.provenance import provenance
 from pipeline.results import (
@@ -315,8 +315,13 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: s
 
 def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | None = None,
                      scheduler: str | None = None, scheduler_file: str | None = None,
-                     netcdf: bool = False, selection: Selection = Selection()) -> int:
+                     netcdf: bool = False, selection: Selection = Selection(),
+                     estimators: dict[str, dict[str, Any]] | None = None) -> int:
     """Compute every missing cell of the results store beside an archive; returns an exit code.
+
+    `settings` holds the [estimate] and [estimators.*] tables (default: every method with its
+    papers' parameters); `estimators` alone replaces the entries, e.g.
+    `estimators={"binning": {"method": "binning", "n_bins": 30}}`.
 
     `scheduler="synchronous"` runs the tasks in this process, one after another (reference
     results, debugging); otherwise a Dask cluster does. A `selection` restricts this run to part
@@ -324,6 +329,9 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     """
     paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
     settings = settings or EstimatorsConfig()
+    if estimators is not None:
+        validate_estimate(settings.estimate, estimators)
+        settings = EstimatorsConfig(settings.estimate, estimators)
     archive = ArchiveReader(paths.archive)
     if not archive.seeds:
         raise ArchiveError(f"{paths.archive} holds no seed yet: let training commit a snapshot")
@@ -355,9 +363,9 @@ def fisher_skipped(archive: ArchiveReader, settings: EstimateConfig) -> str | No
         return None
     missing = [what for what, ok in (("weights", archive.parts["weights"]),
                                      ("labels", archive.parts["labels"]),
-                                     ("a model factory", archive.attrs.get("model") is not None)) if not ok]
+                                     ("model factory", archive.attrs.get("model") is not None)) if not ok]
     if missing:
-        return (f"Fisher information skipped: the archive has no {' and no '.join(missing)} "
+        return (f"Fisher information skipped: the archive records no {', no '.join(missing)} "
                 "(Recorder(weights=True, model_spec=...) records them)")
     return None
 

@@ -199,7 +199,8 @@ def training_figure(histories: list[dict[str, np.ndarray]]) -> tuple[Figure, int
         if stop is not None:
             ax.axvline(stop + 1, color="crimson", lw=0.8, ls="--", label=f"early stopping (epoch {stop})")
         ax.set(xscale="log", xlabel="epoch + 1", ylabel=label)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(f"training curves, mean of {len(histories)} seed(s)", fontsize=9)
     fig.tight_layout()
     return fig, stop

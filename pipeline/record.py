@@ -9,7 +9,8 @@
             rec.snapshot(epoch, loss=train_loss)  # probe forward pass; hooks capture the layers
 
 Layers are module names of `model.named_modules()`, exact or glob: `*` matches within one
-dotted segment, `**` any number of segments (`"blocks.*"` are the direct children of `blocks`).
+dotted segment, `**` zero or more whole segments (`"blocks.*"` are the direct children of
+`blocks`, `"**.proj"` every module called `proj`).
 They are recorded in `named_modules()` order, each by a forward hook that exists only during
 the probe pass, so training pays nothing. A module returning a tuple or list records its first
 element; `select={"layer": key}` picks another element or a dict entry. The last recorded layer

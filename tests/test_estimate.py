@@ -211,7 +211,8 @@ def test_figures_from_partial_results(runs, tmp_path):
     assert (out / "training.png").exists() and (out / "gradients.png").exists()
     assert "no results store" in report
     bad = {"binning_10": ESTIMATORS["binning_10"], "broken": {"method": "ksg", "k": 100000}}
-    estimate(config(**bad), runs, scheduler="synchronous")
+    with pytest.warns(UserWarning, match="NaN stored: broken seed 0 all epoch 0 dense1: k must be"):
+        estimate(config(**bad), runs, scheduler="synchronous")
     figures(config(**bad), runs, tmp_path)
     report = (out / "index.html").read_text()
     assert "estimator broken: every value is NaN" in report

@@ -1,0 +1,336 @@
+"""The Recorder on a researcher's own network and loop, through every stage; archive schemas."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from torch import nn
+
+from pipeline.archive import ArchiveError, ArchiveReader
+from pipeline.config import EstimatorsConfig
+from pipeline.estimate import DEFAULT_ESTIMATORS, estimate_archive
+from pipeline.estimators import information_plane
+from pipeline.record import Recorder, RecordError, capture, layer_layout, match_layers
+from pipeline.report import report_archive
+from tests.helpers import ROOT, TINY, assert_same_arrays, group_arrays, run_stage, tiny_config
+from tests.own_models import Tower, blobs, gaussian_information_plane
+
+LAYERS = ["stem", "block.pair", "head"]
+
+
+# ---------------------------------------------------------------- choosing and capturing layers
+def test_layer_patterns_match_module_names_by_segment():
+    model = Tower()
+    assert match_layers(model, ["head"]) == ["head"]
+    assert match_layers(model, ["stem.*"]) == ["stem.0", "stem.1"]  # direct children only
+    assert match_layers(model, ["block.*.*"]) == ["block.pair.proj"]
+    assert match_layers(model, ["**.proj"]) == ["block.pair.proj"]  # ** spans zero or more segments
+    assert match_layers(model, ["block.**"]) == ["block", "block.flat", "block.pair", "block.pair.proj"]
+    assert match_layers(model, ["head", "stem"]) == ["stem", "head"]  # model order, not pattern order
+    with pytest.raises(RecordError, match="'nope' matches no module; modules are stem, stem.0"):
+        match_layers(model, ["nope"])
+
+
+def test_tuple_outputs_record_their_first_element_or_the_selected_one():
+    model = Tower().eval()
+    x = torch.from_numpy(blobs(8)[0])
+    out = capture(model, x, ["block.pair"])["block.pair"]
+    with torch.no_grad():
+        h = model.block["flat"](model.stem(x))
+        features, gate = model.block["pair"](h)
+    np.testing.assert_array_equal(out, features.numpy())
+    second = capture(model, x, ["block.pair"], select={"block.pair": 1})["block.pair"]
+    np.testing.assert_array_equal(second, gate.numpy())
+
+
+def test_dict_and_non_tensor_outputs_name_the_module():
+    class DictOut(nn.Module):
+        def forward(self, x):
+            return {"a": x, "b": 2 * x}
+
+    model = nn.Sequential(DictOut())
+    with pytest.raises(RecordError, match="module '0' returns a dict with keys \\['a', 'b'\\]; set select"):
+        capture(model, torch.ones(2, 3), ["0"])
+    np.testing.assert_array_equal(capture(model, torch.ones(2, 3), ["0"], select={"0": "b"})["0"],
+                                  np.full((2, 3), 2.0, dtype=np.float32))
+
+
+def test_each_layer_owns_the_parameters_run_since_the_previous_layer():
+    model = Tower()
+    layout = {s.name: s for s in layer_layout(model, LAYERS, torch.from_numpy(blobs(2)[0]))}
+    assert layout["stem"].shape == (3, 6, 6) and layout["block.pair"].shape == (108,)
+    assert layout["stem"].parameters == ("stem.0.weight", "stem.0.bias")
+    assert layout["block.pair"].parameters == ("block.pair.proj.weight", "block.pair.proj.bias")
+    assert layout["head"].parameters == ("head.weight", "head.bias")
+
+
+def test_capture_restores_the_training_mode():
+    model = Tower().train()
+    capture(model, torch.from_numpy(blobs(4)[0]), ["head"])
+    assert model.training
+
+
+# ---------------------------------------------------------------- a hand-written loop, every stage
+def train_tower(path, epochs=3, seed=0, **options):
+    """A plain training loop of the test's own network, recorded every epoch."""
+    x, y = blobs(240)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    torch.manual_seed(seed)
+    model = Tower()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    kwargs = {"labels": y, "splits": {"train": np.arange(180), "test": np.arange(180, 240)}, **options}
+    with Recorder(path, model, LAYERS, x, seed=seed, name="tower", **kwargs) as rec:
+        rec.snapshot(0)
+        for epoch in range(1, epochs + 1):
+            for batch in torch.arange(180).split(60):
+                loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                if rec.gradients is not None:
+                    rec.gradient_step()
+                optimizer.step()
+            rec.snapshot(epoch, loss=loss.item())
+    return model
+
+
+@pytest.mark.slow
+def test_own_network_through_every_stage(tmp_path):
+    path = tmp_path / "tower" / "archive.zarr"
+    model = train_tower(path, weights=True, gradients=True,
+                        model_spec={"factory": "tests.own_models:build", "config": {}})
+    archive = ArchiveReader(path)
+    assert archive.layers == LAYERS and archive.output_layer == "head"
+    assert archive.layer_shapes["stem"] == (3, 6, 6) and archive.split_names == ("train", "test")
+    assert archive.committed_epochs(0).tolist() == [0, 1, 2, 3]
+    assert archive.history(0)["loss_train"].shape == (4,) and np.isnan(archive.history(0)["loss_train"][0])
+    np.testing.assert_array_equal(archive.activations(0, "head", 3),
+                                  capture(model, torch.from_numpy(blobs(240)[0]), ["head"])["head"])
+    g_mean, g_std = archive.gradient_stats(0)
+    assert np.isnan(g_mean[0]).all() and (g_mean[1:] > 0).all() and (g_std[1:] > 0).all()
+    state = archive.weights(0, 3)
+    np.testing.assert_array_equal(state["head.weight"], model.head.weight.detach().numpy())
+
+    entries = {**DEFAULT_ESTIMATORS, "gaussian": {"method": "gaussian"}}
+    assert estimate_archive(path, EstimatorsConfig(estimators=entries), scheduler="synchronous") == 0
+    ds = xr.open_zarr(tmp_path / "tower" / "estimates.zarr").load()
+    assert bool(ds.done.all()) and np.isfinite(ds.I_XT).all() and np.isfinite(ds.I_TY).all()
+    assert np.isfinite(ds.fisher_trace).all() and (ds.fisher_trace > 0).all()
+    # the registered estimator's values are its function's, and its carried state chains epochs
+    index = archive.split_index("test")
+    direct = gaussian_information_plane(archive.inputs[index], archive.activations(0, "stem", 2)[index],
+                                        archive.labels[index], calls_before=2)
+    cell = ds.sel(estimator="gaussian", seed=0, split="test", epoch=2, layer="stem")
+    assert float(cell.I_XT) == direct["I_XT"] and float(cell.I_TY) == direct["I_TY"]
+    np.testing.assert_array_equal(ds.calls.sel(estimator="gaussian", seed=0, split="all", layer="head"),
+                                  [1, 2, 3, 4])
+    assert ds.attrs["output_layer"] == "head"
+
+    proc = run_stage("figures", "--archive", str(path), "--figures", str(tmp_path / "figures"))
+    out = tmp_path / "figures" / "tower"
+    for name in ("training", "gradients", "plane_gaussian_test", "plane_ksg_all", "comparison", "fisher"):
+        assert (out / f"{name}.png").exists(), (name, proc.stdout)
+    assert "tower" in (out / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_archive_without_optional_parts_through_every_stage(tmp_path):
+    """No labels, splits, history, weights or gradients: each stage says what it skipped."""
+    x, _ = blobs(120)
+    model = Tower()
+    path = tmp_path / "bare" / "archive.zarr"
+    with Recorder(path, model, ["stem", "head"], torch.from_numpy(x)) as rec:
+        for epoch in range(3):
+            with torch.no_grad():
+                model.head.weight.mul_(0.5)
+            rec.snapshot(epoch)
+    archive = ArchiveReader(path)
+    assert archive.labels is None and archive.splits == ["all"] and archive.gradient_stats(0) is None
+    proc = run_stage("estimate", "--archive", str(path), "--scheduler", "synchronous")
+    assert "splits ['train', 'test'] are not in the archive" in proc.stdout
+    assert ("Fisher information skipped: the archive records no weights, no labels, no model "
+            "factory") in proc.stdout
+    ds = xr.open_zarr(tmp_path / "bare" / "estimates.zarr").load()
+    assert list(ds.split.values) == ["all"] and bool(ds.done.all())
+    assert np.isfinite(ds.I_XT.sel(estimator="binning_30")).all() and np.isnan(ds.I_TY).all()
+    proc = run_stage("figures", "--archive", str(path), "--figures", str(tmp_path / "figures"))
+    assert "no training history" in proc.stdout and "no gradient statistics" in proc.stdout
+    assert (tmp_path / "figures" / "bare" / "plane_binning_30_all.png").exists()
+
+
+def test_snapshots_already_committed_are_skipped_and_a_changed_recording_is_refused(tmp_path):
+    path = tmp_path / "run" / "archive.zarr"
+    x = torch.from_numpy(blobs(40)[0])
+    model = Tower()
+    with Recorder(path, model, LAYERS, x) as rec:
+        assert rec.snapshot(0) and rec.snapshot(1)
+        assert not rec.snapshot(1)
+        rec.close("training")  # as if stopped: resumable
+    with Recorder(path, model, LAYERS, x) as rec:
+        assert rec.committed_epochs == [0, 1] and rec.resume() == 1
+        assert not rec.snapshot(0) and rec.snapshot(2)
+    assert ArchiveReader(path).committed_epochs(0).tolist() == [0, 1, 2]
+    with pytest.raises(ArchiveError, match="recorded with other inputs, layers or parameters"):
+        Recorder(path, model, ["stem"], x)
+    with pytest.raises(RecordError, match="samples are in no split"):
+        Recorder(tmp_path / "other.zarr", model, LAYERS, x, splits={"train": np.arange(30)})
+    with pytest.raises(RecordError, match="unknown metric 'acc'"):
+        with Recorder(tmp_path / "third" / "archive.zarr", model, LAYERS, x) as rec:
+            rec.snapshot(0, acc=1.0)
+
+
+# ---------------------------------------------------------------- a killed user script resumes
+USER_SCRIPT = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from torch import nn
+from pipeline.record import Recorder
+from tests.own_models import Tower, blobs
+x, y = map(torch.from_numpy, blobs(120))
+torch.manual_seed(0)
+model = Tower()
+optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+generator = torch.Generator().manual_seed(1)
+with Recorder(sys.argv[1], model, ["stem", "head"], x, y, optimizer=optimizer,
+              generators=[generator], weights=True) as rec:
+    for epoch in range(rec.resume() + 1, 12):
+        for batch in torch.randperm(120, generator=generator).split(40):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+        rec.snapshot(epoch, loss=loss.item())
+        time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_killed_user_script_resumes_to_the_uninterrupted_archive(tmp_path):
+    script = tmp_path / "user_script.py"
+    script.write_text(USER_SCRIPT.format(root=str(ROOT)))
+    ref, killed = tmp_path / "ref" / "archive.zarr", tmp_path / "killed" / "archive.zarr"
+    subprocess.run([sys.executable, str(script), str(ref), "0"], check=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.4"], start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            if len(ArchiveReader(killed).committed_epochs(0)) >= 3:
+                break
+        except (ArchiveError, KeyError):
+            continue
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(ArchiveReader(killed).committed_epochs(0)) < 11
+    subprocess.run([sys.executable, str(script), str(killed), "0"], check=True, timeout=300)
+    assert ArchiveReader(killed).seed_status(0)["status"] == "finished"
+    assert_same_arrays(group_arrays(ref, "seed_0"), group_arrays(killed, "seed_0"))
+
+
+# ---------------------------------------------------------------- the built-ins and older archives
+SCHEMA_1_0 = ROOT / "tests" / "data" / "archive_schema_1_0.zarr"
+
+
+@pytest.mark.slow
+def test_builtin_archive_equals_the_previous_schemas(tmp_path):
+    """tests/data/archive_schema_1_0.zarr was written by the release before the Recorder (configs/
+    tiny.toml, seed 0, 2 epochs, 16 samples a split, 1 thread); retraining gives its arrays."""
+    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "name=schema_1_0",
+              "--set", "archive.samples_per_split=16", "--set", "train.n_epochs=2", "--set",
+              "archive.every=1", "--set", "seeds=[0]", "--set", "train.threads_per_seed=1")
+    new = tmp_path / "schema_1_0" / "archive.zarr"
+    old_arrays, new_arrays = group_arrays(SCHEMA_1_0, "seed_0"), group_arrays(new, "seed_0")
+    assert sorted(old_arrays) == sorted(new_arrays)
+    for key in old_arrays:  # float32 training on one thread: equal up to the last bits of BLAS
+        np.testing.assert_allclose(new_arrays[key], old_arrays[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    old, current = ArchiveReader(SCHEMA_1_0), ArchiveReader(new)
+    assert old.attrs["parameters"] == current.attrs["parameters"]
+    assert old.layer_parameters == current.layer_parameters
+    np.testing.assert_array_equal(old.inputs, current.inputs)
+
+
+@pytest.mark.slow
+def test_archive_of_the_previous_schema_reads_and_estimates(tmp_path):
+    shutil.copytree(SCHEMA_1_0, tmp_path / "old" / "archive.zarr")
+    path = tmp_path / "old" / "archive.zarr"
+    archive = ArchiveReader(path)
+    assert archive.attrs["schema_version"] == "1.0" and archive.name == "schema_1_0"
+    assert archive.layers == ["dense1", "dense2", "softmax"] and archive.output_layer == "softmax"
+    assert archive.committed_epochs(0).tolist() == [0, 1, 2] and archive.split_names == ("train", "test")
+    assert archive.layer_parameters["softmax"] == ["logits.0.weight", "logits.0.bias"]
+    settings = EstimatorsConfig(tiny_config().estimate, {"binning_10": {"method": "binning", "n_bins": 10}})
+    assert estimate_archive(path, settings, scheduler="synchronous") == 0
+    ds = xr.open_zarr(tmp_path / "old" / "estimates.zarr").load()
+    index = archive.split_index("test")
+    expected = information_plane(archive.inputs[index], archive.activations(0, "dense1", 1)[index],
+                                 archive.labels[index], "binning", n_bins=10)
+    cell = ds.sel(estimator="binning_10", seed=0, split="test", epoch=1, layer="dense1")
+    assert float(cell.I_XT) == expected["I_XT"] and float(cell.I_TY) == expected["I_TY"]
+    assert np.isfinite(ds.fisher_trace).all()
+    assert report_archive(path, tmp_path / "figures") == 0
+    with pytest.raises(ArchiveError, match="schema 1.0, which this release reads but does not extend"):
+        Recorder(path, nn.Sequential(nn.Linear(12, 2)), ["0"], torch.zeros(32, 12))
+
+
+# ---------------------------------------------------------------- models and data by entry point
+@pytest.mark.slow
+def test_config_names_own_model_data_and_estimator_by_entry_point(tmp_path):
+    config = tmp_path / "own.toml"
+    config.write_text("""
+name = "own"
+[data]
+factory = "tests.own_models:dataset"
+options = {n = 150}
+[model]
+factory = "tests.own_models:build"
+layers = ["stem", "block.pair", "head"]
+options = {channels = 2}
+[train]
+n_epochs = 2
+lr = 0.05
+[archive]
+snapshots = "every"
+[estimate]
+splits = ["all"]
+[estimators.gaussian]
+method = "tests.own_models:gaussian_information_plane"
+[estimators.binning]
+method = "binning"
+""")
+    run_stage("train", "--config", str(config), "--runs", str(tmp_path))
+    archive = ArchiveReader(tmp_path / "own" / "archive.zarr")
+    assert archive.layers == LAYERS and archive.layer_shapes["stem"] == (2, 6, 6)
+    run_stage("estimate", "--config", str(config), "--runs", str(tmp_path))
+    ds = xr.open_zarr(tmp_path / "own" / "estimates.zarr").load()
+    assert bool(ds.done.all()) and np.isfinite(ds.fisher_trace).all()
+    np.testing.assert_array_equal(ds.calls.sel(estimator="gaussian", seed=0, split="all", layer="stem"),
+                                  [1, 2, 3])
+    proc = run_stage("train", "--config", str(config), "--runs", str(tmp_path), "--set", "name=other",
+                     "--set", "model.factory=tests.own_models:nothing", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "'tests.own_models' has no 'nothing'" in proc.stderr
+
+
+
+# ---------------------------------------------------------------- the worked example
+@pytest.mark.slow
+def test_worked_example_draws_an_information_plane_in_under_30_lines(tmp_path):
+    source = (ROOT / "examples" / "own_network.py").read_text()
+    body = source.split('"""', 2)[2].split('if __name__ == "__main__":')[0]
+    code = [line for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert len(code) < 30, len(code)
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from own_network import main
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    main(str(tmp_path / "runs" / "own_network" / "archive.zarr"), epochs=3, figures=str(tmp_path / "figures"))
+    ds = xr.open_zarr(tmp_path / "runs" / "own_network" / "estimates.zarr").load()
+    assert list(ds.layer.values) == ["1", "4", "5"] and bool(ds.done.all())
+    assert ds.attrs["output_layer"] == "5" and list(ds.estimator.values) == ["binning", "kde"]
+    assert (tmp_path / "figures" / "own_network" / "plane_kde_all.png").exists()
