@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from pipeline.registry import RegistryError
 from pipeline.results import ResultsError
 
 DEFAULT_CONFIG = "configs/szt_tanh.toml"
+STORAGE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
 KNOWN_ERRORS = (ConfigError, DataError, ArchiveError, ResultsError, RegistryError, RecordError)
 
 
@@ -40,6 +42,13 @@ def guarded(body: Callable[[], int]) -> None:
         code = body()
     except KNOWN_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in STORAGE_ERRORS:
+            raise
+        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; free space or make "
+              "the folder writable, then run the same command again (committed work is kept)",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: committed work is kept; run the same command again to resume",

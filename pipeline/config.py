@@ -358,10 +358,12 @@ def validate_estimate(estimate: EstimateConfig, estimators: dict[str, dict[str, 
     for entry, table in estimators.items():
         if "method" not in table:
             raise ConfigError(f"estimators.{entry}.method: required key is missing")
-        from pipeline.estimators import check_parameters  # late: estimators import torch
+        from pipeline.estimators import ParameterError, check_parameters  # late: they import torch
 
         params = {k: v for k, v in table.items() if k != "method"}
         try:
             check_parameters(table["method"], params)
+        except ParameterError as err:
+            raise ConfigError(f"estimators.{entry}.{err.parameter}: {err.reason}") from None
         except ValueError as err:  # RegistryError included
             raise ConfigError(f"estimators.{entry}: {err}") from None

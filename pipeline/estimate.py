@@ -494,9 +494,11 @@ def _run_on_dask(settings: EstimateConfig, path: str, tasks: list[Task], fisher_
                                   pure=False) for task in fisher_tasks]
         for future in as_completed(futures):
             try:
-                handle(future.result())
+                result = future.result()
             except Exception as err:  # kept going: other cells are still written
                 failures.append(f"task {future.key} failed after {settings.retries} retries: {err}")
+            else:
+                handle(result)  # a failed write (disk full) stops the run: nothing more can be stored
             bar.update(1)
     finally:
         client.close()

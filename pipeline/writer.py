@@ -91,6 +91,9 @@ def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocess
             if commit is None or os.getppid() != parent:  # orphaned: never commit for the dead
                 return
             apply_commit(writer, Path(ckpt_dir), commit)
+    except OSError as err:  # disk full, read-only or vanished storage: say so, and the fix
+        errors.put(f"{err.strerror or err} ({err.filename or archive_path}): free space or make the "
+                   "folder writable, then run the same command again; committed snapshots are kept")
     except BaseException as err:  # noqa: BLE001 - reported to the trainer
         errors.put(f"{type(err).__name__}: {err}")
     finally:
@@ -134,27 +137,38 @@ class WriterProcess:
             self._process.start()
 
     def submit(self, commit: Commit) -> None:
-        self._raise()
-        while True:
-            try:
-                self._jobs.put(commit, timeout=1.0)
-                return
-            except queue.Full:
-                self._raise()
+        self._put(commit)
 
     def close(self) -> None:
-        self._jobs.put(None)
+        """Queue the end, wait for the writer to drain, and raise what it reported."""
+        self._put(None)
         while self._process.is_alive():
             self._process.join(timeout=1.0)
-        self._raise()
-        if self._process.exitcode not in (0, None):
-            raise ArchiveError(f"archive writer exited with code {self._process.exitcode}")
+        self._raise(finished=True)
 
-    def _raise(self) -> None:
-        try:
-            message = self._errors.get_nowait()
-        except queue.Empty:
-            if not self._process.is_alive() and self._process.exitcode not in (0, None):
-                raise ArchiveError(f"archive writer died (exit code {self._process.exitcode})") from None
-            return
+    def _put(self, item: Commit | None) -> None:
+        # Bounded waits only: a writer that died leaves a full queue nobody will ever read.
+        while True:
+            self._raise()
+            try:
+                self._jobs.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def _raise(self, finished: bool = False) -> None:
+        """Raise the writer's error, or its death; `finished`: it was told to stop."""
+        if self._process.is_alive():
+            try:
+                message = self._errors.get_nowait()
+            except queue.Empty:
+                return
+        else:
+            try:  # a dead writer's last words are already in the pipe
+                message = self._errors.get(timeout=1.0)
+            except queue.Empty:
+                if finished and self._process.exitcode == 0:
+                    return
+                message = f"the writer process died (exit code {self._process.exitcode})"
+        self._jobs.cancel_join_thread()  # nobody reads the queue any more: do not wait to flush it
         raise ArchiveError(f"writing the archive failed: {message}")

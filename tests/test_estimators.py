@@ -368,11 +368,15 @@ def test_autoencoder_candidates_finish_the_one_with_the_lowest_loss_halfway():
 
 
 def test_ae_candidates_reach_the_autoencoder():
-    a = RNG.normal(size=(100, 16, 16))
+    from pipeline.estimators.compression import compression_mutual_information
+
+    a = RNG.normal(size=(100, 16, 16))  # the function itself, past the registry's domain check
     with pytest.raises(ValueError, match="at least one candidate \\(ae_candidates\\), got 0"):
-        mutual_information(a, a, "compression", ae_candidates=0, ae_steps=4)
+        compression_mutual_information(a, a, ae_candidates=0, ae_steps=4)
     with pytest.raises(ValueError, match="ae_candidates"):
-        mutual_information(a, a, "compression", compressor="autoencoder", ae_candidates=0, ae_steps=4)
+        compression_mutual_information(a, a, compressor="autoencoder", ae_candidates=0, ae_steps=4)
+    with pytest.raises(ValueError, match="ae_candidates must be an integer >= 1 \\(or absent\\), got 0"):
+        mutual_information(a, a, "compression", ae_candidates=0, ae_steps=4)
 
 
 @pytest.mark.parametrize("sample_shape", [(3, 12, 10), (28, 28), (2, 8, 9)])

@@ -27,6 +27,8 @@ from pipeline.estimators.compression import (
     compression_information_plane,
     compression_mutual_information,
 )
+from pipeline.estimators.domains import BUILTIN, Domain, ParameterError
+from pipeline.estimators.domains import check as check_domains
 from pipeline.estimators.kde import kde_information_plane
 from pipeline.estimators.knn import ksg_mutual_information
 from pipeline.estimators.renyi import renyi_information_plane, renyi_mutual_information
@@ -80,6 +82,7 @@ class Estimator:
     outputs: dict[str, tuple[str, str]] = field(default_factory=dict)
     carry: dict[str, str] = field(default_factory=dict)
     chained: Callable[[dict[str, Any]], bool] | None = None
+    domains: dict[str, Domain] = field(default_factory=dict)  # checked when a config loads
 
     def is_chain(self, params: dict[str, Any]) -> bool:
         return bool(self.carry) and (self.chained is None or self.chained(params))
@@ -91,13 +94,15 @@ ESTIMATORS: dict[str, Estimator] = {}
 def register_estimator(name: str, *, outputs: dict[str, tuple[str, str]] | None = None,
                        carry: dict[str, str] | None = None,
                        chained: Callable[[dict[str, Any]], bool] | None = None,
-                       mutual_information: Callable[..., float] | None = None):
+                       mutual_information: Callable[..., float] | None = None,
+                       domains: dict[str, Domain] | None = None):
     """Decorator: register an information-plane function `(x, t, y, **params) -> {"I_XT", "I_TY",
     ...}` under `name`, so `method = name` in a config runs it like the built-ins."""
     def add(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
         if ":" in name:
             raise ValueError(f"estimator name {name!r} may not hold ':' (entry points do)")
-        estimator = Estimator(name, fn, mutual_information, dict(outputs or {}), dict(carry or {}), chained)
+        estimator = Estimator(name, fn, mutual_information, dict(outputs or {}), dict(carry or {}), chained,
+                              dict(domains or {}))
         ESTIMATORS[name] = estimator
         fn.infoplane_estimator = estimator  # an entry point naming `fn` finds its declaration
         return fn
@@ -117,17 +122,20 @@ def get_estimator(method: str) -> Estimator:
 
 _SPREADS = {"I_XT_std": ("spread of I(X;T) over batches", "bits"),
             "I_TY_std": ("spread of I(T;Y) over batches", "bits")}
-register_estimator("binning", mutual_information=binning_mutual_information)(binning_information_plane)
-register_estimator("kde", mutual_information=kde_mutual_information)(kde_information_plane)
+register_estimator("binning", mutual_information=binning_mutual_information,
+                   domains=BUILTIN["binning"])(binning_information_plane)
+register_estimator("kde", mutual_information=kde_mutual_information, domains=BUILTIN["kde"])(
+    kde_information_plane)
 register_estimator(
-    "renyi", mutual_information=renyi_mutual_information,
+    "renyi", mutual_information=renyi_mutual_information, domains=BUILTIN["renyi"],
     outputs={**_SPREADS, "sigma_t": ("kernel width used for the layer (Renyi)", "1")},
     carry={"sigma_t": "sigma_prev"},  # the searched width is smoothed from epoch to epoch
     chained=lambda params: isinstance(params.get("sigma_t", "alignment"), str),
 )(renyi_information_plane)
-register_estimator("ksg", mutual_information=ksg_mutual_information)(ksg_information_plane)
-register_estimator("compression", mutual_information=compression_mutual_information)(
-    compression_information_plane)
+register_estimator("ksg", mutual_information=ksg_mutual_information, domains=BUILTIN["ksg"])(
+    ksg_information_plane)
+register_estimator("compression", mutual_information=compression_mutual_information,
+                   domains=BUILTIN["compression"])(compression_information_plane)
 METHODS = tuple(ESTIMATORS)
 
 
@@ -155,6 +163,7 @@ def check_parameters(method: str, params: dict[str, Any], kind: str = "informati
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for method {method!r}; valid: "
                          + ", ".join(f"{k}={v!r}" for k, v in valid.items()))
+    check_domains(get_estimator(method).domains, params)
 
 
 def information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, method: str,
@@ -171,4 +180,5 @@ def mutual_information(a: np.ndarray, b: np.ndarray, method: str, **params: Any)
 
 
 __all__ = ["information_plane", "mutual_information", "parameters", "check_parameters", "METHODS",
-           "Estimator", "ESTIMATORS", "register_estimator", "get_estimator", "as_labels", "as_samples"]
+           "Estimator", "ESTIMATORS", "register_estimator", "get_estimator", "ParameterError", "as_labels",
+           "as_samples"]

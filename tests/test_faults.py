@@ -1,0 +1,87 @@
+"""Faults and bad input: full or read-only storage, invalid values; one line, exit 2, no hang."""
+
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from pipeline.archive import ArchiveReader
+from tests.helpers import TINY, assert_same_arrays, group_arrays, run_stage
+
+ONE_SEED = ["--set", "seeds=[0]", "--set", "train.threads_per_seed=1", "--set", "train.n_epochs=60",
+            "--set", "archive.every=1"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("estimators.binning_10.n_bins=0", "estimators.binning_10.n_bins: must be an integer >= 2, got 0"),
+    ("estimators.kde_upper.noise_variance=-1", "estimators.kde_upper.noise_variance: must be a number > 0"),
+    ("estimators.renyi.sigma_t='wide'", "estimators.renyi.sigma_t: must be a number > 0 or one of"),
+    ("estimators.renyi.alpha=0", "estimators.renyi.alpha: must be a number > 0, got 0"),
+    ("train.lr=-1", "train.lr: must be positive, got -1.0"),
+    ("model.widths=[4,0]", "model.widths: every width must be at least 1, got [4, 0]"),
+])
+def test_invalid_values_are_refused_at_load(tmp_path, override, message):
+    proc = run_stage("estimate", "--config", str(TINY), "--runs", str(tmp_path), "--set", override,
+                     check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 1.5 MB (root and mount rights needed: skipped otherwise)."""
+    mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN) to fill a disk")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def remount(mount, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_disk_full_during_training_ends_in_one_line_and_resumes(small_disk, tmp_path):
+    proc = run_stage("train", "--config", str(TINY), "--runs", str(small_disk), *ONE_SEED, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: writing the archive failed: No space left on device")
+    assert "free space" in last and "committed snapshots are kept" in last
+    committed = len(ArchiveReader(small_disk / "tiny" / "archive.zarr").committed_epochs(0))
+    assert 0 < committed < 61
+    remount(small_disk, "size=50m")
+    run_stage("train", "--config", str(TINY), "--runs", str(small_disk), *ONE_SEED)
+    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path / "ref"), *ONE_SEED)
+    assert_same_arrays(group_arrays(tmp_path / "ref" / "tiny" / "archive.zarr", "seed_0"),
+                       group_arrays(small_disk / "tiny" / "archive.zarr", "seed_0"))
+
+
+@pytest.mark.slow
+def test_read_only_storage_ends_in_one_line(small_disk):
+    remount(small_disk, "ro")
+    proc = run_stage("train", "--config", str(TINY), "--runs", str(small_disk), *ONE_SEED, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "Read-only file system" in proc.stderr and "make the folder writable" in proc.stderr
+
+
+@pytest.mark.slow
+def test_disk_full_during_estimate_ends_in_one_line(small_disk, tmp_path):
+    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+    shutil.copytree(tmp_path / "tiny", small_disk / "tiny")
+    filler = small_disk / "filler"
+    free = shutil.disk_usage(small_disk).free
+    filler.write_bytes(b"\0" * max(free - 60_000, 0))  # leaves room for the store's template only
+    proc = run_stage("estimate", "--config", str(TINY), "--runs", str(small_disk), "--set", "seeds=[0]",
+                     "--scheduler", "synchronous", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write") and "No space left on device" in last
+    filler.unlink()
+    run_stage("estimate", "--config", str(TINY), "--runs", str(small_disk), "--set", "seeds=[0]",
+              "--scheduler", "synchronous")
