@@ -11,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train estimate figures all test bench lint clean reproduce findings
+.PHONY: install train estimate figures verify all test bench lint clean reproduce findings
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ estimate: $(STAMP)
 
 figures: $(STAMP)
 	$(PY) -m stages.figures $(RUN_ARGS) $(ARGS)
+
+# Checks the run's archive and results store against what their commits wrote.
+verify: $(STAMP)
+	$(PY) -m stages.verify $(RUN_ARGS) $(ARGS)
 
 # Runs every stage that exists so far.
 all: $(STAMP)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import uuid
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +204,7 @@ def create_archive(path: Path, spec: ArchiveSpec, provenance: dict[str, Any]) ->
         "model": spec.model,
         "parameters": {k: list(v) for k, v in spec.parameters.items()},
         "recording_hash": spec.recording_hash(),
+        "archive_id": uuid.uuid4().hex,  # new for every archive created: results name theirs
         "provenance": provenance,
     })
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,11 +290,32 @@ def _fit(array: zarr.Array, index: int) -> zarr.Array:
     return array
 
 
+def file_record(path: Path) -> list[int]:
+    """[size in bytes, CRC-32] of one chunk file: what a commit records of what it wrote."""
+    data = path.read_bytes()
+    return [len(data), zlib.crc32(data)]
+
+
 class SeedWriter:
-    """Writes one seed's snapshots; only the writer process of that seed uses it."""
+    """Writes one seed's snapshots; only the writer process of that seed uses it.
+
+    Every commit records the chunk files it wrote (`integrity` seed attribute: per snapshot
+    index, path -> [size, CRC-32]; the history's files as of the last commit), so a reader can
+    tell a deleted or damaged chunk from a value.
+    """
 
     def __init__(self, path: Path, seed: int):
+        self.path = Path(path)
         self.group = create_seed_group(path, seed)
+
+    def _chunk_files(self, array: zarr.Array, first_chunk: int | None = None) -> dict[str, list[int]]:
+        """Files of `array` (those of one chunk row along the first axis, if given), by path
+        relative to the seed group."""
+        base = self.path / array.path / "c"
+        where = base / str(first_chunk) if first_chunk is not None else base
+        files = [where] if where.is_file() else sorted(p for p in where.rglob("*") if p.is_file())
+        seed_dir = self.path / self.group.path
+        return {str(f.relative_to(seed_dir)): file_record(f) for f in files}
 
     @property
     def committed(self) -> int:
@@ -311,14 +335,23 @@ class SeedWriter:
 
     def write_snapshot(self, index: int, activations: dict[str, np.ndarray],
                        weights: dict[str, np.ndarray], grad_mean: np.ndarray | None,
-                       grad_std: np.ndarray | None) -> None:
+                       grad_std: np.ndarray | None) -> dict[str, list[int]]:
+        """Write one snapshot's rows; returns the files written (see `integrity`)."""
+        written = []
         for layer, values in activations.items():
-            _fit(self.group["activations"][layer], index)[index] = values
+            written.append(_fit(self.group["activations"][layer], index))
+            written[-1][index] = values
         if "weights" in self.group and weights:
-            _fit(self.group["weights"], index)[index] = flatten_weights(weights)
+            written.append(_fit(self.group["weights"], index))
+            written[-1][index] = flatten_weights(weights)
         if "grad_mean" in self.group and grad_mean is not None:
-            _fit(self.group["grad_mean"], index)[index] = grad_mean
-            _fit(self.group["grad_std"], index)[index] = grad_std
+            for name, values in (("grad_mean", grad_mean), ("grad_std", grad_std)):
+                written.append(_fit(self.group[name], index))
+                written[-1][index] = values
+        files: dict[str, list[int]] = {}
+        for array in written:  # one epoch per chunk along the first axis: chunk row = index
+            files.update(self._chunk_files(array, index))
+        return files
 
     def write_history(self, first_epoch: int, rows: dict[str, np.ndarray]) -> None:
         for var, values in rows.items():
@@ -327,13 +360,22 @@ class SeedWriter:
                 array[first_epoch:first_epoch + len(values)] = values
 
     def commit(self, committed_snapshots: int, history_through: int, status: str = "training",
-               message: str = "", snapshot_epochs: list[int] | None = None) -> None:
+               message: str = "", snapshot_epochs: list[int] | None = None,
+               files: dict[str, list[int]] | None = None) -> None:
         """The commit point: one atomic rewrite of the seed group's metadata document."""
         epochs = self.committed_epochs if snapshot_epochs is None else snapshot_epochs
+        integrity = dict(self.group.attrs.get("integrity", {"snapshots": {}}))
+        snapshots = {k: v for k, v in integrity["snapshots"].items() if int(k) < committed_snapshots}
+        if files is not None and committed_snapshots:
+            snapshots[str(committed_snapshots - 1)] = files
+        history: dict[str, list[int]] = {}
+        for var in HISTORY_VARIABLES:
+            history.update(self._chunk_files(self.group[var]))
         self.group.attrs.update({"committed_snapshots": committed_snapshots,
                                  "snapshot_epochs": [int(e) for e in epochs[:committed_snapshots]],
                                  "history_through": history_through, "status": status,
-                                 "message": message})
+                                 "message": message,
+                                 "integrity": {"snapshots": snapshots, "history": history}})
 
 
 class ArchiveReader:
@@ -351,6 +393,9 @@ class ArchiveReader:
             self.root = zarr.open_group(self.path, mode="r", zarr_format=3,
                                         use_consolidated=False)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as err:
+            if Path(self.path, "zarr.json").exists():
+                raise ArchiveError(f"{self.path} exists but its metadata cannot be read ({err}); the "
+                                   "archive is corrupted: move it away and retrain (--force)") from None
             raise ArchiveError(
                 f"no archive at {self.path}: run `make train CONFIG=...` first ({err})"
             ) from None
@@ -376,6 +421,12 @@ class ArchiveReader:
                                             else np.zeros(0, dtype=np.int64))
         self.labels: np.ndarray | None = self._read("labels") if self.parts["labels"] else None
         self.split: np.ndarray = self._read("split")
+
+    @property
+    def identity(self) -> str:
+        """What ties results to this archive: its `archive_id`, new whenever an archive is created
+        (so a retrained one differs); schema 1.0 archives: their training hash."""
+        return str(self.attrs.get("archive_id") or self.attrs.get("training_hash"))
 
     @property
     def splits(self) -> list[str]:
@@ -460,17 +511,70 @@ class ArchiveReader:
             raise ArchiveError(f"{self.path}: no layer {layer!r}; layers are {self.layers}")
         array = self._array(layer, self.seed_group(seed)["activations"])
         committed = self.committed_epochs(seed)
+        manifest = self._manifest(seed)
 
         def read(epoch: int) -> np.ndarray:
-            return self._index(array, self._committed_index(committed, seed, epoch))
+            index = self._committed_index(committed, seed, epoch)
+            self._check_files(manifest, seed, index, f"activations/{layer}/")
+            return self._index(array, index)
         return read
+
+    def _manifest(self, seed: int) -> dict[str, dict[str, list[int]]]:
+        """Per committed snapshot index: the files its commit wrote (schema 1.0: none recorded)."""
+        return self.seed_group(seed).attrs.get("integrity", {}).get("snapshots", {})
+
+    def _check_files(self, manifest: dict[str, dict[str, list[int]]], seed: int, index: int,
+                     prefix: str) -> None:
+        """A missing or resized chunk is an error naming it: zarr would read its fill value."""
+        for name, (size, _) in manifest.get(str(index), {}).items():
+            if name.startswith(prefix):
+                problem = self._file_problem(seed, name, size)
+                if problem:
+                    raise ArchiveError(self._damage_message(seed, index, name, problem))
+
+    def _file_problem(self, seed: int, name: str, size: int, crc: int | None = None) -> str | None:
+        path = Path(self.path) / f"seed_{seed}" / name
+        if not path.is_file():
+            return "is missing"
+        if path.stat().st_size != size:
+            return f"has {path.stat().st_size} bytes, its commit wrote {size}"
+        if crc is not None and zlib.crc32(path.read_bytes()) != crc:
+            return "differs from what its commit wrote (checksum)"
+        return None
+
+    def _damage_message(self, seed: int, index: int | None, name: str, problem: str) -> str:
+        where = f"snapshot {index} of seed {seed}" if index is not None else f"history of seed {seed}"
+        return (f"{self.path}: chunk seed_{seed}/{name} ({where}) {problem}: the archive is damaged; "
+                f"retrain that seed (`make train ... --force`, or record it again) and run "
+                f"`python -m stages.verify {self.path}` to list all damage")
+
+    def verify(self) -> list[str]:
+        """Every committed chunk of every seed against its commit's record: the damage found."""
+        damage = []
+        for seed in self.seeds:
+            attrs = self.seed_group(seed).attrs
+            if "integrity" not in attrs:
+                continue  # schema 1.0 recorded nothing to verify against
+            n = int(attrs["committed_snapshots"])
+            for index, files in attrs["integrity"]["snapshots"].items():
+                if int(index) >= n:
+                    continue
+                for name, (size, crc) in files.items():
+                    if problem := self._file_problem(seed, name, size, crc):
+                        damage.append(self._damage_message(seed, int(index), name, problem))
+            for name, (size, crc) in attrs["integrity"].get("history", {}).items():
+                if problem := self._file_problem(seed, name, size, crc):
+                    damage.append(self._damage_message(seed, None, name, problem))
+        return damage
 
     def weights(self, seed: int, epoch: int) -> dict[str, np.ndarray]:
         group = self.seed_group(seed)
         if "weights" not in group:
             raise ArchiveError(f"{self.path}: weights were not recorded (Recorder(weights=True), "
                                "archive.store_weights)")
-        row = self._read("weights", group, self.epoch_index(seed, epoch))
+        index = self.epoch_index(seed, epoch)
+        self._check_files(self._manifest(seed), seed, index, "weights/")
+        row = self._read("weights", group, index)
         return unflatten_weights(row, self.attrs["parameters"])
 
     def gradient_stats(self, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -479,6 +583,9 @@ class ArchiveReader:
         group = self.seed_group(seed)
         if "grad_mean" not in group:
             return None
+        manifest = self._manifest(seed)
+        for index in range(n):
+            self._check_files(manifest, seed, index, "grad_")
         return self._read("grad_mean", group)[:n], self._read("grad_std", group)[:n]
 
     def history(self, seed: int) -> dict[str, np.ndarray]:

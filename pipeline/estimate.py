@@ -38,7 +38,9 @@ from pipeline.results import (
     CELL_DIMS,
     ResultsError,
     ResultsWriter,
+    belongs_to,
     cell_variables,
+    lost_blocks,
     merge_into,
     open_results,
     recover,
@@ -381,35 +383,29 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     for table in entries.values():
         outputs.update(get_estimator(table["method"]).outputs)
     prov = provenance()
-    attrs = {"archive_path": str(paths.archive.resolve()), "archive_recording": archive_identity(archive),
+    attrs = {"archive_path": str(paths.archive.resolve()), "archive_recording": archive.identity,
              "config_name": archive.name, "output_layer": archive.output_layer,
              "versions": json.dumps(prov["versions"]), "git_revision": prov["git_revision"]}
     if "training_hash" in archive.attrs:
         attrs["archive_training_hash"] = archive.attrs["training_hash"]
     target = template(entries, archive.seeds, splits, epochs, archive.layers, widths, attrs, outputs)
     old = open_results(paths.results)
-    if old is not None and not same_archive(old.attrs, attrs):
+    if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
         raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
                            "to recompute from the current archive")
+    lost = lost_blocks(paths.results, old) if old is not None else []
+    for e, s, p in lost:
+        print(f"note: results of {old.estimator.values[e]}, seed {old.seed.values[s]}, split "
+              f"{old.split.values[p]} are marked done but their files are gone: recomputing them")
+        old["done"][e, s, p] = False
     target = merge_into(target, old)
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")
-    if old is None or any(not old[dim].equals(target[dim]) for dim in CELL_DIMS) or \
+    if old is None or lost or any(not old[dim].equals(target[dim]) for dim in CELL_DIMS) or \
             not old.parameters.equals(target.parameters) or \
             set(cell_variables(old)) != set(cell_variables(target)):
         write_store(target, paths.results)
     return target, committed
-
-
-def archive_identity(archive: ArchiveReader) -> str:
-    """What ties a results store to its archive: the recording hash (schema 1.0: training hash)."""
-    return str(archive.attrs.get("recording_hash") or archive.attrs.get("training_hash"))
-
-
-def same_archive(old_attrs: dict[str, Any], attrs: dict[str, Any]) -> bool:
-    if "archive_recording" in old_attrs:
-        return old_attrs["archive_recording"] == attrs["archive_recording"]
-    return old_attrs.get("archive_training_hash") == attrs.get("archive_training_hash")
 
 
 def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
@@ -451,16 +447,19 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
     bar = tqdm(total=len(tasks) + len(fisher_tasks), unit="task", desc=f"estimate {archive.name}",
                mininterval=1.0, dynamic_ncols=True)
     failures: list[str] = []
-    if scheduler == "synchronous":
-        for task in tasks:
-            handle(run_task(path, task))
-            bar.update(1)
-        for ftask in fisher_tasks:
-            handle(run_fisher_task(path, ftask))
-            bar.update(1)
-    else:
-        failures = _run_on_dask(settings, path, tasks, fisher_tasks, scheduler, scheduler_file, handle, bar)
-    bar.close()
+    try:  # the bar is closed before any error line, so that line is the last one printed
+        if scheduler == "synchronous":
+            for task in tasks:
+                handle(run_task(path, task))
+                bar.update(1)
+            for ftask in fisher_tasks:
+                handle(run_fisher_task(path, ftask))
+                bar.update(1)
+        else:
+            failures = _run_on_dask(settings, path, tasks, fisher_tasks, scheduler, scheduler_file, handle,
+                                    bar)
+    finally:
+        bar.close()
     for message in messages:
         warnings.warn(f"NaN stored: {message}", stacklevel=1)
     elapsed = time.perf_counter() - started

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline import figures as F
 from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
-from pipeline.results import ResultsError, masked, open_results
+from pipeline.results import ResultsError, belongs_to, masked, open_results
 from pipeline.runs import RunPaths
 
 
@@ -106,6 +106,9 @@ def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wante
         messages.append(f"no results store at {paths.results}: run `make estimate` for the "
                         "information-plane figures")
         return None
+    if not belongs_to(results.attrs, archive.identity, archive.attrs.get("training_hash")):
+        raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
+                           "and run `make estimate` to compute the results of this one")
     results = masked(results)  # cells not computed yet are NaN, not fill values
     missing = [e for e in wanted if e not in results.estimator.values]
     if missing:

@@ -114,6 +114,15 @@ def open_results(path: Path) -> xr.Dataset | None:
     return ds
 
 
+def belongs_to(attrs: dict[str, Any], identity: str, training_hash: str | None) -> bool:
+    """Whether results with root `attrs` were computed from the archive of this identity
+    (`ArchiveReader.identity`); stores written before `archive_recording` existed compare the
+    training hash."""
+    if "archive_recording" in attrs:
+        return attrs["archive_recording"] == identity
+    return attrs.get("archive_training_hash") == training_hash
+
+
 def merge_into(target: xr.Dataset, old: xr.Dataset | None) -> xr.Dataset:
     """Copy done cells of `old` whose estimator parameters are unchanged into `target`."""
     if old is None:
@@ -161,6 +170,28 @@ def recover(path: Path) -> None:
     shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
 
 
+def lost_blocks(path: Path, ds: xr.Dataset) -> list[tuple[int, int, int]]:
+    """(estimator, seed, split) positions whose cells are marked done but whose I_XT or I_TY
+    chunk file is gone: their values would read as NaN, so they are not done."""
+    done = ds["done"].values.any(axis=(3, 4))
+    lost = []
+    for e, s, p in zip(*np.nonzero(done), strict=True):
+        chunk = Path("c", str(e), str(s), str(p), "0", "0")
+        if any(not (path / name / chunk).is_file() for name in CELL_VARIABLES):
+            lost.append((int(e), int(s), int(p)))
+    return lost
+
+
+def verify_results(path: Path) -> list[str]:
+    """Damage in a results store: done cells whose values are gone (one line each)."""
+    ds = open_results(path)
+    if ds is None:
+        raise ResultsError(f"no results store at {path}")
+    return [f"{path}: cells of estimator {ds.estimator.values[e]}, seed {ds.seed.values[s]}, split "
+            f"{ds.split.values[p]} are marked done but their values are gone: run `make estimate` "
+            "again to recompute them" for e, s, p in lost_blocks(path, ds)]
+
+
 class ResultsWriter:
     """Writes task results into the store's regions; `done` is written after the values."""
 
@@ -171,6 +202,12 @@ class ResultsWriter:
 
     def write_cells(self, estimator: str, seed: int, split: str, layer: str,
                     epochs: list[int], values: dict[str, np.ndarray]) -> None:
+        # Every written chunk goes to disk, NaN ones too: a missing chunk then means lost data.
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            self._write_cells(estimator, seed, split, layer, epochs, values)
+
+    def _write_cells(self, estimator: str, seed: int, split: str, layer: str,
+                     epochs: list[int], values: dict[str, np.ndarray]) -> None:
         e, s, p, l = (self.index["estimator"][estimator], self.index["seed"][seed],
                       self.index["split"][split], self.index["layer"][layer])
         rows = [self.index["epoch"][ep] for ep in epochs]

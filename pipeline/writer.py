@@ -51,14 +51,15 @@ def atomic_write(path: Path, payload: bytes) -> None:
 def apply_commit(writer: SeedWriter, ckpt_dir: Path, commit: Commit) -> None:
     """Snapshot data, then history rows, then the resume checkpoint, then the commit point."""
     index = commit.snapshot_index
+    files = None
     if index is not None:
-        writer.write_snapshot(index, commit.activations, commit.weights, commit.grad_mean,
-                              commit.grad_std)
+        files = writer.write_snapshot(index, commit.activations, commit.weights, commit.grad_mean,
+                                      commit.grad_std)
         if commit.checkpoint:
             atomic_write(ckpt_dir / f"snapshot_{index}.pt", commit.checkpoint)
     writer.write_history(commit.history_first, commit.history)
     writer.commit(commit.committed_snapshots, commit.history_through, commit.status, commit.message,
-                  commit.snapshot_epochs)
+                  commit.snapshot_epochs, files)
     if index is not None:  # the last two checkpoints are enough to resume
         (ckpt_dir / f"snapshot_{index - 2}.pt").unlink(missing_ok=True)
 

@@ -4,7 +4,9 @@ import shutil
 import subprocess
 import uuid
 
+import numpy as np
 import pytest
+import xarray as xr
 
 from pipeline.archive import ArchiveReader
 from tests.helpers import TINY, assert_same_arrays, group_arrays, run_stage
@@ -85,3 +87,62 @@ def test_disk_full_during_estimate_ends_in_one_line(small_disk, tmp_path):
     filler.unlink()
     run_stage("estimate", "--config", str(TINY), "--runs", str(small_disk), "--set", "seeds=[0]",
               "--scheduler", "synchronous")
+
+
+# ---------------------------------------------------------------- integrity of stored data
+@pytest.fixture(scope="module")
+def estimated(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    run_stage("train", "--config", str(TINY), "--runs", str(runs), "--set", "seeds=[0]")
+    run_stage("estimate", "--config", str(TINY), "--runs", str(runs), "--set", "seeds=[0]",
+              "--scheduler", "synchronous")
+    return runs
+
+
+@pytest.fixture
+def run(estimated, tmp_path):
+    shutil.copytree(estimated, tmp_path / "runs")
+    return tmp_path / "runs"
+
+
+def stage(name, runs, *args, check=True):
+    return run_stage(name, "--config", str(TINY), "--runs", str(runs), "--set", "seeds=[0]", *args,
+                     check=check)
+
+
+@pytest.mark.slow
+def test_a_deleted_activation_chunk_is_an_error_naming_it(run):
+    chunk = run / "tiny" / "archive.zarr" / "seed_0" / "activations" / "dense2" / "c" / "2" / "0" / "0"
+    chunk.unlink()
+    proc = stage("verify", run, check=False)
+    assert proc.returncode == 2 and "1 problem(s)" in proc.stdout
+    assert "chunk seed_0/activations/dense2/c/2/0/0 (snapshot 2 of seed 0) is missing" in proc.stderr
+    shutil.rmtree(run / "tiny" / "estimates.zarr")
+    proc = stage("estimate", run, "--scheduler", "synchronous", check=False)
+    assert proc.returncode == 2 and "seed_0/activations/dense2/c/2/0/0" in proc.stderr
+    assert "retrain that seed" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_results_cell_whose_data_is_gone_is_not_done(run):
+    store = run / "tiny" / "estimates.zarr"
+    before = xr.open_zarr(store).load()
+    (store / "I_XT" / "c" / "0" / "0" / "1" / "0" / "0").unlink()  # binning_10, seed 0, split test
+    proc = stage("verify", run, check=False)
+    assert proc.returncode == 2
+    assert "cells of estimator binning_10, seed 0, split test are marked done but" in proc.stderr
+    proc = stage("estimate", run, "--scheduler", "synchronous")
+    assert "results of binning_10, seed 0, split test are marked done but their files are gone" in proc.stdout
+    assert "3 tasks (12 cells)" in proc.stdout  # that block's three layers, nothing else
+    after = xr.open_zarr(store).load()
+    np.testing.assert_array_equal(after.I_XT.values, before.I_XT.values)
+    assert stage("verify", run).returncode == 0
+
+
+@pytest.mark.slow
+def test_figures_refuse_results_of_another_archive(run, tmp_path):
+    other = tmp_path / "other"
+    stage("train", other, "--set", "train.lr=0.02")
+    shutil.copytree(run / "tiny" / "estimates.zarr", other / "tiny" / "estimates.zarr")
+    proc = stage("figures", other, "--figures", str(tmp_path / "figures"), check=False)
+    assert proc.returncode == 2 and "belongs to another archive" in proc.stderr

@@ -1,0 +1,21 @@
+"""End-to-end checks of stored data: an archive's chunks against its commits' records, a results
+store's done cells against their files.
+
+    from pipeline.verify import verify
+    verify("data/runs/szt_tanh/archive.zarr")     # [] when clean, else one line per problem
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.archive import ArchiveReader
+from pipeline.results import verify_results
+
+
+def verify(path: str | Path) -> list[str]:
+    """Damage found in an archive or a results store (told apart by their root attributes)."""
+    path = Path(path)
+    if (path / "done").is_dir():  # every results store has the `done` mask; archives never
+        return verify_results(path)
+    return ArchiveReader(path).verify()

@@ -1,0 +1,37 @@
+"""Check a run's archive and results store end to end against what their commits wrote.
+
+    python -m stages.verify --config configs/szt_tanh.toml      # or: make verify
+    python -m stages.verify --archive runs/mine/archive.zarr     # and the estimates.zarr beside it
+    python -m stages.verify path/to/archive.zarr path/to/estimates.zarr
+"""
+
+import sys
+from pathlib import Path
+
+from pipeline.cli import DEFAULT_CONFIG, base_parser, guarded
+from pipeline.config import load_config
+from pipeline.runs import RunPaths
+from pipeline.verify import verify
+
+
+def cli() -> None:
+    parser = base_parser(__doc__.splitlines()[0], archive=True)
+    parser.add_argument("paths", nargs="*", type=Path, help="archive.zarr or estimates.zarr folders")
+    args = parser.parse_args()
+
+    def body() -> int:
+        paths = list(args.paths)
+        if not paths:
+            run = (RunPaths.from_archive(args.archive) if args.archive else
+                   RunPaths.of(args.runs, load_config(args.config or DEFAULT_CONFIG, args.overrides).name))
+            paths = [run.archive] + ([run.results] if run.results.exists() else [])
+        damage = [line for path in paths for line in verify(path)]
+        for line in damage:
+            print(f"damaged: {line}", file=sys.stderr)
+        print(f"{len(damage)} problem(s) in {', '.join(map(str, paths))}")
+        return 2 if damage else 0
+    guarded(body)
+
+
+if __name__ == "__main__":
+    cli()
