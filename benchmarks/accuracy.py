@@ -155,7 +155,7 @@ def render(record: dict) -> str:
         "dimension:\n\n"
         + table(["dim per side", "cases", "within tolerance", "median rel. error", "worst case"],
                 summarise_ksg(ksg))
-        + "\n\nThe same with `transform=\"standardise\"` (SCIENCE.md's wording), for comparison:\n\n"
+        + "\n\nThe same with `transform=\"standardise\"` (the papers' wording), for comparison:\n\n"
         + table(["dim per side", "cases", "within tolerance", "median rel. error", "worst case"],
                 summarise_ksg(ksg_std))
         + "\n\n**compression**, relative noise 1e-3, 4 dimensions, k = 5, seed 0. Defaults: "

@@ -603,6 +603,19 @@ class ArchiveReader:
         return "\n".join(lines)
 
 
+def remove_litter(path: Path) -> list[Path]:
+    """Delete what killed writers leave behind: zarr's `*.partial` temporary chunk files inside
+    the archive and a half-built `<archive>.partial`. Call it only while no writer runs."""
+    litter = [*path.rglob("*.partial")] if path.exists() else []
+    for file in litter:
+        file.unlink(missing_ok=True)
+    aside = path.with_name(path.name + ".partial")
+    if aside.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        litter.append(aside)
+    return litter
+
+
 def prepare_for_writing(path: Path) -> None:
     """Drop consolidated metadata before writing: it would go stale as seeds commit."""
     meta_path = path / "zarr.json"

@@ -96,6 +96,8 @@ class ArchiveConfig:
     sample_seed: int = 0
     store_weights: bool = True  # needed by the Fisher estimator
     activation_dtype: Literal["float32", "float16"] = "float32"
+    # a snapshot with NaN/inf activations (or beyond float16's range): "stop" the seed, or "warn"
+    nonfinite: Literal["stop", "warn"] = "stop"
     enabled: bool = True  # False only for benchmarks: train without recording anything
 
 
@@ -153,7 +155,7 @@ class ExperimentConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_LATER_KEYS = {"data": {"factory": "", "options": {}},
+_LATER_KEYS = {"archive": {"nonfinite": "stop"}, "data": {"factory": "", "options": {}},
                "model": {"factory": "", "layers": (), "options": {}}}
 
 

@@ -29,7 +29,7 @@ from pipeline.registry import Registry
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
 
-# Icosahedron neighbour lists and antipodal pairs of SCIENCE.md section 2.
+# Icosahedron neighbour lists and antipodal pairs of docs/science.md, section 2.
 SZT_NEIGHBOURS = {
     0: [1, 3, 5, 10, 11], 1: [0, 2, 3, 4, 11], 2: [1, 3, 4, 8, 9], 3: [0, 1, 2, 8, 10],
     4: [1, 2, 6, 9, 11], 5: [0, 6, 7, 10, 11], 6: [4, 5, 7, 9, 11], 7: [5, 6, 8, 9, 10],

@@ -15,7 +15,6 @@ a kill loses only the tasks in flight, and a rerun computes exactly the cells no
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import os
 import time
@@ -48,6 +47,7 @@ from pipeline.results import (
     write_store,
 )
 from pipeline.runs import RunPaths
+from pipeline.writer import lock_file
 
 # Used when a config has no [estimators.*] tables: every method with the papers' parameters.
 DEFAULT_ESTIMATORS: dict[str, dict[str, Any]] = {
@@ -261,22 +261,6 @@ def fisher_plan(ds, committed: dict[int, np.ndarray], settings: EstimateConfig,
     return tasks
 
 
-class _Lock:
-    """Refuses a second concurrent `make estimate` on the same run."""
-
-    def __init__(self, path: Path):
-        self.fd = os.open(path, os.O_CREAT | os.O_RDWR)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise ResultsError(f"another `make estimate` is writing {path.parent}; wait for it to "
-                               "finish (results are kept) and run again") from None
-
-    def release(self) -> None:
-        os.close(self.fd)
-
-
 def worker_environ() -> dict[str, Any]:
     """distributed's worker environment without MALLOC_TRIM_THRESHOLD_.
 
@@ -297,14 +281,31 @@ def make_client(scheduler: str | None, scheduler_file: str | None, n_workers: in
     import dask
     from distributed import Client, LocalCluster
 
-    if scheduler_file:
-        return Client(scheduler_file=scheduler_file), None
-    if scheduler:
-        return Client(scheduler), None
+    if scheduler_file or scheduler:
+        return _connect(Client, scheduler, scheduler_file), None
     with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address=":0")
     return Client(cluster), cluster
+
+
+CONNECT_TIMEOUT_S = 10
+
+
+def _connect(client_class, scheduler: str | None, scheduler_file: str | None):
+    """A client of an existing scheduler, or one line saying why not within a bounded wait."""
+    if scheduler_file and not Path(scheduler_file).is_file():
+        raise ConfigError(f"--scheduler-file {scheduler_file} does not exist: start the scheduler "
+                          "with `dask scheduler --scheduler-file FILE` first, or give its address")
+    where = f"--scheduler-file {scheduler_file}" if scheduler_file else f"scheduler {scheduler}"
+    try:
+        if scheduler_file:
+            return client_class(scheduler_file=scheduler_file, timeout=CONNECT_TIMEOUT_S)
+        return client_class(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ConfigError(f"cannot reach the Dask {where} within {CONNECT_TIMEOUT_S} s ({type(err).__name__}"
+                          f": {str(err).splitlines()[0] if str(err) else 'no answer'}): check the address "
+                          "(tcp://host:8786) and that the scheduler runs") from None
 
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: str | None = None,
@@ -340,12 +341,14 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     entries = dict(settings.estimators) or DEFAULT_ESTIMATORS
     splits, notes = usable_splits(archive, settings.estimate)
     selection.check(list(entries), archive.seeds, splits, paths.archive, archive.name)
-    lock = _Lock(paths.estimate_lock)
+    lock = lock_file(paths.run_dir, "estimates", wait=False, error=ResultsError,
+                     busy=f"another `make estimate` is writing {paths.run_dir}; wait for it to finish "
+                     "(results are kept) and run again")
     try:
         return _estimate(archive, paths, entries, settings.estimate, splits, notes, scheduler,
                          scheduler_file, netcdf, selection)
     finally:
-        lock.release()
+        os.close(lock)
 
 
 def usable_splits(archive: ArchiveReader, settings: EstimateConfig) -> tuple[list[str], list[str]]:
@@ -408,6 +411,18 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     return target, committed
 
 
+def nan_summary(messages: list[str]) -> str:
+    """One table of the NaN cells: per estimator entry and reason, the count and one example."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for message in messages:  # "<entry> seed <s> <split> epoch <e> <layer>: <reason>"
+        cell, _, reason = message.partition(": ")
+        groups.setdefault((cell.split(" ", 1)[0], reason), []).append(cell)
+    rows = [f"  {entry}: {len(cells)} cell(s), e.g. {cells[0].split(' ', 1)[1]}: {reason}"
+            for (entry, reason), cells in groups.items()]
+    return (f"NaN stored in {len(messages)} cell(s) (all listed in the store's `warnings` attribute):\n"
+            + "\n".join(rows))
+
+
 def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
               settings: EstimateConfig, splits: list[str], notes: list[str],
               scheduler: str | None, scheduler_file: str | None, netcdf: bool,
@@ -443,25 +458,10 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         else:
             writer.write_fisher(result["seed"], result["epochs"], result["layers"], result["traces"])
 
-    path = str(paths.archive.resolve())
-    bar = tqdm(total=len(tasks) + len(fisher_tasks), unit="task", desc=f"estimate {archive.name}",
-               mininterval=1.0, dynamic_ncols=True)
-    failures: list[str] = []
-    try:  # the bar is closed before any error line, so that line is the last one printed
-        if scheduler == "synchronous":
-            for task in tasks:
-                handle(run_task(path, task))
-                bar.update(1)
-            for ftask in fisher_tasks:
-                handle(run_fisher_task(path, ftask))
-                bar.update(1)
-        else:
-            failures = _run_on_dask(settings, path, tasks, fisher_tasks, scheduler, scheduler_file, handle,
-                                    bar)
-    finally:
-        bar.close()
-    for message in messages:
-        warnings.warn(f"NaN stored: {message}", stacklevel=1)
+    failures = _execute(settings, str(paths.archive.resolve()), tasks, fisher_tasks, scheduler,
+                        scheduler_file, handle, f"estimate {archive.name}")
+    if messages:
+        warnings.warn(nan_summary(messages), stacklevel=1)
     elapsed = time.perf_counter() - started
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     line = (f"{stamp} estimate: {len(tasks)} tasks, {n_cells} cells, {len(fisher_tasks)} Fisher "
@@ -479,14 +479,43 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
     return 1 if failures else 0
 
 
-def _run_on_dask(settings: EstimateConfig, path: str, tasks: list[Task], fisher_tasks: list[FisherTask],
-                 scheduler: str | None, scheduler_file: str | None, handle, bar) -> list[str]:
-    from distributed import as_completed
+ETA_AFTER = 5  # tasks completed before a time left is shown: the first ones say little
 
-    client, cluster = make_client(scheduler, scheduler_file, settings.n_workers)
-    print(f"dask dashboard: {client.dashboard_link}", flush=True)
-    failures = []
-    try:
+
+def _progress(total: int, desc: str) -> tqdm:
+    """A bar whose time left is the mean rate since the start, shown once a few tasks are done."""
+    return tqdm(total=total, unit="task", desc=desc, mininterval=1.0, dynamic_ncols=True, smoothing=0,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, time left after "
+                           f"{ETA_AFTER} tasks]")
+
+
+def _advance(bar: tqdm) -> None:
+    bar.update(1)
+    if bar.n == ETA_AFTER:
+        bar.bar_format = None  # tqdm's default: elapsed<remaining, rate
+
+
+def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_tasks: list[FisherTask],
+             scheduler: str | None, scheduler_file: str | None, handle, desc: str) -> list[str]:
+    """Run every task (in this process, or on Dask), handing each result to `handle` as it comes;
+    returns the failures (tasks that failed after their retries)."""
+    client = cluster = None
+    if scheduler != "synchronous":  # connect first: its messages come before the bar
+        client, cluster = make_client(scheduler, scheduler_file, settings.n_workers)
+        print(f"dask dashboard: {client.dashboard_link}", flush=True)
+    bar = _progress(len(tasks) + len(fisher_tasks), desc)
+    failures: list[str] = []
+    try:  # the bar is closed before any error line, so that line is the last one printed
+        if client is None:
+            for task in tasks:
+                handle(run_task(path, task))
+                _advance(bar)
+            for ftask in fisher_tasks:
+                handle(run_fisher_task(path, ftask))
+                _advance(bar)
+            return failures
+        from distributed import as_completed
+
         futures = [client.submit(run_task, path, task, key=task.key, retries=settings.retries,
                                  pure=False) for task in tasks]
         futures += [client.submit(run_fisher_task, path, task, key=task.key, retries=settings.retries,
@@ -498,12 +527,14 @@ def _run_on_dask(settings: EstimateConfig, path: str, tasks: list[Task], fisher_
                 failures.append(f"task {future.key} failed after {settings.retries} retries: {err}")
             else:
                 handle(result)  # a failed write (disk full) stops the run: nothing more can be stored
-            bar.update(1)
+            _advance(bar)
+        return failures
     finally:
-        client.close()
+        bar.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
-    return failures
 
 
 def export_netcdf(results_path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Samples with known mutual information, for testing estimators (SCIENCE.md section 6).
+"""Samples with known mutual information, for testing estimators (docs/science.md, section 6).
 
     from pipeline.groundtruth import gaussian_pair, bump_images
     a, b = gaussian_pair(n=5000, mi_bits=2.0, dim=3, seed=0)   # I(a;b) = 2 bits exactly

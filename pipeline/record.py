@@ -31,6 +31,7 @@ import io
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,28 @@ METRIC_ALIASES = {"loss": "loss_train", "accuracy": "accuracy_train"}
 
 class RecordError(ValueError):
     """A layer pattern, a module output or a recorder argument cannot be used; says which."""
+
+
+class NonFiniteActivations(RecordError):
+    """A snapshot's layer holds NaN or inf (or values beyond float16's range when archived in
+    float16): storing it would give every estimator garbage."""
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def nonfinite_problems(acts: dict[str, np.ndarray], float16: bool) -> list[str]:
+    """Per layer with a problem: how many values are non-finite or would overflow float16."""
+    problems = []
+    for name, values in acts.items():
+        finite = np.isfinite(values)
+        bad = int(values.size - finite.sum())
+        over = int((np.abs(values[finite]) > FLOAT16_MAX).sum()) if float16 else 0
+        if bad or over:
+            what = [f"{bad} NaN/inf"] if bad else []
+            what += [f"{over} beyond float16's range {FLOAT16_MAX:g}"] if over else []
+            problems.append(f"layer {name}: {' and '.join(what)} of {values.size} values")
+    return problems
 
 
 def match_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
@@ -317,6 +340,8 @@ class Recorder:
     splits : `{name: indices}` partitioning the samples; None: one split, "all".
     epochs, n_epochs : the planned snapshot epochs and training length, when known (arrays are
         then allocated once; otherwise they grow).
+    nonfinite : "stop" raises NonFiniteActivations at a snapshot whose layers hold NaN or inf
+        (or values float16 cannot hold); "warn" stores it with one warning.
     weights, gradients : record the parameters at each snapshot (Fisher information) and, via
         `gradient_step()` after each `backward()`, the gradients' mean and spread.
     optimizer, generators : with an optimizer, each commit stores a checkpoint that `resume()`
@@ -333,7 +358,8 @@ class Recorder:
                  optimizer: torch.optim.Optimizer | None = None,
                  generators: Sequence[torch.Generator] = (), activation_dtype: str = "float32",
                  dataset_index: Any = None, model_spec: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None, batch_size: int = PROBE_BATCH):
+                 extra: dict[str, Any] | None = None, batch_size: int = PROBE_BATCH,
+                 nonfinite: str = "stop"):
         self.paths = RunPaths.from_archive(path)
         self.model, self.seed, self.select = model, int(seed), dict(select or {})
         self.optimizer, self.generators, self.batch_size = optimizer, list(generators), batch_size
@@ -344,6 +370,9 @@ class Recorder:
         if activation_dtype not in ("float32", "float16"):
             raise RecordError(f"activation_dtype: 'float32' or 'float16', got {activation_dtype!r}")
         self.float16 = activation_dtype == "float16"
+        if nonfinite not in ("stop", "warn"):
+            raise RecordError(f"nonfinite: 'stop' or 'warn', got {nonfinite!r}")
+        self.nonfinite, self._warned = nonfinite, False
         self.spec = recording_spec(
             model, self.layers, inputs, labels, splits, name or self.paths.name, select=self.select,
             output_layer=output_layer, epochs=epochs, n_epochs=n_epochs, weights=weights,
@@ -424,8 +453,10 @@ class Recorder:
         if metrics:
             self.log(epoch, **metrics)
         acts = capture(self.model, self.inputs, self.layers, self.select, self.batch_size)
+        self._check_finite(epoch, acts)
         if self.float16:
-            acts = {k: v.astype(np.float16) for k, v in acts.items()}
+            with np.errstate(over="ignore"):  # reported by _check_finite (stop or one warning)
+                acts = {k: v.astype(np.float16) for k, v in acts.items()}
         weights = ({k: v.detach().float().cpu().numpy().copy() for k, v in state_arrays(self.model).items()}
                    if self.spec.weights else {})
         grads = (None, None)
@@ -439,6 +470,18 @@ class Recorder:
                             checkpoint=self._checkpoint(epoch, index), snapshot_epochs=list(self._epochs)),
                      epoch)
         return True
+
+    def _check_finite(self, epoch: int, acts: dict[str, np.ndarray]) -> None:
+        problems = nonfinite_problems(acts, self.float16)
+        if not problems:
+            return
+        text = f"epoch {epoch}: " + "; ".join(problems)
+        if self.nonfinite == "stop":
+            raise NonFiniteActivations(f"{text}; the snapshot is not stored (lower the learning rate, "
+                                       "or archive float32; nonfinite='warn' stores it anyway)")
+        if not self._warned:
+            warnings.warn(f"non-finite activations stored at {text} (warned once)", stacklevel=3)
+            self._warned = True
 
     def close(self, status: str = "finished", message: str = "") -> None:
         """Commit the remaining history with the seed's final status, and stop the writer."""

@@ -167,6 +167,8 @@ def recover(path: Path) -> None:
     backup = path.with_name(path.name + ".old")
     if backup.exists() and not path.exists():
         backup.rename(path)
+    elif backup.exists():  # the swap completed; only the old store's deletion was cut short
+        shutil.rmtree(backup, ignore_errors=True)
     shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
 
 

@@ -35,10 +35,6 @@ class RunPaths:
         return self.run_dir / "estimates.zarr"
 
     @property
-    def estimate_lock(self) -> Path:
-        return self.run_dir / "estimates.lock"
-
-    @property
     def checkpoints(self) -> Path:
         return self.run_dir / "checkpoints"
 

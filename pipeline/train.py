@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -36,14 +37,16 @@ from pipeline.archive import (
     choose_samples,
     consolidate,
     create_archive,
+    remove_litter,
     snapshot_epochs,
 )
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.data import SplitData, load_dataset
 from pipeline.models import build_model, recorded_layers
 from pipeline.provenance import provenance
-from pipeline.record import Recorder, match_layers, recording_spec
+from pipeline.record import NonFiniteActivations, Recorder, match_layers, recording_spec
 from pipeline.runs import RunPaths
+from pipeline.writer import lock_file, lock_seed
 
 EVAL_BATCH = 2048
 
@@ -116,7 +119,7 @@ def recorder(cfg: ExperimentConfig, paths: RunPaths, seed: int, model: nn.Module
         generators=[generator] if generator is not None else [],
         activation_dtype=cfg.archive.activation_dtype, dataset_index=samples.dataset_index,
         model_spec=model_spec(cfg), extra={"config": cfg.to_dict(), "training_hash": cfg.training_hash()},
-        batch_size=EVAL_BATCH)
+        batch_size=EVAL_BATCH, nonfinite=cfg.archive.nonfinite)
 
 
 @dataclass
@@ -173,17 +176,17 @@ def train_seed(cfg: ExperimentConfig, seed: int, runs_dir: str | Path, position:
 
 def _train_epochs(cfg: ExperimentConfig, seed: int, trainer: Trainer, rec: Recorder,
                   position: int) -> tuple[str, str]:
-    """The epoch loop: train, evaluate, snapshot on schedule; stops at a non-finite loss."""
+    """The epoch loop: train, evaluate, snapshot on schedule; stops at a non-finite loss or layer."""
     schedule = {int(e) for e in snapshot_epochs(cfg.archive, cfg.train.n_epochs)}
     start = rec.resume()
-    if start < 0:
-        rec.log(0, **trainer.history())
-        if 0 in schedule:
-            rec.snapshot(0)
-        start = 0
-    bar = tqdm(total=cfg.train.n_epochs, initial=start, position=position, leave=True,
+    bar = tqdm(total=cfg.train.n_epochs, initial=max(start, 0), position=position, leave=True,
                desc=f"{cfg.name} seed {seed}", unit="epoch", mininterval=2.0, dynamic_ncols=True)
     try:
+        if start < 0:
+            rec.log(0, **trainer.history())
+            if 0 in schedule:
+                rec.snapshot(0)
+            start = 0
         for epoch in range(start + 1, cfg.train.n_epochs + 1):
             tracked = epoch in schedule  # gradient statistics only where a snapshot keeps them
             batch_loss = train_one_epoch(trainer.model, trainer.optimizer, trainer.x_train,
@@ -199,6 +202,13 @@ def _train_epochs(cfg: ExperimentConfig, seed: int, trainer: Trainer, rec: Recor
                                     "or check the data.")
             if tracked:
                 rec.snapshot(epoch)
+    except NonFiniteActivations as err:  # the loss may be finite while a layer is not
+        return "diverged", f"seed {seed} stopped at {err}"
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        return "diverged", (f"seed {seed} diverged: the optimiser overflowed float32 ({err}); snapshots "
+                            "before it are kept. Lower train.lr.")
     finally:
         bar.close()
     return "finished", ""
@@ -225,8 +235,17 @@ def archive_samples(archive: ArchiveReader) -> Samples:
 
 
 def _train_seed_process(args: tuple) -> SeedResult:
-    cfg, seed, runs_dir, position, threads = args
+    cfg, seed, runs_dir, position, threads, parent = args
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     return train_seed(cfg, seed, runs_dir, position=position, threads=threads)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A pool worker whose `make train` was killed stops too (its writer then exits uncommitted).
+    `parent` is passed in, not read here: a worker may start after its parent died."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def prepare_archive(cfg: ExperimentConfig, runs_dir: str | Path, force: bool = False) -> Path:
@@ -262,15 +281,32 @@ def prepare_archive(cfg: ExperimentConfig, runs_dir: str | Path, force: bool = F
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", force: bool = False) -> int:
     """Train every seed of `cfg` not yet finished; returns a process exit code."""
-    archive_path = RunPaths.of(runs_dir, cfg.name).archive
     if not cfg.archive.enabled:
         raise ValueError("archive.enabled = false is for benchmarks only: nothing would be written")
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {cfg.train.device!r} but this machine has no GPU: "
                           "add --set train.device='cpu' (slow for VGG-16) or run on a GPU machine")
+    paths = RunPaths.of(runs_dir, cfg.name)
+    lock = lock_file(paths.run_dir, "train", wait=False, busy=f"another `make train` is running on "
+                     f"{paths.run_dir}; wait for it to finish (or stop it) and run again")
+    try:
+        return _train_all(cfg, runs_dir, paths, force)
+    finally:
+        os.close(lock)
+
+
+def _train_all(cfg: ExperimentConfig, runs_dir: str | Path, paths: RunPaths, force: bool) -> int:
+    """Under the run's lock: prepare the archive, clean up after killed runs, train what is left."""
+    archive_path = paths.archive
     prepare_archive(cfg, runs_dir, force)
+    for litter in remove_litter(archive_path):
+        print(f"removed {litter} (left by a killed run)")
     reader = ArchiveReader(archive_path)
     done = {s: reader.seed_status(s)["status"] for s in reader.seeds}
+    for seed in [s for s, status in done.items() if status == "finished"]:
+        if paths.seed_checkpoints(seed).exists():  # a kill came between the commit and the cleanup
+            os.close(lock_seed(paths.seed_checkpoints(seed), "trainer", wait=False))
+            shutil.rmtree(paths.seed_checkpoints(seed), ignore_errors=True)
     todo = [s for s in cfg.seeds if done.get(s) not in ("finished", "diverged")]
     if not todo:
         print(f"nothing to do: {archive_path} already holds seeds {list(cfg.seeds)} "
@@ -287,7 +323,7 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", force: bool 
     else:
         context = multiprocessing.get_context("spawn")  # torch and fork do not mix
         with ProcessPoolExecutor(processes, mp_context=context) as pool:
-            jobs = [(cfg, s, runs_dir, i % processes, threads) for i, s in enumerate(todo)]
+            jobs = [(cfg, s, runs_dir, i % processes, threads, os.getpid()) for i, s in enumerate(todo)]
             results = list(pool.map(_train_seed_process, jobs))
     consolidate(archive_path)
     failed = [r for r in results if r.status == "diverged"]

@@ -64,17 +64,24 @@ def apply_commit(writer: SeedWriter, ckpt_dir: Path, commit: Commit) -> None:
         (ckpt_dir / f"snapshot_{index - 2}.pt").unlink(missing_ok=True)
 
 
-def lock_seed(ckpt_dir: Path, name: str, wait: bool) -> int:
-    """Take an exclusive lock file in the seed's checkpoint folder; returns its descriptor."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(ckpt_dir / f"{name}.lock", os.O_CREAT | os.O_RDWR)
+def lock_file(folder: Path, name: str, wait: bool, busy: str,
+              error: type[Exception] = ArchiveError) -> int:
+    """Take the exclusive lock `folder/<name>.lock`; returns its descriptor (close it to release).
+    Without `wait`, a lock held elsewhere raises `error` saying `busy`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f"{name}.lock", os.O_CREAT | os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         os.close(fd)
-        raise ArchiveError(f"another process is training this seed ({ckpt_dir}); wait for it or "
-                           "stop it before starting again") from None
+        raise error(busy) from None
     return fd
+
+
+def lock_seed(ckpt_dir: Path, name: str, wait: bool) -> int:
+    """Take an exclusive lock file in the seed's checkpoint folder; returns its descriptor."""
+    return lock_file(ckpt_dir, name, wait, f"another process is training this seed ({ckpt_dir}); "
+                     "wait for it or stop it before starting again")
 
 
 def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocessing.Queue,

@@ -176,17 +176,18 @@ def test_nan_results_are_stored_with_a_warning(runs):
         assert estimate(config(**bad), runs, scheduler="synchronous") == 0
     ds = load(runs)
     assert bool(ds.done.all()) and bool(np.isnan(ds.I_XT).all())
-    assert any("NaN stored" in str(w.message) and "k must be between" in str(w.message) for w in caught)
+    [summary] = [str(w.message) for w in caught if "NaN stored" in str(w.message)]  # one, not one a cell
+    assert summary.startswith("NaN stored in 48 cell(s)") and "ksg_too_many_neighbours: 48 cell(s)" in summary
 
 
 def test_concurrent_runs_are_refused(runs):
-    from pipeline.estimate import _Lock
-    lock = _Lock(runs / "tiny" / "estimates.lock")
+    from pipeline.writer import lock_file
+    lock = lock_file(runs / "tiny", "estimates", wait=True, busy="")
     try:
         with pytest.raises(ResultsError, match="another `make estimate`"):
             estimate(config(), runs, scheduler="synchronous")
     finally:
-        lock.release()
+        os.close(lock)
 
 
 def test_missing_archive_is_one_clear_error(tmp_path):
@@ -211,7 +212,8 @@ def test_figures_from_partial_results(runs, tmp_path):
     assert (out / "training.png").exists() and (out / "gradients.png").exists()
     assert "no results store" in report
     bad = {"binning_10": ESTIMATORS["binning_10"], "broken": {"method": "ksg", "k": 100000}}
-    with pytest.warns(UserWarning, match="NaN stored: broken seed 0 all epoch 0 dense1: k must be"):
+    with pytest.warns(UserWarning, match="NaN stored in 48 cell.*\n  broken: 48 cell\\(s\\), e.g. seed 0 all "
+                      "epoch 0 dense1: k must be between 1 and n - 1"):
         estimate(config(**bad), runs, scheduler="synchronous")
     figures(config(**bad), runs, tmp_path)
     report = (out / "index.html").read_text()

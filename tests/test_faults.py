@@ -1,15 +1,22 @@
 """Faults and bad input: full or read-only storage, invalid values; one line, exit 2, no hang."""
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import uuid
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from pipeline.archive import ArchiveReader
-from tests.helpers import TINY, assert_same_arrays, group_arrays, run_stage
+from pipeline.record import NonFiniteActivations, Recorder
+from pipeline.verify import verify
+from tests.helpers import ROOT, TINY, assert_same_arrays, group_arrays, run_stage
 
 ONE_SEED = ["--set", "seeds=[0]", "--set", "train.threads_per_seed=1", "--set", "train.n_epochs=60",
             "--set", "archive.every=1"]
@@ -146,3 +153,100 @@ def test_figures_refuse_results_of_another_archive(run, tmp_path):
     shutil.copytree(run / "tiny" / "estimates.zarr", other / "tiny" / "estimates.zarr")
     proc = stage("figures", other, "--figures", str(tmp_path / "figures"), check=False)
     assert proc.returncode == 2 and "belongs to another archive" in proc.stderr
+
+
+# ---------------------------------------------------------------- numerical health
+def test_activations_beyond_float16_stop_or_warn(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.fill_(1e5)  # outputs near 1e5: float16 holds at most 65504
+    x = torch.ones(8, 3)
+    with pytest.raises(NonFiniteActivations, match="epoch 4: layer 0: 16 beyond float16's range"):
+        with Recorder(tmp_path / "stop" / "archive.zarr", model, ["0"], x,
+                      activation_dtype="float16") as rec:
+            rec.snapshot(4)
+    assert ArchiveReader(tmp_path / "stop" / "archive.zarr").committed_epochs(0).tolist() == []
+    with pytest.warns(UserWarning, match="non-finite activations stored at epoch 0") as caught:
+        with Recorder(tmp_path / "warn" / "archive.zarr", model, ["0"], x, activation_dtype="float16",
+                      nonfinite="warn") as rec:
+            rec.snapshot(0)
+            rec.snapshot(1)
+    assert len([w for w in caught if "non-finite" in str(w.message)]) == 1  # once
+    assert np.isinf(ArchiveReader(tmp_path / "warn" / "archive.zarr").activations(0, "0", 1)).all()
+
+
+@pytest.mark.slow
+def test_optimiser_overflow_is_a_diverged_seed(tmp_path):
+    proc = run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]",
+                     "--set", "train.lr=1e38", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "seed 0 diverged: the optimiser overflowed float32" in proc.stdout
+    assert ArchiveReader(tmp_path / "tiny" / "archive.zarr").seed_status(0)["status"] == "diverged"
+
+
+# ---------------------------------------------------------------- concurrency and litter
+@pytest.mark.slow
+def test_a_second_train_is_refused_and_litter_is_cleaned(tmp_path):
+    from pipeline.writer import lock_file
+
+    lock = lock_file(tmp_path / "tiny", "train", wait=True, busy="")
+    proc = run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), check=False)
+    os.close(lock)
+    assert proc.returncode == 2 and "another `make train` is running on" in proc.stderr
+    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+    archive = tmp_path / "tiny" / "archive.zarr"
+    partial = archive / "seed_0" / "activations" / "dense1" / "c" / "0" / "0" / "0.1a2b3c.partial"
+    partial.write_bytes(b"half a chunk")
+    stale = tmp_path / "tiny" / "checkpoints" / "seed_0"
+    stale.mkdir(parents=True)
+    (stale / "snapshot_3.pt").write_bytes(b"old")
+    proc = run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+    assert f"removed {partial}" in proc.stdout and not partial.exists() and not stale.exists()
+    assert verify(archive) == []
+
+
+@pytest.mark.slow
+def test_killing_the_top_train_process_stops_its_workers(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--config", str(TINY), "--runs",
+                             str(tmp_path), "--set", "train.n_epochs=3000", "--set", "archive.every=50"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_children(proc.pid)) < 2:
+        time.sleep(0.5)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, "the seed workers never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.5)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    try:
+        with open(path) as handle:
+            return [int(p) for p in handle.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_an_interrupted_store_swap_is_finished(tmp_path):
+    from pipeline.results import recover
+
+    store = tmp_path / "estimates.zarr"
+    store.mkdir()
+    (tmp_path / "estimates.zarr.old").mkdir()  # the swap completed, the old store's deletion did not
+    (tmp_path / "estimates.zarr.partial").mkdir()
+    recover(store)
+    assert store.exists() and not (tmp_path / "estimates.zarr.old").exists()
+    assert not (tmp_path / "estimates.zarr.partial").exists()

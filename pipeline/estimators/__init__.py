@@ -9,7 +9,7 @@ Methods: "binning", "kde", "renyi", "ksg", "compression" (one module each), regi
 as an entry point `method = "package.module:function"`. `x`: inputs
 (n, ...); `t`: one layer's outputs (n, ...), any trailing shape; `y`: integer labels (n,).
 Unknown methods or parameters raise ValueError listing the valid ones; every method's defaults
-are the papers' (SCIENCE.md sections 3-7) and documented in its function's docstring.
+are the papers' (docs/science.md, sections 3-7) and documented in its function's docstring.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     kde_information_plane(x, t, y, noise_variance=0.1, bound="upper")
 
 The entropy of the Gaussian mixture (1/P) sum_j N(h_j, s2 I) is bounded above by the pairwise-KL
-estimate and below by the Bhattacharyya one (SCIENCE.md section 4). I(X;T) = H(T) - H(T|X);
+estimate and below by the Bhattacharyya one (docs/science.md, section 4). I(X;T) = H(T) - H(T|X);
 I(T;Y) = H(T) - sum_y p(y) H(T|Y=y) with the same bound inside each class, which makes it a
 difference of bounds, not itself a bound. Computed in nats, returned in bits.
 """

@@ -88,7 +88,7 @@ def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: flo
 
     I = psi(k) + psi(N) - < psi(n_a + 1) + psi(n_b + 1) >, with eps_i the max-norm distance to
     the k-th joint neighbour and marginal counts strictly inside eps_i. Each coordinate is
-    first mapped to normal scores (default) or standardised (SCIENCE.md's wording), and a
+    first mapped to normal scores (default) or standardised (the papers' wording), and a
     `jitter` of standard normal noise breaks ties. A 1-D integer `b` is taken as discrete
     labels (Ross 2014): I = psi(N) - <psi(N_y)> + psi(k) - <psi(m)>.
 
