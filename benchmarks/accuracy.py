@@ -161,7 +161,7 @@ def render(record: dict) -> str:
         + "\n\n**compression**, relative noise 1e-3, 4 dimensions, k = 5, seed 0. Defaults: "
         "`compressor=\"auto\"` (the convolutional autoencoder for images: 3 candidates for 750 steps, "
         "the best finishing 1500) and `entropy=\"auto\"` (the flow model on two autoencoder codes, with "
-        "noise of 3% of each code coordinate's spread since session 9); then "
+        "noise of 3% of each code coordinate's spread); then "
         "the dense autoencoder (`compressor=\"autoencoder\"`, 3000 steps) with `entropy=\"ksg\"`, "
         "`compressor=\"pca\"` (the default for dense layers, with KSG), and PCA with the "
         "Kozachenko-Leonenko route `entropy=\"kl\"`. Cases within max(0.15 bit, 20%): "

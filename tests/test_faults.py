@@ -250,3 +250,21 @@ def test_an_interrupted_store_swap_is_finished(tmp_path):
     recover(store)
     assert store.exists() and not (tmp_path / "estimates.zarr.old").exists()
     assert not (tmp_path / "estimates.zarr.partial").exists()
+
+
+# ---------------------------------------------------------------- cluster connections
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["--scheduler-file", "/nonexistent/scheduler.json"], "--scheduler-file /nonexistent/scheduler.json "
+     "does not exist"),
+    (["--scheduler", "notanaddress"], "cannot reach the Dask scheduler notanaddress within 10 s"),
+    (["--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler tcp://127.0.0.1:9 within 10 s"),
+])
+def test_a_scheduler_that_cannot_be_reached_is_one_line(run, args, message):
+    shutil.rmtree(run / "tiny" / "estimates.zarr")
+    started = time.time()
+    proc = stage("estimate", run, *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and time.time() - started < 60
+    lock = run / "tiny" / "estimates.lock"
+    assert stage("estimate", run, "--scheduler", "synchronous").returncode == 0 and lock.exists()

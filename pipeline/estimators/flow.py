@@ -96,7 +96,7 @@ def flow_mutual_information(a: np.ndarray, b: np.ndarray, layers: int = 10, hidd
         Seeds the noise, the rotations, the initialisation and the batches: results are
         reproducible.
 
-    Measured without noise (n = 5000, session 4): 1.575 bits for Gaussian latents of 4
+    Measured without noise (n = 5000): 1.575 bits for Gaussian latents of 4
     dimensions at 1.5 bits, 0.002 for independent ones (the same with b permuted), 1.400 on
     autoencoder codes of 4-latent bump images at 1.5 bits (KSG: 1.076). With the default noise
     on the default images call: docs/estimators.md (`python -m benchmarks.accuracy`).

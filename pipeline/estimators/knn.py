@@ -32,7 +32,7 @@ def normal_scores(a: np.ndarray) -> np.ndarray:
     """Each coordinate replaced by the standard normal quantile of its rank (ties averaged).
 
     A strictly increasing map per coordinate, so MI is unchanged, while monotone distortions of
-    the marginals (saturating or heavy-tailed units) no longer bias the neighbour counts.
+    the marginals (saturating or heavy-tailed units) do not bias the neighbour counts.
     """
     ranks = rankdata(a, axis=0)
     return ndtri(ranks / (len(a) + 1))
