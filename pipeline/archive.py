@@ -190,7 +190,7 @@ def create_archive(path: Path, spec: ArchiveSpec, provenance: dict[str, Any]) ->
         long_name="index of the sample in the source dataset")
     put("split", spec.split.astype(np.int8), ["sample"], flag_values=list(range(len(spec.split_names))),
         flag_meanings=" ".join(spec.split_names))
-    root.attrs.update({
+    update_attributes(root, {
         "schema_version": SCHEMA_VERSION,
         "name": spec.name,
         **spec.extra,
@@ -271,9 +271,9 @@ def create_seed_group(path: Path, seed: int) -> zarr.Group:
                                  fill_value=np.nan, dimension_names=["epoch", "parameter"])
         arr.attrs["long_name"] = ("all model parameters and float buffers (BatchNorm statistics), "
                                   "flattened in the order of the root attribute `parameters`")
-    group.attrs.update({"seed": seed, "committed_snapshots": 0, "snapshot_epochs": [],
-                        "history_through": -1, "status": "training", "message": "",
-                        "initialised": True})
+    update_attributes(group, {"seed": seed, "committed_snapshots": 0, "snapshot_epochs": [],
+                              "history_through": -1, "status": "training", "message": "",
+                              "initialised": True})
     return group
 
 
@@ -281,6 +281,11 @@ GRADIENT_LONG_NAMES = {
     "grad_mean": "||mean over the epoch's mini-batches of the layer's gradient||_2",
     "grad_std": "sqrt(trace of the covariance of the layer's mini-batch gradients)",
 }
+
+
+def update_attributes(node: zarr.Group | zarr.Array, values: dict[str, Any]) -> None:
+    """Set several attributes in one atomic rewrite of the node's metadata document."""
+    node.attrs.put({**node.attrs.asdict(), **values})
 
 
 def _fit(array: zarr.Array, index: int) -> zarr.Array:
@@ -371,11 +376,13 @@ class SeedWriter:
         history: dict[str, list[int]] = {}
         for var in HISTORY_VARIABLES:
             history.update(self._chunk_files(self.group[var]))
-        self.group.attrs.update({"committed_snapshots": committed_snapshots,
-                                 "snapshot_epochs": [int(e) for e in epochs[:committed_snapshots]],
-                                 "history_through": history_through, "status": status,
-                                 "message": message,
-                                 "integrity": {"snapshots": snapshots, "history": history}})
+        # One write of the whole document: zarr's attrs.update writes once per key, and a kill
+        # between those writes would leave a commit point half raised.
+        update_attributes(self.group, {
+            "committed_snapshots": committed_snapshots,
+            "snapshot_epochs": [int(e) for e in epochs[:committed_snapshots]],
+            "history_through": history_through, "status": status, "message": message,
+            "integrity": {"snapshots": snapshots, "history": history}})
 
 
 class ArchiveReader:

@@ -236,4 +236,4 @@ class ResultsWriter:
         self.root["fisher_done"][s] = done
 
     def set_attrs(self, **attrs: Any) -> None:
-        self.root.attrs.update(attrs)
+        self.root.attrs.put({**self.root.attrs.asdict(), **attrs})  # one write, not one a key

@@ -268,3 +268,29 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line(run, args, message):
     assert "Traceback" not in proc.stderr and time.time() - started < 60
     lock = run / "tiny" / "estimates.lock"
     assert stage("estimate", run, "--scheduler", "synchronous").returncode == 0 and lock.exists()
+
+
+def test_a_commit_point_is_one_write_of_the_seed_metadata(tmp_path, monkeypatch):
+    """A kill between several writes of the seed's zarr.json would leave a commit half raised
+    (committed_snapshots ahead of history_through): the commit must be a single write."""
+    import zarr
+
+    from pipeline.archive import SeedWriter
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    path = tmp_path / "run" / "archive.zarr"
+    with Recorder(path, model, ["0"], torch.ones(4, 3)) as rec:
+        rec.snapshot(0)
+    writer = SeedWriter(path, 0)
+    writes = []
+    original = zarr.storage.LocalStore.set
+
+    async def counting_set(self, key, value):
+        writes.append(key)
+        return await original(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", counting_set)
+    writer.commit(1, 5, "finished", "", [0], files={})
+    assert writes.count("seed_0/zarr.json") == 1
+    attrs = ArchiveReader(path).seed_status(0)
+    assert attrs["history_through"] == 5 and attrs["status"] == "finished"
