@@ -256,7 +256,7 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,estimators,images,gpu,stage,accuracy,limits")
+    parser.add_argument("--only", default="train,estimators,images,gpu,stage,accuracy,limits,uncertainty")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -274,6 +274,9 @@ def main() -> None:
     if "limits" in sections:
         from benchmarks.compression_limits import main as limits
         limits()
+    if "uncertainty" in sections:
+        from benchmarks.uncertainty import main as uncertainty
+        uncertainty()
 
 
 if __name__ == "__main__":

@@ -360,11 +360,14 @@ def validate_estimate(estimate: EstimateConfig, estimators: dict[str, dict[str, 
     for entry, table in estimators.items():
         if "method" not in table:
             raise ConfigError(f"estimators.{entry}.method: required key is missing")
-        from pipeline.estimators import ParameterError, check_parameters  # late: they import torch
+        from pipeline.estimators import ParameterError, check_parameters, get_estimator  # late: torch
+        from pipeline.uncertainty import check_options, split_options
 
-        params = {k: v for k, v in table.items() if k != "method"}
+        params, options = split_options(table)
         try:
             check_parameters(table["method"], params)
+            check_options({k: v for k, v in table.items() if k in options},
+                          get_estimator(table["method"]).schemes)
         except ParameterError as err:
             raise ConfigError(f"estimators.{entry}.{err.parameter}: {err.reason}") from None
         except ValueError as err:  # RegistryError included

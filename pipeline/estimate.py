@@ -47,6 +47,7 @@ from pipeline.results import (
     write_store,
 )
 from pipeline.runs import RunPaths
+from pipeline.uncertainty import cell_estimate, option_outputs, row_entropy, split_options
 from pipeline.writer import lock_file
 
 # Used when a config has no [estimators.*] tables: every method with the papers' parameters.
@@ -84,7 +85,16 @@ class Task:
 
     @property
     def params(self) -> dict[str, Any]:
-        return {k: v for k, v in self.table.items() if k != "method"}
+        """The estimator's own parameters (the cell options of pipeline.uncertainty left out)."""
+        return split_options(self.table)[0]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return split_options(self.table)[1]
+
+    @property
+    def outputs(self) -> list[str]:
+        return entry_outputs(self.definition, self.options)
 
     @property
     def is_chain(self) -> bool:
@@ -100,15 +110,15 @@ def run_task(archive_path: str, task: Task) -> dict[str, Any]:
     # Without labels no I(T;Y) exists: one class stands in, and I_TY is stored as NaN.
     y = archive.labels[index] if archive.labels is not None else np.zeros(len(index), dtype=np.int64)
     carried = dict(task.carried)
-    names = ["I_XT", "I_TY", *task.definition.outputs]
-    values: dict[str, list[float]] = {name: [] for name in names}
+    values: dict[str, list[float]] = {name: [] for name in task.outputs}
     messages = []
     read = archive.layer_reader(task.seed, task.layer)
+    h_x = row_entropy(x)  # the I(X;T) ceiling, once a task
     for epoch in task.epochs:
         t = read(epoch)[index]
         kwargs = {**task.params, **carried} if task.is_chain else task.params
         try:
-            out = task.definition.information_plane(x, t, y, **kwargs)
+            out = cell_estimate(task.definition, x, t, y, kwargs, task.options, input_entropy=h_x)
         except ValueError as err:
             out = {"I_XT": np.nan, "I_TY": np.nan}
             messages.append(f"{task.estimator} seed {task.seed} {task.split} epoch {epoch} "
@@ -116,10 +126,11 @@ def run_task(archive_path: str, task: Task) -> dict[str, Any]:
         if task.is_chain:
             carried.update({param: out[output] for output, param in task.definition.carry.items()
                             if np.isfinite(out.get(output, np.nan))})
-        for name in names:
+        for name in task.outputs:
             values[name].append(float(out.get(name, np.nan)))
     if archive.labels is None:
-        values["I_TY"] = [np.nan] * len(task.epochs)
+        for name in [n for n in values if n.startswith("I_TY")]:
+            values[name] = [np.nan] * len(task.epochs)
     return {"task": task, "values": {k: np.asarray(v) for k, v in values.items()}, "warnings": messages}
 
 
@@ -218,7 +229,7 @@ def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray
             continue
         table = entries[name]
         definition = get_estimator(table["method"])
-        chain = definition.is_chain({k: v for k, v in table.items() if k != "method"})
+        chain = definition.is_chain(split_options(table)[0])
         for s, seed in enumerate(ds.seed.values):
             if not selection.takes(seed=seed):
                 continue
@@ -375,6 +386,11 @@ def fisher_skipped(archive: ArchiveReader, settings: EstimateConfig) -> str | No
     return None
 
 
+def entry_outputs(definition: Estimator, options: dict[str, Any]) -> list[str]:
+    """The results variables an estimator entry fills."""
+    return ["I_XT", "I_TY", *definition.outputs, *option_outputs(options)]
+
+
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
                    splits: list[str]):
     """The results template merged with the done cells of an existing store, written if new."""
@@ -385,6 +401,7 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     outputs = {}
     for table in entries.values():
         outputs.update(get_estimator(table["method"]).outputs)
+        outputs.update(option_outputs(split_options(table)[1]))
     prov = provenance()
     attrs = {"archive_path": str(paths.archive.resolve()), "archive_recording": archive.identity,
              "config_name": archive.name, "output_layer": archive.output_layer,
@@ -396,6 +413,13 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
         raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
                            "to recompute from the current archive")
+    for e, name in enumerate(old.estimator.values if old is not None else []):
+        table = entries.get(str(name))
+        absent = [] if table is None else sorted(set(entry_outputs(
+            get_estimator(table["method"]), split_options(table)[1])) - set(old.data_vars))
+        if absent and bool(old["done"][e].any()):  # a store of an older release lacks them
+            print(f"note: recomputing {name}: the store has no {absent} for it")
+            old["done"][e] = False
     lost = lost_blocks(paths.results, old) if old is not None else []
     for e, s, p in lost:
         print(f"note: results of {old.estimator.values[e]}, seed {old.seed.values[s]}, split "

@@ -40,15 +40,19 @@ def saturation_limits(n_samples: int, labels: np.ndarray) -> tuple[float, float]
 
 def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layers: list[str],
                limits: tuple[float, float] | None = None, spread: tuple | None = None,
-               mark_epoch: int | None = None):
-    """One marker per (epoch, layer) coloured by epoch; thin lines join the layers of an epoch."""
+               mark_epoch: int | None = None, flags: np.ndarray | None = None):
+    """One marker per (epoch, layer) coloured by epoch; thin lines join the layers of an epoch.
+    Saturated points are hollow: `flags` (the store's saturation flags) or, without them, the
+    points at `limits`."""
     norm = _epoch_norm(epochs)
     cmap = plt.get_cmap(CMAP)
     for e, epoch in enumerate(epochs):
         ax.plot(i_xt[e], i_ty[e], "-", color=cmap(norm(epoch + 1)), lw=0.4, alpha=0.5)
     colours = np.repeat(epochs[:, None] + 1, len(layers), axis=1)
     saturated = np.zeros_like(i_xt, dtype=bool)
-    if limits is not None:
+    if flags is not None:
+        saturated = flags
+    elif limits is not None:
         saturated = (i_xt >= limits[0] - SATURATION_TOL) | (i_ty >= limits[1] - SATURATION_TOL)
     sc = ax.scatter(i_xt[~saturated], i_ty[~saturated], c=colours[~saturated], cmap=CMAP, norm=norm,
                     s=14, edgecolors="none")
@@ -81,6 +85,16 @@ def _plane_arrays(results: xr.Dataset, estimator: str, split: str):
     return i_xt, i_ty, spread, sel.epoch.values, sel.sizes["seed"]
 
 
+def saturation_flags(results: xr.Dataset, estimator: str, split: str) -> np.ndarray | None:
+    """(epoch, layer): saturated in more than half the seeds, from the store's flags (None if it has none)."""
+    if "I_XT_saturated" not in results:
+        return None
+    sel = results.sel(estimator=estimator, split=split)
+    sel = sel.isel(epoch=holding_values(sel.I_XT, "epoch"), seed=holding_values(sel.I_XT, "seed"))
+    flags = np.fmax(sel.I_XT_saturated, sel.I_TY_saturated).mean("seed").values
+    return np.nan_to_num(flags) > 0.5
+
+
 def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
                              limits: tuple[float, float] | None = None, seed_spread: bool = False,
                              mark_epoch: int | None = None, ib: np.ndarray | None = None) -> Figure:
@@ -92,12 +106,13 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
         bound = np.vstack([ib, [right, ib[-1, 1]]])
         ax.plot(bound[:, 0], bound[:, 1], "k--", lw=1, label="IB bound of p(x, y)")
     sc, saturated = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits,
-                               spread if seed_spread else None, mark_epoch)
+                               spread if seed_spread else None, mark_epoch,
+                               saturation_flags(results, estimator, split))
     fig.colorbar(sc, ax=ax, label="epoch + 1")
     params = str(results.parameters.sel(estimator=estimator).values)
     ax.set_title(f"{estimator} ({split}), mean of {n_seeds} seed(s)\n{params}", fontsize=7)
     if saturated:
-        ax.text(0.01, 0.01, "hollow: saturated at log2(#samples) or H(Y)", transform=ax.transAxes,
+        ax.text(0.01, 0.01, "hollow: saturated (near H(X) or H(Y))", transform=ax.transAxes,
                 fontsize=6)
     if ib is not None or mark_epoch is not None:
         ax.legend(fontsize=6, loc="lower right")

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-RESULTS_SCHEMA_VERSION = "1.1"  # 1.1: archive_recording, output_layer, declared outputs
+RESULTS_SCHEMA_VERSION = "1.2"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals
 CELL_DIMS = ("estimator", "seed", "split", "epoch", "layer")
 CELL_VARIABLES = {  # every store has these; estimators declare more (Estimator.outputs)
     "I_XT": ("I(X;T)", "bits"),

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from pipeline import figures as F
 from pipeline.ib import ib_curve, ib_point
@@ -120,3 +121,17 @@ def test_partial_entries_are_drawn_from_their_cells():
     ds["done"].loc[{"split": "test"}] = False  # a split estimated by no entry gets no column
     titles = [ax.get_title() for ax in F.comparison_figure(masked(ds)).axes]
     assert titles and not any("/ test" in t for t in titles)
+
+
+def test_stored_saturation_flags_decide_the_hollow_points():
+    from pipeline.uncertainty import OUTPUTS
+
+    ds = synthetic_results()
+    for name in ("I_XT_saturated", "I_TY_saturated"):
+        long_name, units = OUTPUTS[name]
+        ds[name] = xr.zeros_like(ds.I_XT).assign_attrs(long_name=long_name, units=units)
+    ds["I_XT_saturated"].loc[{"layer": "dense1"}] = 1.0  # flagged in every seed: 5 epochs
+    ds["I_TY_saturated"].loc[{"layer": "softmax", "seed": 0}] = 1.0  # one seed of two: not hollow
+    fig = F.information_plane_figure(ds, "binning_30", "train", limits=(0.0, 0.0))  # limits ignored
+    hollow = [c for c in fig.axes[0].collections if len(c.get_facecolors()) == 0]
+    assert len(hollow[0].get_offsets()) == len(EPOCHS)

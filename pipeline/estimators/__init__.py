@@ -15,6 +15,7 @@ are the papers' (docs/science.md, sections 3-7) and documented in its function's
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +84,11 @@ class Estimator:
     carry: dict[str, str] = field(default_factory=dict)
     chained: Callable[[dict[str, Any]], bool] | None = None
     domains: dict[str, Domain] = field(default_factory=dict)  # checked when a config loads
+    # pipeline.uncertainty: the interval schemes it allows, whether its I(X;T) uses the input
+    # values (then shuffling them gives a null), and the ceiling of its I(X;T) given H(X)
+    schemes: tuple[str, ...] = ("bootstrap", "subsample")
+    uses_inputs: bool = True
+    xt_ceiling: Callable[[dict[str, Any], float], float] = lambda params, input_entropy: input_entropy
 
     def is_chain(self, params: dict[str, Any]) -> bool:
         return bool(self.carry) and (self.chained is None or self.chained(params))
@@ -95,14 +101,14 @@ def register_estimator(name: str, *, outputs: dict[str, tuple[str, str]] | None 
                        carry: dict[str, str] | None = None,
                        chained: Callable[[dict[str, Any]], bool] | None = None,
                        mutual_information: Callable[..., float] | None = None,
-                       domains: dict[str, Domain] | None = None):
+                       domains: dict[str, Domain] | None = None, **uncertainty: Any):
     """Decorator: register an information-plane function `(x, t, y, **params) -> {"I_XT", "I_TY",
     ...}` under `name`, so `method = name` in a config runs it like the built-ins."""
     def add(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
         if ":" in name:
             raise ValueError(f"estimator name {name!r} may not hold ':' (entry points do)")
         estimator = Estimator(name, fn, mutual_information, dict(outputs or {}), dict(carry or {}), chained,
-                              dict(domains or {}))
+                              dict(domains or {}), **uncertainty)
         ESTIMATORS[name] = estimator
         fn.infoplane_estimator = estimator  # an entry point naming `fn` finds its declaration
         return fn
@@ -122,20 +128,24 @@ def get_estimator(method: str) -> Estimator:
 
 _SPREADS = {"I_XT_std": ("spread of I(X;T) over batches", "bits"),
             "I_TY_std": ("spread of I(T;Y) over batches", "bits")}
+# Binning and KDE compute I(X;T) as H(T) - H(T|X) of the layer alone: shuffling X changes
+# nothing. Duplicated rows (a bootstrap) would be separate, coinciding KDE components.
 register_estimator("binning", mutual_information=binning_mutual_information,
-                   domains=BUILTIN["binning"])(binning_information_plane)
-register_estimator("kde", mutual_information=kde_mutual_information, domains=BUILTIN["kde"])(
-    kde_information_plane)
+                   domains=BUILTIN["binning"], uses_inputs=False)(binning_information_plane)
+register_estimator("kde", mutual_information=kde_mutual_information, domains=BUILTIN["kde"],
+                   schemes=("subsample",), uses_inputs=False)(kde_information_plane)
 register_estimator(
     "renyi", mutual_information=renyi_mutual_information, domains=BUILTIN["renyi"],
     outputs={**_SPREADS, "sigma_t": ("kernel width used for the layer (Renyi)", "1")},
     carry={"sigma_t": "sigma_prev"},  # the searched width is smoothed from epoch to epoch
     chained=lambda params: isinstance(params.get("sigma_t", "alignment"), str),
+    schemes=("batches", "subsample"),  # entropies of batches: at most log2(batch size) bits
+    xt_ceiling=lambda params, h_x: min(math.log2(params.get("batch_size", 100)), h_x),
 )(renyi_information_plane)
-register_estimator("ksg", mutual_information=ksg_mutual_information, domains=BUILTIN["ksg"])(
-    ksg_information_plane)
+register_estimator("ksg", mutual_information=ksg_mutual_information, domains=BUILTIN["ksg"],
+                   schemes=("subsample",))(ksg_information_plane)  # a repeated point is its own neighbour
 register_estimator("compression", mutual_information=compression_mutual_information,
-                   domains=BUILTIN["compression"])(compression_information_plane)
+                   domains=BUILTIN["compression"], schemes=("subsample",))(compression_information_plane)
 METHODS = tuple(ESTIMATORS)
 
 

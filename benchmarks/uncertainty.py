@@ -1,0 +1,107 @@
+"""Calibration of the per-cell intervals: `make bench` section uncertainty (docs/estimators.md).
+
+    python -m benchmarks.uncertainty
+
+For each estimator and interval scheme, on many independent data sets of one distribution: the
+mean half-width of the cells' intervals against the observed 90% half-spread of the estimates
+(the target ratio is 1; [0.7, 1.5] is the acceptance band), and, where the truth is known, how
+often the interval holds it (estimators are biased: that coverage is reported, not targeted).
+The first cases are those the schemes were designed on; the held-out ones were run after.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from benchmarks.common import DOCS, machine, table, write_section
+from pipeline.estimators import get_estimator
+from pipeline.groundtruth import gaussian_pair
+from pipeline.provenance import git_revision
+from pipeline.uncertainty import DEFAULTS, cell_estimate
+
+
+def two_classes(seed: int, n: int = 400, shift: float = 0.8):
+    """A 2-unit tanh layer whose mean moves with the class (labels 0/1)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return np.zeros((n, 1)), np.tanh(rng.normal(size=(n, 2)) + shift * y[:, None]), y
+
+
+def three_classes(seed: int, n: int = 600):
+    """Three unbalanced classes and a skewed 3-unit layer."""
+    rng = np.random.default_rng(seed + 500)
+    y = rng.choice(3, n, p=[0.5, 0.3, 0.2])
+    t = np.exp(0.5 * rng.normal(size=(n, 3)) + 0.4 * y[:, None]) - 1
+    return np.zeros((n, 1)), np.tanh(t), y
+
+
+def gaussian_labels(seed: int, n: int = 400):
+    """A 1-d Gaussian layer, labels thresholded from its 0.5-bit partner."""
+    a, b = gaussian_pair(n, 0.5, 1, seed=seed)
+    return a, a, (b[:, 0] > 0).astype(np.int64)
+
+
+def gaussian_inputs(seed: int, n: int = 1000, mi: float = 1.0, dim: int = 2):
+    """I(X;T) of a Gaussian pair of known MI (`mi` bits, `dim` coordinates a side)."""
+    a, b = gaussian_pair(n, mi, dim, seed=seed + 900)
+    return a, b, np.zeros(n, dtype=np.int64)
+
+
+def calibration(method: str, params: dict, scheme: str, make, variable: str = "I_TY",
+                truth: float | None = None, n_datasets: int = 30, n_resamples: int = 20) -> dict:
+    """Mean half-width over the 90% half-spread across data sets, and the coverage of `truth`."""
+    estimator = get_estimator(method)
+    values, lo, hi = [], [], []
+    for d in range(n_datasets):
+        x, t, y = make(d)
+        out = cell_estimate(estimator, x, t, y, params,
+                            {**DEFAULTS, "uncertainty": scheme, "n_resamples": n_resamples}, seed=d)
+        values.append(out[variable])
+        lo.append(out[f"{variable}_lo"])
+        hi.append(out[f"{variable}_hi"])
+    values, lo, hi = map(np.asarray, (values, lo, hi))
+    spread = (np.quantile(values, 0.95) - np.quantile(values, 0.05)) / 2
+    half = float(np.mean((hi - lo) / 2))
+    coverage = float(np.mean((lo <= truth) & (truth <= hi))) if truth is not None else float("nan")
+    return {"half": half, "spread": float(spread), "ratio": half / float(spread), "coverage": coverage,
+            "mean": float(values.mean())}
+
+
+CASES = [  # (set, method, params, scheme, generator, variable, truth)
+    ("designed on", "binning", {"n_bins": 10}, "bootstrap", two_classes, "I_TY", None),
+    ("designed on", "binning", {"n_bins": 10}, "subsample", two_classes, "I_TY", None),
+    ("designed on", "kde", {"noise_variance": 0.1}, "subsample", two_classes, "I_TY", None),
+    ("designed on", "ksg", {"k": 5}, "subsample", gaussian_labels, "I_TY", None),
+    ("held out", "binning", {"n_bins": 10}, "bootstrap", three_classes, "I_TY", None),
+    ("held out", "kde", {"noise_variance": 0.1}, "subsample", three_classes, "I_TY", None),
+    ("held out", "ksg", {"k": 5}, "subsample", gaussian_inputs, "I_XT", 1.0),
+    ("held out", "renyi", {"sigma_x": 1.0, "sigma_t": 1.0, "n_batches": 5}, "subsample", two_classes,
+     "I_TY", None),
+    ("held out", "renyi", {"sigma_x": 1.0, "sigma_t": 1.0, "n_batches": 5}, "batches", two_classes,
+     "I_TY", None),
+]
+
+
+def main(n_datasets: int = 40, n_resamples: int = 30) -> None:
+    rows = []
+    started = time.perf_counter()
+    for group, method, params, scheme, make, variable, truth in CASES:
+        r = calibration(method, params, scheme, make, variable, truth, n_datasets, n_resamples)
+        coverage = "" if np.isnan(r["coverage"]) else f"{r['coverage']:.0%} of {truth} bits"
+        rows.append([group, method, f"`{params}`", scheme, make.__name__, variable, f"{r['mean']:.3f}",
+                     f"{r['half']:.4f}", f"{r['spread']:.4f}", f"{r['ratio']:.2f}", coverage])
+        print(rows[-1], flush=True)
+    body = (f"Command: `python -m benchmarks.uncertainty` (or `make bench`, section uncertainty); "
+            f"{n_datasets} independent data sets a case, {n_resamples} resamples a cell, 90% intervals, "
+            f"{time.perf_counter() - started:.0f} s; commit {git_revision()}; {machine()}.\n\n"
+            + table(["set", "method", "parameters", "scheme", "data", "value", "mean estimate",
+                     "mean half-width", "90% half-spread over data sets", "ratio",
+                     "coverage of the truth"], rows))
+    write_section(DOCS / "estimators.md", "uncertainty", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

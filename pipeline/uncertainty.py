@@ -1,0 +1,164 @@
+"""Per-cell intervals, shuffle baselines and saturation flags around any estimator.
+
+    from pipeline.uncertainty import cell_estimate
+    cell_estimate(estimator, x, t, y, {"n_bins": 30}, {"uncertainty": "bootstrap", "null": True})
+    # {"I_XT": ..., "I_XT_lo": ..., "I_XT_hi": ..., "I_TY_null": ..., "I_XT_saturated": 0.0, ...}
+
+Cell options (keys of an `[estimators.<entry>]` table beside the estimator's own parameters):
+
+- `uncertainty`: "none" (default); "bootstrap": the samples resampled with replacement,
+  `n_resamples` times, and the percentile interval of the estimates; "subsample": half-samples
+  drawn without replacement, for estimators that duplicates break (kNN: a repeated point is
+  its own neighbour at distance 0). For a smooth estimator a half-sample estimate has the
+  variance of a full-sample one (1/m (1 - m/n) = 1/n at m = n/2), but not its bias, which
+  depends on n: the interval is the estimate plus the centred percentiles of the half-sample
+  estimates. "batches": Renyi's own batches, estimate +- t quantile x std / sqrt(n_batches).
+- `n_resamples` (default 10): resamples per cell; the cost of a cell grows by that factor.
+- `confidence` (default 0.9): the interval's level.
+- `null` (default false): the same estimator on a random permutation of the labels
+  (`I_TY_null`) and, for estimators that use the input values, of the inputs (`I_XT_null`):
+  the estimate of zero information, the estimator's bias floor.
+
+Every cell also gets `I_XT_saturated` and `I_TY_saturated` (1.0 or 0.0): the value is within
+`SATURATION_TOLERANCE` (1%) of its ceiling, H(X) of the inputs (Renyi: at most log2 of the batch
+size) for I(X;T) and H(Y) for I(T;Y): such values carry no dynamics. The I(X;T) ceiling is
+H(X) of the recorded input rows (log2 of their number when all differ, as on SZT).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from pipeline.estimators.domains import ParameterError, choice, integer, number
+
+SATURATION_TOLERANCE = 0.01
+SCHEMES = ("none", "bootstrap", "subsample", "batches")
+OPTIONS = {"uncertainty": choice(*SCHEMES), "n_resamples": integer(2),
+           "confidence": number(0, high=0.999), "null": choice(True, False)}
+DEFAULTS = {"uncertainty": "none", "n_resamples": 10, "confidence": 0.9, "null": False}
+OUTPUTS = {
+    "I_XT_lo": ("lower end of the interval of I(X;T)", "bits"),
+    "I_XT_hi": ("upper end of the interval of I(X;T)", "bits"),
+    "I_TY_lo": ("lower end of the interval of I(T;Y)", "bits"),
+    "I_TY_hi": ("upper end of the interval of I(T;Y)", "bits"),
+    "I_XT_null": ("I(X;T) with the inputs shuffled: the estimate of zero information", "bits"),
+    "I_TY_null": ("I(T;Y) with the labels shuffled: the estimate of zero information", "bits"),
+    "I_XT_saturated": ("1 where I(X;T) is within 1% of its ceiling (H(X) of the inputs)", "1"),
+    "I_TY_saturated": ("1 where I(T;Y) is within 1% of H(Y)", "1"),
+}
+Estimate = Callable[..., dict[str, float]]
+
+
+def split_options(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An estimator entry's table -> (the estimator's parameters, the cell options)."""
+    params = {k: v for k, v in table.items() if k != "method" and k not in OPTIONS}
+    return params, {**DEFAULTS, **{k: v for k, v in table.items() if k in OPTIONS}}
+
+
+def check_options(options: dict[str, Any], schemes: tuple[str, ...]) -> None:
+    """Domains of the cell options; `schemes` are the uncertainty schemes the estimator allows."""
+    for name, value in options.items():
+        description, ok = OPTIONS[name]
+        if not ok(value):
+            raise ParameterError(name, f"must be {description}, got {value!r}")
+    if options.get("uncertainty", "none") not in ("none", *schemes):
+        raise ParameterError("uncertainty", f"must be one of {['none', *schemes]} for this method, got "
+                             f"{options['uncertainty']!r}")
+
+
+def cell_estimate(estimator, x: np.ndarray, t: np.ndarray, y: np.ndarray, params: dict[str, Any],
+                  options: dict[str, Any], seed: int = 0,
+                  input_entropy: float | None = None) -> dict[str, float]:
+    """The estimator's outputs on one cell, with its interval, shuffle baseline and saturation.
+    `input_entropy`: H(X) of the input rows in bits, when the caller knows it (else counted)."""
+    fn = estimator.information_plane
+    out = dict(fn(x, t, y, **params))
+    rng = np.random.default_rng(seed)
+    scheme = options["uncertainty"]
+    if scheme in ("bootstrap", "subsample"):
+        out.update(resampled_interval(fn, x, t, y, params, out, scheme, options, rng))
+    elif scheme == "batches":
+        out.update(batch_interval(out, params, options["confidence"]))
+    if options["null"]:
+        out["I_TY_null"] = float(fn(x, t, rng.permutation(y), **params)["I_TY"])
+        if estimator.uses_inputs:
+            out["I_XT_null"] = float(fn(x[rng.permutation(len(x))], t, y, **params)["I_XT"])
+    if input_entropy is None:
+        input_entropy = row_entropy(x)
+    out.update(saturation(estimator, out, input_entropy, y, params))
+    return out
+
+
+def resampled_interval(fn: Estimate, x, t, y, params, estimate: dict[str, float], scheme: str,
+                       options: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
+    n = len(y)
+    draws = {"I_XT": [], "I_TY": []}
+    for _ in range(options["n_resamples"]):
+        index = (rng.integers(0, n, n) if scheme == "bootstrap"
+                 else np.sort(rng.choice(n, n // 2, replace=False)))
+        value = fn(x[index], t[index], y[index], **params)
+        for name in draws:
+            draws[name].append(float(value[name]))
+    alpha = (1 - options["confidence"]) / 2
+    out = {}
+    for name, values in draws.items():
+        values = np.asarray(values)
+        if scheme == "subsample":  # centred: the half-samples' spread, not their bias
+            lo, hi = np.quantile(values - values.mean(), [alpha, 1 - alpha]) + estimate[name]
+        else:
+            lo, hi = np.quantile(values, [alpha, 1 - alpha])
+        out[f"{name}_lo"], out[f"{name}_hi"] = float(lo), float(hi)
+    return out
+
+
+def batch_interval(estimate: dict[str, float], params: dict[str, Any],
+                   confidence: float) -> dict[str, float]:
+    """Renyi averages `n_batches` batch estimates: a t interval of that mean."""
+    n = int(params.get("n_batches", 10))
+    if n < 2:
+        return {}
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) / math.sqrt(n)
+    out = {}
+    for name in ("I_XT", "I_TY"):
+        spread = estimate.get(f"{name}_std", float("nan"))
+        out[f"{name}_lo"] = estimate[name] - half * spread
+        out[f"{name}_hi"] = estimate[name] + half * spread
+    return out
+
+
+def entropy_of_counts(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def row_entropy(x: np.ndarray) -> float:
+    """H(X) in bits of the empirical distribution of the input rows (log2 n if all differ)."""
+    return entropy_of_counts(np.unique(x.reshape(len(x), -1), axis=0, return_counts=True)[1])
+
+
+def saturation(estimator, estimate: dict[str, float], input_entropy: float, y: np.ndarray,
+               params: dict[str, Any]) -> dict[str, float]:
+    """1.0 where a value is within 1% of its ceiling, 0.0 elsewhere (NaN where it is NaN)."""
+    ceilings = {"I_XT": estimator.xt_ceiling(params, input_entropy),
+                "I_TY": entropy_of_counts(np.bincount(y))}
+    out = {}
+    for name, ceiling in ceilings.items():
+        value = estimate.get(name, float("nan"))
+        out[f"{name}_saturated"] = (float("nan") if not np.isfinite(value) else
+                                    float(value >= (1 - SATURATION_TOLERANCE) * ceiling and ceiling > 0))
+    return out
+
+
+def option_outputs(options: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The results variables an entry with these cell options fills."""
+    names = ["I_XT_saturated", "I_TY_saturated"]
+    if options["uncertainty"] != "none":
+        names += ["I_XT_lo", "I_XT_hi", "I_TY_lo", "I_TY_hi"]
+    if options["null"]:
+        names += ["I_XT_null", "I_TY_null"]
+    return {name: OUTPUTS[name] for name in names}

@@ -1,0 +1,121 @@
+"""Per-cell intervals, shuffle baselines and saturation flags (pipeline.uncertainty)."""
+
+import math
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from benchmarks.uncertainty import calibration as calibrate
+from benchmarks.uncertainty import gaussian_labels, three_classes, two_classes
+from pipeline.config import ConfigError, load_config
+from pipeline.estimate import estimate_archive
+from pipeline.estimators import get_estimator
+from pipeline.groundtruth import gaussian_pair
+from pipeline.uncertainty import DEFAULTS, cell_estimate
+from tests.helpers import TINY, run_stage
+
+
+def calibration(method, params, scheme, make):
+    return calibrate(method, params, scheme, make, n_datasets=30, n_resamples=20)["ratio"]
+
+
+@pytest.mark.parametrize("method, params, scheme, make", [
+    ("binning", {"n_bins": 10}, "bootstrap", two_classes),
+    ("binning", {"n_bins": 10}, "subsample", two_classes),
+    ("kde", {"noise_variance": 0.1}, "subsample", two_classes),
+    ("ksg", {"k": 5}, "subsample", gaussian_labels),
+    # held out: the schemes were chosen before these were run
+    ("binning", {"n_bins": 10}, "bootstrap", three_classes),
+    ("kde", {"noise_variance": 0.1}, "subsample", three_classes),
+])
+def test_interval_width_matches_the_spread_over_independent_samples(method, params, scheme, make):
+    assert 0.7 <= calibration(method, params, scheme, make) <= 1.5
+
+
+def test_renyi_batches_give_a_t_interval_of_their_mean():
+    x, t, y = two_classes(0, n=400)
+    estimator = get_estimator("renyi")
+    params = {"sigma_x": 1.0, "sigma_t": 1.0, "n_batches": 4}
+    out = cell_estimate(estimator, x + np.arange(400)[:, None] / 400, t, y, params,
+                        {**DEFAULTS, "uncertainty": "batches"})
+    half = 2.3533634 * out["I_TY_std"] / 2  # t(0.95, 3 dof) x std / sqrt(4)
+    assert math.isclose(out["I_TY_hi"] - out["I_TY"], half, rel_tol=1e-6)
+    assert math.isclose(out["I_TY"] - out["I_TY_lo"], half, rel_tol=1e-6)
+
+
+def test_shuffled_labels_give_the_estimators_zero():
+    x, t, y = two_classes(1, n=2000, shift=1.5)
+    out = cell_estimate(get_estimator("binning"), x, t, y, {"n_bins": 10}, {**DEFAULTS, "null": True})
+    assert out["I_TY"] > 0.3 and 0 <= out["I_TY_null"] < 0.05
+    assert "I_XT_null" not in out  # binning's I(X;T) is H(T): shuffling X changes nothing
+    a, b = gaussian_pair(1000, 1.0, 2, seed=3)
+    out = cell_estimate(get_estimator("ksg"), a, b, (b[:, 0] > 0).astype(np.int64), {},
+                        {**DEFAULTS, "null": True})
+    assert abs(out["I_XT"] - 1.0) < 0.15 and abs(out["I_XT_null"]) < 0.05
+
+
+def test_saturation_flags_mark_values_at_their_ceiling():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2, size=(512, 12))
+    y = rng.integers(0, 2, 512)
+    injective = x @ (2.0 ** -np.arange(1, 13))[:, None]  # one distinct value per distinct input
+    out = cell_estimate(get_estimator("binning"), x, injective, y, {"n_bins": 4096, "low": 0.0},
+                        DEFAULTS)
+    counts = np.unique(x, axis=0, return_counts=True)[1] / 512  # 488 distinct of 512: H(X) < 9 bits
+    assert math.isclose(out["I_XT"], -(counts * np.log2(counts)).sum()) and out["I_XT_saturated"] == 1.0
+    out = cell_estimate(get_estimator("binning"), x, np.zeros((512, 1)), y, {}, DEFAULTS)
+    assert out["I_XT"] == 0 and out["I_XT_saturated"] == 0.0 and out["I_TY_saturated"] == 0.0
+
+
+def test_schemes_a_method_cannot_use_are_refused_at_load():
+    with pytest.raises(ConfigError, match="estimators.kde_upper.uncertainty: must be one of "
+                       "\\['none', 'subsample'\\] for this method, got 'bootstrap'"):
+        load_config(TINY, ["estimators.kde_upper.uncertainty='bootstrap'"])
+    with pytest.raises(ConfigError, match="estimators.binning_10.n_resamples: must be an integer >= 2"):
+        load_config(TINY, ["estimators.binning_10.n_resamples=1"])
+
+
+@pytest.mark.slow
+def test_the_stage_stores_intervals_nulls_and_flags(tmp_path):
+    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+    archive = tmp_path / "tiny" / "archive.zarr"
+    plain = {"binning_10": {"method": "binning", "n_bins": 10}}
+    assert estimate_archive(archive, estimators=plain, scheduler="synchronous") == 0
+    before = xr.open_zarr(tmp_path / "tiny" / "estimates.zarr").load()
+    assert "I_XT_lo" not in before and "I_XT_saturated" in before
+    shutil.copytree(tmp_path / "tiny" / "estimates.zarr", tmp_path / "plain.zarr")
+    entries = {"binning_10": {**plain["binning_10"], "uncertainty": "bootstrap", "n_resamples": 5,
+                              "null": True}}
+    assert estimate_archive(archive, estimators=entries, scheduler="synchronous") == 0
+    ds = xr.open_zarr(tmp_path / "tiny" / "estimates.zarr").load()
+    assert bool(ds.done.all())
+    np.testing.assert_array_equal(ds.I_XT.values, before.I_XT.values)  # the options change no value
+    assert bool((ds.I_TY_lo <= ds.I_TY_hi).all())
+    last = ds.sel(estimator="binning_10", seed=0, split="all", layer="softmax").isel(epoch=-1)
+    assert float(last.I_TY) > 0.3 and 0 <= float(last.I_TY_null) < 0.05  # 10 bins of the output
+    assert np.isnan(ds.I_XT_null).all()  # binning: not defined
+
+
+@pytest.mark.slow
+def test_a_store_without_the_flags_is_read_and_its_entries_recomputed(tmp_path):
+    """A store of the release before the flags (no I_XT_saturated, I_TY_saturated) still reads;
+    its entries are recomputed to fill them, with the same values."""
+    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+    archive = tmp_path / "tiny" / "archive.zarr"
+    entries = {"binning_10": {"method": "binning", "n_bins": 10}}
+    assert estimate_archive(archive, estimators=entries, scheduler="synchronous") == 0
+    store = tmp_path / "tiny" / "estimates.zarr"
+    ds = xr.open_zarr(store).load()
+    old = ds.drop_vars(["I_XT_saturated", "I_TY_saturated"]).assign_attrs(schema_version="1.1")
+    shutil.rmtree(store)
+    with warnings.catch_warnings():  # xarray's string coordinates: not what is tested here
+        warnings.simplefilter("ignore")
+        old.to_zarr(store, zarr_format=3, consolidated=False)
+    assert estimate_archive(archive, estimators=entries, scheduler="synchronous") == 0
+    again = xr.open_zarr(store).load()
+    assert bool(again.done.all()) and np.isfinite(again.I_XT_saturated).all()
+    np.testing.assert_array_equal(again.I_XT.values, ds.I_XT.values)
+    np.testing.assert_array_equal(again.I_XT_saturated.values, ds.I_XT_saturated.values)
