@@ -449,12 +449,20 @@ class ArchiveReader:
         return self.attrs.get("config")
 
     def _array(self, name: str, group: zarr.Group | None = None) -> zarr.Array:
-        group = self.root if group is None else group
+        return self._open(self.root if group is None else group, name, "array")
+
+    def _open(self, parent: zarr.Group, name: str, kind: str) -> Any:
+        """A child node; a missing one, or one whose zarr.json is unreadable, is an ArchiveError."""
+        where = f"{parent.path}/{name}".lstrip("/")
         try:
-            return group[name]
+            return parent[name]
         except KeyError:
-            raise ArchiveError(f"{self.path}: array {group.path}/{name} is missing; the archive "
-                               "is incomplete or corrupted: retrain with --force") from None
+            raise ArchiveError(f"{self.path}: {kind} {where} is missing; the archive is incomplete "
+                               "or corrupted: retrain with --force") from None
+        except (ValueError, TypeError) as err:  # a torn or foreign zarr.json (JSONDecodeError)
+            raise ArchiveError(f"{self.path}: the metadata of {kind} {where} ({where}/zarr.json) "
+                               f"cannot be read ({type(err).__name__}: {err}); the archive is "
+                               "corrupted: retrain that seed with --force (or record it again)") from None
 
     def _index(self, array: zarr.Array, index: Any = ...) -> np.ndarray:
         try:
@@ -476,15 +484,16 @@ class ArchiveReader:
 
     @property
     def seeds(self) -> list[int]:
-        names = [k for k, _ in self.root.groups() if k.startswith("seed_")]
-        seeds = [int(k.removeprefix("seed_")) for k in names]
-        return sorted(s for s in seeds if self.root[f"seed_{s}"].attrs.get("initialised"))
+        local = Path(self.path)
+        if local.is_dir():  # listed from the folder: one unreadable seed must not hide the others
+            names = sorted(p.name for p in local.iterdir() if p.name.startswith("seed_") and p.is_dir())
+        else:
+            names = [k for k in self.root.group_keys() if k.startswith("seed_")]
+        seeds = [int(k.removeprefix("seed_")) for k in names if k.removeprefix("seed_").isdigit()]
+        return sorted(s for s in seeds if self.seed_group(s).attrs.get("initialised"))
 
     def seed_group(self, seed: int) -> zarr.Group:
-        try:
-            return self.root[f"seed_{seed}"]
-        except KeyError:
-            raise ArchiveError(f"{self.path}: seed {seed} not in archive (has {self.seeds})") from None
+        return self._open(self.root, f"seed_{seed}", "seed group")
 
     def seed_status(self, seed: int) -> dict[str, Any]:
         return dict(self.seed_group(seed).attrs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import traceback
 from collections.abc import Callable
 
 from pipeline.archive import ArchiveError
@@ -40,21 +41,29 @@ def guarded(body: Callable[[], int]) -> None:
     """Run `body` and exit with its code; known failures print one line and exit 2."""
     try:
         code = body()
-    except KNOWN_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        if err.errno not in STORAGE_ERRORS:
-            raise
-        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; free space or make "
-              "the folder writable, then run the same command again (committed work is kept)",
-              file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: committed work is kept; run the same command again to resume",
               file=sys.stderr)
         sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - every failure ends in a message and an exit code
+        sys.exit(_report(err))
     sys.exit(code)
+
+
+def _report(err: Exception) -> int:
+    """Print what went wrong: one line for a known failure (exit 2), else the traceback (exit 1)."""
+    if isinstance(err, KNOWN_ERRORS):
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRORS:
+        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; free space or make "
+              "the folder writable, then run the same command again (committed work is kept)",
+              file=sys.stderr)
+        return 2
+    traceback.print_exception(err)
+    print("error: an unexpected failure (traceback above); committed work is kept. Please report it, "
+          "with the command and the traceback, in the project's issue tracker", file=sys.stderr)
+    return 1
 
 
 def run_stage(body: Callable[[argparse.Namespace, ExperimentConfig], int],

@@ -49,6 +49,7 @@ from pipeline.runs import RunPaths
 from pipeline.writer import lock_file, lock_seed
 
 EVAL_BATCH = 2048
+EXPLODED_FACTOR = 100  # a loss over 100 x ln(n_classes) is reported as exploded
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,9 @@ def _train_epochs(cfg: ExperimentConfig, seed: int, trainer: Trainer, rec: Recor
     """The epoch loop: train, evaluate, snapshot on schedule; stops at a non-finite loss or layer."""
     schedule = {int(e) for e in snapshot_epochs(cfg.archive, cfg.train.n_epochs)}
     start = rec.resume()
+    # A loss this far above chance (the uniform predictor's ln C) has exploded, even if finite.
+    exploded_above = EXPLODED_FACTOR * math.log(max(int(trainer.y_train.max()) + 1, 2))
+    warning = ""
     bar = tqdm(total=cfg.train.n_epochs, initial=max(start, 0), position=position, leave=True,
                desc=f"{cfg.name} seed {seed}", unit="epoch", mininterval=2.0, dynamic_ncols=True)
     try:
@@ -200,6 +204,11 @@ def _train_epochs(cfg: ExperimentConfig, seed: int, trainer: Trainer, rec: Recor
                 return "diverged", (f"seed {seed} diverged: loss is {history['loss_train']} at "
                                     f"epoch {epoch}; snapshots before it are kept. Lower train.lr "
                                     "or check the data.")
+            if history["loss_train"] > exploded_above and not warning:
+                warning = (f"warning: the training loss exploded to {history['loss_train']:.3g} at "
+                           f"epoch {epoch} (chance is {exploded_above / EXPLODED_FACTOR:.3g}); "
+                           "lower train.lr")
+                print(f"seed {seed}: {warning}", flush=True)
             if tracked:
                 rec.snapshot(epoch)
     except NonFiniteActivations as err:  # the loss may be finite while a layer is not
@@ -211,7 +220,7 @@ def _train_epochs(cfg: ExperimentConfig, seed: int, trainer: Trainer, rec: Recor
                             "before it are kept. Lower train.lr.")
     finally:
         bar.close()
-    return "finished", ""
+    return "finished", warning
 
 
 class Unrecorded:

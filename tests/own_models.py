@@ -78,3 +78,8 @@ def gaussian_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, ridg
     onehot = np.eye(int(y.max()) + 1)[y]
     return {"I_XT": gaussian_mi(x, t, ridge), "I_TY": gaussian_mi(t, onehot, ridge),
             "calls": calls_before + 1}
+
+
+def broken(cfg: DataConfig) -> SplitData:
+    """A dataset factory with a bug: an unexpected failure, not a known one."""
+    raise RuntimeError("a bug in the researcher's loader")

@@ -294,3 +294,32 @@ def test_a_commit_point_is_one_write_of_the_seed_metadata(tmp_path, monkeypatch)
     assert writes.count("seed_0/zarr.json") == 1
     attrs = ArchiveReader(path).seed_status(0)
     assert attrs["history_through"] == 5 and attrs["status"] == "finished"
+
+
+# ---------------------------------------------------------------- more bad input
+@pytest.mark.slow
+@pytest.mark.parametrize("node", ["seed_0", "seed_0/activations/dense1"])
+def test_an_unreadable_node_metadata_is_one_line_naming_it(run, node):
+    (run / "tiny" / "archive.zarr" / node / "zarr.json").write_text("{garbage")
+    shutil.rmtree(run / "tiny" / "estimates.zarr")
+    proc = stage("estimate", run, "--scheduler", "synchronous", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"({node}/zarr.json) cannot be read" in proc.stderr and "retrain that seed" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_exploding_loss_is_reported(tmp_path):
+    proc = run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]",
+                     "--set", "train.lr=1e30")
+    assert "warning: the training loss exploded to" in proc.stdout and "lower train.lr" in proc.stdout
+    assert "exploded" in ArchiveReader(tmp_path / "tiny" / "archive.zarr").seed_status(0)["message"]
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_keeps_its_traceback_and_says_where_to_report_it(tmp_path):
+    config = tmp_path / "bug.toml"
+    config.write_text('name = "bug"\n[data]\nfactory = "tests.own_models:broken"\n')
+    proc = run_stage("train", "--config", str(config), "--runs", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert "RuntimeError: a bug in the researcher's loader" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: an unexpected failure")
