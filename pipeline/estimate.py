@@ -436,13 +436,12 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
 
 
 def nan_summary(messages: list[str]) -> str:
-    """One table of the NaN cells: per estimator entry and reason, the count and one example."""
-    groups: dict[tuple[str, str], list[str]] = {}
+    """One table of the NaN cells: per estimator entry, the count and its first message."""
+    groups: dict[str, list[str]] = {}
     for message in messages:  # "<entry> seed <s> <split> epoch <e> <layer>: <reason>"
-        cell, _, reason = message.partition(": ")
-        groups.setdefault((cell.split(" ", 1)[0], reason), []).append(cell)
-    rows = [f"  {entry}: {len(cells)} cell(s), e.g. {cells[0].split(' ', 1)[1]}: {reason}"
-            for (entry, reason), cells in groups.items()]
+        entry, _, cell = message.partition(" ")
+        groups.setdefault(entry, []).append(cell)
+    rows = [f"  {entry}: {len(cells)} cell(s), e.g. {cells[0]}" for entry, cells in groups.items()]
     return (f"NaN stored in {len(messages)} cell(s) (all listed in the store's `warnings` attribute):\n"
             + "\n".join(rows))
 
