@@ -47,7 +47,13 @@ from pipeline.results import (
     write_store,
 )
 from pipeline.runs import RunPaths
-from pipeline.uncertainty import cell_estimate, option_outputs, row_entropy, split_options
+from pipeline.uncertainty import (
+    cell_estimate,
+    option_outputs,
+    row_entropy,
+    saturation_flags,
+    split_options,
+)
 from pipeline.writer import lock_file
 
 # Used when a config has no [estimators.*] tables: every method with the papers' parameters.
@@ -391,6 +397,23 @@ def entry_outputs(definition: Estimator, options: dict[str, Any]) -> list[str]:
     return ["I_XT", "I_TY", *definition.outputs, *option_outputs(options)]
 
 
+FLAGS = ("I_XT_saturated", "I_TY_saturated")
+
+
+def fill_saturation(ds, archive: ArchiveReader, entry: str, table: dict[str, Any]) -> None:
+    """The saturation flags of an entry's done cells, from their stored values (no re-estimate)."""
+    estimator, params = get_estimator(table["method"]), split_options(table)[0]
+    for split in ds.split.values:
+        index = archive.split_index(str(split))
+        labels = archive.labels[index] if archive.labels is not None else np.zeros(len(index), dtype=np.int64)
+        cells = ds.sel(estimator=entry, split=split)
+        flags = saturation_flags(estimator, params, cells.I_XT.values, cells.I_TY.values,
+                                 row_entropy(archive.inputs[index]), labels)
+        for name in FLAGS:
+            ds[name].loc[{"estimator": entry, "split": split}] = np.where(cells.done.values, flags[name],
+                                                                         np.nan)
+
+
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
                    splits: list[str]):
     """The results template merged with the done cells of an existing store, written if new."""
@@ -413,19 +436,24 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
         raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
                            "to recompute from the current archive")
+    derive = []  # entries whose saturation flags an older store lacks: derived from its values
     for e, name in enumerate(old.estimator.values if old is not None else []):
         table = entries.get(str(name))
-        absent = [] if table is None else sorted(set(entry_outputs(
-            get_estimator(table["method"]), split_options(table)[1])) - set(old.data_vars))
-        if absent and bool(old["done"][e].any()):  # a store of an older release lacks them
-            print(f"note: recomputing {name}: the store has no {absent} for it")
+        absent = set() if table is None else set(entry_outputs(
+            get_estimator(table["method"]), split_options(table)[1])) - set(old.data_vars)
+        if absent - set(FLAGS) and bool(old["done"][e].any()):  # a store of an older release
+            print(f"note: recomputing {name}: the store has no {sorted(absent - set(FLAGS))} for it")
             old["done"][e] = False
+        elif absent:
+            derive.append(str(name))
     lost = lost_blocks(paths.results, old) if old is not None else []
     for e, s, p in lost:
         print(f"note: results of {old.estimator.values[e]}, seed {old.seed.values[s]}, split "
               f"{old.split.values[p]} are marked done but their files are gone: recomputing them")
         old["done"][e, s, p] = False
     target = merge_into(target, old)
+    for name in derive:
+        fill_saturation(target, archive, name, entries[name])
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")
     if old is None or lost or any(not old[dim].equals(target[dim]) for dim in CELL_DIMS) or \

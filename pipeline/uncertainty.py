@@ -144,13 +144,21 @@ def row_entropy(x: np.ndarray) -> float:
 def saturation(estimator, estimate: dict[str, float], input_entropy: float, y: np.ndarray,
                params: dict[str, Any]) -> dict[str, float]:
     """1.0 where a value is within 1% of its ceiling, 0.0 elsewhere (NaN where it is NaN)."""
+    flags = saturation_flags(estimator, params, np.float64(estimate.get("I_XT", np.nan)),
+                             np.float64(estimate.get("I_TY", np.nan)), input_entropy, y)
+    return {name: float(value) for name, value in flags.items()}
+
+
+def saturation_flags(estimator, params: dict[str, Any], i_xt: np.ndarray, i_ty: np.ndarray,
+                     input_entropy: float, y: np.ndarray) -> dict[str, np.ndarray]:
+    """The flags of arrays of values (any shape) against the ceilings of one split."""
     ceilings = {"I_XT": estimator.xt_ceiling(params, input_entropy),
                 "I_TY": entropy_of_counts(np.bincount(y))}
     out = {}
-    for name, ceiling in ceilings.items():
-        value = estimate.get(name, float("nan"))
-        out[f"{name}_saturated"] = (float("nan") if not np.isfinite(value) else
-                                    float(value >= (1 - SATURATION_TOLERANCE) * ceiling and ceiling > 0))
+    for name, values in (("I_XT", i_xt), ("I_TY", i_ty)):
+        ceiling = ceilings[name]
+        flag = (values >= (1 - SATURATION_TOLERANCE) * ceiling) & (ceiling > 0)
+        out[f"{name}_saturated"] = np.where(np.isfinite(values), flag.astype(float), np.nan)
     return out
 
 
