@@ -383,6 +383,8 @@ class Recorder:
         self.gradients = GradientStats(model, layer_parameters) if gradients else None
         self._lock = lock_seed(self.paths.seed_checkpoints(self.seed), "trainer", wait=False)
         self._writer: WriterProcess | None = None
+        # A killed script's writer may still be finishing a commit: read the state after it.
+        os.close(lock_seed(self.paths.seed_checkpoints(self.seed), "writer", wait=True))
         seed_writer = SeedWriter(self.paths.archive, self.seed)
         self.status = seed_writer.status
         self._epochs = seed_writer.committed_epochs[:seed_writer.committed]
