@@ -443,6 +443,10 @@ class ArchiveReader:
     def split_index(self, split: str) -> np.ndarray:
         return split_indices(self.split, split, self.split_names)
 
+    def split_labels(self, index: np.ndarray) -> np.ndarray:
+        """Labels of the samples at `index`; one class for all when none were recorded."""
+        return self.labels[index] if self.labels is not None else np.zeros(len(index), dtype=np.int64)
+
     @property
     def config(self) -> dict[str, Any] | None:
         """The training config a built-in run stored (a plain dict, never re-validated)."""
@@ -554,7 +558,7 @@ class ArchiveReader:
             return "is missing"
         if path.stat().st_size != size:
             return f"has {path.stat().st_size} bytes, its commit wrote {size}"
-        if crc is not None and zlib.crc32(path.read_bytes()) != crc:
+        if crc is not None and file_record(path)[1] != crc:
             return "differs from what its commit wrote (checksum)"
         return None
 

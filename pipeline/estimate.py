@@ -114,25 +114,26 @@ def run_task(archive_path: str, task: Task) -> dict[str, Any]:
     index = archive.split_index(task.split)
     x = archive.inputs[index]
     # Without labels no I(T;Y) exists: one class stands in, and I_TY is stored as NaN.
-    y = archive.labels[index] if archive.labels is not None else np.zeros(len(index), dtype=np.int64)
+    y = archive.split_labels(index)
+    params, options, chain, outputs = task.params, task.options, task.is_chain, task.outputs
     carried = dict(task.carried)
-    values: dict[str, list[float]] = {name: [] for name in task.outputs}
+    values: dict[str, list[float]] = {name: [] for name in outputs}
     messages = []
     read = archive.layer_reader(task.seed, task.layer)
     h_x = row_entropy(x)  # the I(X;T) ceiling, once a task
     for epoch in task.epochs:
         t = read(epoch)[index]
-        kwargs = {**task.params, **carried} if task.is_chain else task.params
+        kwargs = {**params, **carried} if chain else params
         try:
-            out = cell_estimate(task.definition, x, t, y, kwargs, task.options, input_entropy=h_x)
+            out = cell_estimate(task.definition, x, t, y, kwargs, options, input_entropy=h_x)
         except ValueError as err:
             out = {"I_XT": np.nan, "I_TY": np.nan}
             messages.append(f"{task.estimator} seed {task.seed} {task.split} epoch {epoch} "
                             f"{task.layer}: {err}")
-        if task.is_chain:
+        if chain:
             carried.update({param: out[output] for output, param in task.definition.carry.items()
                             if np.isfinite(out.get(output, np.nan))})
-        for name in task.outputs:
+        for name in outputs:
             values[name].append(float(out.get(name, np.nan)))
     if archive.labels is None:
         for name in [n for n in values if n.startswith("I_TY")]:
@@ -392,9 +393,14 @@ def fisher_skipped(archive: ArchiveReader, settings: EstimateConfig) -> str | No
     return None
 
 
+def entry_variables(definition: Estimator, options: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The results variables an estimator entry fills beyond I_XT and I_TY: (long name, units)."""
+    return {**definition.outputs, **option_outputs(options)}
+
+
 def entry_outputs(definition: Estimator, options: dict[str, Any]) -> list[str]:
-    """The results variables an estimator entry fills."""
-    return ["I_XT", "I_TY", *definition.outputs, *option_outputs(options)]
+    """The names of every results variable an estimator entry fills."""
+    return ["I_XT", "I_TY", *entry_variables(definition, options)]
 
 
 FLAGS = ("I_XT_saturated", "I_TY_saturated")
@@ -403,15 +409,37 @@ FLAGS = ("I_XT_saturated", "I_TY_saturated")
 def fill_saturation(ds, archive: ArchiveReader, entry: str, table: dict[str, Any]) -> None:
     """The saturation flags of an entry's done cells, from their stored values (no re-estimate)."""
     estimator, params = get_estimator(table["method"]), split_options(table)[0]
+    inputs = archive.inputs
     for split in ds.split.values:
         index = archive.split_index(str(split))
-        labels = archive.labels[index] if archive.labels is not None else np.zeros(len(index), dtype=np.int64)
         cells = ds.sel(estimator=entry, split=split)
         flags = saturation_flags(estimator, params, cells.I_XT.values, cells.I_TY.values,
-                                 row_entropy(archive.inputs[index]), labels)
+                                 row_entropy(inputs[index]), archive.split_labels(index))
         for name in FLAGS:
             ds[name].loc[{"estimator": entry, "split": split}] = np.where(cells.done.values, flags[name],
                                                                          np.nan)
+
+
+def _unmark_unusable(old, entries: dict[str, dict[str, Any]], results_path: Path):
+    """Mark not done, in the old store, the cells it cannot supply: entries lacking variables
+    (a store of an older release) and blocks whose files are gone. Returns the entries whose
+    only lack is the saturation flags (derived from their values instead), and the lost blocks."""
+    derive = []
+    for e, name in enumerate(old.estimator.values):
+        table = entries.get(str(name))
+        absent = set() if table is None else set(entry_outputs(
+            get_estimator(table["method"]), split_options(table)[1])) - set(old.data_vars)
+        if absent - set(FLAGS) and bool(old["done"][e].any()):
+            print(f"note: recomputing {name}: the store has no {sorted(absent - set(FLAGS))} for it")
+            old["done"][e] = False
+        elif absent:
+            derive.append(str(name))
+    lost = lost_blocks(results_path, old)
+    for e, s, p in lost:
+        print(f"note: results of {old.estimator.values[e]}, seed {old.seed.values[s]}, split "
+              f"{old.split.values[p]} are marked done but their files are gone: recomputing them")
+        old["done"][e, s, p] = False
+    return derive, lost
 
 
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
@@ -423,8 +451,7 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     widths = [int(np.prod(archive.layer_shapes[name])) for name in archive.layers]
     outputs = {}
     for table in entries.values():
-        outputs.update(get_estimator(table["method"]).outputs)
-        outputs.update(option_outputs(split_options(table)[1]))
+        outputs.update(entry_variables(get_estimator(table["method"]), split_options(table)[1]))
     prov = provenance()
     attrs = {"archive_path": str(paths.archive.resolve()), "archive_recording": archive.identity,
              "config_name": archive.name, "output_layer": archive.output_layer,
@@ -436,21 +463,7 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
         raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
                            "to recompute from the current archive")
-    derive = []  # entries whose saturation flags an older store lacks: derived from its values
-    for e, name in enumerate(old.estimator.values if old is not None else []):
-        table = entries.get(str(name))
-        absent = set() if table is None else set(entry_outputs(
-            get_estimator(table["method"]), split_options(table)[1])) - set(old.data_vars)
-        if absent - set(FLAGS) and bool(old["done"][e].any()):  # a store of an older release
-            print(f"note: recomputing {name}: the store has no {sorted(absent - set(FLAGS))} for it")
-            old["done"][e] = False
-        elif absent:
-            derive.append(str(name))
-    lost = lost_blocks(paths.results, old) if old is not None else []
-    for e, s, p in lost:
-        print(f"note: results of {old.estimator.values[e]}, seed {old.seed.values[s]}, split "
-              f"{old.split.values[p]} are marked done but their files are gone: recomputing them")
-        old["done"][e, s, p] = False
+    derive, lost = _unmark_unusable(old, entries, paths.results) if old is not None else ([], [])
     target = merge_into(target, old)
     for name in derive:
         fill_saturation(target, archive, name, entries[name])

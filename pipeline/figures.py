@@ -75,11 +75,16 @@ def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layer
     return sc, bool(saturated.any())
 
 
+def _held(results: xr.Dataset, estimator: str, split: str) -> xr.Dataset:
+    """One entry and split, on the epochs and seeds that hold values."""
+    sel = results.sel(estimator=estimator, split=split)
+    return sel.isel(epoch=holding_values(sel.I_XT, "epoch"), seed=holding_values(sel.I_XT, "seed"))
+
+
 def _plane_arrays(results: xr.Dataset, estimator: str, split: str):
     """Seed means and spreads over the epochs and seeds that hold values: an entry estimated on
     part of the cells (`make estimate ARGS="--seeds 0 --every 3"`) is drawn from those alone."""
-    sel = results.sel(estimator=estimator, split=split)
-    sel = sel.isel(epoch=holding_values(sel.I_XT, "epoch"), seed=holding_values(sel.I_XT, "seed"))
+    sel = _held(results, estimator, split)
     i_xt, i_ty = sel.I_XT.mean("seed").values, sel.I_TY.mean("seed").values
     spread = (sel.I_XT.std("seed").values, sel.I_TY.std("seed").values)
     return i_xt, i_ty, spread, sel.epoch.values, sel.sizes["seed"]
@@ -89,8 +94,7 @@ def saturation_flags(results: xr.Dataset, estimator: str, split: str) -> np.ndar
     """(epoch, layer): saturated in more than half the seeds, from the store's flags (None if it has none)."""
     if "I_XT_saturated" not in results:
         return None
-    sel = results.sel(estimator=estimator, split=split)
-    sel = sel.isel(epoch=holding_values(sel.I_XT, "epoch"), seed=holding_values(sel.I_XT, "seed"))
+    sel = _held(results, estimator, split)
     flags = np.fmax(sel.I_XT_saturated, sel.I_TY_saturated).mean("seed").values
     return np.nan_to_num(flags) > 0.5
 

@@ -26,6 +26,7 @@ the last committed epoch, and `rec.snapshot` on an epoch already committed does 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import io
 import math
@@ -168,19 +169,26 @@ def _forward(model: nn.Module, batch: torch.Tensor | Any) -> None:
     model(*map(tensor, batch)) if isinstance(batch, tuple) else model(tensor(batch))
 
 
+@contextlib.contextmanager
+def _probing(model: nn.Module, hooks: _Hooks):
+    """Evaluation mode without gradients while the hooks are on; hooks and mode undone after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        hooks.remove()
+        model.train(was_training)
+
+
 def layer_layout(model: nn.Module, layers: list[str], probe: Any,
                  select: dict[str, int | str] | None = None) -> list[LayerSpec]:
     """Shape and producing parameters of each layer, from one probe forward pass."""
     hooks = _Hooks(model, layers, select or {}, trace_parameters=True)
     modules = dict(model.named_modules())
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            _forward(model, probe)
-    finally:
-        hooks.remove()
-        model.train(was_training)
+    with _probing(model, hooks):
+        _forward(model, probe)
     missing = [name for name in layers if name not in hooks.outputs]
     if missing:
         raise RecordError(f"modules {missing} did not run in the forward pass; record modules the "
@@ -206,27 +214,20 @@ def _batches(inputs: Any, size: int) -> Iterable[Any]:
                else inputs[start:start + size])
 
 
-@torch.no_grad()
 def capture(model: nn.Module, inputs: Any, layers: list[str], select: dict[str, int | str] | None = None,
             batch_size: int = PROBE_BATCH) -> dict[str, np.ndarray]:
     """Every layer's output for `inputs` in evaluation mode, as float32 numpy arrays.
 
     The model's training mode is restored afterwards; nothing else about it changes.
     """
-    was_training = model.training
-    model.eval()
+    hooks = _Hooks(model, layers, select or {})
     parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
-    try:
+    with _probing(model, hooks):
         for batch in _batches(inputs, batch_size):
-            hooks = _Hooks(model, layers, select or {})
-            try:
-                _forward(model, batch)
-            finally:
-                hooks.remove()
+            hooks.outputs.clear()  # one output per module and batch
+            _forward(model, batch)
             for name in layers:
                 parts[name].append(hooks.outputs[name].float().cpu().numpy())
-    finally:
-        model.train(was_training)
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
@@ -305,11 +306,11 @@ def _metrics(values: dict[str, float]) -> dict[str, float]:
 
 
 def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any,
-                   splits: dict[str, Any] | None, name: str, *, select: dict[str, int | str],
-                   output_layer: str | None,
-                   epochs: Sequence[int], n_epochs: int, weights: bool, gradients: bool,
-                   activation_dtype: str, dataset_index: Any, model_spec: dict[str, Any] | None,
-                   extra: dict[str, Any]) -> ArchiveSpec:
+                   splits: dict[str, Any] | None, name: str, *, select: dict[str, int | str] | None = None,
+                   output_layer: str | None = None, epochs: Sequence[int] = (), n_epochs: int = 0,
+                   weights: bool = False, gradients: bool = False, activation_dtype: str = "float32",
+                   dataset_index: Any = None, model_spec: dict[str, Any] | None = None,
+                   extra: dict[str, Any] | None = None) -> ArchiveSpec:
     """The archive root of a recording (see Recorder for the arguments), from one probe pass."""
     layout = layer_layout(model, layers, next(iter(_batches(inputs, 2))), select)
     stored = _as_array(inputs[0] if isinstance(inputs, tuple) else inputs)
@@ -324,7 +325,7 @@ def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any
         dataset_index=index, layers=tuple(layout), output_layer=output_layer or layers[-1],
         parameters={k: tuple(v.shape) for k, v in state_arrays(model).items()},
         epochs=np.asarray(epochs, dtype=np.int64), n_epochs=n_epochs, weights=weights,
-        gradients=gradients, activation_dtype=activation_dtype, model=model_spec, extra=extra)
+        gradients=gradients, activation_dtype=activation_dtype, model=model_spec, extra=extra or {})
 
 
 class Recorder:

@@ -126,7 +126,6 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
     """Planes, DPI and MI-vs-epoch per estimator entry, the comparison and the Fisher traces."""
     config = archive.config or {}
     ib = szt_ib_curve() if config.get("data", {}).get("dataset") == "szt" else None
-    labels = archive.labels if archive.labels is not None else np.zeros(len(archive.split), dtype=np.int64)
     for estimator in results.estimator.values:
         for split in results.split.values:
             if np.isnan(results.I_XT.sel(estimator=estimator, split=split)).all():
@@ -134,7 +133,7 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
                                 "on part of the cells); its plane is not drawn")
                 continue
             index = archive.split_index(str(split))
-            limits = F.saturation_limits(len(index), labels[index])
+            limits = F.saturation_limits(len(index), archive.split_labels(index))
             fig = F.information_plane_figure(results, estimator, split, limits, seed_spread, stop, ib)
             F.save(fig, out, f"plane_{estimator}_{split}", saved)
             F.save(F.dpi_figure(results, estimator, split), out, f"dpi_{estimator}_{split}", saved)

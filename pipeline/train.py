@@ -107,20 +107,25 @@ def model_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"factory": cfg.model.factory or cfg.model.architecture, "config": dataclasses.asdict(cfg.model)}
 
 
+def recording(cfg: ExperimentConfig, samples: Samples) -> dict[str, Any]:
+    """What a built-in run records, as keywords of `recording_spec` and `Recorder` alike."""
+    return {"splits": {name: np.flatnonzero(samples.split == code) for code, name in enumerate(SPLITS)},
+            "name": cfg.name, "epochs": snapshot_epochs(cfg.archive, cfg.train.n_epochs),
+            "n_epochs": cfg.train.n_epochs, "weights": cfg.archive.store_weights, "gradients": True,
+            "activation_dtype": cfg.archive.activation_dtype, "dataset_index": samples.dataset_index,
+            "model_spec": model_spec(cfg),
+            "extra": {"config": cfg.to_dict(), "training_hash": cfg.training_hash()}}
+
+
 def recorder(cfg: ExperimentConfig, paths: RunPaths, seed: int, model: nn.Module, samples: Samples,
              optimizer: torch.optim.Optimizer | None = None,
              generator: torch.Generator | None = None, device: str = "cpu") -> Recorder:
     """The Recorder of one seed of a built-in run: the config's layers, schedule and parts."""
-    splits = {name: np.flatnonzero(samples.split == code) for code, name in enumerate(SPLITS)}
     return Recorder(
         paths.archive, model, recorded_layers(model, cfg.model),
-        torch.from_numpy(samples.inputs).to(device), samples.labels, splits, seed, cfg.name,
-        epochs=snapshot_epochs(cfg.archive, cfg.train.n_epochs), n_epochs=cfg.train.n_epochs,
-        weights=cfg.archive.store_weights, gradients=True, optimizer=optimizer,
-        generators=[generator] if generator is not None else [],
-        activation_dtype=cfg.archive.activation_dtype, dataset_index=samples.dataset_index,
-        model_spec=model_spec(cfg), extra={"config": cfg.to_dict(), "training_hash": cfg.training_hash()},
-        batch_size=EVAL_BATCH, nonfinite=cfg.archive.nonfinite)
+        torch.from_numpy(samples.inputs).to(device), samples.labels, seed=seed, optimizer=optimizer,
+        generators=[generator] if generator is not None else [], batch_size=EVAL_BATCH,
+        nonfinite=cfg.archive.nonfinite, **recording(cfg, samples))
 
 
 @dataclass
@@ -275,15 +280,9 @@ def prepare_archive(cfg: ExperimentConfig, runs_dir: str | Path, force: bool = F
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.input_shape, data.n_classes)
     samples = choose_samples(data, cfg.archive.samples_per_split, cfg.archive.sample_seed)
-    samples = Samples(samples.inputs.astype(np.float32), *[getattr(samples, f) for f in
-                                                           ("labels", "dataset_index", "split")])
-    spec = recording_spec(
-        model, match_layers(model, recorded_layers(model, cfg.model)), samples.inputs, samples.labels,
-        {name: np.flatnonzero(samples.split == code) for code, name in enumerate(SPLITS)}, cfg.name,
-        select={}, output_layer=None, epochs=snapshot_epochs(cfg.archive, cfg.train.n_epochs),
-        n_epochs=cfg.train.n_epochs, weights=cfg.archive.store_weights, gradients=True,
-        activation_dtype=cfg.archive.activation_dtype, dataset_index=samples.dataset_index,
-        model_spec=model_spec(cfg), extra={"config": cfg.to_dict(), "training_hash": cfg.training_hash()})
+    samples = dataclasses.replace(samples, inputs=samples.inputs.astype(np.float32))
+    spec = recording_spec(model, match_layers(model, recorded_layers(model, cfg.model)), samples.inputs,
+                          samples.labels, **recording(cfg, samples))
     create_archive(paths.archive, spec, provenance())
     return paths.archive
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from pipeline.estimators.domains import ParameterError, choice, integer, number
+from pipeline.estimators.domains import ParameterError, check, choice, integer, number
 
 SATURATION_TOLERANCE = 0.01
 SCHEMES = ("none", "bootstrap", "subsample", "batches")
@@ -62,10 +62,7 @@ def split_options(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 
 def check_options(options: dict[str, Any], schemes: tuple[str, ...]) -> None:
     """Domains of the cell options; `schemes` are the uncertainty schemes the estimator allows."""
-    for name, value in options.items():
-        description, ok = OPTIONS[name]
-        if not ok(value):
-            raise ParameterError(name, f"must be {description}, got {value!r}")
+    check(OPTIONS, options)
     if options.get("uncertainty", "none") not in ("none", *schemes):
         raise ParameterError("uncertainty", f"must be one of {['none', *schemes]} for this method, got "
                              f"{options['uncertainty']!r}")
