@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.common import DOCS, table, write_section
 from pipeline import findings as fd
 from pipeline.archive import ArchiveReader
-from pipeline.results import holding_values, masked, open_results
+from pipeline.results import holding_values, masked, open_results, seed_mean
 from pipeline.runs import RunPaths
 
 
@@ -61,9 +61,14 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str, sp
     if results is None or estimator not in results.estimator.values:
         return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
     phase = fd.compression_phase(results, estimator, split)
+    band = seed_mean(results.sel(estimator=estimator, split=split), "I_XT")
+    peak, final = band.isel(epoch=band["mean"].fillna(-np.inf).argmax("epoch")), band.isel(
+        epoch=fd.last_valid_index(band["mean"]))
+    called = fd.compresses(results, estimator, split)
     rows = [[str(layer), f"{float(phase.peak_epoch_mean.sel(layer=layer)):.0f}",
              f"{float(phase.drop_mean.sel(layer=layer)):.3f} +- {float(phase.drop_std.sel(layer=layer)):.3f}",
-             f"{float(phase.final_bits.sel(layer=layer).mean()):.3f}"] for layer in results.layer.values]
+             _interval(peak.sel(layer=layer)), _interval(final.sel(layer=layer)),
+             _called(called, layer)] for layer in results.layer.values]
     out = fd.output_information(results, estimator, archive.labels, split)
     cfg = _config(archive)
     seeds, snapshots = _coverage(results, estimator, split)
@@ -71,11 +76,25 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str, sp
             f"{len(results.seed)} seeds and {snapshots} of {len(results.epoch)} snapshots, "
             f"`{results.parameters.sel(estimator=estimator).values}`, split `{split}`.\n\n"
             + table(["layer", "epoch of max I(X;T) (mean over seeds)", "drop max -> end (bits, mean +- sd)",
-                     "final I(X;T) (bits)"], rows)
+                     "I(X;T) at the peak of the seed mean [90% interval]",
+                     "I(X;T) at the end [90% interval]", "compresses beyond the interval"], rows)
             + f"\n\nOutput layer: final I(T;Y) = {out['final_mean']:.4f} +- {out['final_std']:.4f} bits "
             f"against H(Y) = {out['H_Y']:.4f} bits.\n\n"
             + "\n".join(_copy(figures, name, [f"plane_{estimator}_{split}", "training"])))
     return text
+
+
+def _interval(band) -> str:
+    """'mean [lo, hi]' of one cell of `pipeline.results.seed_mean`."""
+    return f"{float(band['mean']):.3f} [{float(band.lo):.3f}, {float(band.hi):.3f}]"
+
+
+def _called(called, layer) -> str:
+    """A `compresses` verdict in words (the output layer is not judged)."""
+    if layer not in called.layer.values:
+        return ""
+    value = float(called.sel(layer=layer))
+    return "undetermined (no interval)" if np.isnan(value) else ("yes" if value else "no")
 
 
 def _coverage(results, estimator: str, split: str) -> tuple[int, int]:
@@ -88,19 +107,27 @@ def comparison_section(runs: Path, figures: Path, name: str, split: str = "all")
     results, _ = _load(runs, name)
     if results is None:
         return f"Run `{name}` not found under {runs}: not reproduced here."
-    shares = fd.compression_table(results, split)
+    shares = {rule: fd.compression_table(results, split, rule) for rule in fd.RULES}
     rows = []
-    for e, share in shares.items():
+    for e in results.estimator.values:
         seeds, snapshots = _coverage(results, e, split)
         if not seeds:
             continue
-        layers = fd.compresses(results, e, split)
-        which = ", ".join(str(k) for k, v in zip(layers.layer.values, layers.values, strict=True) if v)
-        rows.append([e, str(results.parameters.sel(estimator=e).values), seeds, snapshots,
-                     f"{share:.0%} ({which or 'none'})", f"{fd.dpi_share(results, e, split):.0%}"])
+        verdicts = []
+        for rule in fd.RULES:
+            layers = fd.compresses(results, e, split, rule)
+            which = ", ".join(str(k) for k, v in zip(layers.layer.values, layers.values, strict=True)
+                              if v == 1)
+            share = shares[rule][e]
+            verdicts.append("undetermined (one seed, no intervals)" if np.isnan(share)
+                            else f"{share:.0%} ({which or 'none'})")
+        rows.append([e, str(results.parameters.sel(estimator=e).values), seeds, snapshots, *verdicts,
+                     f"{fd.dpi_share(results, e, split):.0%}"])
     return (f"Run `{name}`, split `{split}`.\n\n"
             + table(["entry", "parameters", "seeds", "snapshots",
-                     "hidden layers compressing (mean over seeds drops > 5% of its peak)",
+                     "hidden layers compressing beyond the noise (90% interval of the seed mean at "
+                     "the peak above the one at the end)",
+                     "hidden layers compressing by the 5% rule (mean over seeds drops > 5% of its peak)",
                      "DPI holds (cells)"], rows)
             + "\n\n" + "\n".join(_copy(figures, name, ["comparison"])))
 
@@ -117,13 +144,16 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
     if results is None or estimator not in results.estimator.values:
         return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
     thresholds = (0.02, 0.05, 0.10)
-    counts = {(variable, t): fd.phase_counts(results, estimator, split, variable, t)
+    counts = {(variable, t): fd.phase_counts(results, estimator, split, variable, t, "fraction")
               for variable in ("I_XT", "I_TY") for t in thresholds}
+    for variable in ("I_XT", "I_TY"):
+        counts[variable, "interval"] = fd.phase_counts(results, estimator, split, variable)
 
     def phases(variable: str, layer: str) -> str:
-        # per threshold, the counts of every seed (comma-separated)
-        return " / ".join(",".join(str(int(v)) for v in counts[variable, t].sel(layer=layer).values)
-                          for t in thresholds)
+        # beyond the cells' intervals, then per threshold: the counts of every seed (comma-separated)
+        return " / ".join(",".join("-" if np.isnan(v) else str(int(v))
+                                   for v in counts[variable, t].sel(layer=layer).values)
+                          for t in ("interval", *thresholds))
 
     phase = fd.compression_phase(results, estimator, split)
     sel = results.sel(estimator=estimator, split=split).mean("seed")
@@ -139,11 +169,14 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
             f"`{estimator}` `{results.parameters.sel(estimator=estimator).values}`. Final test "
             f"accuracy {float(history['accuracy_test'][-1]):.3f}.\n\n"
             + table(["layer", "I(X;T) first -> max -> last (bits)", "I(T;Y) first -> last (bits)",
-                     "epoch of max I(X;T)", "phases in I(X;T) at 2% / 5% / 10%",
-                     "phases in I(T;Y) at 2% / 5% / 10%"], rows)
-            + "\n\nPhases: `pipeline.findings.phase_counts(results, estimator, split, variable, "
-            "min_change)`: a move of at least `min_change` (2%, 5% or 10% of the curve's range) in one "
-            "direction since the last turning point starts a new phase.\n\n"
+                     "epoch of max I(X;T)",
+                     "phases in I(X;T) beyond the interval / at 2% / 5% / 10%",
+                     "phases in I(T;Y) beyond the interval / at 2% / 5% / 10%"], rows)
+            + "\n\nPhases: `pipeline.findings.phase_counts(results, estimator, split, variable)`: "
+            "a move in one direction since the last turning point that leaves the cells' own 90% "
+            "intervals starts a new phase (`-`: the entry stores no intervals); with "
+            "`rule=\"fraction\"`, a move of at least `min_change` (2%, 5% or 10% of the curve's range)."
+            "\n\n"
             + "\n".join(_copy(figures, name, [f"mi_vs_epoch_{estimator}", f"plane_{estimator}_{split}"])))
 
 

@@ -21,10 +21,11 @@ import xarray as xr
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from pipeline.results import holding_values
+from pipeline.results import holding_values, seed_mean
 
 CMAP = "viridis"  # perceptually uniform
 SATURATION_TOL = 1e-6
+QUANTITY = {"I_XT": "I(X;T)", "I_TY": "I(T;Y)"}
 
 
 def _epoch_norm(epochs: np.ndarray) -> LogNorm:
@@ -39,9 +40,10 @@ def saturation_limits(n_samples: int, labels: np.ndarray) -> tuple[float, float]
 
 
 def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layers: list[str],
-               limits: tuple[float, float] | None = None, spread: tuple | None = None,
+               limits: tuple[float, float] | None = None, intervals: tuple | None = None,
                mark_epoch: int | None = None, flags: np.ndarray | None = None):
     """One marker per (epoch, layer) coloured by epoch; thin lines join the layers of an epoch.
+    `intervals` (xlo, xhi, ylo, yhi, each (epoch, layer)) draw as grey bars through the points.
     Saturated points are hollow: `flags` (the store's saturation flags) or, without them, the
     points at `limits`."""
     norm = _epoch_norm(epochs)
@@ -59,9 +61,10 @@ def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layer
     if saturated.any():
         ax.scatter(i_xt[saturated], i_ty[saturated], s=16, facecolors="none",
                    edgecolors=plt.get_cmap(CMAP)(norm(colours[saturated])), linewidths=0.8)
-    if spread is not None:
-        ax.errorbar(i_xt.ravel(), i_ty.ravel(), xerr=spread[0].ravel(), yerr=spread[1].ravel(),
-                    fmt="none", ecolor="0.6", elinewidth=0.4, alpha=0.6)
+    if intervals is not None:  # lo..hi as drawn; a bootstrap interval need not hold its point
+        xlo, xhi, ylo, yhi = (np.ravel(a) for a in intervals)
+        ax.hlines(i_ty.ravel(), xlo, xhi, colors="0.55", lw=0.5, alpha=0.7, zorder=1)
+        ax.vlines(i_xt.ravel(), ylo, yhi, colors="0.55", lw=0.5, alpha=0.7, zorder=1)
     if mark_epoch is not None and mark_epoch in epochs:
         row = int(np.flatnonzero(epochs == mark_epoch)[0])
         ax.plot(i_xt[row], i_ty[row], "-", color="crimson", lw=1.2)
@@ -81,13 +84,44 @@ def _held(results: xr.Dataset, estimator: str, split: str) -> xr.Dataset:
     return sel.isel(epoch=holding_values(sel.I_XT, "epoch"), seed=holding_values(sel.I_XT, "seed"))
 
 
-def _plane_arrays(results: xr.Dataset, estimator: str, split: str):
-    """Seed means and spreads over the epochs and seeds that hold values: an entry estimated on
-    part of the cells (`make estimate ARGS="--seeds 0 --every 3"`) is drawn from those alone."""
+def _plane_arrays(results: xr.Dataset, estimator: str, split: str, confidence: float = 0.9):
+    """Seed means with their intervals over the epochs and seeds that hold values: an entry
+    estimated on part of the cells (`make estimate ARGS="--seeds 0 --every 3"`) is drawn from
+    those alone. Intervals: `pipeline.results.seed_mean` at `confidence`."""
     sel = _held(results, estimator, split)
-    i_xt, i_ty = sel.I_XT.mean("seed").values, sel.I_TY.mean("seed").values
-    spread = (sel.I_XT.std("seed").values, sel.I_TY.std("seed").values)
-    return i_xt, i_ty, spread, sel.epoch.values, sel.sizes["seed"]
+    xt, ty = seed_mean(sel, "I_XT", confidence), seed_mean(sel, "I_TY", confidence)
+    intervals = tuple(band[end].values for band in (xt, ty) for end in ("lo", "hi"))
+    return xt["mean"].values, ty["mean"].values, intervals, sel.epoch.values, sel.sizes["seed"]
+
+
+def null_floor(results: xr.Dataset, estimator: str, split: str, variable: str) -> float | None:
+    """The highest shuffle baseline (`<variable>_null`, mean over seeds) of one entry and split:
+    values below it are within the estimator's bias at zero information (None if not stored)."""
+    name = f"{variable}_null"
+    if name not in results:
+        return None
+    values = _held(results, estimator, split)[name].mean("seed").values
+    return float(np.nanmax(values)) if np.isfinite(values).any() else None
+
+
+def interval_note(intervals: tuple, n_seeds: int, confidence: float = 0.9) -> str:
+    """Which interval the bars show, in words (empty when there are none)."""
+    if not any(np.isfinite(a).any() for a in intervals):
+        return ""
+    source = "t over seeds" if n_seeds >= 2 else "the cells' own intervals"
+    return f"bars: {confidence:.0%} intervals ({source})"
+
+
+def draw_floors(ax, results: xr.Dataset, estimator: str, split: str) -> bool:
+    """Grey bands below the shuffle baselines of I(X;T) and I(T;Y), when stored."""
+    drawn = False
+    for variable, span in (("I_XT", ax.axvspan), ("I_TY", ax.axhspan)):
+        floor = null_floor(results, estimator, split, variable)
+        if floor is not None and floor > 0:
+            span(0, floor, color="0.9", zorder=0,
+                 label=f"{QUANTITY[variable]} shuffle baseline <= {floor:.3f} bits")
+            drawn = True
+    return drawn
 
 
 def saturation_flags(results: xr.Dataset, estimator: str, split: str) -> np.ndarray | None:
@@ -100,25 +134,29 @@ def saturation_flags(results: xr.Dataset, estimator: str, split: str) -> np.ndar
 
 
 def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
-                             limits: tuple[float, float] | None = None, seed_spread: bool = False,
+                             limits: tuple[float, float] | None = None, intervals: bool = True,
                              mark_epoch: int | None = None, ib: np.ndarray | None = None) -> Figure:
-    """Mean over seeds of one estimator entry on one split (optionally the seed spread)."""
-    i_xt, i_ty, spread, epochs, n_seeds = _plane_arrays(results, estimator, split)
+    """Mean over seeds of one estimator entry on one split, each point with its 90% interval
+    (`intervals`), the shuffle baselines as grey floors and saturated points hollow."""
+    i_xt, i_ty, bands, epochs, n_seeds = _plane_arrays(results, estimator, split)
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     if ib is not None:  # beyond its last point the bound stays flat at the best I(T;Y)
         right = max(float(np.nanmax(i_xt)) if np.isfinite(i_xt).any() else 0, ib[-1, 0])
         bound = np.vstack([ib, [right, ib[-1, 1]]])
         ax.plot(bound[:, 0], bound[:, 1], "k--", lw=1, label="IB bound of p(x, y)")
+    floors = draw_floors(ax, results, estimator, split)
     sc, saturated = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits,
-                               spread if seed_spread else None, mark_epoch,
+                               bands if intervals else None, mark_epoch,
                                saturation_flags(results, estimator, split))
     fig.colorbar(sc, ax=ax, label="epoch + 1")
     params = str(results.parameters.sel(estimator=estimator).values)
     ax.set_title(f"{estimator} ({split}), mean of {n_seeds} seed(s)\n{params}", fontsize=7)
-    if saturated:
-        ax.text(0.01, 0.01, "hollow: saturated (near H(X) or H(Y))", transform=ax.transAxes,
-                fontsize=6)
-    if ib is not None or mark_epoch is not None:
+    notes = [interval_note(bands, n_seeds) if intervals else "",
+             "hollow: saturated (near H(X) or H(Y))" if saturated else ""]
+    notes = "; ".join(n for n in notes if n)
+    if notes:
+        ax.text(0.01, 0.01, notes, transform=ax.transAxes, fontsize=6)
+    if ib is not None or mark_epoch is not None or floors:
         ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     return fig
@@ -134,11 +172,12 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
     for r, estimator in enumerate(estimators):
         for c, split in enumerate(splits):
             ax = axes[r, c]
-            i_xt, i_ty, _, epochs, n_seeds = _plane_arrays(results, estimator, split)
+            i_xt, i_ty, bands, epochs, n_seeds = _plane_arrays(results, estimator, split)
             if np.isnan(i_xt).all():
                 ax.text(0.5, 0.5, "no values", ha="center", transform=ax.transAxes)
                 continue
-            sc, _ = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits)
+            draw_floors(ax, results, estimator, split)
+            sc, _ = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits, bands)
             ax.set_title(f"{estimator} / {split} ({n_seeds} seed(s), {len(epochs)} epochs)", fontsize=8)
         method = str(results.method.sel(estimator=estimator).values)
         same = [i for i, e in enumerate(estimators) if str(results.method.sel(estimator=e).values) == method]
@@ -151,8 +190,9 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
     return fig
 
 
-def mi_vs_epoch_figure(results: xr.Dataset, estimator: str) -> Figure:
-    """I(X;T) and I(T;Y) against epoch per layer; one line style per split."""
+def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 0.9) -> Figure:
+    """I(X;T) and I(T;Y) against epoch per layer (mean over seeds, its interval as a band); one
+    line style per split; the shuffle baselines, when stored, as a grey floor."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     epochs = results.epoch.values + 1
     styles = {"all": "-", "train": "-", "test": "--"}
@@ -160,17 +200,26 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str) -> Figure:
     # tab10 repeats after ten layers (VGG-16 records 16): a sequential map then, input side dark
     colours = (plt.get_cmap("tab10") if n_layers <= 10 else
                lambda l: plt.get_cmap("viridis")(l / max(n_layers - 1, 1)))
-    for v, (var, label) in enumerate((("I_XT", "I(X;T) (bits)"), ("I_TY", "I(T;Y) (bits)"))):
+    for v, variable in enumerate(("I_XT", "I_TY")):
         for split in results.split.values:
-            values = results[var].sel(estimator=estimator, split=split).mean("seed")
+            sel = results.sel(estimator=estimator, split=split)
+            band = seed_mean(sel, variable, confidence)
+            if f"{variable}_null" in sel:
+                floor = sel[f"{variable}_null"].mean("seed").max("layer").values
+                shown = np.isfinite(floor)
+                axes[v].fill_between(epochs[shown], 0, floor[shown], color="0.88", lw=0,
+                                     label=f"shuffle baseline ({split})")
             for l, layer in enumerate(results.layer.values):
-                line = values.sel(layer=layer).values
-                finite = np.isfinite(line)  # epochs left out of a partial estimate are skipped
-                axes[v].plot(epochs[finite], line[finite], styles.get(str(split), ":"),
+                line = band.sel(layer=layer)
+                finite = np.isfinite(line["mean"].values)  # epochs left out of a partial estimate
+                axes[v].plot(epochs[finite], line["mean"].values[finite], styles.get(str(split), ":"),
                              color=colours(l), lw=1, label=f"{layer} ({split})")
-        axes[v].set(xscale="log", xlabel="epoch + 1", ylabel=label)
+                axes[v].fill_between(epochs[finite], line.lo.values[finite], line.hi.values[finite],
+                                     color=colours(l), alpha=0.15, lw=0)
+        axes[v].set(xscale="log", xlabel="epoch + 1", ylabel=f"{QUANTITY[variable]} (bits)")
     axes[1].legend(fontsize=6, ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
-    fig.suptitle(f"{estimator}: solid train (or all), dashed test", fontsize=9)
+    fig.suptitle(f"{estimator}: solid train (or all), dashed test; bands: {confidence:.0%} interval "
+                 "of the mean over seeds", fontsize=9)
     fig.tight_layout()
     return fig
 

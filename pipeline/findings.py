@@ -14,11 +14,17 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from pipeline.results import holding_values, masked
+from pipeline.results import holding_values, masked, seed_mean
 
 
 def _valid(results: xr.Dataset) -> xr.Dataset:
     return masked(results) if "done" in results else results
+
+
+def last_valid_index(values: xr.DataArray, dim: str = "epoch") -> xr.DataArray:
+    """The index along `dim` of the last finite value (0 where there is none)."""
+    finite = np.isfinite(values)
+    return (values.sizes[dim] - 1 - finite.isel({dim: slice(None, None, -1)}).argmax(dim))
 
 
 def last_valid(values: xr.DataArray, dim: str = "epoch") -> xr.DataArray:
@@ -86,52 +92,101 @@ def dpi_share(results: xr.Dataset, estimator: str, split: str = "all") -> float:
     return float(holds[valid].mean()) if valid.any() else float("nan")
 
 
-def compresses(results: xr.Dataset, estimator: str, split: str = "all",
-               min_drop: float = 0.05) -> xr.DataArray:
-    """Per hidden layer: does the mean over seeds of I(X;T) fall by more than `min_drop` (a
-    fraction of its maximum) between its peak and the last epoch?"""
-    i_xt = _valid(results).I_XT.sel(estimator=estimator, split=split).mean("seed")
-    peak = i_xt.max("epoch")
-    final = last_valid(i_xt)
-    return ((peak - final) > min_drop * peak.where(peak > 0)).sel(layer=hidden_layers(results))
+RULES = ("interval", "fraction")
 
 
-def compression_table(results: xr.Dataset, split: str = "all", min_drop: float = 0.05) -> dict[str, float]:
-    """Per estimator entry: the share of hidden layers that compress (see `compresses`)."""
-    return {str(e): float(compresses(results, str(e), split, min_drop).mean())
-            for e in results.estimator.values}
+def compresses(results: xr.Dataset, estimator: str, split: str = "all", rule: str = "interval",
+               min_drop: float = 0.05, confidence: float = 0.9) -> xr.DataArray:
+    """Per hidden layer: does I(X;T) (mean over seeds) fall from its peak to the last epoch?
+
+    1.0 yes, 0.0 no, NaN undetermined. `rule`:
+
+    - "interval" (default): the drop counts only when the seed mean's interval at the peak
+      epoch lies wholly above its interval at the last epoch (`pipeline.results.seed_mean` at
+      `confidence`: t over seeds, or one seed's own cell interval); NaN where there is no
+      interval (one seed, estimated without `uncertainty`).
+    - "fraction": the mean falls by more than `min_drop` of its maximum (no test of the noise).
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    band = seed_mean(_valid(results).sel(estimator=estimator, split=split), "I_XT", confidence)
+    peak_index = band["mean"].fillna(-np.inf).argmax("epoch")
+    final_index = last_valid_index(band["mean"])
+    at = lambda name, index: band[name].isel(epoch=index)  # noqa: E731
+    if rule == "fraction":
+        peak, final = at("mean", peak_index), at("mean", final_index)
+        called = ((peak - final) > min_drop * peak.where(peak > 0)).astype(float)
+    else:
+        lo, hi = at("lo", peak_index), at("hi", final_index)
+        called = (lo > hi).astype(float).where(np.isfinite(lo) & np.isfinite(hi))
+    called = called.where(np.isfinite(band["mean"]).any("epoch"))
+    called.attrs = {"estimator": estimator, "split": split, "rule": rule, "min_drop": min_drop,
+                    "confidence": confidence}
+    return called.sel(layer=hidden_layers(results))
 
 
-def count_phases(series: np.ndarray, min_change: float = 0.02) -> int:
+def compression_table(results: xr.Dataset, split: str = "all", rule: str = "interval",
+                      min_drop: float = 0.05, confidence: float = 0.9) -> dict[str, float]:
+    """Per estimator entry: the share of hidden layers that compress, among those `compresses`
+    can decide (NaN when it decides none)."""
+    shares = {}
+    for e in results.estimator.values:
+        called = compresses(results, str(e), split, rule, min_drop, confidence).values
+        decided = called[np.isfinite(called)]
+        shares[str(e)] = float(decided.mean()) if decided.size else float("nan")
+    return shares
+
+
+def count_phases(series: np.ndarray, min_change: float = 0.02, lo: np.ndarray | None = None,
+                 hi: np.ndarray | None = None) -> int:
     """Alternating rising (fitting) and falling (compression) phases of a curve.
 
-    A phase counts once the curve has moved at least `min_change` (a fraction of its range)
-    in one direction since the last turning point: small wiggles are not phases.
+    A phase counts once the curve has moved in one direction since the last turning point by
+    more than the noise: with `lo` and `hi` (an interval per point), when the intervals of the
+    two points no longer overlap; without them, by at least `min_change` (a fraction of the
+    curve's range). Small wiggles are not phases.
     """
     values = np.asarray(series, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return 0
-    threshold = min_change * (values.max() - values.min() or 1.0)
-    phases, direction, anchor = 0, 0, values[0]
-    for v in values[1:]:
-        if direction >= 0 and v < anchor - threshold:
-            direction, phases, anchor = -1, phases + 1, v
-        elif direction <= 0 and v > anchor + threshold:
-            direction, phases, anchor = 1, phases + 1, v
-        elif (direction > 0 and v > anchor) or (direction < 0 and v < anchor):
-            anchor = v
+    if lo is None or hi is None:
+        finite = values[np.isfinite(values)]
+        spread = float(finite.max() - finite.min()) if finite.size else 0.0
+        half = min_change * (spread or 1.0) / 2
+        lo, hi = values - half, values + half
+    keep = np.isfinite(values) & np.isfinite(lo) & np.isfinite(hi)
+    values, lo, hi = values[keep], np.asarray(lo, float)[keep], np.asarray(hi, float)[keep]
+    phases, direction, anchor = 0, 0, 0
+    for i in range(1, len(values)):
+        if direction >= 0 and hi[i] < lo[anchor]:
+            direction, phases, anchor = -1, phases + 1, i
+        elif direction <= 0 and lo[i] > hi[anchor]:
+            direction, phases, anchor = 1, phases + 1, i
+        elif (direction > 0 and values[i] > values[anchor]) or (direction < 0 and values[i] < values[anchor]):
+            anchor = i
     return phases
 
 
 def phase_counts(results: xr.Dataset, estimator: str, split: str = "test", variable: str = "I_XT",
-                 min_change: float = 0.02) -> xr.DataArray:
+                 min_change: float = 0.02, rule: str = "interval") -> xr.DataArray:
     """Per seed and layer: the number of alternating fitting/compression phases of one curve
-    (`count_phases` on `variable` against epoch; Butakov et al. report several on MNIST)."""
-    curves = _valid(results)[variable].sel(estimator=estimator, split=split)
-    counts = xr.apply_ufunc(count_phases, curves, input_core_dims=[["epoch"]], vectorize=True,
-                            kwargs={"min_change": min_change})
-    counts.attrs = {"estimator": estimator, "split": split, "variable": variable,
+    (`count_phases` on `variable` against epoch; Butakov et al. report several on MNIST).
+
+    `rule` "interval" (default) uses each cell's own interval (`<variable>_lo`, `_hi`: the entry
+    needs `uncertainty`; without them the counts are NaN); "fraction" the `min_change` rule.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    sel = _valid(results).sel(estimator=estimator, split=split)
+    curves = sel[variable]
+    if rule == "fraction":
+        counts = xr.apply_ufunc(count_phases, curves, input_core_dims=[["epoch"]], vectorize=True,
+                                kwargs={"min_change": min_change})
+    elif f"{variable}_lo" not in sel:
+        counts = xr.full_like(curves.isel(epoch=0, drop=True), np.nan, dtype=float)
+    else:
+        counts = xr.apply_ufunc(lambda v, lo, hi: count_phases(v, lo=lo, hi=hi), curves,
+                                sel[f"{variable}_lo"], sel[f"{variable}_hi"],
+                                input_core_dims=[["epoch"]] * 3, vectorize=True)
+    counts.attrs = {"estimator": estimator, "split": split, "variable": variable, "rule": rule,
                     "min_change": min_change}
     return counts.transpose("seed", "layer")
 

@@ -1,6 +1,6 @@
 """The figures stage: every figure of a run, and its HTML report, from results and metadata.
 
-    python -m stages.figures --config configs/szt_tanh.toml [--seed-spread]
+    python -m stages.figures --config configs/szt_tanh.toml [--no-intervals]
     python -m stages.figures --archive runs/mine/archive.zarr
     from pipeline.report import report_archive; report_archive("runs/mine/archive.zarr")
 
@@ -34,13 +34,13 @@ def szt_ib_curve(betas: np.ndarray | None = None) -> np.ndarray:
 
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", figures_dir: str | Path = "figures",
-         seed_spread: bool = False) -> int:
+         intervals: bool = True) -> int:
     """Every figure of a built-in run (its config's estimator entries are checked for)."""
-    return report_archive(RunPaths.of(runs_dir, cfg.name), figures_dir, seed_spread, list(cfg.estimators))
+    return report_archive(RunPaths.of(runs_dir, cfg.name), figures_dir, intervals, list(cfg.estimators))
 
 
 def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figures",
-                   seed_spread: bool = False, wanted: list[str] | None = None) -> int:
+                   intervals: bool = True, wanted: list[str] | None = None) -> int:
     """Every figure of an archive and its results store into `figures_dir/<run>/`, with index.html.
 
     Parts the archive lacks (history, gradient statistics, weights) and results not computed yet
@@ -55,7 +55,7 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     stop = _archive_figures(archive, out, saved, messages)
     results = _results(paths, archive, messages, wanted or [])
     if results is not None:
-        _results_figures(results, archive, out, saved, messages, seed_spread, stop)
+        _results_figures(results, archive, out, saved, messages, intervals, stop)
     estimators = {} if results is None else {
         str(e): str(results.parameters.sel(estimator=e).values) for e in results.estimator.values}
     attrs = {} if results is None else dict(results.attrs)
@@ -122,7 +122,7 @@ def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wante
 
 
 def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str], messages: list[str],
-                     seed_spread: bool, stop: int | None) -> None:
+                     intervals: bool, stop: int | None) -> None:
     """Planes, DPI and MI-vs-epoch per estimator entry, the comparison and the Fisher traces."""
     config = archive.config or {}
     ib = szt_ib_curve() if config.get("data", {}).get("dataset") == "szt" else None
@@ -134,7 +134,7 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
                 continue
             index = archive.split_index(str(split))
             limits = F.saturation_limits(len(index), archive.split_labels(index))
-            fig = F.information_plane_figure(results, estimator, split, limits, seed_spread, stop, ib)
+            fig = F.information_plane_figure(results, estimator, split, limits, intervals, stop, ib)
             F.save(fig, out, f"plane_{estimator}_{split}", saved)
             F.save(F.dpi_figure(results, estimator, split), out, f"dpi_{estimator}_{split}", saved)
         F.save(F.mi_vs_epoch_figure(results, estimator), out, f"mi_vs_epoch_{estimator}", saved)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+from scipy import stats
 
 RESULTS_SCHEMA_VERSION = "1.2"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals
 CELL_DIMS = ("estimator", "seed", "split", "epoch", "layer")
@@ -96,6 +97,36 @@ def holding_values(values: xr.DataArray, dim: str) -> np.ndarray:
     """
     others = [d for d in values.dims if d != dim]
     return np.isfinite(values).any(others).values
+
+
+def seed_mean(results: xr.Dataset, variable: str = "I_XT", confidence: float = 0.9) -> xr.Dataset:
+    """The mean over seeds of one cell variable with its confidence interval.
+
+    Returns `mean`, `lo`, `hi` and `n_seeds` (seeds holding a value) over the other cell dims.
+    Two seeds or more: the t interval of the mean, mean +- t((1 + confidence) / 2, n - 1) s / sqrt(n);
+    each seed's value carries its estimator's noise, so the interval holds both the spread of
+    training and that of the estimator. One seed: the cell's own interval when the store holds
+    one (`<variable>_lo`, `_hi`, from the entry's `uncertainty` option), else NaN. Cells not
+    computed yet are left out.
+    """
+    ds = masked(results) if "done" in results else results
+    values = ds[variable]
+    n = np.isfinite(values).sum("seed")
+    mean = values.mean("seed")
+    with warnings.catch_warnings():  # one seed: no spread, NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = values.std("seed", ddof=1)
+    quantile = stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1))
+    half = xr.where(n >= 2, quantile * sd / np.sqrt(n), np.nan)
+    lo, hi = mean - half, mean + half
+    if f"{variable}_lo" in ds:
+        one = n == 1
+        lo = xr.where(one, ds[f"{variable}_lo"].where(np.isfinite(values)).mean("seed"), lo)
+        hi = xr.where(one, ds[f"{variable}_hi"].where(np.isfinite(values)).mean("seed"), hi)
+    out = xr.Dataset({"mean": mean, "lo": lo, "hi": hi, "n_seeds": n})
+    out.attrs = {"variable": variable, "confidence": confidence,
+                 "interval": "t over seeds (2+ seeds); the cell's own interval (1 seed)"}
+    return out
 
 
 def open_results(path: Path) -> xr.Dataset | None:

@@ -1,6 +1,6 @@
 """Draw information planes, comparisons and diagnostics of a run into figures/<run>/.
 
-    python -m stages.figures --config configs/szt_tanh.toml [--seed-spread] [--figures figures]
+    python -m stages.figures --config configs/szt_tanh.toml [--no-intervals] [--figures figures]
     python -m stages.figures --archive runs/mine/archive.zarr      # any archive, results beside it
 """
 
@@ -15,11 +15,12 @@ from pipeline.report import main, report_archive  # noqa: E402
 def cli() -> None:
     parser = base_parser(__doc__.splitlines()[0], archive=True)
     parser.add_argument("--figures", default="figures", help="output root (figures/<run>/)")
-    parser.add_argument("--seed-spread", action="store_true", help="error bars over seeds")
+    parser.add_argument("--no-intervals", dest="intervals", action="store_false",
+                        help="leave out the 90%% intervals of the points (seed t or the cells' own)")
     args = parser.parse_args()
     if args.archive:
-        guarded(lambda: report_archive(args.archive, args.figures, args.seed_spread))
-    run_stage(lambda a, cfg: main(cfg, a.runs, a.figures, a.seed_spread), args)
+        guarded(lambda: report_archive(args.archive, args.figures, args.intervals))
+    run_stage(lambda a, cfg: main(cfg, a.runs, a.figures, a.intervals), args)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ def synthetic_results(nan_estimator: bool = False):
     return ds
 
 
-@pytest.mark.parametrize("seed_spread", [False, True])
-def test_information_plane_figure(tmp_path, seed_spread):
+@pytest.mark.parametrize("intervals", [False, True])
+def test_information_plane_figure(tmp_path, intervals):
     ds = synthetic_results()
-    fig = F.information_plane_figure(ds, "binning_30", "train", limits=(3.0, 1.0), seed_spread=seed_spread,
+    fig = F.information_plane_figure(ds, "binning_30", "train", limits=(3.0, 1.0), intervals=intervals,
                                      mark_epoch=3, ib=np.array([[0, 0], [1, 1], [3, 1]]))
     saved = []
     F.save(fig, tmp_path, "plane", saved)
@@ -135,3 +135,30 @@ def test_stored_saturation_flags_decide_the_hollow_points():
     fig = F.information_plane_figure(ds, "binning_30", "train", limits=(0.0, 0.0))  # limits ignored
     hollow = [c for c in fig.axes[0].collections if len(c.get_facecolors()) == 0]
     assert len(hollow[0].get_offsets()) == len(EPOCHS)
+
+
+def test_points_carry_the_seed_interval_and_the_null_floor():
+    from matplotlib.collections import LineCollection
+    from scipy import stats
+
+    from pipeline.uncertainty import OUTPUTS
+
+    ds = synthetic_results()
+    ds["I_TY_null"] = xr.full_like(ds.I_TY, 0.04).assign_attrs(long_name=OUTPUTS["I_TY_null"][0])
+    ds["I_TY_null"].loc[{"seed": 1, "layer": "dense1"}] = 0.08  # mean over seeds 0.06: the floor
+    fig = F.information_plane_figure(ds, "binning_30", "train")
+    ax = fig.axes[0]
+    lines = [c for c in ax.collections if isinstance(c, LineCollection)]
+    vertical = [seg for seg in lines[1].get_segments()]
+    values = ds.I_TY.sel(estimator="binning_30", split="train")
+    # the first point (epoch 0, dense1): mean of the two seeds +- t(0.95, 1) s / sqrt(2)
+    two = values.isel(epoch=0, layer=0).values
+    half = stats.t.ppf(0.95, 1) * two.std(ddof=1) / np.sqrt(2)
+    np.testing.assert_allclose(vertical[0][:, 1], [two.mean() - half, two.mean() + half])
+    assert len(vertical) == len(EPOCHS) * len(LAYERS)
+    floor = [p for p in ax.patches if p.get_label().startswith("I(T;Y) shuffle baseline")]
+    assert len(floor) == 1 and floor[0].get_label().endswith("0.060 bits")
+    assert any("90% intervals (t over seeds)" in t.get_text() for t in ax.texts)
+    band_fig = F.mi_vs_epoch_figure(ds, "binning_30")
+    labels = [c.get_label() for c in band_fig.axes[1].collections]
+    assert "shuffle baseline (train)" in labels

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import findings as fd
-from pipeline.results import holding_values, masked, template
+from pipeline.results import holding_values, masked, seed_mean, template
 
 EPOCHS = np.array([0, 1, 2, 5, 10, 20])
 LAYERS = ["dense1", "dense2", "softmax"]
@@ -96,6 +96,72 @@ def test_phase_counts_per_seed_and_layer():
     ds = results_with([1, 3, 2, 4, 3.5, 5])  # up, down, up, down, up: five phases
     ds = ds.assign_coords(split=["test"])
     ds["I_XT"][0, 1, 0, :, :] = np.array([1, 2, 3, 4, 5, 6.0])[:, None]  # seed 1 only fits
-    counts = fd.phase_counts(ds, "binning_30", "test")
+    counts = fd.phase_counts(ds, "binning_30", "test", rule="fraction")
     assert counts.dims == ("seed", "layer") and counts.sel(seed=0).values.tolist() == [5, 5, 5]
     assert counts.sel(seed=1).values.tolist() == [1, 1, 1]
+    # the interval rule needs the cells' own intervals: without them it decides nothing
+    assert np.isnan(fd.phase_counts(ds, "binning_30", "test").values).all()
+
+
+def with_cell_intervals(ds, half):
+    ds = ds.copy(deep=True)
+    ds["I_XT_lo"], ds["I_XT_hi"] = ds.I_XT - half, ds.I_XT + half
+    return ds
+
+
+def test_phase_counts_by_the_cells_intervals():
+    ds = results_with([1, 3, 2, 4, 3.5, 5]).assign_coords(split=["test"])
+    # dense1 (3x the curve: 3, 9, 6, 12, 10.5, 15) falls by 3 and by 1.5: half-widths 0.5 see
+    # five phases; with half-widths 1 the 1.5 fall lies within the noise: three (up, down, up)
+    assert fd.phase_counts(with_cell_intervals(ds, 0.5), "binning_30", "test").sel(
+        seed=0, layer="dense1") == 5
+    assert fd.phase_counts(with_cell_intervals(ds, 1.0), "binning_30", "test").sel(
+        seed=0, layer="dense1") == 3
+
+
+def test_count_phases_with_intervals():
+    curve = np.array([0, 1, 2, 1.5, 2.5])
+    assert fd.count_phases(curve, lo=curve - 0.1, hi=curve + 0.1) == 3
+    assert fd.count_phases(curve, lo=curve - 0.3, hi=curve + 0.3) == 1  # the 0.5 fall is noise
+
+
+def test_seed_mean_t_interval_and_single_seed_cell_interval():
+    ds = results_with([1, 1, 1, 1, 1, 1])
+    ds = ds.reindex(seed=[0, 1, 2])
+    ds["done"] = ds.done.fillna(True).astype(bool)
+    ds["I_XT"][0, :, 0, 0, 0] = [1.0, 2.0, 3.0]
+    band = seed_mean(ds.sel(estimator="binning_30", split="all"), "I_XT", confidence=0.9)
+    first = band.isel(epoch=0, layer=0)
+    half = 2.919986 / np.sqrt(3)  # t(0.95, 2 dof) from the table, times s = 1, over sqrt(3)
+    assert float(first["mean"]) == 2.0 and int(first.n_seeds) == 3
+    assert float(first.lo) == pytest.approx(2 - half, rel=1e-6)
+    assert float(first.hi) == pytest.approx(2 + half, rel=1e-6)
+    one = ds.isel(seed=[0])
+    assert np.isnan(seed_mean(one, "I_XT").lo).all()  # one seed, no cell interval: none
+    band = seed_mean(with_cell_intervals(one, 0.25), "I_XT").sel(estimator="binning_30", split="all")
+    assert float(band.lo.isel(epoch=0, layer=0)) == 0.75 and float(band.hi.isel(epoch=0, layer=0)) == 1.25
+
+
+def noisy_seeds(noise, n_seeds=4):
+    """A compressing curve (peak 4 at epoch 2, 2.5 at the end) plus seed-to-seed noise."""
+    ds = results_with([1, 2, 4, 3.5, 3, 2.5]).reindex(seed=list(range(n_seeds)))
+    ds["done"] = ds.done.fillna(True).astype(bool)
+    curve = np.array([1, 2, 4, 3.5, 3, 2.5])
+    offsets = noise * np.linspace(-1, 1, n_seeds)  # each seed shifted, a different epoch each
+    for s in range(n_seeds):
+        ds["I_XT"][0, s, 0, :, :] = (curve + offsets[s] * (-1) ** np.arange(6))[:, None]
+    return ds
+
+
+def test_compresses_only_beyond_the_interval():
+    quiet, noisy = noisy_seeds(0.1), noisy_seeds(3.0)
+    assert fd.compresses(quiet, "binning_30").values.tolist() == [1.0, 1.0]
+    assert fd.compresses(noisy, "binning_30").values.tolist() == [0.0, 0.0]
+    # the 5% rule sees the same drop of the mean in both and calls it
+    assert fd.compresses(noisy, "binning_30", rule="fraction").values.tolist() == [1.0, 1.0]
+    one = noisy.isel(seed=[0])
+    assert np.isnan(fd.compresses(one, "binning_30").values).all()
+    assert np.isnan(fd.compression_table(one)["binning_30"])
+    assert fd.compression_table(with_cell_intervals(one, 0.1))["binning_30"] == 1.0
+    with pytest.raises(ValueError, match="rule"):
+        fd.compresses(quiet, "binning_30", rule="5%")
