@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DOCS, best_of, machine, table, timed, write_section
-
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.common import DOCS, ROOT, best_of, machine, table, timed, write_section
 
 
 def bench_train() -> None:

@@ -1,6 +1,6 @@
 """Calibration of the per-cell intervals: `make bench` section uncertainty (docs/estimators.md).
 
-    python -m benchmarks.uncertainty [--only cases,gaussian]
+    python -m benchmarks.uncertainty [--only cases,szt,gaussian]
 
 For each estimator and interval scheme, on many independent data sets of one distribution: the
 mean half-width of the cells' intervals against the observed 90% half-spread of the estimates
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DOCS, machine, table, write_section
+from benchmarks.common import DOCS, ROOT, machine, table, write_section
 from pipeline.estimators import get_estimator
 from pipeline.groundtruth import gaussian_pair
 from pipeline.provenance import git_revision
@@ -124,9 +124,11 @@ def sweep_summary(rows: list[list[object]]) -> str:
 
 
 def main(n_datasets: int = 40, n_resamples: int = 30, sweep_datasets: int = 30,
-         sweep_resamples: int = 20, sections: tuple[str, ...] = ("cases", "gaussian")) -> None:
+         sweep_resamples: int = 20, sections: tuple[str, ...] = ("cases", "szt", "gaussian")) -> None:
     if "cases" in sections:
         cases(n_datasets, n_resamples)
+    if "szt" in sections:
+        szt_run()
     if "gaussian" in sections:
         started = time.perf_counter()
         rows = sweep_rows(sweep_datasets, sweep_resamples)
@@ -142,6 +144,66 @@ def main(n_datasets: int = 40, n_resamples: int = 30, sweep_datasets: int = 30,
                          "coverage of the truth"], rows))
         write_section(DOCS / "estimators.md", "uncertainty_gaussian", body)
         print(body)
+
+
+# Intervals and shuffle baselines on for every entry of the default config (szt_tanh.toml).
+INTERVALS_ON = {"binning_30": "bootstrap", "binning_10": "bootstrap", "binning_100": "bootstrap",
+                "renyi": "batches"}
+
+
+def _stage(args: list[str]) -> float:
+    """Seconds of one stage run as `make` runs it (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def szt_run() -> None:
+    """The default `make all` with intervals off, then on; the shuffle baselines of a real run."""
+    import tempfile
+
+    import xarray as xr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        where = ["--config", "configs/szt_tanh.toml", "--runs", tmp]
+        figures = ["--figures", f"{tmp}/figures"]
+        train = _stage(["stages.train", *where])
+        off = {"estimate": _stage(["stages.estimate", *where]),
+               "figures": _stage(["stages.figures", *where, *figures])}
+        sets = [f"--set=estimators.{entry}.{key}={value}" for entry, scheme in INTERVALS_ON.items()
+                for key, value in (("uncertainty", f'"{scheme}"'), ("null", "true"))]
+        on = {"estimate": _stage(["stages.estimate", *where, *sets]),
+              "figures": _stage(["stages.figures", *where, *sets, *figures])}
+        results = xr.open_zarr(f"{tmp}/szt_tanh/estimates.zarr").load()
+    total_off, total_on = train + sum(off.values()), train + sum(on.values())
+    rows = [["train (4 seeds)", f"{train:.0f}", f"{train:.0f}", "1.00"]]
+    rows += [[stage, f"{off[stage]:.0f}", f"{on[stage]:.0f}", f"{on[stage] / off[stage]:.2f}"]
+             for stage in off]
+    rows.append(["`make all`", f"{total_off:.0f}", f"{total_on:.0f}", f"{total_on / total_off:.2f}"])
+    null = results.I_TY_null.sel(estimator="binning_30", split="all")
+    value = results.I_TY.sel(estimator="binning_30", split="all")
+    i_xt = results.I_XT.sel(estimator="binning_30", split="all")
+    nulls = [[str(layer), int(results.layer_width.sel(layer=layer)),
+              f"{float(i_xt.sel(layer=layer).isel(epoch=-1).mean()):.2f}",
+              f"{float(value.sel(layer=layer).isel(epoch=-1).mean()):.3f}",
+              f"{float(null.sel(layer=layer).isel(epoch=-1).mean()):.4f}",
+              f"{float(null.sel(layer=layer).max()):.4f}"] for layer in results.layer.values]
+    body = (f"Command: `python -m benchmarks.uncertainty --only szt` (or `make bench`, section "
+            f"uncertainty): the default config (`configs/szt_tanh.toml`) run by its stages as `make "
+            f"all` runs them, with the entries as shipped, then with `uncertainty` ({INTERVALS_ON}) "
+            f"and `null = true` on every entry (10 resamples a cell); commit {git_revision()}; "
+            f"{machine()}.\n\n"
+            + table(["stage", "intervals off (s)", "intervals and baselines on (s)", "ratio"], rows)
+            + "\n\nShuffle baseline of binning at 30 bins on the same run (split all, 4096 "
+              "patterns; H(Y) = 1 bit), mean over the 4 seeds at the last epoch and the largest over "
+              "every seed and epoch:\n\n"
+            + table(["layer", "units", "I(X;T) at the end (bits; ceiling 12)", "I(T;Y) at the end (bits)",
+                     "I(T;Y)_null at the end (bits)", "largest I(T;Y)_null (bits)"], nulls))
+    write_section(DOCS / "estimators.md", "uncertainty_szt", body)
+    print(body)
 
 
 def cases(n_datasets: int, n_resamples: int) -> None:
@@ -168,5 +230,5 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="cases,gaussian", help="cases, gaussian or both")
+    parser.add_argument("--only", default="cases,szt,gaussian", help="any of cases, szt, gaussian")
     main(sections=tuple(parser.parse_args().only.split(",")))

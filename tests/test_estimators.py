@@ -101,6 +101,29 @@ def test_kde_information_is_the_difference_of_entropy_bounds(bound):
     assert out["I_TY"] == pytest.approx(h_t - h_t_given_y, rel=1e-10)
 
 
+@pytest.mark.parametrize("bound", ["upper", "lower"])
+@pytest.mark.parametrize("n, d, decimals", [(700, 3, None), (600, 4, 0), (500, 40, 1)])
+def test_kde_equals_the_plain_formula(bound, n, d, decimals):
+    """Tiles, the symmetric half and the merged identical rows (rounded layers: many) change
+    no value: the plain full-matrix logsumexp agrees to 1e-9 relative."""
+    from benchmarks.reference import kde_reference
+    from pipeline.estimators.kde import class_kernel_sums
+
+    rng = np.random.default_rng(n)
+    t = np.tanh(0.4 * rng.normal(size=(n, d)))
+    if decimals is not None:
+        t = np.round(t, decimals)
+    y = rng.choice(3, n, p=[0.5, 0.3, 0.2])
+    expected = kde_reference(t, y, 0.05, bound)
+    out = information_plane(distinct_inputs(n), t, y, "kde", noise_variance=0.05, bound=bound)
+    for name in ("I_XT", "I_TY"):
+        assert out[name] == pytest.approx(expected[name], rel=1e-9)
+    h = torch.as_tensor(t)
+    counts = torch.nn.functional.one_hot(torch.as_tensor(y)).double()
+    torch.testing.assert_close(class_kernel_sums(h, counts, 0.05, tile=37),
+                               class_kernel_sums(h, counts, 0.05, tile=n), rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("s2", [0.01, 0.1, 1.0])
 def test_kde_bounds_sandwich_monte_carlo(s2):
     rng = np.random.default_rng(6)

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from pipeline.estimators._common import LOG2, as_labels, as_samples, same_length, squared_distances
+from pipeline.estimators._common import LOG2, as_labels, as_samples, row_symbols, same_length
 
 BOUNDS = ("upper", "lower")
 
@@ -31,29 +31,61 @@ def kernel_variance(noise_variance: float, bound: str) -> float:
     return noise_variance if bound == "upper" else 4.0 * noise_variance
 
 
-def _mixture_kernel(d2: torch.Tensor, variance: float) -> torch.Tensor:
-    """exp(-d2_ij / (2 variance)), computed in place over `d2`.
+TILE = 1024  # rows per tile: memory is O(TILE^2 + n), not O(n^2)
 
-    The diagonal is exp(0) = 1, the largest term of each row, so row sums can neither overflow
-    nor vanish: plain sums replace a logsumexp and its shifted copies (half the time at n=4096).
+
+def weighted_components(t: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of `t` and, per row, how many samples of each class sit on it.
+
+    Identical rows (saturated units, discrete inputs) are one mixture component with a weight:
+    the sums below run over distinct rows, with the same value as over all samples.
     """
-    return d2.mul_(-0.5 / variance).exp_()
+    symbols = row_symbols(t)
+    _, first = np.unique(symbols, return_index=True)
+    counts = np.zeros((len(first), labels.max() + 1))
+    np.add.at(counts, (symbols, labels), 1.0)
+    return t[first], counts
 
 
-def _mean_log_mixture(kernel: torch.Tensor) -> float:
-    """mean_i log[(1/P) sum_j kernel_ij], nats."""
-    return float((torch.log(kernel.sum(1)) - math.log(len(kernel))).mean())
+def class_kernel_sums(h: torch.Tensor, counts: torch.Tensor, variance: float,
+                      tile: int = TILE) -> torch.Tensor:
+    """S[u, c] = sum_v exp(-|h_u - h_v|^2 / (2 variance)) counts[v, c], tile by tile.
+
+    The kernel is symmetric: each off-diagonal tile is exponentiated once and serves both its
+    rows and its columns, half the exponentials of the full matrix. The diagonal term is
+    exp(0) = 1, the largest of each row, so the sums can neither overflow nor vanish: plain sums
+    replace a logsumexp.
+    """
+    m = len(h)
+    sq = (h * h).sum(1)
+    out = torch.zeros((m, counts.shape[1]), dtype=h.dtype, device=h.device)
+    starts = range(0, m, tile)
+    for a in starts:
+        rows = slice(a, min(a + tile, m))
+        for b in starts[a // tile:]:
+            cols = slice(b, min(b + tile, m))
+            d2 = torch.addmm(sq[None, cols], h[rows], h[cols].T, alpha=-2.0).add_(sq[rows, None])
+            kernel = d2.clamp_min_(0.0).mul_(-0.5 / variance).exp_()
+            if a == b:
+                kernel.diagonal().fill_(1.0)
+                out[rows] += kernel @ counts[cols]
+            else:
+                out[rows] += kernel @ counts[cols]
+                out[cols] += kernel.T @ counts[rows]
+    return out
 
 
 def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper",
                 device: str = "cpu") -> float:
     """Bound on H(T) in bits of the mixture of N(t_i, noise_variance I) over the rows of `t`."""
     variance = kernel_variance(noise_variance, bound)
-    h = torch.as_tensor(as_samples(t, "t"), device=device)
-    d = h.shape[1]
-    kernel = _mixture_kernel(squared_distances(h), variance)
+    rows = as_samples(t, "t")
+    distinct, counts = weighted_components(rows, np.zeros(len(rows), dtype=np.int64))
+    weights = torch.as_tensor(counts, device=device)
+    sums = class_kernel_sums(torch.as_tensor(distinct, device=device), weights, variance)[:, 0]
     # -mean_i log[(1/P) sum_j exp(-d2_ij / (2 variance))] plus the per-component entropy.
-    h_nats = 0.5 * d * (math.log(2 * math.pi * noise_variance) + 1) - _mean_log_mixture(kernel)
+    mean_log = float((weights[:, 0] * torch.log(sums / len(rows))).sum()) / len(rows)
+    h_nats = 0.5 * rows.shape[1] * (math.log(2 * math.pi * noise_variance) + 1) - mean_log
     return h_nats / LOG2
 
 
@@ -73,18 +105,20 @@ def kde_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise_var
     device : {"cpu", "cuda"}
     """
     variance = kernel_variance(noise_variance, bound)
-    same_length(x=x, t=t, y=y)
+    n = same_length(x=x, t=t, y=y)
     as_samples(x, "x")
     labels = as_labels(y)
-    kernel = _mixture_kernel(squared_distances(torch.as_tensor(as_samples(t, "t"), device=device)),
-                             variance)
-    codes = torch.as_tensor(labels, device=device)
-    onehot = torch.nn.functional.one_hot(codes).to(kernel.dtype)
-    class_sums = kernel @ onehot  # (n, classes): each row's kernel mass within every class
-    # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels.
-    i_xt = -_mean_log_mixture(class_sums)  # the class sums of a row add up to its total mass
-    # sum_y p(y) H(T|Y=y) with the bound inside each class: the mean over all rows of the row's
-    # log mixture over its own class.
-    own = class_sums.gather(1, codes[:, None]).squeeze(1)
-    h_t_given_y = -float((torch.log(own) - torch.log(onehot.sum(0)[codes])).mean())
+    distinct, counts = weighted_components(as_samples(t, "t"), labels)
+    counts = torch.as_tensor(counts, device=device)  # (distinct rows, classes)
+    sums = class_kernel_sums(torch.as_tensor(distinct, device=device), counts, variance)
+    # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels; each distinct row
+    # stands for its samples, whose kernel mass is the sum over the classes.
+    per_row = counts.sum(1)
+    i_xt = -float((per_row * torch.log(sums.sum(1) / n)).sum()) / n
+    # sum_y p(y) H(T|Y=y) with the bound inside each class: the mean over all samples of the
+    # log mixture over the sample's own class.
+    class_sizes = counts.sum(0)
+    held = counts > 0
+    own = torch.log(sums[held]) - torch.log(class_sizes.expand_as(counts)[held])
+    h_t_given_y = -float((counts[held] * own).sum()) / n
     return {"I_XT": i_xt / LOG2, "I_TY": (i_xt - h_t_given_y) / LOG2}
