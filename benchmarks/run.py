@@ -1,6 +1,7 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
-    python -m benchmarks.run [--only train,estimators,images,gpu,stage,accuracy,limits]
+    python -m benchmarks.run [--only SECTION,...]
+    # sections: train, speed, memory, estimators, images, gpu, stage, accuracy, limits, uncertainty
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -254,10 +255,17 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,estimators,images,gpu,stage,accuracy,limits,uncertainty")
+    parser.add_argument("--only", default="train,speed,memory,estimators,images,gpu,stage,accuracy,limits,"
+                                          "uncertainty")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
+    if "speed" in sections:
+        from benchmarks.speed import speed
+        speed()
+    if "memory" in sections:
+        from benchmarks.speed import memory
+        memory()
     if "stage" in sections:
         bench_stage()
     if "estimators" in sections:

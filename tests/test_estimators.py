@@ -551,14 +551,31 @@ def test_alignment_search_equals_full_matrix_computation():
 
 
 @pytest.mark.parametrize("labels", [False, True])
-def test_brute_force_neighbours_equal_the_tree(labels):
-    # the brute-force path is what device="cuda" runs; here it runs on the CPU
+def test_brute_force_neighbours_equal_the_tree(labels, monkeypatch):
+    # the brute-force path is what device="cuda" and wide inputs run; blocks of 40 rows here
+    from pipeline.estimators import knn
+
+    monkeypatch.setattr(knn, "BLOCK_BYTES", 40 * 8 * 800)
     a, b = gaussian_pair(800, 1.0, 3, seed=4)
     other = RNG.integers(0, 3, 800) if labels else b
     tree = mutual_information(a, other, "ksg", algorithm="tree")
     brute = mutual_information(a, other, "ksg", algorithm="brute")
     assert brute == pytest.approx(tree, abs=1e-9)
     assert kl_entropy(a, algorithm="brute") == pytest.approx(kl_entropy(a), abs=1e-9)
+
+
+def test_brute_force_counts_equal_the_tree_neighbour_for_neighbour(monkeypatch):
+    """Same eps, same marginal counts, point by point, in 12 + 10 dimensions."""
+    from pipeline.estimators import knn
+
+    monkeypatch.setattr(knn, "BLOCK_BYTES", 64 * 8 * 600)
+    xa, xb = (knn.normal_scores(v) for v in gaussian_pair(600, 2.0, 11, seed=9))
+    xa = np.hstack([xa, RNG.normal(size=(600, 1))])
+    eps, n_a, n_b = knn._ksg_counts_brute(xa, xb, 5, "cpu")
+    tree_eps = knn._kth_distance(np.hstack([xa, xb]), 5, np.inf, "cpu", "tree")
+    np.testing.assert_array_equal(eps, tree_eps)
+    np.testing.assert_array_equal(n_a, knn._count_within(xa, tree_eps, np.inf, "cpu", "tree"))
+    np.testing.assert_array_equal(n_b, knn._count_within(xb, tree_eps, np.inf, "cpu", "tree"))
 
 
 @pytest.mark.parametrize("shape", [(300, 20), (50, 400)])
@@ -599,3 +616,25 @@ def test_autoencoder_codes_on_cuda_keep_the_information():
     est = mutual_information(bump_images(a, 16), bump_images(b, 16), "compression", entropy="ksg",
                              device="cuda")
     assert est == pytest.approx(1.5, abs=0.15)
+
+
+def test_estimators_equal_the_plain_references():
+    """The fast paths compute the same formulas as the plain code `make bench` times them against."""
+    from benchmarks.reference import binning_reference, ksg_reference, renyi_reference
+    from pipeline.estimators.renyi import make_batches
+
+    rng = np.random.default_rng(12)
+    a, b = gaussian_pair(500, 1.0, 3, seed=12)
+    assert mutual_information(a, b, "ksg") == pytest.approx(ksg_reference(a, b), abs=1e-12)
+    x = rng.uniform(size=(600, 12))
+    t = np.tanh(rng.normal(size=(600, 6)))
+    y = rng.integers(0, 4, 600)
+    fast = information_plane(x, t, y, "binning", n_bins=8)
+    plain = binning_reference(t, y, n_bins=8)
+    assert fast == pytest.approx(plain, abs=1e-12)
+    fast = information_plane(x, t, y, "renyi", sigma_x=2.5, n_candidates=60, batch_size=50, n_batches=4)
+    plain = renyi_reference(x, t, y, make_batches(600, 50, 4, 0), 2.5, 60)
+    # widths: the candidates are scored in float32 (the arg max needs no more), hence 1e-6
+    assert fast["sigma_t"] == pytest.approx(plain["sigma_t"], rel=1e-6)
+    assert fast["I_XT"] == pytest.approx(plain["I_XT"], rel=1e-6)
+    assert fast["I_TY"] == pytest.approx(plain["I_TY"], rel=1e-6)

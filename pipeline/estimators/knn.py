@@ -49,36 +49,68 @@ def _jitter(a: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray
 
 
 ALGORITHMS = ("auto", "tree", "brute")
+TREE_MAX_DIMS = 20  # measured: see tree_is_faster
 
 
-def _tree(device: str, algorithm: str) -> bool:
-    """cKDTree on the CPU, or brute-force distances with torch (any device, GPU by default)."""
+def _tree(device: str, algorithm: str, shape: tuple[int, int]) -> bool:
+    """cKDTree on the CPU, or blocked brute-force distances with torch (any device)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if algorithm == "tree" and device != "cpu":
         raise ValueError("algorithm='tree' runs on the CPU only; use algorithm='brute' on a GPU")
-    return algorithm == "tree" or (algorithm == "auto" and device == "cpu")
+    return algorithm == "tree" or (algorithm == "auto" and device == "cpu" and tree_is_faster(*shape))
+
+
+def tree_is_faster(n: int, d: int) -> bool:
+    """The measured rule of `algorithm="auto"` on the CPU (docs/benchmarks.md, section knn)."""
+    return d <= TREE_MAX_DIMS
+
+
+
+BLOCK_BYTES = 32 * 2**20  # brute force: distances of a block of rows to all, O(n x block) memory
+
+
+def _distance_blocks(points: np.ndarray, p: float, device: str):
+    """(rows, their distances to every point), a block of rows at a time (exact differences,
+    never the |a|^2 + |b|^2 - 2ab expansion: the same distances as the tree's)."""
+    h = torch.as_tensor(points, device=device)
+    block = max(1, BLOCK_BYTES // (8 * len(h)))
+    for start in range(0, len(h), block):
+        rows = slice(start, min(start + block, len(h)))
+        yield rows, torch.cdist(h[rows], h, p=p, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def _kth_distance(points: np.ndarray, k: int, p: float, device: str, algorithm: str = "auto") -> np.ndarray:
     """Distance of every point to its k-th neighbour (itself excluded)."""
-    if _tree(device, algorithm):
+    if _tree(device, algorithm, points.shape):
         return cKDTree(points).query(points, k=k + 1, p=p, workers=-1)[0][:, k]
-    h = torch.as_tensor(points, device=device)
-    d = torch.cdist(h, h, p=p)
-    return d.topk(k + 1, dim=1, largest=False).values[:, k].cpu().numpy()
+    return np.concatenate([d.topk(k + 1, dim=1, largest=False).values[:, k].cpu().numpy()
+                           for _, d in _distance_blocks(points, p, device)])
 
 
 def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str,
                   algorithm: str = "auto") -> np.ndarray:
     """Points strictly closer than `radius` to each point, itself included."""
     strict = np.nextafter(radius, 0)
-    if _tree(device, algorithm):
+    if _tree(device, algorithm, points.shape):
         return np.asarray(cKDTree(points).query_ball_point(points, strict, p=p, workers=-1,
                                                            return_length=True))
-    h = torch.as_tensor(points, device=device)
     r = torch.as_tensor(strict, device=device)
-    return (torch.cdist(h, h, p=p) <= r[:, None]).sum(1).cpu().numpy()
+    return np.concatenate([(d <= r[rows, None]).sum(1).cpu().numpy()
+                           for rows, d in _distance_blocks(points, p, device)])
+
+
+def _ksg_counts_brute(xa: np.ndarray, xb: np.ndarray, k: int, device: str):
+    """eps (k-th joint max-norm neighbour distance), n_a and n_b in one blocked pass: the joint
+    max-norm distance is the larger of the two marginal ones."""
+    eps, n_a, n_b = [], [], []
+    for (_, da), (_, db) in zip(_distance_blocks(xa, np.inf, device), _distance_blocks(xb, np.inf, device),
+                                strict=True):
+        e = torch.maximum(da, db).topk(k + 1, dim=1, largest=False).values[:, k:k + 1]
+        eps.append(e[:, 0].cpu().numpy())
+        n_a.append((da < e).sum(1).cpu().numpy())
+        n_b.append((db < e).sum(1).cpu().numpy())
+    return np.concatenate(eps), np.concatenate(n_a), np.concatenate(n_b)
 
 
 def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: float = 1e-10,
@@ -119,9 +151,12 @@ def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: flo
         return _ksg_discrete(xa, as_labels(b), k, device, algorithm)
     xb = _jitter(_transform(as_samples(b, "b", min_samples=k + 1), transform), jitter, rng)
     joint = np.hstack([xa, xb])
-    eps = _kth_distance(joint, k, np.inf, device, algorithm)
-    n_a = _count_within(xa, eps, np.inf, device, algorithm)
-    n_b = _count_within(xb, eps, np.inf, device, algorithm)
+    if _tree(device, algorithm, joint.shape):
+        eps = _kth_distance(joint, k, np.inf, device, "tree")
+        n_a = _count_within(xa, eps, np.inf, device, "tree")
+        n_b = _count_within(xb, eps, np.inf, device, "tree")
+    else:
+        eps, n_a, n_b = _ksg_counts_brute(xa, xb, k, device)
     mi = digamma(k) + digamma(n) - np.mean(digamma(n_a) + digamma(n_b))
     return max(float(mi), 0.0) / LOG2
 
@@ -165,11 +200,11 @@ def _neighbour_distances(points: np.ndarray, ks: np.ndarray, device: str,
                          algorithm: str = "auto") -> np.ndarray:
     """Euclidean distance to the ks-th neighbours, (n, len(ks))."""
     kmax = int(ks.max())
-    if _tree(device, algorithm):
+    if _tree(device, algorithm, points.shape):
         dist = cKDTree(points).query(points, k=kmax + 1, workers=-1)[0]
     else:
-        h = torch.as_tensor(points, device=device)
-        dist = torch.cdist(h, h).topk(kmax + 1, dim=1, largest=False).values.cpu().numpy()
+        dist = np.concatenate([d.topk(kmax + 1, dim=1, largest=False).values.cpu().numpy()
+                               for _, d in _distance_blocks(points, 2.0, device)])
     dist = dist[:, ks]
     if (dist <= 0).any():
         raise ValueError("duplicate samples: kNN entropies need continuous data; add noise first "

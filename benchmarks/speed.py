@@ -1,0 +1,154 @@
+"""Estimators against plain references of the same formulas: `make bench` sections speed, memory.
+
+    python -m benchmarks.speed [--only speed,memory]
+
+speed: each estimator and its plain numpy/scipy reference (benchmarks/reference.py) on the same
+arrays in the same process, best of 3; the speed-up and the largest relative difference of the
+values. memory: the peak resident memory of one estimator call at n = 10000, 30000 and 60000,
+each in a fresh process (the reference where its n x n matrices fit in memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from benchmarks.common import DOCS, ROOT, best_of, machine, table, write_section
+from pipeline.provenance import git_revision
+
+
+def arrays(n: int, d: int, seed: int = 0):
+    """SZT-like inputs (12 columns in [0, 1]), a tanh layer of width d, 10 classes."""
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(size=(n, 12)), np.tanh(rng.normal(size=(n, d))).astype(np.float32),
+            rng.integers(0, 10, n))
+
+
+def cases():
+    """(label, n x d, infoplane call, reference call) per row of the speed table."""
+    from benchmarks import reference as ref
+    from pipeline.estimators import information_plane, mutual_information
+    from pipeline.estimators.renyi import make_batches
+
+    rows = []
+    for d in (10, 256):
+        x, t, y = arrays(4096, d)
+        rows.append(("KDE upper, s2 = 0.1", f"4096 x {d}",
+                     lambda x=x, t=t, y=y: information_plane(x, t, y, "kde"),
+                     lambda t=t, y=y: ref.kde_reference(t, y)))
+    for n, da, db in ((1000, 12, 10), (4096, 12, 10), (5000, 25, 25)):
+        rng = np.random.default_rng(n)
+        a, b = rng.normal(size=(n, da)), rng.normal(size=(n, db))
+        b[:, 0] += a[:, 0]
+        rows.append(("KSG I(X;T), k = 5", f"{n} x ({da}+{db})",
+                     lambda a=a, b=b: mutual_information(a, b, "ksg"),
+                     lambda a=a, b=b: ref.ksg_reference(a, b)))
+    x, t, y = arrays(4096, 10)
+    rows.append(("Renyi, 10 batches of 100, 300-width alignment", "4096 x 10",
+                 lambda: information_plane(x, t, y, "renyi", sigma_x=2.5, n_candidates=300),
+                 lambda: ref.renyi_reference(x, t, y, make_batches(4096, 100, 10, 0), 2.5, 300)))
+    x, t, y = arrays(4096, 256)
+    rows.append(("binning, 30 bins", "4096 x 256",
+                 lambda: information_plane(x, t, y, "binning", n_bins=30),
+                 lambda: ref.binning_reference(t, y, 30)))
+    return rows
+
+
+def largest_difference(fast, plain) -> float:
+    """The largest relative difference over the values both return."""
+    if not isinstance(fast, dict):
+        fast, plain = {"I": fast}, {"I": plain}
+    return max(abs(fast[k] - plain[k]) / max(abs(plain[k]), 1e-12) for k in plain if k in fast)
+
+
+def speed() -> None:
+    import torch
+
+    rows = []
+    for label, size, fast, plain in cases():
+        t_fast, t_plain = best_of(fast), best_of(plain)
+        rows.append([label, size, f"{1e3 * t_fast:.0f}", f"{1e3 * t_plain:.0f}",
+                     f"{t_plain / t_fast:.1f}x", f"{largest_difference(fast(), plain()):.1e}"])
+        print(rows[-1], flush=True)
+    body = (f"Command: `python -m benchmarks.speed --only speed` (or `make bench`, section speed); "
+            f"best of 3 calls, the same arrays for both, torch threads {torch.get_num_threads()}; "
+            f"commit {git_revision()}; {machine()}. The references are the plain numpy/scipy code "
+            "of `benchmarks/reference.py` (full distance matrices, loops over classes, widths and "
+            "matrices, NPEET-style trees on one thread).\n\n"
+            + table(["estimator", "n x d", "infoplane (ms)", "plain reference (ms)", "speed-up",
+                     "largest relative difference"], rows))
+    write_section(DOCS / "benchmarks.md", "speed", body)
+    print(body)
+
+
+MEMORY_CALLS = {  # name: (infoplane call, reference call or None), on arrays(n, 10)
+    "KDE upper": ("information_plane(x, t, y, 'kde')", "ref.kde_reference(t, y)"),
+    "KSG I(X;T)": ("mutual_information(x, t, 'ksg')", "ref.ksg_reference(x, t)"),
+    "Renyi": ("information_plane(x, t, y, 'renyi', sigma_x=2.5)", None),
+    "binning 30": ("information_plane(x, t, y, 'binning')", "ref.binning_reference(t, y)"),
+}
+
+
+def peak_memory(call: str, n: int) -> dict[str, float]:
+    """Peak resident memory (MB) of a fresh process making one call, above its baseline."""
+    script = f"""
+import json, resource, time
+from benchmarks import reference as ref
+from benchmarks.speed import arrays
+from pipeline.estimators import information_plane, mutual_information
+x, t, y = arrays({n}, 10)
+information_plane(x[:100], t[:100], y[:100], 'binning')  # imports and first-call set-up
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+start = time.perf_counter()
+{call}
+print(json.dumps({{"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "seconds": time.perf_counter() - start}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory(sizes: tuple[int, ...] = (10000, 30000, 60000), reference_limit_gb: float = 8.0) -> None:
+    rows = []
+    for name, (call, plain) in MEMORY_CALLS.items():
+        for n in sizes:
+            row = [name, n, _cell(peak_memory(call, n))]
+            # the plain KDE holds about three n x n float64 matrices
+            if plain is None:
+                row.append("-")
+            elif name == "KDE upper" and 3 * 8 * n * n / 1e9 > reference_limit_gb:
+                row.append(f"not run: about {3 * 8 * n * n / 1e9:.0f} GB")
+            else:
+                row.append(_cell(peak_memory(plain, n)))
+            rows.append(row)
+            print(rows[-1], flush=True)
+    body = (f"Command: `python -m benchmarks.speed --only memory` (or `make bench`, section memory); "
+            "one call on n x 10 (KSG: 12 + 10 dimensions) in a fresh process, peak resident memory "
+            f"above the process's baseline after imports and data; commit {git_revision()}; "
+            f"{machine()}.\n\n"
+            + table(["estimator", "n", "infoplane: peak above baseline (MB), time",
+                     "plain reference: peak above baseline (MB), time"], rows))
+    write_section(DOCS / "benchmarks.md", "memory", body)
+    print(body)
+
+
+def _cell(result: dict[str, float]) -> str:
+    if "error" in result:
+        return f"failed: {result['error'][:80]}"
+    return f"{result['peak'] - result['base']:.0f} MB, {result['seconds']:.1f} s"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="speed,memory")
+    sections = parser.parse_args().only.split(",")
+    if "speed" in sections:
+        speed()
+    if "memory" in sections:
+        memory()
