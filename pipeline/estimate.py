@@ -90,6 +90,13 @@ class Task:
         return f"estimate-{self.estimator}-s{self.seed}-{self.split}-{self.layer}-e{span}"
 
     @property
+    def cost(self) -> float:
+        """Expected time, relative: cells x the estimator's cost x the resamples and baselines."""
+        options = self.options
+        resampled = options["n_resamples"] if options["uncertainty"] in ("bootstrap", "subsample") else 0
+        return len(self.epochs) * self.definition.cost * (1 + resampled) * (2 if options["null"] else 1)
+
+    @property
     def params(self) -> dict[str, Any]:
         """The estimator's own parameters (the cell options of pipeline.uncertainty left out)."""
         return split_options(self.table)[0]
@@ -580,8 +587,9 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
             return failures
         from distributed import as_completed
 
+        # longest first: a long chain started last keeps one worker busy while the others idle
         futures = [client.submit(run_task, path, task, key=task.key, retries=settings.retries,
-                                 pure=False) for task in tasks]
+                                 pure=False, priority=round(task.cost)) for task in tasks]
         futures += [client.submit(run_fisher_task, path, task, key=task.key, retries=settings.retries,
                                   pure=False) for task in fisher_tasks]
         for future in as_completed(futures):

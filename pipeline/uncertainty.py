@@ -51,7 +51,6 @@ OUTPUTS = {
     "I_XT_saturated": ("1 where I(X;T) is within 1% of its ceiling (H(X) of the inputs)", "1"),
     "I_TY_saturated": ("1 where I(T;Y) is within 1% of H(Y)", "1"),
 }
-Estimate = Callable[..., dict[str, float]]
 
 
 def split_options(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -73,32 +72,47 @@ def cell_estimate(estimator, x: np.ndarray, t: np.ndarray, y: np.ndarray, params
                   input_entropy: float | None = None) -> dict[str, float]:
     """The estimator's outputs on one cell, with its interval, shuffle baseline and saturation.
     `input_entropy`: H(X) of the input rows in bits, when the caller knows it (else counted)."""
-    fn = estimator.information_plane
-    out = dict(fn(x, t, y, **params))
+    out = dict(estimator.information_plane(x, t, y, **params))
+    rows = rows_estimate(estimator, x, t, y, params)
     rng = np.random.default_rng(seed)
     scheme = options["uncertainty"]
     if scheme in ("bootstrap", "subsample"):
-        out.update(resampled_interval(fn, x, t, y, params, out, scheme, options, rng))
+        out.update(resampled_interval(rows, len(y), out, scheme, options, rng))
     elif scheme == "batches":
         out.update(batch_interval(out, params, options["confidence"]))
     if options["null"]:
-        out["I_TY_null"] = float(fn(x, t, rng.permutation(y), **params)["I_TY"])
+        everything = np.arange(len(y))
+        out["I_TY_null"] = float(rows(everything, rng.permutation(len(y)))["I_TY"])
         if estimator.uses_inputs:
-            out["I_XT_null"] = float(fn(x[rng.permutation(len(x))], t, y, **params)["I_XT"])
+            out["I_XT_null"] = float(estimator.information_plane(x[rng.permutation(len(x))], t, y,
+                                                                 **params)["I_XT"])
     if input_entropy is None:
         input_entropy = row_entropy(x)
     out.update(saturation(estimator, out, input_entropy, y, params))
     return out
 
 
-def resampled_interval(fn: Estimate, x, t, y, params, estimate: dict[str, float], scheme: str,
-                       options: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
-    n = len(y)
+def rows_estimate(estimator, x, t, y, params: dict[str, Any]) -> Callable[..., dict[str, float]]:
+    """estimate(rows, label_rows=None): the estimator on x[rows], t[rows], y[label_rows or rows],
+    through its `resampler` (work done once for every resample) where it has one."""
+    fast = estimator.resampler(x, t, y, **params) if estimator.resampler is not None else None
+    if fast is not None:
+        return fast
+
+    def estimate(rows: np.ndarray, label_rows: np.ndarray | None = None) -> dict[str, float]:
+        labels = y[rows if label_rows is None else label_rows]
+        return estimator.information_plane(x[rows], t[rows], labels, **params)
+    return estimate
+
+
+def resampled_interval(estimate: Callable[..., dict[str, float]], n: int, full: dict[str, float],
+                       scheme: str, options: dict[str, Any], rng: np.random.Generator) -> dict[str, float]:
+    """Percentile interval of `n_resamples` bootstrap or half-sample estimates (see the module)."""
     draws = {"I_XT": [], "I_TY": []}
     for _ in range(options["n_resamples"]):
         index = (rng.integers(0, n, n) if scheme == "bootstrap"
                  else np.sort(rng.choice(n, n // 2, replace=False)))
-        value = fn(x[index], t[index], y[index], **params)
+        value = estimate(index)
         for name in draws:
             draws[name].append(float(value[name]))
     alpha = (1 - options["confidence"]) / 2
@@ -106,7 +120,7 @@ def resampled_interval(fn: Estimate, x, t, y, params, estimate: dict[str, float]
     for name, values in draws.items():
         values = np.asarray(values)
         if scheme == "subsample":  # centred: the half-samples' spread, not their bias
-            lo, hi = np.quantile(values - values.mean(), [alpha, 1 - alpha]) + estimate[name]
+            lo, hi = np.quantile(values - values.mean(), [alpha, 1 - alpha]) + full[name]
         else:
             lo, hi = np.quantile(values, [alpha, 1 - alpha])
         out[f"{name}_lo"], out[f"{name}_hi"] = float(lo), float(hi)

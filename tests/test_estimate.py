@@ -276,3 +276,17 @@ def test_bad_selection_is_one_clear_error(runs, args, message):
     proc = run_stage("estimate", "--config", str(TINY), "--runs", str(runs), "--scheduler",
                      "synchronous", *args, check=False)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_task_cost_orders_long_chains_first():
+    """The priority the stage submits with: cells x the estimator's cost x resamples and baselines."""
+    from pipeline.estimate import Task
+    from pipeline.estimators import get_estimator
+
+    def task(method, epochs, **options):
+        return Task("e", {"method": method, **options}, get_estimator(method), 0, "all", "l", tuple(epochs))
+
+    renyi, binning = task("renyi", range(90)), task("binning", range(90))
+    assert renyi.cost == 90 * get_estimator("renyi").cost > binning.cost == 90
+    assert task("binning", range(5), uncertainty="bootstrap", n_resamples=10, null=True).cost == 5 * 11 * 2
+    assert task("renyi", range(5), uncertainty="batches").cost == 5 * get_estimator("renyi").cost

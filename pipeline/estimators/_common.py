@@ -75,7 +75,12 @@ def discrete_mutual_information(a: np.ndarray, b: np.ndarray) -> float:
     """Plug-in I(A;B) in bits of two symbol sequences."""
     _, a_codes = np.unique(a, return_inverse=True)
     _, b_codes = np.unique(b, return_inverse=True)
-    joint = a_codes.astype(np.int64) * (b_codes.max() + 1) + b_codes
+    return codes_mutual_information(a_codes, b_codes)
+
+
+def codes_mutual_information(a_codes: np.ndarray, b_codes: np.ndarray) -> float:
+    """Plug-in I(A;B) in bits of non-negative integer codes (gaps allowed: empty bins add 0)."""
+    joint = a_codes.astype(np.int64) * (int(b_codes.max()) + 1) + b_codes
     h_a = entropy_of_counts(np.bincount(a_codes))
     h_b = entropy_of_counts(np.bincount(b_codes))
     # Counts of the joint symbols by sorting, not bincount: with 4096 distinct inputs and layer

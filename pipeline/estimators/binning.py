@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.estimators._common import (
     as_labels,
     as_samples,
+    codes_mutual_information,
     discrete_mutual_information,
     is_discrete,
     row_symbols,
@@ -92,3 +93,27 @@ def binning_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n_bin
     labels = as_labels(y)
     return {"I_XT": discrete_mutual_information(x_symbols, t_symbols),
             "I_TY": discrete_mutual_information(t_symbols, labels)}
+
+
+def binning_resampler(x: np.ndarray, t: np.ndarray, y: np.ndarray, n_bins: int = 30, range: str = "fixed",
+                      low: float = -1.0, high: float = 1.0, bin_size: float | None = None):
+    """`binning_information_plane` on rows of one sample, from its symbols computed once.
+
+    Returns `estimate(rows, label_rows=None)`, equal to the plane of (x[rows], t[rows],
+    y[label_rows or rows]) (a subset's distinct rows are the full sample's, in the same order);
+    the intervals and shuffle baselines of pipeline.uncertainty call it instead of re-binning.
+    None for `range="layer"`, whose bin edges depend on the rows drawn.
+    """
+    if range == "layer" and bin_size is None:
+        return None
+    same_length(x=x, t=t, y=y)
+    x_symbols = row_symbols(as_samples(x, "x", min_samples=1))
+    t_symbols = row_symbols(discretise(t, n_bins, range, low, high, bin_size))
+    labels = as_labels(y)
+
+    def estimate(rows: np.ndarray, label_rows: np.ndarray | None = None) -> dict[str, float]:
+        label_rows = rows if label_rows is None else label_rows
+        # the symbols are codes already: a subset's counts in the same order, with empty ones
+        return {"I_XT": codes_mutual_information(x_symbols[rows], t_symbols[rows]),
+                "I_TY": codes_mutual_information(t_symbols[rows], labels[label_rows])}
+    return estimate

@@ -18,6 +18,7 @@ import torch
 from pipeline.estimators._common import as_labels, as_samples, same_length, squared_distances
 
 SIGMA_CONVENTIONS = ("gaussian", "wickstrom")
+ALIGNMENT_BLOCK = 2**18  # floats per block of the width search (1 MB: within a core's L2 cache)
 
 
 def rbf_gram(d2: torch.Tensor, sigma: float | torch.Tensor, convention: str = "gaussian") -> torch.Tensor:
@@ -90,9 +91,22 @@ def alignment_sigma(d2: torch.Tensor, k_labels: torch.Tensor, n_candidates: int 
     mean_distance = torch.sqrt(pair_d2).mean(-1)  # (b,)
     steps = torch.linspace(0.0, 1.0, n_candidates, device=d2.device)
     candidates = 0.3 + steps[None, :] * (10.0 * mean_distance[:, None] - 0.3)  # (b, c)
-    k = rbf_gram(pair_d2[:, None, :], candidates[..., None], convention)  # (b, c, P)
-    inner = 2.0 * (k * pair_y[:, None, :]).sum(-1) + n
-    norm_k = torch.sqrt(2.0 * (k * k).sum(-1) + n)
+    if convention not in SIGMA_CONVENTIONS:
+        raise ValueError(f"sigma_convention must be one of {SIGMA_CONVENTIONS}, got {convention!r}")
+    scale = 2.0 if convention == "gaussian" else 1.0
+    sigma = candidates[..., None]
+    inner = torch.empty_like(candidates)
+    squares = torch.empty_like(candidates)
+    # rbf_gram's arithmetic on a few candidates at a time: each (b, step, P) block stays in the
+    # cache while it is exponentiated and summed (the whole (b, c, P) array was memory-bound)
+    step = max(1, ALIGNMENT_BLOCK // pair_d2.numel())
+    for start in range(0, n_candidates, step):
+        part = slice(start, start + step)
+        k = torch.div(-pair_d2[:, None, :], scale * sigma[:, part] * sigma[:, part]).exp_()
+        inner[:, part] = (k * pair_y[:, None, :]).sum(-1)
+        squares[:, part] = k.square_().sum(-1)
+    inner = 2.0 * inner + n
+    norm_k = torch.sqrt(2.0 * squares + n)
     norm_y = torch.sqrt(2.0 * pair_y.sum(-1) + n)
     score = inner / (norm_k * norm_y[:, None])
     return candidates.gather(1, score.argmax(1, keepdim=True)).squeeze(1).to(d2.dtype)
