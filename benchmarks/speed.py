@@ -94,7 +94,7 @@ MEMORY_CALLS = {  # name: (infoplane call, reference call or None), on arrays(n,
 
 
 def peak_memory(call: str, n: int) -> dict[str, float]:
-    """Peak resident memory (MB) of a fresh process making one call, above its baseline."""
+    """Peak resident memory (MB) of a fresh process making one call, and its peak before it."""
     script = f"""
 import json, resource, time
 from benchmarks import reference as ref
@@ -135,8 +135,8 @@ def memory(sizes: tuple[int, ...] = (10000, 30000, 60000), reference_limit_gb: f
             "one call on n x 10 (KSG: 12 + 10 dimensions) in a fresh process, peak resident memory "
             f"above the process's baseline after imports and data; commit {git_revision()}; "
             f"{machine()}.\n\n"
-            + table(["estimator", "n", "infoplane: peak above baseline (MB), time",
-                     "plain reference: peak above baseline (MB), time"], rows))
+            + table(["estimator", "n", "infoplane: peak memory, time", "plain reference: peak memory, time"],
+                    rows))
     write_section(DOCS / "benchmarks.md", "memory", body)
     print(body)
 
@@ -144,7 +144,7 @@ def memory(sizes: tuple[int, ...] = (10000, 30000, 60000), reference_limit_gb: f
 def _cell(result: dict[str, float]) -> str:
     if "error" in result:
         return f"failed: {result['error'][:80]}"
-    return f"{result['peak'] - result['base']:.0f} MB, {result['seconds']:.1f} s"
+    return f"{result['peak']:.0f} MB (baseline {result['base']:.0f}), {result['seconds']:.1f} s"
 
 
 if __name__ == "__main__":

@@ -83,12 +83,17 @@ def _distance_blocks(points: np.ndarray, p: float, device: str):
         yield rows, torch.cdist(h[rows], h, p=p, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+def _smallest(distances: torch.Tensor, k: int) -> np.ndarray:
+    """The k smallest of each row, ascending, as a numpy copy (topk's values may be a view into a
+    buffer the size of the whole block: a view kept alive would keep every block in memory)."""
+    return distances.topk(k, dim=1, largest=False).values.cpu().numpy().copy()
+
+
 def _kth_distance(points: np.ndarray, k: int, p: float, device: str, algorithm: str = "auto") -> np.ndarray:
     """Distance of every point to its k-th neighbour (itself excluded)."""
     if _tree(device, algorithm, points.shape):
         return cKDTree(points).query(points, k=k + 1, p=p, workers=-1)[0][:, k]
-    return np.concatenate([d.topk(k + 1, dim=1, largest=False).values[:, k].cpu().numpy()
-                           for _, d in _distance_blocks(points, p, device)])
+    return np.concatenate([_smallest(d, k + 1)[:, k] for _, d in _distance_blocks(points, p, device)])
 
 
 def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str,
@@ -109,7 +114,7 @@ def _ksg_counts_brute(xa: np.ndarray, xb: np.ndarray, k: int, device: str):
     eps, n_a, n_b = [], [], []
     for (_, da), (_, db) in zip(_distance_blocks(xa, np.inf, device), _distance_blocks(xb, np.inf, device),
                                 strict=True):
-        e = torch.maximum(da, db).topk(k + 1, dim=1, largest=False).values[:, k:k + 1]
+        e = torch.maximum(da, db).topk(k + 1, dim=1, largest=False).values[:, k:k + 1].clone()
         eps.append(e[:, 0].cpu().numpy())
         n_a.append((da < e).sum(1).cpu().numpy())
         n_b.append((db < e).sum(1).cpu().numpy())
@@ -206,8 +211,7 @@ def _neighbour_distances(points: np.ndarray, ks: np.ndarray, device: str,
     if _tree(device, algorithm, points.shape):
         dist = cKDTree(points).query(points, k=kmax + 1, workers=-1)[0]
     else:
-        dist = np.concatenate([d.topk(kmax + 1, dim=1, largest=False).values.cpu().numpy()
-                               for _, d in _distance_blocks(points, 2.0, device)])
+        dist = np.concatenate([_smallest(d, kmax + 1) for _, d in _distance_blocks(points, 2.0, device)])
     dist = dist[:, ks]
     if (dist <= 0).any():
         raise ValueError("duplicate samples: kNN entropies need continuous data; add noise first "
