@@ -1,24 +1,24 @@
-"""Figures and the HTML report, from the results store and the archive's metadata only.
+"""Figures of a run, from the results store and the archive's metadata only.
 
     python -m stages.figures --config configs/szt_tanh.toml     # or: make figures
     from pipeline.figures import information_plane_figure       # pure: Dataset in, figure out
 
 Every plotting function takes arrays or a results Dataset and returns a matplotlib Figure; the
-stage saves each as PNG and PDF under figures/<run>/ with deterministic names, and writes
-index.html showing every figure beside the config, estimator parameters and provenance.
+stage saves each as PNG and PDF under figures/<run>/ with deterministic names, and
+pipeline.report_html writes index.html around them. Conventions: titles name the estimator in
+words with its main parameter; every time axis and colour bar is in epochs trained (0 = before
+training, linear below 1, logarithmic above); layers are told apart by marker shape.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
-from matplotlib.colors import LogNorm
+from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
 
 from pipeline.results import holding_values, seed_mean
@@ -26,10 +26,61 @@ from pipeline.results import holding_values, seed_mean
 CMAP = "viridis"  # perceptually uniform
 SATURATION_TOL = 1e-6
 QUANTITY = {"I_XT": "I(X;T)", "I_TY": "I(T;Y)"}
+SPLIT_WORDS = {"all": "all samples", "train": "training samples", "test": "test samples"}
+# One epoch convention on every axis and colour bar: epochs trained, 0 = before training (the
+# archive's snapshot epochs), on a scale linear below 1 and logarithmic above.
+EPOCH_LABEL = "epochs trained (0 = before training)"
+MARKERS = "osD^vP<>X*hpd8H"  # one per layer (cycled beyond 15)
+STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 6,
+         "xtick.labelsize": 7, "ytick.labelsize": 7, "pdf.fonttype": 42}
 
 
-def _epoch_norm(epochs: np.ndarray) -> LogNorm:
-    return LogNorm(vmin=max(1, epochs.min() + 1), vmax=epochs.max() + 1)
+def _epoch_norm(epochs: np.ndarray) -> SymLogNorm:
+    return SymLogNorm(linthresh=1.0, vmin=0.0, vmax=max(1.0, float(epochs.max())), base=10)
+
+
+def epoch_axis(ax) -> None:
+    """The x axis in epochs trained: linear from 0 to 1, logarithmic beyond."""
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0)
+    ax.set_xlabel(EPOCH_LABEL)
+
+
+def styled(make):
+    """Draw under the shared sizes (matplotlib's global settings are left as they were)."""
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return make(*args, **kwargs)
+    wrapper.__name__, wrapper.__doc__ = make.__name__, make.__doc__
+    return wrapper
+
+
+def entry_label(results: xr.Dataset, estimator: str) -> str:
+    """An estimator entry in words with its main parameter (defaults filled in), for titles."""
+    from pipeline.estimators import parameters
+
+    method = str(results.method.sel(estimator=estimator).values)
+    table = json.loads(str(results.parameters.sel(estimator=estimator).values))
+    try:
+        p = {**parameters(method), **table}
+    except ValueError:  # an estimator this installation does not know: its table as given
+        p = table
+    words = {
+        "binning": lambda: (f"binning, bin size {p['bin_size']}" if p.get("bin_size") else
+                            f"binning, {p.get('n_bins')} bins"
+                            + (" over each layer's range" if p.get("range") == "layer" else "")),
+        "kde": lambda: f"KDE {p.get('bound')} bound, noise variance {p.get('noise_variance')}",
+        "renyi": lambda: (f"matrix Renyi{'' if p.get('alpha') == 1.01 else ', alpha ' + str(p.get('alpha'))}"
+                          f", widths {p.get('sigma_x')} (input), {p.get('sigma_t')} (layer)"),
+        "ksg": lambda: f"KSG, k = {p.get('k')}",
+        "compression": lambda: f"compression to {p.get('dim')} dimensions, noise {p.get('noise')}",
+    }
+    return words[method]() if method in words else f"{method} ({estimator})"
+
+
+def plane_title(results: xr.Dataset, estimator: str, split: str, n_seeds: int) -> str:
+    seeds = "1 seed" if n_seeds == 1 else f"mean of {n_seeds} seeds"
+    return f"{entry_label(results, estimator)}; {SPLIT_WORDS.get(split, split)}; {seeds}"
 
 
 def saturation_limits(n_samples: int, labels: np.ndarray) -> tuple[float, float]:
@@ -49,18 +100,21 @@ def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layer
     norm = _epoch_norm(epochs)
     cmap = plt.get_cmap(CMAP)
     for e, epoch in enumerate(epochs):
-        ax.plot(i_xt[e], i_ty[e], "-", color=cmap(norm(epoch + 1)), lw=0.4, alpha=0.5)
-    colours = np.repeat(epochs[:, None] + 1, len(layers), axis=1)
+        ax.plot(i_xt[e], i_ty[e], "-", color=cmap(norm(epoch)), lw=0.4, alpha=0.5)
     saturated = np.zeros_like(i_xt, dtype=bool)
     if flags is not None:
         saturated = flags
     elif limits is not None:
         saturated = (i_xt >= limits[0] - SATURATION_TOL) | (i_ty >= limits[1] - SATURATION_TOL)
-    sc = ax.scatter(i_xt[~saturated], i_ty[~saturated], c=colours[~saturated], cmap=CMAP, norm=norm,
-                    s=14, edgecolors="none")
-    if saturated.any():
-        ax.scatter(i_xt[saturated], i_ty[saturated], s=16, facecolors="none",
-                   edgecolors=plt.get_cmap(CMAP)(norm(colours[saturated])), linewidths=0.8)
+    sc = None
+    for l, name in enumerate(layers):  # one marker shape per layer, named in the legend
+        marker, full, hollow = MARKERS[l % len(MARKERS)], ~saturated[:, l], saturated[:, l]
+        sc = ax.scatter(i_xt[full, l], i_ty[full, l], c=epochs[full], cmap=CMAP, norm=norm, s=14,
+                        marker=marker, edgecolors="none")
+        if hollow.any():
+            ax.scatter(i_xt[hollow, l], i_ty[hollow, l], s=16, marker=marker, facecolors="none",
+                       edgecolors=cmap(norm(epochs[hollow])), linewidths=0.8)
+        ax.scatter([], [], marker=marker, color="0.35", s=14, label=str(name))
     if intervals is not None:  # lo..hi as drawn; a bootstrap interval need not hold its point
         xlo, xhi, ylo, yhi = (np.ravel(a) for a in intervals)
         ax.hlines(i_ty.ravel(), xlo, xhi, colors="0.55", lw=0.5, alpha=0.7, zorder=1)
@@ -70,9 +124,6 @@ def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layer
         ax.plot(i_xt[row], i_ty[row], "-", color="crimson", lw=1.2)
         ax.scatter(i_xt[row], i_ty[row], marker="*", s=60, color="crimson", zorder=5,
                    label=f"early stopping (epoch {mark_epoch})")
-    for l, name in enumerate(layers):  # label each layer at its last epoch
-        ax.annotate(name, (i_xt[-1, l], i_ty[-1, l]), fontsize=6, alpha=0.7,
-                    xytext=(2, 2), textcoords="offset points")
     ax.set_xlabel("I(X;T) (bits)")
     ax.set_ylabel("I(T;Y) (bits)")
     return sc, bool(saturated.any())
@@ -133,75 +184,90 @@ def saturation_flags(results: xr.Dataset, estimator: str, split: str) -> np.ndar
     return np.nan_to_num(flags) > 0.5
 
 
+@styled
 def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
                              limits: tuple[float, float] | None = None, intervals: bool = True,
                              mark_epoch: int | None = None, ib: np.ndarray | None = None) -> Figure:
     """Mean over seeds of one estimator entry on one split, each point with its 90% interval
     (`intervals`), the shuffle baselines as grey floors and saturated points hollow."""
     i_xt, i_ty, bands, epochs, n_seeds = _plane_arrays(results, estimator, split)
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
     if ib is not None:  # beyond its last point the bound stays flat at the best I(T;Y)
         right = max(float(np.nanmax(i_xt)) if np.isfinite(i_xt).any() else 0, ib[-1, 0])
         bound = np.vstack([ib, [right, ib[-1, 1]]])
         ax.plot(bound[:, 0], bound[:, 1], "k--", lw=1, label="IB bound of p(x, y)")
-    floors = draw_floors(ax, results, estimator, split)
+    draw_floors(ax, results, estimator, split)
     sc, saturated = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits,
                                bands if intervals else None, mark_epoch,
                                saturation_flags(results, estimator, split))
-    fig.colorbar(sc, ax=ax, label="epoch + 1")
-    params = str(results.parameters.sel(estimator=estimator).values)
-    ax.set_title(f"{estimator} ({split}), mean of {n_seeds} seed(s)\n{params}", fontsize=7)
+    fig.colorbar(sc, ax=ax, label=EPOCH_LABEL)
+    ax.set_title(plane_title(results, estimator, split, n_seeds))
     notes = [interval_note(bands, n_seeds) if intervals else "",
              "hollow: saturated (near H(X) or H(Y))" if saturated else ""]
     notes = "; ".join(n for n in notes if n)
     if notes:
         ax.text(0.01, 0.01, notes, transform=ax.transAxes, fontsize=6)
-    if ib is not None or mark_epoch is not None or floors:
-        ax.legend(fontsize=6, loc="lower right")
+    ax.legend(loc="lower right", ncol=2 if results.sizes["layer"] > 8 else 1)
     fig.tight_layout()
     return fig
 
 
-def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = None) -> Figure:
-    """Rows: estimator entries; columns: splits holding values. Axes shared within a method."""
-    estimators = list(results.estimator.values)
-    splits = [s for s in results.split.values if np.isfinite(results.I_XT.sel(split=s)).any()]
-    fig, axes = plt.subplots(len(estimators), len(splits), squeeze=False, layout="constrained",
-                             figsize=(3.4 * len(splits) + 1.2, 2.9 * len(estimators)))
+def _panels(results: xr.Dataset) -> list[tuple[str, str]]:
+    """(entry, split) pairs that hold values, entries in store order."""
+    return [(str(e), str(s)) for e in results.estimator.values for s in results.split.values
+            if np.isfinite(results.I_XT.sel(estimator=e, split=s)).any()]
+
+
+@styled
+def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = None,
+                      columns: int = 3) -> Figure:
+    """Every entry and split as one small plane, in a grid as wide as a two-column page
+    (7 inches); each panel has its own ranges, named on its axes."""
+    panels = _panels(results) or [(str(results.estimator.values[0]), str(results.split.values[0]))]
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",
+                             figsize=(7.0, 0.4 + 2.2 * rows))
     sc = None
-    for r, estimator in enumerate(estimators):
-        for c, split in enumerate(splits):
-            ax = axes[r, c]
-            i_xt, i_ty, bands, epochs, n_seeds = _plane_arrays(results, estimator, split)
-            if np.isnan(i_xt).all():
-                ax.text(0.5, 0.5, "no values", ha="center", transform=ax.transAxes)
-                continue
-            draw_floors(ax, results, estimator, split)
-            sc, _ = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits, bands)
-            ax.set_title(f"{estimator} / {split} ({n_seeds} seed(s), {len(epochs)} epochs)", fontsize=8)
-        method = str(results.method.sel(estimator=estimator).values)
-        same = [i for i, e in enumerate(estimators) if str(results.method.sel(estimator=e).values) == method]
-        if same[0] != r:  # share axes with the first entry of the same method
-            for c in range(len(splits)):
-                axes[r, c].sharex(axes[same[0], c])
-                axes[r, c].sharey(axes[same[0], c])
+    for ax, (estimator, split) in zip(axes.flat, panels, strict=False):
+        i_xt, i_ty, bands, epochs, n_seeds = _plane_arrays(results, estimator, split)
+        if np.isnan(i_xt).all():
+            ax.text(0.5, 0.5, "no values", ha="center", transform=ax.transAxes)
+            continue
+        draw_floors(ax, results, estimator, split)
+        sc, _ = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits, bands)
+        ax.set_title(f"{entry_label(results, estimator)}\n{SPLIT_WORDS.get(split, split)}, "
+                     f"{n_seeds} seed(s), {len(epochs)} epochs", fontsize=6.5)
+        ax.set_xlabel("I(X;T) (bits)", fontsize=7)
+        ax.set_ylabel("I(T;Y) (bits)", fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    layer_names = [str(name) for name in results.layer.values]
+    keep = [(h, lab) for h, lab in zip(handles, labels, strict=True) if lab in layer_names]
+    if keep:
+        fig.legend(*zip(*keep, strict=True), loc="outside lower center", ncol=min(8, len(keep)))
     if sc is not None:
-        fig.colorbar(sc, ax=axes, label="epoch + 1", shrink=0.6)
+        fig.colorbar(sc, ax=axes, label=EPOCH_LABEL, shrink=0.6)
+    fig.suptitle("Every estimator entry, each panel on its own ranges (mean over seeds, 90% intervals)")
     return fig
 
 
+@styled
 def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 0.9) -> Figure:
     """I(X;T) and I(T;Y) against epoch per layer (mean over seeds, its interval as a band); one
     line style per split; the shuffle baselines, when stored, as a grey floor."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    epochs = results.epoch.values + 1
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8))
+    epochs = results.epoch.values
     styles = {"all": "-", "train": "-", "test": "--"}
     n_layers = results.sizes["layer"]
     # tab10 repeats after ten layers (VGG-16 records 16): a sequential map then, input side dark
     colours = (plt.get_cmap("tab10") if n_layers <= 10 else
                lambda l: plt.get_cmap("viridis")(l / max(n_layers - 1, 1)))
+    splits = [str(s) for s in results.split.values
+              if np.isfinite(results.I_XT.sel(estimator=estimator, split=s)).any()]
     for v, variable in enumerate(("I_XT", "I_TY")):
-        for split in results.split.values:
+        for split in splits:
             sel = results.sel(estimator=estimator, split=split)
             band = seed_mean(sel, variable, confidence)
             if f"{variable}_null" in sel:
@@ -212,14 +278,18 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
             for l, layer in enumerate(results.layer.values):
                 line = band.sel(layer=layer)
                 finite = np.isfinite(line["mean"].values)  # epochs left out of a partial estimate
-                axes[v].plot(epochs[finite], line["mean"].values[finite], styles.get(str(split), ":"),
-                             color=colours(l), lw=1, label=f"{layer} ({split})")
+                axes[v].plot(epochs[finite], line["mean"].values[finite], styles.get(split, ":"),
+                             color=colours(l), lw=1, label=f"{layer} ({split})" if len(splits) > 1
+                             else str(layer))
                 axes[v].fill_between(epochs[finite], line.lo.values[finite], line.hi.values[finite],
                                      color=colours(l), alpha=0.15, lw=0)
-        axes[v].set(xscale="log", xlabel="epoch + 1", ylabel=f"{QUANTITY[variable]} (bits)")
-    axes[1].legend(fontsize=6, ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
-    fig.suptitle(f"{estimator}: solid train (or all), dashed test; bands: {confidence:.0%} interval "
-                 "of the mean over seeds", fontsize=9)
+        epoch_axis(axes[v])
+        axes[v].set_ylabel(f"{QUANTITY[variable]} (bits)")
+    axes[1].legend(ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
+    lines = ("solid: training samples, dashed: test samples" if "test" in splits and len(splits) > 1
+             else SPLIT_WORDS.get(splits[0], splits[0]) if splits else "no values")
+    fig.suptitle(f"{entry_label(results, estimator)}\n{lines}; mean over seeds, band: its "
+                 f"{confidence:.0%} interval")
     fig.tight_layout()
     return fig
 
@@ -229,20 +299,29 @@ def dpi_violations(i_xt: np.ndarray) -> np.ndarray:
     return i_xt[:, :-1] < i_xt[:, 1:] - 1e-9
 
 
+def dpi_rate(results: xr.Dataset, estimator: str, split: str) -> float:
+    """Share of (epoch, adjacent layer pair) cells of the seed mean where the DPI is violated."""
+    violations = dpi_violations(results.I_XT.sel(estimator=estimator, split=split).mean("seed").values)
+    return float(violations.mean()) if violations.size else 0.0
+
+
+@styled
 def dpi_figure(results: xr.Dataset, estimator: str, split: str) -> Figure:
+    """Where I(X;T_l) < I(X;T_l+1) (red), per adjacent layer pair and snapshot; sized by the
+    number of pairs (the report states a clean result in words instead of drawing it)."""
     i_xt = results.I_XT.sel(estimator=estimator, split=split).mean("seed").values
     violations = dpi_violations(i_xt)
-    rate = float(violations.mean()) if violations.size else 0.0
     layers = list(results.layer.values)
-    fig, ax = plt.subplots(figsize=(6, 2.5 + 0.2 * len(layers)))
+    fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.16 * len(layers)))
     ax.imshow(violations.T, aspect="auto", cmap="Reds", vmin=0, vmax=1, interpolation="nearest")
     pairs = [f"{a} > {b}" for a, b in zip(layers[:-1], layers[1:], strict=True)]
     ax.set_yticks(range(len(layers) - 1), pairs, fontsize=6)
     ticks = np.linspace(0, len(results.epoch) - 1, min(8, len(results.epoch))).astype(int)
     ax.set_xticks(ticks, results.epoch.values[ticks])
-    ax.set_xlabel("epoch")
-    ax.set_title(f"DPI I(X;T_l) >= I(X;T_l+1), {estimator} ({split}): violated in {rate:.1%} "
-                 "of cells (red)", fontsize=8)
+    ax.set_xlabel(f"{EPOCH_LABEL}, one column per snapshot")
+    rate = float(violations.mean()) if violations.size else 0.0
+    ax.set_title(f"data-processing inequality I(X;T_l) >= I(X;T_l+1), {entry_label(results, estimator)}; "
+                 f"{SPLIT_WORDS.get(split, split)}: violated (red) in {rate:.1%} of cells")
     fig.tight_layout()
     return fig
 
@@ -252,24 +331,26 @@ def early_stopping_epoch(loss_test: np.ndarray) -> int | None:
     return int(np.nanargmin(loss_test)) if np.isfinite(loss_test).any() else None
 
 
+@styled
 def training_figure(histories: list[dict[str, np.ndarray]]) -> tuple[Figure, int | None]:
     """Loss and accuracy on both splits (mean over seeds), the early-stopping epoch marked."""
     length = min(len(h["loss_train"]) for h in histories)
     mean = {k: np.mean([h[k][:length] for h in histories], axis=0) for k in histories[0]}
     stop = early_stopping_epoch(mean["loss_test"])
-    epochs = np.arange(length) + 1
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    epochs = np.arange(length)  # history index = epochs trained
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8))
     for ax, metric, label in ((axes[0], "loss", "cross-entropy (nats)"), (axes[1], "accuracy", "accuracy")):
         for split in ("train", "test"):
             finite = np.isfinite(mean[f"{metric}_{split}"])  # a recording may log some epochs only
             if finite.any():
                 ax.plot(epochs[finite], mean[f"{metric}_{split}"][finite], label=split)
         if stop is not None:
-            ax.axvline(stop + 1, color="crimson", lw=0.8, ls="--", label=f"early stopping (epoch {stop})")
-        ax.set(xscale="log", xlabel="epoch + 1", ylabel=label)
+            ax.axvline(stop, color="crimson", lw=0.8, ls="--", label=f"early stopping (epoch {stop})")
+        epoch_axis(ax)
+        ax.set_ylabel(label)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"training curves, mean of {len(histories)} seed(s)", fontsize=9)
+            ax.legend()
+    fig.suptitle(f"training curves, mean of {len(histories)} seed(s)")
     fig.tight_layout()
     return fig, stop
 
@@ -284,34 +365,48 @@ def diffusion_onset(mean: np.ndarray, std: np.ndarray, epochs: np.ndarray) -> in
     return None
 
 
+@styled
 def gradients_figure(epochs: np.ndarray, grad_mean: np.ndarray, grad_std: np.ndarray,
                      layers: list[str]) -> Figure:
-    """Gradient mean and std per layer against epoch (log-log), with the diffusion onset."""
-    fig, axes = plt.subplots(1, len(layers), figsize=(2.4 * len(layers), 2.8), sharey=True, squeeze=False)
+    """Gradient mean and std per layer against epoch (log-log), with the diffusion onset; one
+    legend for every panel."""
+    columns = min(4, len(layers))
+    rows = -(-len(layers) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7.0, 0.6 + 1.9 * rows), sharey=True, squeeze=False,
+                             layout="constrained")
     keep = epochs > 0
     for l, layer in enumerate(layers):
-        ax = axes[0, l]
-        ax.plot(epochs[keep], grad_mean[keep, l], label="mean")
-        ax.plot(epochs[keep], grad_std[keep, l], label="std")
+        ax = axes.flat[l]
+        ax.plot(epochs[keep], grad_mean[keep, l], label="norm of the mean gradient (signal)")
+        ax.plot(epochs[keep], grad_std[keep, l], label="std of the gradients (noise)")
         onset = diffusion_onset(grad_mean[keep, l], grad_std[keep, l], epochs[keep])
         if onset is not None:
-            ax.axvline(onset, color="crimson", ls="--", lw=0.8, label=f"diffusion from {onset}")
-        ax.set(xscale="log", yscale="log", xlabel="epoch", title=layer)
-        ax.legend(fontsize=5)
-    axes[0, 0].set_ylabel("gradient norm")
-    fig.suptitle("gradient signal (norm of the mean) and noise (std) per layer", fontsize=9)
-    fig.tight_layout()
+            ax.axvline(onset, color="crimson", ls="--", lw=0.8)
+            ax.text(onset, 0.95, f" diffusion from {onset}", transform=ax.get_xaxis_transform(),
+                    fontsize=6, color="crimson", va="top")
+        ax.set(xscale="log", yscale="log", title=str(layer))
+        ax.set_xlabel("epochs trained", fontsize=7)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.set_visible(False)
+    for r in range(rows):
+        axes[r, 0].set_ylabel("gradient norm")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2)
+    fig.suptitle("gradient signal and noise per layer (red: signal below noise from then on)")
     return fig
 
 
+@styled
 def fisher_figure(results: xr.Dataset) -> Figure:
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    """Trace of the Fisher information of each layer's weights against epoch (mean over seeds)."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
     trace = results.fisher_trace.mean("seed")
     for layer in results.layer.values:
-        ax.plot(results.epoch.values + 1, trace.sel(layer=layer), label=str(layer))
-    ax.set(xscale="log", yscale="log", xlabel="epoch + 1", ylabel="trace of Fisher information",
-           title="information in the weights (Achille et al.)")
-    ax.legend(fontsize=6)
+        ax.plot(results.epoch.values, trace.sel(layer=layer), label=str(layer))
+    epoch_axis(ax)
+    ax.set(yscale="log", ylabel="trace of the Fisher information",
+           title="information in the weights (Achille et al.), mean over seeds")
+    ax.legend(ncol=2 if results.sizes["layer"] > 8 else 1)
     fig.tight_layout()
     return fig
 
@@ -322,25 +417,3 @@ def save(fig: Figure, out_dir: Path, name: str, saved: list[str]) -> None:
                     if ext == "pdf" else None)
     plt.close(fig)
     saved.append(name)
-
-
-def write_report(out_dir: Path, run: str, figures: list[str], config: dict[str, Any],
-                 results_attrs: dict[str, Any], estimators: dict[str, str], messages: list[str]) -> Path:
-    """index.html: every figure, with the config, estimator parameters and provenance beside it."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>infoplane: {html.escape(run)}"
-             "</title><style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
-             "img{max-width:100%}pre{background:#f4f4f4;padding:8px;overflow:auto;font-size:11px}"
-             "</style></head><body>", f"<h1>infoplane report: {html.escape(run)}</h1>"]
-    if messages:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in messages) + "</ul>")
-    parts.append("<h2>Figures</h2>")
-    for name in figures:
-        parts.append(f"<h3>{html.escape(name)}</h3><a href='{name}.pdf'><img src='{name}.png' "
-                     f"alt='{html.escape(name)}'></a>")
-    parts.append("<h2>Estimator entries</h2><pre>" + html.escape(json.dumps(estimators, indent=2)) + "</pre>")
-    parts.append("<h2>Config</h2><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
-    parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(results_attrs, indent=2, default=str))
-                 + "</pre></body></html>")
-    path = out_dir / "index.html"
-    path.write_text("\n".join(parts))
-    return path

@@ -207,3 +207,46 @@ def early_stopping_vs_compression(results: xr.Dataset, estimator: str, loss_test
     return {"early_stopping_epoch": stop,
             "compression_onset": {str(k): float(v) for k, v in zip(onset.layer.values, onset.values,
                                                                    strict=True)}}
+
+
+def run_summary(results: xr.Dataset) -> dict[str, object]:
+    """What the report opens with, per estimator entry and split holding values.
+
+    `layers`: per (entry, split, hidden layer) the compression verdicts (interval rule, NaN
+    when undetermined; 5% rule) and the drop from the peak (mean and std over seeds); `entries`:
+    per (entry, split) the share of cells where the DPI holds and where values saturate (from the
+    stored flags; NaN without them); `disagreements`: per (split, hidden layer) the entries that
+    call compression and those that do not, where both exist.
+    """
+    ds = _valid(results)
+    layers, entries, calls = [], [], {}
+    for e in ds.estimator.values:
+        for split in ds.split.values:
+            e, split = str(e), str(split)
+            if not np.isfinite(ds.I_XT.sel(estimator=e, split=split)).any():
+                continue
+            phase = compression_phase(ds, e, split)
+            interval, fraction = compresses(ds, e, split), compresses(ds, e, split, rule="fraction")
+            for layer in interval.layer.values:
+                verdict = float(interval.sel(layer=layer))
+                decided = fraction if np.isnan(verdict) else interval
+                calls.setdefault((split, str(layer)), {})[e] = bool(decided.sel(layer=layer))
+                layers.append({"entry": e, "split": split, "layer": str(layer), "interval": verdict,
+                               "fraction": float(fraction.sel(layer=layer)),
+                               "drop_mean": float(phase.drop_mean.sel(layer=layer)),
+                               "drop_std": float(phase.drop_std.sel(layer=layer))})
+            entries.append({"entry": e, "split": split, "dpi_holds": dpi_share(ds, e, split),
+                            "saturated": _saturated_share(ds, e, split)})
+    disagreements = [{"split": split, "layer": layer,
+                      "compress": sorted(k for k, v in votes.items() if v),
+                      "do_not": sorted(k for k, v in votes.items() if not v)}
+                     for (split, layer), votes in calls.items() if len(set(votes.values())) > 1]
+    return {"layers": layers, "entries": entries, "disagreements": disagreements}
+
+
+def _saturated_share(ds: xr.Dataset, estimator: str, split: str) -> float:
+    if "I_XT_saturated" not in ds:
+        return float("nan")
+    flags = np.fmax(ds.I_XT_saturated, ds.I_TY_saturated).sel(estimator=estimator, split=split).values
+    flags = flags[np.isfinite(flags)]
+    return float(flags.mean()) if flags.size else float("nan")

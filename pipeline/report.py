@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from pipeline import figures as F
+from pipeline import findings
 from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
+from pipeline.report_html import write_report
 from pipeline.results import ResultsError, belongs_to, masked, open_results
 from pipeline.runs import RunPaths
 
@@ -60,12 +62,25 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
         str(e): str(results.parameters.sel(estimator=e).values) for e in results.estimator.values}
     attrs = {} if results is None else dict(results.attrs)
     attrs["archive_provenance"] = archive.attrs.get("provenance")
-    report = F.write_report(out, archive.name, saved, archive.config or _recording(archive), attrs,
-                            estimators, messages)
+    summary = None if results is None else findings.run_summary(results)
+    report = write_report(out, archive.name, saved, archive.config or _recording(archive), attrs,
+                          estimators, messages, summary, final_accuracy(archive))
     for message in messages:
         print(f"note: {message}")
     print(f"wrote {len(saved)} figures (PNG and PDF) and {report}")
     return 0
+
+
+def final_accuracy(archive: ArchiveReader) -> dict[str, float]:
+    """The last logged accuracy of each split, mean over seeds (empty without a history)."""
+    out = {}
+    for split in ("train", "test"):
+        finals = [h[f"accuracy_{split}"][np.isfinite(h[f"accuracy_{split}"])] for h in map(archive.history,
+                                                                                          archive.seeds)]
+        finals = [f[-1] for f in finals if f.size]
+        if finals:
+            out[split] = float(np.mean(finals))
+    return out
 
 
 def _recording(archive: ArchiveReader) -> dict[str, Any]:
@@ -136,7 +151,11 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
             limits = F.saturation_limits(len(index), archive.split_labels(index))
             fig = F.information_plane_figure(results, estimator, split, limits, intervals, stop, ib)
             F.save(fig, out, f"plane_{estimator}_{split}", saved)
-            F.save(F.dpi_figure(results, estimator, split), out, f"dpi_{estimator}_{split}", saved)
+            if F.dpi_rate(results, estimator, split) > 0:
+                F.save(F.dpi_figure(results, estimator, split), out, f"dpi_{estimator}_{split}", saved)
+            else:
+                messages.append(f"estimator {estimator} ({split}): the data-processing inequality "
+                                "holds in every cell of the seed mean; no DPI figure")
         F.save(F.mi_vs_epoch_figure(results, estimator), out, f"mi_vs_epoch_{estimator}", saved)
     if results.sizes["estimator"]:
         F.save(F.comparison_figure(results), out, "comparison", saved)

@@ -44,7 +44,10 @@ def test_information_plane_figure(tmp_path, intervals):
     assert (tmp_path / "plane.png").stat().st_size > 5000 and (tmp_path / "plane.pdf").stat().st_size > 1000
     ax = fig.axes[0]
     assert ax.get_xlabel() == "I(X;T) (bits)" and ax.get_ylabel() == "I(T;Y) (bits)"
-    assert "n_bins" in ax.get_title()  # every number carries its parameters
+    # titles in words with the main parameter; one epoch convention on the colour bar
+    assert ax.get_title() == "binning, 30 bins; training samples; mean of 2 seeds"
+    assert fig.axes[1].get_ylabel() == F.EPOCH_LABEL
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == ["IB bound of p(x, y)", *LAYERS[:2]]
 
 
 def test_saturated_points_are_hollow_and_noted():
@@ -85,8 +88,12 @@ def test_every_figure_and_the_report(tmp_path):
     g_std = np.ones((10, 2))
     assert F.diffusion_onset(g_mean[1:, 0], g_std[1:, 0], epochs[1:]) == 25
     F.save(F.gradients_figure(epochs, g_mean, g_std, ["dense1", "dense2"]), tmp_path, "gradients", saved)
-    report = F.write_report(tmp_path, "toy", saved, {"name": "toy"}, dict(ds.attrs),
-                            {"renyi": json.dumps({"method": "renyi"})}, ["a note"])
+    from pipeline.findings import run_summary
+    from pipeline.report_html import write_report
+
+    report = write_report(tmp_path, "toy", saved, {"name": "toy"}, dict(ds.attrs),
+                          {"renyi": json.dumps({"method": "renyi"})}, ["a note"], run_summary(ds),
+                          {"test": 0.9})
     text = report.read_text()
     for name in saved:
         assert (tmp_path / f"{name}.png").stat().st_size > 3000
@@ -117,10 +124,11 @@ def test_partial_entries_are_drawn_from_their_cells():
     np.testing.assert_array_equal(i_xt, ds.I_XT.sel(estimator="renyi", split="train", seed=0,
                                                     epoch=[0, 3, 30]).values)
     fig = F.comparison_figure(partial)
-    assert "renyi / train (1 seed(s), 3 epochs)" in [ax.get_title() for ax in fig.axes]
+    assert ("matrix Renyi, widths 8.0 (input), alignment (layer)\ntraining samples, 1 seed(s), 3 epochs"
+            in [ax.get_title() for ax in fig.axes])
     ds["done"].loc[{"split": "test"}] = False  # a split estimated by no entry gets no column
     titles = [ax.get_title() for ax in F.comparison_figure(masked(ds)).axes]
-    assert titles and not any("/ test" in t for t in titles)
+    assert titles and not any("test samples" in t for t in titles)
 
 
 def test_stored_saturation_flags_decide_the_hollow_points():
@@ -162,3 +170,48 @@ def test_points_carry_the_seed_interval_and_the_null_floor():
     band_fig = F.mi_vs_epoch_figure(ds, "binning_30")
     labels = [c.get_label() for c in band_fig.axes[1].collections]
     assert "shuffle baseline (train)" in labels
+
+
+def test_one_epoch_convention_and_titles_in_words():
+    """Every time axis is in epochs trained (0 = before training); no raw JSON in any title."""
+    ds = synthetic_results()
+    figures = {"mi": F.mi_vs_epoch_figure(ds, "binning_30"), "fisher": F.fisher_figure(ds),
+               "comparison": F.comparison_figure(ds), "dpi": F.dpi_figure(ds, "renyi", "test")}
+    history = {"loss_train": np.linspace(1, 0.1, 40), "loss_test": np.linspace(1, 0.2, 40),
+               "accuracy_train": np.linspace(0.5, 1, 40), "accuracy_test": np.linspace(0.5, 0.9, 40)}
+    figures["training"] = F.training_figure([history])[0]
+    for name in ("mi", "fisher", "training"):
+        axes = [ax for ax in figures[name].axes if ax.get_xlabel()]
+        assert axes and all(ax.get_xlabel() == F.EPOCH_LABEL for ax in axes), name
+        assert all(ax.get_xscale() == "symlog" and ax.get_xlim()[0] == 0 for ax in axes), name
+    assert figures["dpi"].axes[0].get_xlabel().startswith(F.EPOCH_LABEL)
+    titles = [ax.get_title() for fig in figures.values() for ax in fig.axes]
+    titles += [fig._suptitle.get_text() for fig in figures.values() if fig._suptitle is not None]
+    assert not any("{" in t or "epoch + 1" in t for t in titles)
+    assert figures["mi"]._suptitle.get_text().startswith(
+        "binning, 30 bins\nsolid: training samples, dashed: test samples")
+    comparison = figures["comparison"]
+    assert comparison.get_size_inches()[0] == 7.0  # two-column page width
+    assert [t.get_text() for t in comparison.legends[0].get_texts()] == LAYERS
+
+
+def test_report_opens_with_the_findings_summary(tmp_path):
+    from pipeline.findings import run_summary
+    from pipeline.report_html import write_report
+
+    ds = synthetic_results()
+    ds["I_XT"].loc[{"estimator": "binning_30", "layer": "dense1"}] = np.linspace(4, 2, 5)[None, None, :]
+    summary = run_summary(ds)
+    rows = {(r["entry"], r["split"], r["layer"]): r for r in summary["layers"]}
+    assert rows["binning_30", "train", "dense1"]["interval"] == 1.0  # 4 -> 2 bits, both seeds
+    assert rows["binning_30", "train", "dense1"]["drop_mean"] == pytest.approx(2.0)
+    assert {"split": "train", "layer": "dense1", "compress": ["binning_30"], "do_not": ["renyi"]} in \
+        summary["disagreements"]
+    report = write_report(tmp_path, "toy", ["plane_binning_30_train"], {"train": {"lr": 0.1}}, {},
+                          {"binning_30": json.dumps({"method": "binning", "n_bins": 30})}, [], summary,
+                          {"test": 0.875})
+    text = report.read_text()
+    assert text.index("Findings summary") < text.index("Contents") < text.index("<figure")
+    assert "test 0.875" in text and "renyi do not" in text
+    assert "<td>n_bins</td><td>30</td>" in text and "<td>train.lr</td><td>0.1</td>" in text
+    assert "The information plane" in text and "\\\"" not in text  # captions; no escaped JSON
