@@ -19,6 +19,7 @@ from pipeline import figures as F
 from pipeline import findings
 from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
+from pipeline.interactive import interactive_sections, write_plotly_js
 from pipeline.report_html import write_report
 from pipeline.results import ResultsError, belongs_to, masked, open_results
 from pipeline.runs import RunPaths
@@ -63,8 +64,11 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     attrs = {} if results is None else dict(results.attrs)
     attrs["archive_provenance"] = archive.attrs.get("provenance")
     summary = None if results is None else findings.run_summary(results)
+    interactive = {} if results is None else interactive_sections(results)
+    if interactive:
+        write_plotly_js(out)
     report = write_report(out, archive.name, saved, archive.config or _recording(archive), attrs,
-                          estimators, messages, summary, final_accuracy(archive))
+                          estimators, messages, summary, final_accuracy(archive), interactive)
     for message in messages:
         print(f"note: {message}")
     print(f"wrote {len(saved)} figures (PNG and PDF) and {report}")

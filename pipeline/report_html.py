@@ -149,18 +149,26 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
 
 def write_report(out_dir: Path, run: str, figures: list[str], config: dict[str, Any],
                  results_attrs: dict[str, Any], estimators: dict[str, str], messages: list[str],
-                 summary: dict[str, Any] | None = None, accuracy: dict[str, float] | None = None) -> Path:
-    """index.html: summary, contents, every figure captioned, then parameters and provenance."""
+                 summary: dict[str, Any] | None = None, accuracy: dict[str, float] | None = None,
+                 interactive: dict[str, str] | None = None) -> Path:
+    """index.html: summary, contents, the interactive views (`interactive`: Plotly divs, with
+    plotly.min.js beside the file), every figure captioned, then parameters and provenance."""
+    script = "<script src='plotly.min.js'></script>" if interactive else ""
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>infoplane: "
-             f"{html.escape(run)}</title><style>{CSS}</style></head><body>",
+             f"{html.escape(run)}</title><style>{CSS}</style>{script}</head><body>",
              f"<h1>infoplane report: {html.escape(run)}</h1>",
              summary_html(summary, accuracy or {})]
     if messages:
         parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in messages) + "</ul>")
-    parts.append("<h2 id='contents'>Contents</h2><ol>" + "".join(
+    first = "<li><a href='#interactive'>interactive planes and curves</a></li>" if interactive else ""
+    parts.append("<h2 id='contents'>Contents</h2><ol>" + first + "".join(
         f"<li><a href='#{html.escape(n)}'>{html.escape(n)}</a></li>" for n in figures)
         + "<li><a href='#entries'>estimator entries</a></li><li><a href='#config'>config</a></li>"
         "<li><a href='#provenance'>provenance</a></li></ol>")
+    if interactive:
+        parts.append("<h2 id='interactive'>Interactive planes and curves</h2><p>Hover a point for its "
+                     "layer, epoch, seed mean and 90% interval; click a layer in the legend to hide it; "
+                     "the menu switches estimator entry and split.</p>" + "".join(interactive.values()))
     parts.append("<h2>Figures</h2>")
     for name in figures:
         parts.append(f"<figure id='{html.escape(name)}'><h3>{html.escape(name)}</h3>"

@@ -215,3 +215,25 @@ def test_report_opens_with_the_findings_summary(tmp_path):
     assert "test 0.875" in text and "renyi do not" in text
     assert "<td>n_bins</td><td>30</td>" in text and "<td>train.lr</td><td>0.1</td>" in text
     assert "The information plane" in text and "\\\"" not in text  # captions; no escaped JSON
+
+
+def test_interactive_planes_hover_toggle_and_switch(tmp_path):
+    from pipeline.interactive import interactive_sections, planes_figure, write_plotly_js
+    from pipeline.report_html import write_report
+
+    ds = synthetic_results()
+    fig = planes_figure(ds)
+    views = 4  # 2 entries x 2 splits
+    assert len(fig.data) == views * len(LAYERS) and [t.visible for t in fig.data[:4]] == [True] * 3 + [False]
+    first = fig.data[0]  # binning_30, train, dense1: the seed mean at every epoch, epochs in the hover data
+    means = ds.I_XT.sel(estimator="binning_30", split="train", layer="dense1").mean("seed").values
+    np.testing.assert_allclose(first.x, means)
+    assert first.customdata[:, 0].tolist() == EPOCHS.tolist() and "epoch %{customdata[0]}" in first.hovertemplate
+    labels = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert labels[0] == "binning, 30 bins; training samples" and len(labels) == views
+    sections = interactive_sections(ds)
+    write_plotly_js(tmp_path)
+    report = write_report(tmp_path, "toy", [], {}, {}, {}, [], None, None, sections)
+    text = report.read_text()
+    assert "<script src='plotly.min.js'></script>" in text and "interactive-planes" in text
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000  # the library itself: offline
