@@ -201,13 +201,11 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
                                bands if intervals else None, mark_epoch,
                                saturation_flags(results, estimator, split))
     fig.colorbar(sc, ax=ax, label=EPOCH_LABEL)
-    ax.set_title(plane_title(results, estimator, split, n_seeds))
     notes = [interval_note(bands, n_seeds) if intervals else "",
              "hollow: saturated (near H(X) or H(Y))" if saturated else ""]
     notes = "; ".join(n for n in notes if n)
-    if notes:
-        ax.text(0.01, 0.01, notes, transform=ax.transAxes, fontsize=6)
-    ax.legend(loc="lower right", ncol=2 if results.sizes["layer"] > 8 else 1)
+    ax.set_title(plane_title(results, estimator, split, n_seeds) + (f"\n{notes}" if notes else ""))
+    ax.legend(loc="best", ncol=2 if results.sizes["layer"] > 8 else 1)
     fig.tight_layout()
     return fig
 

@@ -20,6 +20,7 @@ import xarray as xr
 from pipeline.figures import EPOCH_LABEL, SPLIT_WORDS, _held, _panels, entry_label
 from pipeline.results import seed_mean
 
+LEGEND = {"orientation": "h", "y": -0.15, "x": 0}  # below the axes: the colour bar keeps the right
 HOVER = ("<b>%{fullData.name}</b>, epoch %{customdata[0]}<br>I(X;T) %{x:.3f} bits "
          "[%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>I(T;Y) %{y:.3f} bits "
          "[%{customdata[3]:.3f}, %{customdata[4]:.3f}]<extra>%{meta}</extra>")
@@ -44,7 +45,7 @@ def _menu(views: list[tuple[str, str]], per_view: int, results: xr.Dataset) -> l
         visible = [v * per_view <= i < (v + 1) * per_view for i in range(len(views) * per_view)]
         buttons.append({"label": f"{entry_label(results, estimator)}; {SPLIT_WORDS.get(split, split)}",
                         "method": "update", "args": [{"visible": visible}]})
-    return [{"buttons": buttons, "x": 0, "xanchor": "left", "y": 1.18, "yanchor": "top"}]
+    return [{"buttons": buttons, "x": 0, "xanchor": "left", "y": 1.12, "yanchor": "bottom"}]
 
 
 def planes_figure(results: xr.Dataset) -> go.Figure:
@@ -62,10 +63,10 @@ def planes_figure(results: xr.Dataset) -> go.Figure:
                 visible=v == 0, customdata=data, meta=estimator, hovertemplate=HOVER,
                 line={"width": 0.8}, error_x=_error(x), error_y=_error(y),
                 marker={"color": np.log10(epochs + 1), "colorscale": "Viridis", "size": 7,
-                        "colorbar": {"title": "log10(1 + epochs trained)"} if layer == layers[-1] else None}))
-    fig.update_layout(title="Information plane (mean over seeds, 90% intervals); hover a point, click a "
-                      "layer to hide it", xaxis_title="I(X;T) (bits)", yaxis_title="I(T;Y) (bits)",
-                      updatemenus=_menu(views, len(layers), results), height=560,
+                        "colorbar": _epoch_colourbar(results.epoch.values) if layer == layers[-1] else None}))
+    fig.update_layout(title={"text": "Information plane (mean over seeds, 90% intervals)", "y": 0.98},
+                      xaxis_title="I(X;T) (bits)", yaxis_title="I(T;Y) (bits)", legend=LEGEND,
+                      updatemenus=_menu(views, len(layers), results), height=600,
                       margin={"t": 110}, template="plotly_white")
     return fig
 
@@ -87,7 +88,8 @@ def curves_figure(results: xr.Dataset, variable: str = "I_XT") -> go.Figure:
                 error_y=_error(line), meta=estimator, marker={"size": 4},
                 hovertemplate=f"<b>%{{fullData.name}}</b>, epoch %{{customdata}}<br>{quantity} "
                               "%{y:.3f} bits<extra>%{meta}</extra>"))
-    fig.update_layout(title=f"{quantity} against epochs trained (mean over seeds, 90% intervals)",
+    fig.update_layout(title={"text": f"{quantity} against epochs trained (mean over seeds, 90% intervals)",
+                             "y": 0.98}, legend=LEGEND,
                       xaxis=_epoch_axis(results.epoch.values), yaxis_title=f"{quantity} (bits)",
                       updatemenus=_menu(views, len(layers), results), height=460, margin={"t": 110},
                       template="plotly_white")
@@ -99,6 +101,11 @@ def _epoch_axis(epochs: np.ndarray) -> dict:
     ticks = [0] + [10 ** p for p in range(int(np.log10(max(1, epochs.max()))) + 1)]
     return {"title": EPOCH_LABEL, "tickvals": np.log10(np.asarray(ticks) + 1).tolist(),
             "ticktext": [str(t) for t in ticks]}
+
+
+def _epoch_colourbar(epochs: np.ndarray) -> dict:
+    axis = _epoch_axis(epochs)
+    return {"title": "epochs trained", "tickvals": axis["tickvals"], "ticktext": axis["ticktext"]}
 
 
 def interactive_sections(results: xr.Dataset) -> dict[str, str]:

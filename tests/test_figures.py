@@ -45,7 +45,7 @@ def test_information_plane_figure(tmp_path, intervals):
     ax = fig.axes[0]
     assert ax.get_xlabel() == "I(X;T) (bits)" and ax.get_ylabel() == "I(T;Y) (bits)"
     # titles in words with the main parameter; one epoch convention on the colour bar
-    assert ax.get_title() == "binning, 30 bins; training samples; mean of 2 seeds"
+    assert ax.get_title().split("\n")[0] == "binning, 30 bins; training samples; mean of 2 seeds"
     assert fig.axes[1].get_ylabel() == F.EPOCH_LABEL
     assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == ["IB bound of p(x, y)", *LAYERS[:2]]
 
@@ -54,7 +54,7 @@ def test_saturated_points_are_hollow_and_noted():
     ds = synthetic_results()
     fig = F.information_plane_figure(ds, "binning_30", "train", limits=(2.5, 10.0))
     ax = fig.axes[0]
-    assert any("saturated" in t.get_text() for t in ax.texts)
+    assert "hollow: saturated" in ax.get_title()
     hollow = [c for c in ax.collections if len(c.get_facecolors()) == 0]
     assert hollow and len(hollow[0].get_offsets()) == (ds.I_XT.sel(estimator="binning_30", split="train")
                                                       .mean("seed").values >= 2.5).sum()
@@ -166,7 +166,7 @@ def test_points_carry_the_seed_interval_and_the_null_floor():
     assert len(vertical) == len(EPOCHS) * len(LAYERS)
     floor = [p for p in ax.patches if p.get_label().startswith("I(T;Y) shuffle baseline")]
     assert len(floor) == 1 and floor[0].get_label().endswith("0.060 bits")
-    assert any("90% intervals (t over seeds)" in t.get_text() for t in ax.texts)
+    assert "90% intervals (t over seeds)" in ax.get_title()
     band_fig = F.mi_vs_epoch_figure(ds, "binning_30")
     labels = [c.get_label() for c in band_fig.axes[1].collections]
     assert "shuffle baseline (train)" in labels
@@ -237,3 +237,29 @@ def test_interactive_planes_hover_toggle_and_switch(tmp_path):
     text = report.read_text()
     assert "<script src='plotly.min.js'></script>" in text and "interactive-planes" in text
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000  # the library itself: offline
+
+
+def test_report_in_a_headless_browser(tmp_path):
+    """The report as a reader's browser shows it: summary, captions and rendered Plotly planes."""
+    import shutil
+    import subprocess
+
+    from pipeline.findings import run_summary
+    from pipeline.interactive import interactive_sections, write_plotly_js
+    from pipeline.report_html import write_report
+
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")
+                    if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no Chromium or Chrome installed (apt install chromium) to render the report")
+    ds = synthetic_results()
+    saved = []
+    F.save(F.information_plane_figure(ds, "binning_30", "train"), tmp_path, "plane_binning_30_train", saved)
+    write_plotly_js(tmp_path)
+    report = write_report(tmp_path, "toy", saved, {}, {}, {"binning_30": json.dumps({"method": "binning"})},
+                          [], run_summary(ds), {"test": 0.9}, interactive_sections(ds))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert "Findings summary" in dom and "The information plane" in dom
+    assert dom.count('class="plot-container plotly"') == 3  # planes, I(X;T) and I(T;Y) curves drawn
+    assert "binning, 30 bins; training samples" in dom  # the menu, rendered by plotly.js
