@@ -45,25 +45,26 @@ def _normalise(k: np.ndarray) -> np.ndarray:
 
 
 def renyi_reference(x: np.ndarray, t: np.ndarray, y: np.ndarray, batches: np.ndarray,
-                    sigma_x: float, n_candidates: int = 300, alpha: float = 1.01) -> dict[str, float]:
-    """Wickstrom et al.'s matrix-based Renyi with the kernel-alignment width, batch by batch with
-    a Python loop over the candidate widths and one eigensolver call per matrix (Gaussian
-    convention exp(-d^2 / (2 sigma^2)), no smoothing)."""
+                    sigma_x: float, n_candidates: int = 300, alpha: float = 1.01,
+                    width: float | None = None) -> dict[str, float]:
+    """Wickstrom et al.'s matrix-based Renyi with the kernel-alignment width (or a fixed `width`),
+    batch by batch with a Python loop over the candidate widths and one eigensolver call per
+    matrix (Gaussian convention exp(-d^2 / (2 sigma^2)), no smoothing)."""
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     t = np.asarray(t, dtype=np.float64).reshape(len(t), -1)
     i_xt, i_ty, widths = [], [], []
-    for batch in batches:
+    for batch in (batches if width is None else []):
         d2_t = cdist(t[batch], t[batch], "sqeuclidean")
         k_y = (y[batch][:, None] == y[batch][None, :]).astype(np.float64)
         mean_distance = np.sqrt(d2_t[np.triu_indices(len(batch), 1)]).mean()
-        best, width = -np.inf, None
+        best, best_sigma = -np.inf, None
         for sigma in np.linspace(0.3, 10 * mean_distance, n_candidates):
             k = np.exp(-d2_t / (2 * sigma * sigma))
             score = (k * k_y).sum() / (np.linalg.norm(k) * np.linalg.norm(k_y))
             if score > best:
-                best, width = score, sigma
-        widths.append(width)
-    width = float(np.mean(widths))
+                best, best_sigma = score, sigma
+        widths.append(best_sigma)
+    width = float(np.mean(widths)) if width is None else width
     for batch in batches:
         a_x = _normalise(np.exp(-cdist(x[batch], x[batch], "sqeuclidean") / (2 * sigma_x ** 2)))
         a_t = _normalise(np.exp(-cdist(t[batch], t[batch], "sqeuclidean") / (2 * width ** 2)))

@@ -30,6 +30,8 @@ def arrays(n: int, d: int, seed: int = 0):
 
 def cases():
     """(label, n x d, infoplane call, reference call) per row of the speed table."""
+    import torch
+
     from benchmarks import reference as ref
     from pipeline.estimators import information_plane, mutual_information
     from pipeline.estimators.renyi import make_batches
@@ -51,6 +53,17 @@ def cases():
     rows.append(("Renyi, 10 batches of 100, 300-width alignment", "4096 x 10",
                  lambda: information_plane(x, t, y, "renyi", sigma_x=2.5, n_candidates=300),
                  lambda: ref.renyi_reference(x, t, y, make_batches(4096, 100, 10, 0), 2.5, 300)))
+    # the floor of a Renyi cell: its 40 eigenvalue problems (4 per batch) in one batched call,
+    # against a loop of numpy calls over the same matrices
+    gram = torch.rand(40, 100, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gram = gram @ gram.transpose(1, 2)
+    rows.append(("Renyi eigenvalue floor: 40 symmetric 100 x 100", "-",
+                 lambda: {"I": float(torch.linalg.eigvalsh(gram).sum())},
+                 lambda: {"I": float(sum(np.linalg.eigvalsh(g).sum() for g in gram.numpy()))}))
+    rows.append(("Renyi, fixed layer width (no search)", "4096 x 10",
+                 lambda: information_plane(x, t, y, "renyi", sigma_x=2.5, sigma_t=1.0),
+                 lambda: ref.renyi_reference(x, t, y, make_batches(4096, 100, 10, 0), 2.5, 300,
+                                             width=1.0)))
     x, t, y = arrays(4096, 256)
     rows.append(("binning, 30 bins", "4096 x 256",
                  lambda: information_plane(x, t, y, "binning", n_bins=30),
@@ -139,8 +152,9 @@ def memory(sizes: tuple[int, ...] = (10000, 30000, 60000), reference_limit_gb: f
             rows.append(row)
             print(rows[-1], flush=True)
     body = (f"Command: `python -m benchmarks.speed --only memory` (or `make bench`, section memory); "
-            "one call on n x 10 (KSG: 12 + 10 dimensions) in a fresh process, peak resident memory "
-            f"above the process's baseline after imports and data; commit {git_revision()}; "
+            "one call on n x 10 (KSG: 12 + 10 dimensions) in a fresh process: the process's peak "
+            "resident memory during the call (VmHWM, reset before it) and, in brackets, its resident "
+            f"memory before the call (imports, data, a first small call); commit {git_revision()}; "
             f"{machine()}.\n\n"
             + table(["estimator", "n", "infoplane: peak memory, time", "plain reference: peak memory, time"],
                     rows))
