@@ -37,6 +37,7 @@ from pipeline.estimators.domains import check as check_domains
 from pipeline.estimators.kde import kde_information_plane
 from pipeline.estimators.knn import ksg_mutual_information
 from pipeline.estimators.renyi import renyi_information_plane, renyi_mutual_information
+from pipeline.estimators.variational import variational_information_plane, variational_mutual_information
 from pipeline.registry import resolve_entry_point
 
 
@@ -160,6 +161,9 @@ register_estimator("ksg", mutual_information=ksg_mutual_information, domains=BUI
 register_estimator("compression", mutual_information=compression_mutual_information,
                    domains=BUILTIN["compression"], schemes=("subsample",),
                    cost=1000.0)(compression_information_plane)
+register_estimator("variational", mutual_information=variational_mutual_information,
+                   domains=BUILTIN["variational"], schemes=("subsample",),
+                   cost=500.0)(variational_information_plane)
 METHODS = tuple(ESTIMATORS)
 
 
