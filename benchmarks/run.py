@@ -1,7 +1,8 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
     python -m benchmarks.run [--only SECTION,...]
-    # sections: train, speed, memory, estimators, images, gpu, stage, accuracy, limits, uncertainty
+    # sections: train, speed, memory, estimators, images, gpu, stage, accuracy, limits, uncertainty,
+    # variational
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -256,7 +257,7 @@ def _bench_stage() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="train,speed,memory,estimators,images,gpu,stage,accuracy,limits,"
-                                          "uncertainty")
+                                          "uncertainty,variational")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -283,6 +284,9 @@ def main() -> None:
     if "uncertainty" in sections:
         from benchmarks.uncertainty import main as uncertainty
         uncertainty()
+    if "variational" in sections:
+        from benchmarks.variational import main as variational
+        variational()
 
 
 if __name__ == "__main__":

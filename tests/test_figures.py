@@ -228,7 +228,8 @@ def test_interactive_planes_hover_toggle_and_switch(tmp_path):
     first = fig.data[0]  # binning_30, train, dense1: the seed mean at every epoch, epochs in the hover data
     means = ds.I_XT.sel(estimator="binning_30", split="train", layer="dense1").mean("seed").values
     np.testing.assert_allclose(first.x, means)
-    assert first.customdata[:, 0].tolist() == EPOCHS.tolist() and "epoch %{customdata[0]}" in first.hovertemplate
+    assert first.customdata[:, 0].tolist() == EPOCHS.tolist()
+    assert "epoch %{customdata[0]}" in first.hovertemplate
     labels = [b.label for b in fig.layout.updatemenus[0].buttons]
     assert labels[0] == "binning, 30 bins; training samples" and len(labels) == views
     sections = interactive_sections(ds)
@@ -258,8 +259,9 @@ def test_report_in_a_headless_browser(tmp_path):
     write_plotly_js(tmp_path)
     report = write_report(tmp_path, "toy", saved, {}, {}, {"binning_30": json.dumps({"method": "binning"})},
                           [], run_summary(ds), {"test": 0.9}, interactive_sections(ds))
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+               "--dump-dom", report.as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
     assert "Findings summary" in dom and "The information plane" in dom
     assert dom.count('class="plot-container plotly"') == 3  # planes, I(X;T) and I(T;Y) curves drawn
     assert "binning, 30 bins; training samples" in dom  # the menu, rendered by plotly.js
