@@ -21,6 +21,7 @@ import xarray as xr
 from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
 
+from pipeline.estimators._common import entropy_of_counts
 from pipeline.results import holding_values, seed_mean
 
 CMAP = "viridis"  # perceptually uniform
@@ -85,9 +86,7 @@ def plane_title(results: xr.Dataset, estimator: str, split: str, n_seeds: int) -
 
 def saturation_limits(n_samples: int, labels: np.ndarray) -> tuple[float, float]:
     """log2(#samples) for I(X;T) and H(Y) for I(T;Y): values there carry no dynamics."""
-    p = np.bincount(labels) / len(labels)
-    p = p[p > 0]
-    return float(np.log2(n_samples)), float(-(p * np.log2(p)).sum())
+    return float(np.log2(n_samples)), entropy_of_counts(np.bincount(labels))
 
 
 def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layers: list[str],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from pipeline.estimators._common import entropy_of_counts
 from pipeline.results import holding_values, masked, seed_mean
 
 
@@ -77,10 +78,8 @@ def output_information(results: xr.Dataset, estimator: str, labels: np.ndarray,
     """Final I(T;Y) of the output layer (mean and std over seeds) against H(Y) of the labels."""
     layer = layer or output_layer(results)
     final = last_valid(_valid(results).I_TY.sel(estimator=estimator, split=split, layer=layer))
-    p = np.bincount(labels) / len(labels)
-    p = p[p > 0]
     return {"final_mean": float(final.mean()), "final_std": float(final.std()),
-            "H_Y": float(-(p * np.log2(p)).sum())}
+            "H_Y": entropy_of_counts(np.bincount(labels))}
 
 
 def dpi_share(results: xr.Dataset, estimator: str, split: str = "all") -> float:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from pipeline.estimators._common import entropy_of_counts
 from pipeline.estimators.domains import ParameterError, check, choice, integer, number
 
 SATURATION_TOLERANCE = 0.01
@@ -73,9 +74,10 @@ def cell_estimate(estimator, x: np.ndarray, t: np.ndarray, y: np.ndarray, params
     """The estimator's outputs on one cell, with its interval, shuffle baseline and saturation.
     `input_entropy`: H(X) of the input rows in bits, when the caller knows it (else counted)."""
     out = dict(estimator.information_plane(x, t, y, **params))
-    rows = rows_estimate(estimator, x, t, y, params)
-    rng = np.random.default_rng(seed)
     scheme = options["uncertainty"]
+    if scheme in ("bootstrap", "subsample") or options["null"]:  # the cell's rows drawn again
+        rows = rows_estimate(estimator, x, t, y, params)
+    rng = np.random.default_rng(seed)
     if scheme in ("bootstrap", "subsample"):
         out.update(resampled_interval(rows, len(y), out, scheme, options, rng))
     elif scheme == "batches":
@@ -140,11 +142,6 @@ def batch_interval(estimate: dict[str, float], params: dict[str, Any],
         out[f"{name}_lo"] = estimate[name] - half * spread
         out[f"{name}_hi"] = estimate[name] + half * spread
     return out
-
-
-def entropy_of_counts(counts: np.ndarray) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
 
 
 def row_entropy(x: np.ndarray) -> float:
