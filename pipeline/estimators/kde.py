@@ -68,11 +68,16 @@ def class_kernel_sums(h: torch.Tensor, counts: torch.Tensor, variance: float,
             kernel = d2.clamp_min_(0.0).mul_(-0.5 / variance).exp_()
             if a == b:
                 kernel.diagonal().fill_(1.0)
-                out[rows] += kernel @ counts[cols]
-            else:
-                out[rows] += kernel @ counts[cols]
+            out[rows] += kernel @ counts[cols]
+            if a != b:
                 out[cols] += kernel.T @ counts[rows]
     return out
+
+
+def mean_log_mixture(weights: torch.Tensor, mass: torch.Tensor, size: torch.Tensor | int) -> float:
+    """sum_u w_u log(mass_u / size_u) / sum_u w_u, nats: the mean over samples of the log of
+    their mixture density's sum, each distinct row standing for its `weights` samples."""
+    return float((weights * torch.log(mass / size)).sum() / weights.sum())
 
 
 def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper",
@@ -84,7 +89,7 @@ def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper"
     weights = torch.as_tensor(counts, device=device)
     sums = class_kernel_sums(torch.as_tensor(distinct, device=device), weights, variance)[:, 0]
     # -mean_i log[(1/P) sum_j exp(-d2_ij / (2 variance))] plus the per-component entropy.
-    mean_log = float((weights[:, 0] * torch.log(sums / len(rows))).sum()) / len(rows)
+    mean_log = mean_log_mixture(weights[:, 0], sums, len(rows))
     h_nats = 0.5 * rows.shape[1] * (math.log(2 * math.pi * noise_variance) + 1) - mean_log
     return h_nats / LOG2
 
@@ -113,12 +118,9 @@ def kde_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise_var
     sums = class_kernel_sums(torch.as_tensor(distinct, device=device), counts, variance)
     # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels; each distinct row
     # stands for its samples, whose kernel mass is the sum over the classes.
-    per_row = counts.sum(1)
-    i_xt = -float((per_row * torch.log(sums.sum(1) / n)).sum()) / n
+    i_xt = -mean_log_mixture(counts.sum(1), sums.sum(1), n)
     # sum_y p(y) H(T|Y=y) with the bound inside each class: the mean over all samples of the
     # log mixture over the sample's own class.
-    class_sizes = counts.sum(0)
     held = counts > 0
-    own = torch.log(sums[held]) - torch.log(class_sizes.expand_as(counts)[held])
-    h_t_given_y = -float((counts[held] * own).sum()) / n
+    h_t_given_y = -mean_log_mixture(counts[held], sums[held], counts.sum(0).expand_as(counts)[held])
     return {"I_XT": i_xt / LOG2, "I_TY": (i_xt - h_t_given_y) / LOG2}

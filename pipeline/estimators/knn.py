@@ -69,8 +69,11 @@ def tree_is_faster(n: int, d: int) -> bool:
     return d <= 4 or (d <= 12 and n > 2000)
 
 
-
-BLOCK_BYTES = 8 * 2**20  # brute force: distances of a block of rows to all, O(n x block) memory
+# Brute force: the distances of a block of rows to all points at a time, O(n x block) memory.
+# Each pass writes its blocks' results into arrays allocated once: small arrays allocated
+# between the large blocks pin the heap (glibc does not return it), and the resident memory then
+# grew by a block per step (1.8 GB above the baseline at n = 10000).
+BLOCK_BYTES = 8 * 2**20
 
 
 def _distance_blocks(points: np.ndarray, p: float, device: str):
@@ -87,10 +90,6 @@ def _smallest(distances: torch.Tensor, k: int) -> torch.Tensor:
     """The k smallest of each row, ascending."""
     return distances.topk(k, dim=1, largest=False).values
 
-
-# The brute-force passes write each block's results into arrays allocated once: small arrays
-# allocated between the large blocks pin the heap (glibc does not return it), and the resident
-# memory then grew by a block per step (1.8 GB above the baseline at n = 10000).
 
 def _kth_distance(points: np.ndarray, k: int, p: float, device: str, algorithm: str = "auto") -> np.ndarray:
     """Distance of every point to its k-th neighbour (itself excluded)."""

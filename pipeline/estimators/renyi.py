@@ -21,12 +21,16 @@ SIGMA_CONVENTIONS = ("gaussian", "wickstrom")
 ALIGNMENT_BLOCK = 2**18  # floats per block of the width search (1 MB: within a core's L2 cache)
 
 
-def rbf_gram(d2: torch.Tensor, sigma: float | torch.Tensor, convention: str = "gaussian") -> torch.Tensor:
-    """exp(-d2 / (2 sigma^2)) ("gaussian") or exp(-d2 / sigma^2) ("wickstrom")."""
+def kernel_scale(convention: str) -> float:
+    """c in exp(-d2 / (c sigma^2)): 2 for "gaussian", 1 for "wickstrom"."""
     if convention not in SIGMA_CONVENTIONS:
         raise ValueError(f"sigma_convention must be one of {SIGMA_CONVENTIONS}, got {convention!r}")
-    scale = 2.0 if convention == "gaussian" else 1.0
-    return torch.exp(-d2 / (scale * sigma * sigma))
+    return 2.0 if convention == "gaussian" else 1.0
+
+
+def rbf_gram(d2: torch.Tensor, sigma: float | torch.Tensor, convention: str = "gaussian") -> torch.Tensor:
+    """exp(-d2 / (2 sigma^2)) ("gaussian") or exp(-d2 / sigma^2) ("wickstrom")."""
+    return torch.exp(-d2 / (kernel_scale(convention) * sigma * sigma))
 
 
 def label_gram(labels: torch.Tensor) -> torch.Tensor:
@@ -91,9 +95,7 @@ def alignment_sigma(d2: torch.Tensor, k_labels: torch.Tensor, n_candidates: int 
     mean_distance = torch.sqrt(pair_d2).mean(-1)  # (b,)
     steps = torch.linspace(0.0, 1.0, n_candidates, device=d2.device)
     candidates = 0.3 + steps[None, :] * (10.0 * mean_distance[:, None] - 0.3)  # (b, c)
-    if convention not in SIGMA_CONVENTIONS:
-        raise ValueError(f"sigma_convention must be one of {SIGMA_CONVENTIONS}, got {convention!r}")
-    scale = 2.0 if convention == "gaussian" else 1.0
+    scale = kernel_scale(convention)
     sigma = candidates[..., None]
     inner = torch.empty_like(candidates)
     squares = torch.empty_like(candidates)

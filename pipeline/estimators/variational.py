@@ -69,7 +69,8 @@ def _training_loss(scores: torch.Tensor, bound: str, clip: float) -> torch.Tenso
 def _prepare(v: np.ndarray, name: str, rows: np.ndarray) -> np.ndarray:
     """Standardised with the training rows' mean and spread; labels as one-hot rows."""
     if is_discrete(v):
-        return np.eye(int(as_labels(v, name).max()) + 1)[as_labels(v, name)]
+        codes = as_labels(v, name)
+        return np.eye(int(codes.max()) + 1)[codes]
     values = as_samples(v, name)
     mean, std = values[rows].mean(0), values[rows].std(0)
     return (values - mean) / np.where(std > 0, std, 1.0)
