@@ -134,14 +134,20 @@ def _held(results: xr.Dataset, estimator: str, split: str) -> xr.Dataset:
     return sel.isel(epoch=holding_values(sel.I_XT, "epoch"), seed=holding_values(sel.I_XT, "seed"))
 
 
-def _plane_arrays(results: xr.Dataset, estimator: str, split: str, confidence: float = 0.9):
-    """Seed means with their intervals over the epochs and seeds that hold values: an entry
-    estimated on part of the cells (`make estimate ARGS="--seeds 0 --every 3"`) is drawn from
-    those alone. Intervals: `pipeline.results.seed_mean` at `confidence`."""
+def plane_bands(results: xr.Dataset, estimator: str, split: str, confidence: float = 0.9):
+    """(epochs, seed_mean of I(X;T), seed_mean of I(T;Y), seeds) over the epochs and seeds that
+    hold values: an entry estimated on part of the cells (`make estimate ARGS="--seeds 0
+    --every 3"`) is drawn from those alone. Intervals: `pipeline.results.seed_mean`."""
     sel = _held(results, estimator, split)
-    xt, ty = seed_mean(sel, "I_XT", confidence), seed_mean(sel, "I_TY", confidence)
+    return (sel.epoch.values, seed_mean(sel, "I_XT", confidence), seed_mean(sel, "I_TY", confidence),
+            sel.sizes["seed"])
+
+
+def _plane_arrays(results: xr.Dataset, estimator: str, split: str, confidence: float = 0.9):
+    """`plane_bands` as arrays: means, (xlo, xhi, ylo, yhi), epochs and the number of seeds."""
+    epochs, xt, ty, n_seeds = plane_bands(results, estimator, split, confidence)
     intervals = tuple(band[end].values for band in (xt, ty) for end in ("lo", "hi"))
-    return xt["mean"].values, ty["mean"].values, intervals, sel.epoch.values, sel.sizes["seed"]
+    return xt["mean"].values, ty["mean"].values, intervals, epochs, n_seeds
 
 
 def null_floor(results: xr.Dataset, estimator: str, split: str, variable: str) -> float | None:
@@ -209,7 +215,7 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
     return fig
 
 
-def _panels(results: xr.Dataset) -> list[tuple[str, str]]:
+def plane_views(results: xr.Dataset) -> list[tuple[str, str]]:
     """(entry, split) pairs that hold values, entries in store order."""
     return [(str(e), str(s)) for e in results.estimator.values for s in results.split.values
             if np.isfinite(results.I_XT.sel(estimator=e, split=s)).any()]
@@ -220,7 +226,7 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
                       columns: int = 3) -> Figure:
     """Every entry and split as one small plane, in a grid as wide as a two-column page
     (7 inches); each panel has its own ranges, named on its axes."""
-    panels = _panels(results) or [(str(results.estimator.values[0]), str(results.split.values[0]))]
+    panels = plane_views(results) or [(str(results.estimator.values[0]), str(results.split.values[0]))]
     columns = min(columns, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",

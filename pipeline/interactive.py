@@ -17,18 +17,12 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from pipeline.figures import EPOCH_LABEL, SPLIT_WORDS, _held, _panels, entry_label
-from pipeline.results import seed_mean
+from pipeline.figures import EPOCH_LABEL, SPLIT_WORDS, entry_label, plane_bands, plane_views
 
 LEGEND = {"orientation": "h", "y": -0.15, "x": 0}  # below the axes: the colour bar keeps the right
 HOVER = ("<b>%{fullData.name}</b>, epoch %{customdata[0]}<br>I(X;T) %{x:.3f} bits "
          "[%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>I(T;Y) %{y:.3f} bits "
          "[%{customdata[3]:.3f}, %{customdata[4]:.3f}]<extra>%{meta}</extra>")
-
-
-def _bands(results: xr.Dataset, estimator: str, split: str):
-    sel = _held(results, estimator, split)
-    return sel.epoch.values, seed_mean(sel, "I_XT"), seed_mean(sel, "I_TY")
 
 
 def _error(band: xr.Dataset) -> dict:
@@ -50,11 +44,11 @@ def _menu(views: list[tuple[str, str]], per_view: int, results: xr.Dataset) -> l
 
 def planes_figure(results: xr.Dataset) -> go.Figure:
     """One trace per layer and (entry, split) view, the first view shown, a menu for the rest."""
-    views = _panels(results)
+    views = plane_views(results)
     layers = [str(name) for name in results.layer.values]
     fig = go.Figure()
     for v, (estimator, split) in enumerate(views):
-        epochs, xt, ty = _bands(results, estimator, split)
+        epochs, xt, ty, _ = plane_bands(results, estimator, split)
         for layer in layers:
             x, y = xt.sel(layer=layer), ty.sel(layer=layer)
             data = np.stack([epochs, x.lo, x.hi, y.lo, y.hi], axis=-1)
@@ -73,12 +67,12 @@ def planes_figure(results: xr.Dataset) -> go.Figure:
 
 def curves_figure(results: xr.Dataset, variable: str = "I_XT") -> go.Figure:
     """`variable` against epochs trained, one trace per layer and view, with the same menu."""
-    views = _panels(results)
+    views = plane_views(results)
     layers = [str(name) for name in results.layer.values]
     fig = go.Figure()
     quantity = {"I_XT": "I(X;T)", "I_TY": "I(T;Y)"}[variable]
     for v, (estimator, split) in enumerate(views):
-        epochs, xt, ty = _bands(results, estimator, split)
+        epochs, xt, ty, _ = plane_bands(results, estimator, split)
         band = xt if variable == "I_XT" else ty
         for layer in layers:
             line = band.sel(layer=layer)
@@ -110,7 +104,7 @@ def _epoch_colourbar(epochs: np.ndarray) -> dict:
 
 def interactive_sections(results: xr.Dataset) -> dict[str, str]:
     """HTML <div>s (no script tag of the library: the report loads plotly.min.js once)."""
-    if not _panels(results):
+    if not plane_views(results):
         return {}
     figures = {"planes": planes_figure(results), "curves": curves_figure(results, "I_XT"),
                "curves_ty": curves_figure(results, "I_TY")}
