@@ -48,6 +48,7 @@ from pipeline.results import (
 )
 from pipeline.runs import RunPaths
 from pipeline.uncertainty import (
+    RESAMPLING,
     cell_estimate,
     option_outputs,
     row_entropy,
@@ -93,7 +94,7 @@ class Task:
     def cost(self) -> float:
         """Expected time, relative: cells x the estimator's cost x the resamples and baselines."""
         options = self.options
-        resampled = options["n_resamples"] if options["uncertainty"] in ("bootstrap", "subsample") else 0
+        resampled = options["n_resamples"] if options["uncertainty"] in RESAMPLING else 0
         return len(self.epochs) * self.definition.cost * (1 + resampled) * (2 if options["null"] else 1)
 
     @property

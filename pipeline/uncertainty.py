@@ -38,7 +38,8 @@ from pipeline.estimators._common import entropy_of_counts
 from pipeline.estimators.domains import ParameterError, check, choice, integer, number
 
 SATURATION_TOLERANCE = 0.01
-SCHEMES = ("none", "bootstrap", "subsample", "batches")
+RESAMPLING = ("bootstrap", "subsample")  # the schemes that run the estimator again per resample
+SCHEMES = ("none", *RESAMPLING, "batches")
 OPTIONS = {"uncertainty": choice(*SCHEMES), "n_resamples": integer(2),
            "confidence": number(0, high=0.999), "null": choice(True, False)}
 DEFAULTS = {"uncertainty": "none", "n_resamples": 10, "confidence": 0.9, "null": False}
@@ -75,10 +76,10 @@ def cell_estimate(estimator, x: np.ndarray, t: np.ndarray, y: np.ndarray, params
     `input_entropy`: H(X) of the input rows in bits, when the caller knows it (else counted)."""
     out = dict(estimator.information_plane(x, t, y, **params))
     scheme = options["uncertainty"]
-    if scheme in ("bootstrap", "subsample") or options["null"]:  # the cell's rows drawn again
+    if scheme in RESAMPLING or options["null"]:  # the cell's rows drawn again
         rows = rows_estimate(estimator, x, t, y, params)
     rng = np.random.default_rng(seed)
-    if scheme in ("bootstrap", "subsample"):
+    if scheme in RESAMPLING:
         out.update(resampled_interval(rows, len(y), out, scheme, options, rng))
     elif scheme == "batches":
         out.update(batch_interval(out, params, options["confidence"]))
