@@ -495,6 +495,31 @@ def nan_summary(messages: list[str]) -> str:
             + "\n".join(rows))
 
 
+# Outputs that flag a cell the estimator itself distrusts: 1.0 where the compressor lost part of a
+# side ("_lossy") or where the dimensions lie beyond KSG's measured rule ("_biased").
+TRUST_FLAGS = ("_lossy", "_biased")
+FLAG_REASONS = {"_lossy": "a code kept less than 99% of its side's variance: the estimate may be low; "
+                          "raise `dim`",
+                "_biased": "n and the dimensions lie beyond KSG's measured rule: KSG reads low there"}
+
+
+def flag_summary(counts: dict[tuple[str, str], list[int]]) -> str:
+    """One line per flagged (entry, variable): how many cells of how many, and why."""
+    rows = [f"  {entry} {name}: {hit} of {total} cell(s); "
+            + FLAG_REASONS[next(s for s in TRUST_FLAGS if name.endswith(s))]
+            for (entry, name), (hit, total) in counts.items() if hit]
+    return ("cells flagged by their estimator (stored beside the values; docs/estimators.md, "
+            "\"Diagnostics\"):\n" + "\n".join(rows))
+
+
+def count_flags(counts: dict[tuple[str, str], list[int]], entry: str, values: dict[str, np.ndarray]) -> None:
+    for name, column in values.items():
+        if name.endswith(TRUST_FLAGS):
+            tally = counts.setdefault((entry, name), [0, 0])
+            tally[0] += int(np.nansum(column))
+            tally[1] += int(np.isfinite(column).sum())
+
+
 def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
               settings: EstimateConfig, splits: list[str], notes: list[str],
               scheduler: str | None, scheduler_file: str | None, netcdf: bool,
@@ -520,6 +545,7 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
           f"Fisher tasks -> {paths.results}", flush=True)
     writer = ResultsWriter(paths.results, target)
     messages: list[str] = []
+    flags: dict[tuple[str, str], list[int]] = {}
     started = time.perf_counter()
 
     def handle(result: dict[str, Any]) -> None:
@@ -527,6 +553,7 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
             t = result["task"]
             writer.write_cells(t.estimator, t.seed, t.split, t.layer, list(t.epochs), result["values"])
             messages.extend(result["warnings"])
+            count_flags(flags, t.estimator, result["values"])
         else:
             writer.write_fisher(result["seed"], result["epochs"], result["layers"], result["traces"])
 
@@ -534,6 +561,8 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
                         scheduler_file, handle, f"estimate {archive.name}")
     if messages:
         warnings.warn(nan_summary(messages), stacklevel=1)
+    if any(hit for hit, _ in flags.values()):
+        warnings.warn(flag_summary(flags), stacklevel=1)
     elapsed = time.perf_counter() - started
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     line = (f"{stamp} estimate: {len(tasks)} tasks, {n_cells} cells, {len(fisher_tasks)} Fisher "

@@ -1,32 +1,46 @@
 """Samples with known mutual information, for testing estimators (docs/science.md, section 6).
 
-    from pipeline.groundtruth import gaussian_pair, bump_images
+    from pipeline.groundtruth import gaussian_pair, render_images, student_t_pair
     a, b = gaussian_pair(n=5000, mi_bits=2.0, dim=3, seed=0)   # I(a;b) = 2 bits exactly
-    images = bump_images(a)                                    # 16x16, still 2 bits with b
+    images = render_images("bumps", a)                         # 16x16, still 2 bits with b
+    a, b, bits = student_t_pair(n=5000, mi_bits=1.0, dim=5, dof=3)  # heavy tails, `bits` exact
 
 MI is invariant under injective maps, so maps of each side (per-coordinate monotone functions,
 rotations, rendering latents as images) keep the true value.
+
+Families: Gaussian pairs with the information spread over every coordinate (`rotate`, dense) or
+held by a few coordinate pairs (`active`, sparse); the same under injective maps
+(`INJECTIVE_MAPS`); multivariate Student-t pairs (`student_t_pair`); and images of latents
+(`IMAGE_FAMILIES`), of which the estimators' defaults were chosen on the `tuned` ones only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import digamma, gammaln, ndtr
 from scipy.stats import special_ortho_group
 
 LN2 = np.log(2.0)
 
 
 def gaussian_pair(n: int, mi_bits: float, dim: int, seed: int = 0,
-                  rotate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  rotate: bool = True, active: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Standard normal (a, b) in `dim` dimensions each with I(a;b) = `mi_bits`.
 
-    The information is split evenly over `dim` coordinate pairs, rho = sqrt(1 - exp(-2 I / dim))
-    with I in nats; with `rotate`, independent random rotations of each side spread it over all
-    coordinates.
+    The information is split evenly over the first `active` coordinate pairs (default all
+    `dim`), rho = sqrt(1 - exp(-2 I / active)) with I in nats; the other coordinates are
+    independent noise. With `rotate`, independent random rotations of each side spread it over
+    all coordinates (dense correlation); `rotate=False` with a small `active` is the sparse case.
     """
+    active = dim if active is None else active
+    if not 1 <= active <= dim:
+        raise ValueError(f"active must be between 1 and dim={dim}, got {active}")
     rng = np.random.default_rng(seed)
-    rho = np.sqrt(1.0 - np.exp(-2.0 * mi_bits * LN2 / dim))
+    rho = np.zeros(dim)
+    rho[:active] = np.sqrt(1.0 - np.exp(-2.0 * mi_bits * LN2 / active))
     a = rng.standard_normal((n, dim))
     b = rho * a + np.sqrt(1.0 - rho**2) * rng.standard_normal((n, dim))
     if rotate and dim > 1:
@@ -90,3 +104,146 @@ def rectangle_images(latent: np.ndarray, size: int = 32, sharpness: float = 40.0
 
     images = soft_box(cy, h / 2)[:, :, None] * soft_box(cx, w / 2)[:, None, :]
     return images[:, None].astype(np.float64)
+
+
+def _t_term(x: float) -> float:
+    return float(gammaln(x / 2) - x / 2 * digamma(x / 2))
+
+
+def student_t_excess(dof: float, dim_a: int, dim_b: int) -> float:
+    """Bits a multivariate Student-t pair carries beyond the Gaussian of the same scale matrix.
+
+    I = I_gauss(scale) + f(v) + f(v + m + n) - f(v + m) - f(v + n), f(x) = ln G(x/2) -
+    (x/2) psi(x/2) (Arellano-Valle et al. 2013; the Student-t tasks of Czyz et al. 2023): the
+    shared chi-square scale makes even uncorrelated t coordinates dependent.
+    """
+    nats = (_t_term(dof) + _t_term(dof + dim_a + dim_b) - _t_term(dof + dim_a) - _t_term(dof + dim_b))
+    return nats / LN2
+
+
+def student_t_pair(n: int, mi_bits: float, dim: int, dof: float = 3.0, seed: int = 0,
+                   rotate: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """A Student-t pair (a, b) with `dof` degrees of freedom, and its exact MI in bits.
+
+    (a, b) = (g_a, g_b) / sqrt(w) with (g_a, g_b) = `gaussian_pair(mi_bits, dim)` and one w ~
+    chi2(dof) / dof per sample: the true MI is `mi_bits` plus `student_t_excess(dof, dim, dim)`.
+    Heavy tails (dof = 1 is Cauchy) are where kNN estimators are known to fail.
+    """
+    if dof <= 0:
+        raise ValueError(f"dof must be positive, got {dof}")
+    g_a, g_b = gaussian_pair(n, mi_bits, dim, seed=seed, rotate=rotate)
+    scale = np.sqrt(np.random.default_rng(seed + 7).chisquare(dof, size=(n, 1)) / dof)
+    return g_a / scale, g_b / scale, mi_bits + student_t_excess(dof, dim, dim)
+
+
+def _features(latent: np.ndarray, defaults: tuple[float, ...]) -> list[np.ndarray]:
+    """The latents as uniform features in (0, 1), the unused ones at their default values."""
+    m = latent.shape[1]
+    if not 2 <= m <= len(defaults):
+        raise ValueError(f"these images take 2 to {len(defaults)} latent dimensions, got {m}")
+    u = ndtr(latent)
+    return [u[:, i] if i < m else np.full(len(u), d) for i, d in enumerate(defaults)]
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    grid = (np.arange(size) + 0.5) / size
+    px, py = np.meshgrid(grid, grid, indexing="xy")
+    return px[None], py[None]
+
+
+def _blob(px, py, cx, cy, width) -> np.ndarray:
+    d2 = (px - cx[:, None, None]) ** 2 + (py - cy[:, None, None]) ** 2
+    return np.exp(-d2 / width[:, None, None] ** 2)
+
+
+def two_blob_images(latent: np.ndarray, size: int = 32) -> np.ndarray:
+    """(n, 1, size, size): a wide bright blob and a narrow dark one, 2-6 latents.
+
+    Coordinates 0, 1: the bright blob's centre; 2, 3: the dark blob's centre; 4, 5: their
+    widths. Each latent pair moves a different feature of a different size.
+    """
+    u = _features(latent, (0.5, 0.5, 0.3, 0.7, 0.5, 0.5))
+    px, py = _grid(size)
+    bright = _blob(px, py, 0.15 + 0.7 * u[0], 0.15 + 0.7 * u[1], 0.15 + 0.15 * u[4])
+    dark = _blob(px, py, 0.15 + 0.7 * u[2], 0.15 + 0.7 * u[3], 0.05 + 0.07 * u[5])
+    return (bright - 0.8 * dark)[:, None]
+
+
+def grating_images(latent: np.ndarray, size: int = 32) -> np.ndarray:
+    """(n, 1, size, size): a windowed sinusoidal grating, 2-6 latents.
+
+    Coordinates 0: orientation (0.1 pi to 0.9 pi); 1: frequency (1.5 to 4 cycles per image);
+    2: phase (0 to pi, half a period, so no two latents draw the same image); 3: contrast; 4, 5:
+    the window's centre.
+    """
+    u = _features(latent, (0.5, 0.5, 0.5, 0.5, 0.5, 0.5))
+    px, py = _grid(size)
+    angle, cycles, phase = np.pi * (0.1 + 0.8 * u[0]), 1.5 + 2.5 * u[1], np.pi * u[2]
+    along = px * np.cos(angle)[:, None, None] + py * np.sin(angle)[:, None, None]
+    wave = np.cos(2 * np.pi * cycles[:, None, None] * along + phase[:, None, None])
+    window = _blob(px, py, 0.35 + 0.3 * u[4], 0.35 + 0.3 * u[5], np.full(len(angle), 0.35))
+    return ((0.3 + 0.7 * u[3])[:, None, None] * wave * window)[:, None]
+
+
+def colour_bump_images(latent: np.ndarray, size: int = 16) -> np.ndarray:
+    """(n, 3, size, size): one bump in colour, 2-6 latents.
+
+    Coordinates 0, 1: the centre; 2, 3: the red and blue weights (green is their complement);
+    4: the width; 5: the brightness.
+    """
+    u = _features(latent, (0.5, 0.5, 0.5, 0.5, 0.5, 0.5))
+    px, py = _grid(size)
+    shape = (0.5 + 0.5 * u[5])[:, None, None] * _blob(px, py, 0.2 + 0.6 * u[0], 0.2 + 0.6 * u[1],
+                                                      0.15 + 0.15 * u[4])
+    red, blue = 0.2 + 0.8 * u[2], 0.2 + 0.8 * u[3]
+    weights = np.stack([red, 1.2 - 0.5 * (red + blue), blue], axis=1)
+    return weights[:, :, None, None] * shape[:, None]
+
+
+def stroke_images(latent: np.ndarray, size: int = 32) -> np.ndarray:
+    """(n, 1, size, size): a soft line segment, 2-6 latents.
+
+    Coordinates 0, 1: the left end (in the left half of the frame, so the ends never swap); 2,
+    3: the right end; 4: the thickness; 5: the intensity.
+    """
+    u = _features(latent, (0.5, 0.5, 0.5, 0.5, 0.5, 0.5))
+    px, py = _grid(size)
+    start = np.stack([0.1 + 0.3 * u[0], 0.15 + 0.7 * u[1]], axis=1)
+    end = np.stack([0.6 + 0.3 * u[2], 0.15 + 0.7 * u[3]], axis=1)
+    direction = end - start
+    offset_x, offset_y = px - start[:, 0, None, None], py - start[:, 1, None, None]
+    along = np.clip((offset_x * direction[:, 0, None, None] + offset_y * direction[:, 1, None, None])
+                    / (direction ** 2).sum(axis=1)[:, None, None], 0, 1)
+    dist2 = ((offset_x - along * direction[:, 0, None, None]) ** 2
+             + (offset_y - along * direction[:, 1, None, None]) ** 2)
+    thickness = 0.03 + 0.05 * u[4]
+    return ((0.5 + 0.5 * u[5])[:, None, None] * np.exp(-dist2 / thickness[:, None, None] ** 2))[:, None]
+
+
+@dataclass(frozen=True)
+class ImageFamily:
+    """Images rendered from latents: the renderer, its latent range and size, and whether the
+    estimators' defaults were chosen on it (`tuned`) or it is held out of that choice."""
+
+    render: Callable[..., np.ndarray]
+    max_latents: int
+    size: int
+    tuned: bool
+
+
+IMAGE_FAMILIES: dict[str, ImageFamily] = {
+    "bumps": ImageFamily(bump_images, 4, 16, tuned=True),
+    "rectangles": ImageFamily(rectangle_images, 4, 32, tuned=True),
+    "two_blobs": ImageFamily(two_blob_images, 6, 32, tuned=False),
+    "gratings": ImageFamily(grating_images, 6, 32, tuned=False),
+    "colour_bumps": ImageFamily(colour_bump_images, 6, 16, tuned=False),
+    "strokes": ImageFamily(stroke_images, 6, 32, tuned=False),
+}
+
+
+def render_images(family: str, latent: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Images of `family` (a key of IMAGE_FAMILIES) from (n, m) latents, at its size by default."""
+    if family not in IMAGE_FAMILIES:
+        raise ValueError(f"unknown image family {family!r}; valid: {', '.join(IMAGE_FAMILIES)}")
+    spec = IMAGE_FAMILIES[family]
+    return spec.render(latent, spec.size if size is None else size).astype(np.float64)

@@ -292,3 +292,21 @@ def test_task_cost_orders_long_chains_first():
     assert renyi.cost == 90 * get_estimator("renyi").cost > binning.cost == 90
     assert task("binning", range(5), uncertainty="bootstrap", n_resamples=10, null=True).cost == 5 * 11 * 2
     assert task("renyi", range(5), uncertainty="batches").cost == 5 * get_estimator("renyi").cost
+
+
+def test_cells_the_estimator_distrusts_are_stored_flagged_with_one_warning(runs):
+    # The tiny archive's inputs have 12 dimensions: beyond KSG's measured rule at any n, so
+    # every I(X;T) cell is flagged; its layers of at most 10 units give labels within the rule
+    # except where n (the split) is below the least measured size.
+    entries = {"ksg": {"method": "ksg"}, "compression": {"method": "compression", "dim": 1}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert estimate(config(**entries), runs, scheduler="synchronous") == 0
+    ds = load(runs)
+    assert bool(ds.done.all())
+    assert bool((ds.I_XT_biased.sel(estimator="ksg") == 1).all())
+    kept = ds.T_kept.sel(estimator="compression")
+    assert bool(((kept > 0) & (kept <= 1)).all())
+    np.testing.assert_array_equal(ds.I_TY_lossy.sel(estimator="compression"), (kept < 0.99).astype(float))
+    [summary] = [str(w.message) for w in caught if "flagged by their estimator" in str(w.message)]
+    assert "ksg I_XT_biased: 48 of 48 cell(s)" in summary

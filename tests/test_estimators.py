@@ -1,6 +1,7 @@
 """Estimators against closed forms and known ground truth (SCIENCE.md sections 3-7)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -381,7 +382,7 @@ def test_autoencoder_candidates_finish_the_one_with_the_lowest_loss_halfway():
         calls.append(torch.is_grad_enabled())
         return ((decoder(encoder(xb)) - xb) ** 2).mean()
 
-    encoder = _fit_autoencoder(build, data, loss_of, steps=40, batch=50, lr=1e-2,
+    encoder, _ = _fit_autoencoder(build, data, loss_of, steps=40, batch=50, lr=1e-2,
                                generator=torch.Generator().manual_seed(0), candidates=3)
     assert encoder is built[1][0]
     assert sum(calls) == 3 * 20 + 20  # three candidates for half the steps, one to the end
@@ -662,3 +663,132 @@ def test_variational_labels_and_independence():
     assert mutual_information(t, noise, "variational", steps=300) < 0.05
     with pytest.raises(ValueError, match="bound"):
         mutual_information(t, noise, "variational", bound="mine")
+
+
+def test_gaussian_estimator_is_exact_on_gaussian_pairs_and_their_monotone_maps():
+    from pipeline.estimators.gaussian import gaussian_mutual_information
+    for dim, bits in ((1, 0.0), (5, 0.5), (20, 2.5)):
+        values = [gaussian_mutual_information(*gaussian_pair(2000, bits, dim, seed=s)) for s in range(8)]
+        assert abs(np.mean(values) - bits) < 3 * np.std(values) / np.sqrt(8) + 0.005
+    a, b = gaussian_pair(2000, 1.0, 3, seed=0)
+    copula = gaussian_mutual_information(a, b)
+    mapped = gaussian_mutual_information(apply_map("normal_cdf", a), np.arcsinh(b) ** 3)
+    assert mapped == pytest.approx(copula, abs=1e-12)
+    assert gaussian_mutual_information(a, b, copula=False) == pytest.approx(1.0, abs=0.06)
+
+
+def test_gaussian_log_det_correction_is_unbiased():
+    from pipeline.estimators.gaussian import corrected_log_det
+    rng = np.random.default_rng(0)
+    cov = np.array([[2.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    draws = [corrected_log_det(rng.multivariate_normal(np.zeros(3), cov, size=12)) for _ in range(4000)]
+    # n = 12, d = 3: the plain log det is 0.7 low on average; corrected, within Monte Carlo error
+    assert np.mean(draws) == pytest.approx(np.linalg.slogdet(cov)[1], abs=4 * np.std(draws) / np.sqrt(4000))
+
+
+def test_gaussian_labels_dead_units_and_singular_covariances():
+    from pipeline.estimators.gaussian import gaussian_information_plane, gaussian_mutual_information
+    rng = np.random.default_rng(1)
+    t, y = rng.standard_normal((3000, 4)), rng.integers(3, size=3000)
+    assert abs(gaussian_mutual_information(t, y)) < 0.01
+    # classes of spread 1, 2, 3 along one axis, every class mean 0: the Gaussian fit of the whole
+    # has variance 14/3, so I = (ln(14/3) - (ln 1 + ln 4 + ln 9) / 3) / 2 nats
+    t[:, 0] *= 1 + y
+    closed_form = (np.log(14 / 3) - np.log(36) / 3) / 2 / np.log(2)
+    assert gaussian_mutual_information(t, y, copula=False) == pytest.approx(closed_form, abs=0.03)
+    assert gaussian_mutual_information(t, y) > 0.1
+    with_dead = np.hstack([t, np.zeros((3000, 1))])  # a dead unit changes nothing
+    assert gaussian_mutual_information(with_dead, y) == gaussian_mutual_information(t, y)
+    out = gaussian_information_plane(t[:, :2] + 0.01 * rng.standard_normal((3000, 2)), t, y)
+    assert set(out) == {"I_XT", "I_TY"} and out["I_XT"] > 5
+    with pytest.raises(ValueError, match="singular"):
+        gaussian_mutual_information(np.hstack([t, t[:, :1] + t[:, 1:2]]), y, copula=False)
+    with pytest.raises(ValueError, match="more than 5 samples"):
+        gaussian_mutual_information(t[:4], t[:4, ::-1])
+
+
+def test_student_t_pairs_carry_the_closed_form_information():
+    from scipy.stats import multivariate_t
+
+    from pipeline.groundtruth import student_t_excess, student_t_pair
+    a, b, bits = student_t_pair(50_000, 0.5, 2, dof=3, seed=0, rotate=False)
+    rho = np.sqrt(1 - np.exp(-2 * 0.5 * np.log(2) / 2))
+    scale = np.eye(4)
+    scale[[0, 1, 2, 3], [2, 3, 0, 1]] = rho
+    joint, side = multivariate_t(np.zeros(4), scale, df=3), multivariate_t(np.zeros(2), np.eye(2), df=3)
+    log_ratio = joint.logpdf(np.hstack([a, b])) - side.logpdf(a) - side.logpdf(b)
+    assert np.mean(log_ratio) / np.log(2) == pytest.approx(bits, abs=4 * np.std(log_ratio) / np.sqrt(50_000))
+    assert bits == pytest.approx(0.5 + student_t_excess(3, 2, 2)) and student_t_excess(3, 2, 2) > 0.1
+    assert student_t_excess(1e6, 2, 2) == pytest.approx(0, abs=1e-6)  # the Gaussian limit
+
+
+def test_sparse_gaussian_pairs_hold_the_information_in_the_active_coordinates():
+    from pipeline.estimators.gaussian import gaussian_mutual_information
+    a, b = gaussian_pair(4000, 2.0, 10, seed=3, rotate=False, active=2)
+    assert gaussian_mutual_information(a[:, :2], b[:, :2], copula=False) == pytest.approx(2.0, abs=0.08)
+    assert abs(gaussian_mutual_information(a[:, 2:], b[:, 2:], copula=False)) < 0.03
+    with pytest.raises(ValueError, match="active"):
+        gaussian_pair(10, 1.0, 3, active=4)
+
+
+def test_image_families_are_seeded_images_of_every_latent_count():
+    from pipeline.groundtruth import IMAGE_FAMILIES, render_images
+    latent = np.random.default_rng(0).standard_normal((20, 6))
+    assert {name for name, f in IMAGE_FAMILIES.items() if f.tuned} == {"bumps", "rectangles"}
+    for name, family in IMAGE_FAMILIES.items():
+        for m in range(2, family.max_latents + 1):
+            images = render_images(name, latent[:, :m])
+            assert images.shape[0] == 20 and images.shape[-2:] == (family.size, family.size)
+            assert np.isfinite(images).all() and images.std(axis=0).max() > 0.05
+            # every latent moves the pixels: none is ignored by the renderer
+            moved = latent[:, :m].copy()
+            moved[:, m - 1] += 0.5
+            assert np.abs(render_images(name, moved) - images).max() > 1e-3
+        with pytest.raises(ValueError, match="latent dimensions"):
+            render_images(name, latent[:, :1])
+    assert render_images("colour_bumps", latent).shape == (20, 3, 16, 16)
+    assert render_images("gratings", latent, size=64).shape == (20, 1, 64, 64)
+
+
+def test_compression_reports_what_its_code_kept_and_flags_a_code_too_small():
+    from pipeline.estimators.compression import CompressionWarning, compression_mutual_information
+    a, b = gaussian_pair(1500, 1.5, 3, seed=2, rotate=False)
+    images_a, images_b = bump_images(a).reshape(1500, -1), bump_images(b).reshape(1500, -1)
+    with pytest.warns(CompressionWarning, match="reconstructs only a 0"):
+        small, kept = compression_mutual_information(images_a, images_b, compressor="pca", dim=1,
+                                                     return_kept=True)
+    assert max(kept.values()) < 0.5 and small < 0.6  # one PCA axis of a 3-latent image loses most of it
+    # samples on a 3-d linear subspace: a 3-d PCA code keeps everything but the noise, and no warning
+    mix = np.random.default_rng(0).standard_normal((3, 50))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompressionWarning)
+        value, kept = compression_mutual_information(a @ mix, b @ mix, compressor="pca", dim=3,
+                                                     return_kept=True)
+    assert kept == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)} and value == pytest.approx(1.5, abs=0.2)
+    plane = information_plane(a @ mix, images_a, (a[:, 0] > 0).astype(int), "compression", dim=1)
+    assert plane["X_kept"] < 0.99 and plane["T_kept"] < 0.5
+    assert plane["I_XT_lossy"] == 1.0 and plane["I_TY_lossy"] == 1.0
+
+
+def test_autoencoder_kept_share_is_one_minus_the_relative_reconstruction_error():
+    from pipeline.estimators.compression import autoencoder_compress, conv_autoencoder_compress
+    a, _ = gaussian_pair(600, 1.0, 2, seed=4, rotate=False)
+    images = bump_images(a)
+    codes, kept = autoencoder_compress(images.reshape(600, -1), 2, steps=300, return_kept=True)
+    np.testing.assert_array_equal(codes, autoencoder_compress(images.reshape(600, -1), 2, steps=300))
+    assert 0.5 < kept < 1.0
+    short = conv_autoencoder_compress(images.reshape(600, -1), 2, (16, 16), steps=2, candidates=1,
+                                      return_kept=True).kept
+    longer = conv_autoencoder_compress(images.reshape(600, -1), 2, (16, 16), steps=200, candidates=1,
+                                       return_kept=True).kept
+    assert short < longer <= 1.0
+
+
+def test_ksg_flags_the_cells_beyond_its_measured_rule():
+    from pipeline.estimators.knn import KSG_RELIABLE_DIMS, ksg_biased
+    assert KSG_RELIABLE_DIMS[5000] == (4, 10)
+    assert not ksg_biased(5000, 4, 4) and ksg_biased(5000, 5, 1) and ksg_biased(4999, 4, 4)
+    assert not ksg_biased(60000, 10) and ksg_biased(60000, 11) and ksg_biased(499, 1, 1)
+    a, b = gaussian_pair(600, 1.0, 3, seed=0)
+    out = information_plane(a, b, (a[:, 0] > 0).astype(int), "ksg")
+    assert out["I_XT_biased"] == 1.0 and out["I_TY_biased"] == 0.0

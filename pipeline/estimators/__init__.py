@@ -4,9 +4,9 @@
     information_plane(x, t, y, "binning", n_bins=30)    # {"I_XT": ..., "I_TY": ...} bits
     mutual_information(a, b, "ksg", k=5)                # bits; 1-D integer b = labels
 
-Methods: "binning", "kde", "renyi", "ksg", "compression" (one module each), registered with
-`register_estimator`; a method of one's own is registered the same way, or named in a config
-as an entry point `method = "package.module:function"`. `x`: inputs
+Methods: "binning", "kde", "renyi", "ksg", "gaussian", "compression", "variational" (one module
+each), registered with `register_estimator`; a method of one's own is registered the same way,
+or named in a config as an entry point `method = "package.module:function"`. `x`: inputs
 (n, ...); `t`: one layer's outputs (n, ...), any trailing shape; `y`: integer labels (n,).
 Unknown methods or parameters raise ValueError listing the valid ones; every method's defaults
 are the papers' (docs/science.md, sections 3-7) and documented in its function's docstring.
@@ -29,13 +29,15 @@ from pipeline.estimators.binning import (
     binning_resampler,
 )
 from pipeline.estimators.compression import (
+    MIN_KEPT,
     compression_information_plane,
     compression_mutual_information,
 )
 from pipeline.estimators.domains import BUILTIN, Domain, ParameterError
 from pipeline.estimators.domains import check as check_domains
+from pipeline.estimators.gaussian import gaussian_information_plane, gaussian_mutual_information
 from pipeline.estimators.kde import kde_information_plane
-from pipeline.estimators.knn import ksg_mutual_information
+from pipeline.estimators.knn import ksg_biased, ksg_mutual_information
 from pipeline.estimators.renyi import renyi_information_plane, renyi_mutual_information
 from pipeline.estimators.variational import variational_information_plane, variational_mutual_information
 from pipeline.registry import resolve_entry_point
@@ -46,14 +48,19 @@ def ksg_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, k: int = 
                           device: str = "cpu", algorithm: str = "auto") -> dict[str, float]:
     """KSG-1 I(X;T) and the discrete-label KSG I(T;Y), in bits (see knn.ksg_mutual_information).
 
+    `I_XT_biased` and `I_TY_biased` are 1.0 where the sample count and dimensions lie beyond
+    the measured rule `knn.KSG_RELIABLE_DIMS` (`knn.ksg_biased`): KSG reads low there.
+
     For a deterministic layer the true I(X;T) is infinite (continuous X) or H(X) (discrete X):
     KSG returns a finite value that saturates near log2(n).
     """
-    same_length(x=x, t=t, y=y)
+    n = same_length(x=x, t=t, y=y)
     y = as_labels(y)
     opts = {"k": k, "jitter": jitter, "transform": transform, "seed": seed, "device": device,
             "algorithm": algorithm}
-    return {"I_XT": ksg_mutual_information(x, t, **opts), "I_TY": ksg_mutual_information(t, y, **opts)}
+    dim_x, dim_t = int(np.prod(np.shape(x)[1:])), int(np.prod(np.shape(t)[1:]))
+    return {"I_XT": ksg_mutual_information(x, t, **opts), "I_TY": ksg_mutual_information(t, y, **opts),
+            "I_XT_biased": float(ksg_biased(n, dim_x, dim_t)), "I_TY_biased": float(ksg_biased(n, dim_t))}
 
 
 def kde_mutual_information(a: np.ndarray, b: np.ndarray, noise_variance: float = 0.1,
@@ -156,10 +163,18 @@ register_estimator(
     cost=10.0,
 )(renyi_information_plane)
 # kNN: a repeated point is its own neighbour, hence subsamples, not the bootstrap
+_BIASED = {"I_XT_biased": ("1 where n and the dimensions of X and T lie beyond KSG's measured rule", "1"),
+           "I_TY_biased": ("1 where n and the dimension of T lie beyond KSG's measured rule", "1")}
 register_estimator("ksg", mutual_information=ksg_mutual_information, domains=BUILTIN["ksg"],
-                   schemes=("subsample",), cost=60.0)(ksg_information_plane)
+                   schemes=("subsample",), outputs=_BIASED, cost=60.0)(ksg_information_plane)
+register_estimator("gaussian", mutual_information=gaussian_mutual_information,
+                   domains=BUILTIN["gaussian"], cost=1.0)(gaussian_information_plane)
+_KEPT = {"T_kept": ("share of the noised layer's variance its code reconstructs (compression)", "1"),
+         "X_kept": ("share of the inputs' variance their code reconstructs (compression)", "1"),
+         "I_XT_lossy": (f"1 where a code of X or T kept less than {MIN_KEPT} of its variance", "1"),
+         "I_TY_lossy": (f"1 where the code of T kept less than {MIN_KEPT} of its variance", "1")}
 register_estimator("compression", mutual_information=compression_mutual_information,
-                   domains=BUILTIN["compression"], schemes=("subsample",),
+                   domains=BUILTIN["compression"], schemes=("subsample",), outputs=_KEPT,
                    cost=1000.0)(compression_information_plane)
 register_estimator("variational", mutual_information=variational_mutual_information,
                    domains=BUILTIN["variational"], schemes=("subsample",),

@@ -13,6 +13,8 @@ a flow model (`flow.py`), the default for two autoencoder codes.
 from __future__ import annotations
 
 import hashlib
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +27,29 @@ from pipeline.estimators.knn import kl_entropy, ksg_mutual_information, weighted
 NOISE_MODES = ("relative", "absolute")
 COMPRESSORS = ("auto", "pca", "autoencoder", "conv_autoencoder", "none")
 ENTROPIES = ("auto", "ksg", "flow", "kl", "wkl")
+# A side whose compressor reconstructs less than this share of its variance is flagged. The
+# rule, fixed before any held-out family was measured: samples rendered without noise from a few
+# latents are reconstructed almost exactly by a code that keeps every latent (relative error 1e-3
+# on 4-latent bumps, `autoencoder_compress`), so losing more than 1% of the variance means the
+# code dropped or folded part of what the sample carries.
+MIN_KEPT = 0.99
+
+
+class CompressionWarning(UserWarning):
+    """A compressor kept less than MIN_KEPT of a side's variance: the estimate may be low."""
+
+
+class Codes(NamedTuple):
+    """A side's compressed samples and the share of its variance they reconstruct (1.0 uncompressed)."""
+
+    values: np.ndarray
+    kept: float
+
+
+def kept_share(centred: np.ndarray | torch.Tensor, residual_sum: float) -> float:
+    """1 - (sum of squared reconstruction errors) / (sum of squares of the centred samples)."""
+    total = float((centred ** 2).sum())
+    return float(1.0 - residual_sum / total) if total > 0 else 1.0
 
 
 def add_noise(a: np.ndarray, noise: float, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -37,22 +62,29 @@ def add_noise(a: np.ndarray, noise: float, mode: str, rng: np.random.Generator) 
     return a + noise * (a * eps if mode == "relative" else eps)
 
 
-def pca_compress(a: np.ndarray, dim: int) -> np.ndarray:
-    """Projection on the `dim` leading principal components of these samples."""
+def pca_compress(a: np.ndarray, dim: int, return_kept: bool = False) -> np.ndarray | Codes:
+    """Projection on the `dim` leading principal components of these samples.
+
+    With `return_kept`, a `Codes` with the share of the variance the projection keeps.
+    """
     centred = a - a.mean(axis=0)
     if a.shape[1] <= dim:
-        return centred
-    if a.shape[1] > a.shape[0]:  # wide data: scores from the n x n Gram matrix, not d x d
+        scores = centred
+    elif a.shape[1] > a.shape[0]:  # wide data: scores from the n x n Gram matrix, not d x d
         eigval, eigvec = np.linalg.eigh(centred @ centred.T)
         top = np.argsort(eigval)[::-1][:dim]
-        return eigvec[:, top] * np.sqrt(np.clip(eigval[top], 0, None))
-    eigval, eigvec = np.linalg.eigh(centred.T @ centred)
-    return centred @ eigvec[:, ::-1][:, :dim]
+        scores = eigvec[:, top] * np.sqrt(np.clip(eigval[top], 0, None))
+    else:
+        eigval, eigvec = np.linalg.eigh(centred.T @ centred)
+        scores = centred @ eigvec[:, ::-1][:, :dim]
+    if not return_kept:
+        return scores
+    return Codes(scores, kept_share(centred, float((centred ** 2).sum() - (scores ** 2).sum())))
 
 
 def _fit_autoencoder(build, data: torch.Tensor, loss_of, steps: int, batch: int, lr: float,
-                     generator: torch.Generator, candidates: int = 1) -> nn.Module:
-    """Train (encoder, decoder) pairs from `build()` by Adam with a one-cycle schedule; the encoder.
+                     generator: torch.Generator, candidates: int = 1) -> tuple[nn.Module, nn.Module]:
+    """Train (encoder, decoder) pairs from `build()` by Adam with a one-cycle schedule; the best pair.
 
     With several `candidates`, each trains for the first half of the schedule, and the one with
     the lowest loss on all samples then finishes it. Some initialisations settle in a folded
@@ -94,12 +126,13 @@ def _fit_autoencoder(build, data: torch.Tensor, loss_of, steps: int, batch: int,
     else:
         best = runs[0]
     train(best, steps - done)
-    return best[0]
+    return best[0], best[1]
 
 
 def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, steps: int = 3000,
                          hidden: int = 128, pre_dim: int = 32, batch: int = 500, lr: float = 3e-3,
-                         candidates: int = 1, device: str = "cpu") -> np.ndarray:
+                         candidates: int = 1, device: str = "cpu",
+                         return_kept: bool = False) -> np.ndarray | Codes:
     """Codes of a small fully-connected autoencoder trained on these samples (seeded).
 
     The samples are first projected on their `pre_dim` leading principal components: smooth
@@ -109,12 +142,15 @@ def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, steps: int = 30
     Measured on 16x16 bump images of 4 latents (docs/estimators.md): 3000 steps reach a
     relative reconstruction error of 1e-3 (about 10 s on 2 CPU cores), and 10000 steps 7e-5
     without changing the MI estimate by more than 0.05 bit. `candidates` > 1 trains several
-    initialisations and finishes the best (`_fit_autoencoder`).
+    initialisations and finishes the best (`_fit_autoencoder`). With `return_kept`, a `Codes`
+    with the share of the samples' variance the decoder reconstructs (the principal components
+    left out count as lost).
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     reduced = pca_compress(a, pre_dim)
-    data = torch.as_tensor(reduced / max(reduced[:, 0].std(), 1e-12), dtype=torch.float32, device=device)
+    scale = max(reduced[:, 0].std(), 1e-12)
+    data = torch.as_tensor(reduced / scale, dtype=torch.float32, device=device)
     d = data.shape[1]
 
     def build() -> tuple[nn.Module, nn.Module]:
@@ -124,15 +160,22 @@ def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, steps: int = 30
                                 nn.Linear(hidden, d)).to(device)
         return encoder, decoder
 
-    encoder = _fit_autoencoder(build, data, lambda enc, dec, xb: ((dec(enc(xb)) - xb) ** 2).mean(),
-                               steps, batch, lr, generator, candidates)
+    encoder, decoder = _fit_autoencoder(build, data, lambda enc, dec, xb: ((dec(enc(xb)) - xb) ** 2).mean(),
+                                        steps, batch, lr, generator, candidates)
     with torch.no_grad():
-        return encoder(data).double().cpu().numpy()
+        codes = encoder(data)
+        residual = float(((decoder(codes) - data).double() ** 2).sum()) * scale ** 2
+    codes = codes.double().cpu().numpy()
+    if not return_kept:
+        return codes
+    centred = a - a.mean(axis=0)
+    return Codes(codes, kept_share(centred, float((centred ** 2).sum() - (reduced ** 2).sum()) + residual))
 
 
 def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, ...], seed: int = 0,
                               steps: int = 1500, channels: int = 32, hidden: int = 128, batch: int = 128,
-                              lr: float = 2e-3, candidates: int = 3, device: str = "cpu") -> np.ndarray:
+                              lr: float = 2e-3, candidates: int = 3, device: str = "cpu",
+                              return_kept: bool = False) -> np.ndarray | Codes:
     """Codes of a small convolutional autoencoder trained on these images (seeded).
 
     `a` holds the flattened samples of shape `sample_shape`, (H, W) or (C, H, W) with H, W >= 8.
@@ -144,7 +187,8 @@ def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, 
     limits"). One network costs about 20 s at 16x16 and 70-85 s at 32x32 on 2 CPU cores
     (docs/benchmarks.md, section images); the default `candidates=3` (three initialisations
     for half the steps, the best finishing; `_fit_autoencoder`) about twice that: 150-190 s a
-    side at 32x32. A GPU is the place for it (`device="cuda"`).
+    side at 32x32. A GPU is the place for it (`device="cuda"`). With `return_kept`, a `Codes`
+    with the share of the images' variance the decoder reconstructs.
     """
     shape = tuple(sample_shape)
     if len(shape) == 2:
@@ -179,9 +223,14 @@ def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, 
     def loss_of(encoder: nn.Module, decoder: nn.Module, xb: torch.Tensor) -> torch.Tensor:
         return ((decoder(encoder(xb)) - xb)[:, :, :height, :width] ** 2).mean()
 
-    encoder = _fit_autoencoder(build, images, loss_of, steps, batch, lr, generator, candidates)
+    encoder, decoder = _fit_autoencoder(build, images, loss_of, steps, batch, lr, generator, candidates)
+    codes, residual = [], 0.0
     with torch.no_grad():
-        return torch.cat([encoder(part) for part in images.split(1000)]).double().cpu().numpy()
+        for part in images.split(1000):
+            codes.append(encoder(part))
+            residual += float(((decoder(codes[-1]) - part)[:, :, :height, :width].double() ** 2).sum())
+    codes = torch.cat(codes).double().cpu().numpy()
+    return Codes(codes, kept_share(images, residual)) if return_kept else codes
 
 
 def is_image(sample_shape: tuple[int, ...]) -> bool:
@@ -209,14 +258,15 @@ def resolve_compressor(compressor: str, sample_shape: tuple[int, ...]) -> str:
 # Autoencoder input codes by content: the estimate stage calls information_plane once per cell
 # with the same inputs, and an input autoencoder (about 10 s) would otherwise be retrained
 # every time.
-_INPUT_CODES: dict[tuple, np.ndarray] = {}
+_INPUT_CODES: dict[tuple, Codes] = {}
 _INPUT_CODES_KEPT = 4
 
 
 def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str, ae_steps: int | None = None,
              remember: bool = False, sample_shape: tuple[int, ...] = (),
-             ae_candidates: int | None = None) -> np.ndarray:
-    """`a` (n, features) to `dim` columns; fewer features than `dim` are kept as they are.
+             ae_candidates: int | None = None) -> Codes:
+    """`a` (n, features) to `dim` columns and the share of its variance they keep; fewer
+    features than `dim` are kept as they are.
 
     `ae_steps` and `ae_candidates` None mean the compressor's own defaults (3000 steps and 1
     candidate dense, 1500 steps and 3 candidates convolutional).
@@ -228,18 +278,19 @@ def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str, a
     if compressor not in COMPRESSORS[1:]:
         raise ValueError(f"compressor must be one of {COMPRESSORS[1:]} here, got {compressor!r}")
     if compressor == "none" or a.shape[1] <= dim:
-        return a
+        return Codes(a, 1.0)
     if compressor == "pca":
-        return pca_compress(a, dim)
+        return pca_compress(a, dim, return_kept=True)
 
     # None leaves each autoencoder's own default in force (its signature is the one place for it)
     options = {name: value for name, value in (("steps", ae_steps), ("candidates", ae_candidates))
                if value is not None}
 
-    def encode() -> np.ndarray:
+    def encode() -> Codes:
         if compressor == "conv_autoencoder":
-            return conv_autoencoder_compress(a, dim, sample_shape, seed=seed, device=device, **options)
-        return autoencoder_compress(a, dim, seed=seed, device=device, **options)
+            return conv_autoencoder_compress(a, dim, sample_shape, seed=seed, device=device, return_kept=True,
+                                             **options)
+        return autoencoder_compress(a, dim, seed=seed, device=device, return_kept=True, **options)
 
     if not remember:
         return encode()
@@ -249,7 +300,7 @@ def compress(a: np.ndarray, dim: int, compressor: str, seed: int, device: str, a
         if len(_INPUT_CODES) >= _INPUT_CODES_KEPT:
             _INPUT_CODES.pop(next(iter(_INPUT_CODES)))
         codes = encode()
-        codes.flags.writeable = False
+        codes.values.flags.writeable = False
         _INPUT_CODES[key] = codes
     return _INPUT_CODES[key]
 
@@ -300,8 +351,13 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
                                    noise_mode: str = "relative", dim: int = 4,
                                    compressor: str = "auto", entropy: str = "auto", k: int = 5,
                                    ae_steps: int | None = None, ae_candidates: int | None = None,
-                                   seed: int = 0, device: str = "cpu") -> float:
+                                   seed: int = 0, device: str = "cpu",
+                                   return_kept: bool = False) -> float | tuple[float, dict[str, float]]:
     """I(A;B) in bits: noise on each continuous side, compression to `dim`, kNN entropies.
+
+    Every call measures the share of each side's variance its compressor reconstructs; below
+    `MIN_KEPT` (0.99) it warns (`CompressionWarning`): the code dropped part of the sample and
+    the estimate may be low. `return_kept=True` returns (bits, {"a": share, "b": share}).
 
     Parameters
     ----------
@@ -344,6 +400,8 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         The convolutional default costs twice the training of one network.
     seed : int
         Seeds the noise and the autoencoder: results are reproducible.
+    return_kept : bool
+        Also return the share of each side's variance its code reconstructs.
     """
     continuous = (a,) if is_discrete(b) else (a, b)
     compressors = [resolve_compressor(compressor, np.shape(side)[1:]) for side in continuous]
@@ -353,10 +411,24 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
     ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim, compressors[0], seed, device,
                   ae_steps, sample_shape=np.shape(a)[1:], ae_candidates=ae_candidates)
     if is_discrete(b):
-        return _mi_compressed(ca, None, as_labels(b), entropy, k, seed, device)
-    cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim, compressors[1], seed + 1,
-                  device, ae_steps, sample_shape=np.shape(b)[1:], ae_candidates=ae_candidates)
-    return _mi_compressed(ca, cb, None, entropy, k, seed, device)
+        kept = {"a": ca.kept}
+        bits = _mi_compressed(ca.values, None, as_labels(b), entropy, k, seed, device)
+    else:
+        cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim, compressors[1], seed + 1,
+                      device, ae_steps, sample_shape=np.shape(b)[1:], ae_candidates=ae_candidates)
+        kept = {"a": ca.kept, "b": cb.kept}
+        bits = _mi_compressed(ca.values, cb.values, None, entropy, k, seed, device)
+    warn_if_lossy(kept)
+    return (bits, kept) if return_kept else bits
+
+
+def warn_if_lossy(kept: dict[str, float]) -> None:
+    lossy = {side: share for side, share in kept.items() if share < MIN_KEPT}
+    if lossy:
+        shares = ", ".join(f"{side} {share:.3f}" for side, share in lossy.items())
+        warnings.warn(f"the compressor reconstructs only {shares} of the variance (below {MIN_KEPT}): "
+                      "the estimate may be low; raise dim, or use compressor='conv_autoencoder' for images",
+                      CompressionWarning, stacklevel=3)
 
 
 def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise: float = 1e-3,
@@ -365,7 +437,11 @@ def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n
                                   entropy: str = "auto", k: int = 5, ae_steps: int | None = None,
                                   ae_candidates: int | None = None, seed: int = 0,
                                   device: str = "cpu") -> dict[str, float]:
-    """I(X;T) and I(T;Y) in bits for a stochastic layer T = f(X) + noise.
+    """I(X;T) and I(T;Y) in bits for a stochastic layer T = f(X) + noise, with what the codes kept.
+
+    Also returns `T_kept` and `X_kept`, the share of the noised layer's and of the inputs'
+    variance their codes reconstruct, and `I_XT_lossy` (1.0 where either is below `MIN_KEPT`)
+    and `I_TY_lossy` (the layer's): the estimate is then of the compressed layer, not the layer.
 
     The layer is noised (seeded) and compressed by `compressor` (PCA per epoch by default, as
     Butakov et al. did for layers); the inputs by `input_compressor` to `input_dim` (default
@@ -389,5 +465,7 @@ def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n
     xc = compress(as_samples(x, "x"), input_dim or dim, inputs_compressor, seed + 1, device, ae_steps,
                   remember=True, sample_shape=np.shape(x)[1:], ae_candidates=ae_candidates)
     labels = as_labels(y)
-    return {"I_XT": _mi_compressed(xc, tn, None, xt_entropy, k, seed, device),
-            "I_TY": _mi_compressed(tn, None, labels, ty_entropy, k, seed, device)}
+    return {"I_XT": _mi_compressed(xc.values, tn.values, None, xt_entropy, k, seed, device),
+            "I_TY": _mi_compressed(tn.values, None, labels, ty_entropy, k, seed, device),
+            "T_kept": tn.kept, "X_kept": xc.kept,
+            "I_XT_lossy": float(min(tn.kept, xc.kept) < MIN_KEPT), "I_TY_lossy": float(tn.kept < MIN_KEPT)}

@@ -71,6 +71,7 @@ BUILTIN: dict[str, dict[str, Domain]] = {
     "ksg": {"k": integer(1), "jitter": number(0, inclusive=True),
             "transform": choice("auto", "normal_scores", "standardise"), "seed": SEED, "device": DEVICE,
             "algorithm": choice("auto", "tree", "brute")},
+    "gaussian": {"copula": choice(True, False)},
     "variational": {"bound": choice("smile", "infonce", "nwj"), "steps": integer(1),
                     "batch_size": integer(2), "hidden": integer(1), "embedding": integer(1),
                     "lr": number(0), "clip": number(0), "holdout": number(0, high=1),

@@ -50,6 +50,23 @@ def _jitter(a: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray
 
 ALGORITHMS = ("auto", "tree", "brute")
 
+# n -> (dims a side, layer dims with labels) up to which KSG (k = 5) held max(0.1 bit, 15%) on
+# every case of `python -m benchmarks.ksg_bias` (docs/estimators.md, "Where KSG is biased").
+KSG_RELIABLE_DIMS: dict[int, tuple[int, int]] = {500: (2, 8), 1000: (2, 8), 2000: (3, 10), 5000: (4, 10)}
+
+
+def ksg_biased(n: int, dim_a: int, dim_b: int | None = None) -> bool:
+    """Whether KSG on n samples of these dimensions (`dim_b` None: labels) lies outside the rule.
+
+    The rule is the measured table at the largest n of `KSG_RELIABLE_DIMS` not above this n;
+    two continuous sides count by the larger. Fewer samples than the table's least are flagged.
+    """
+    measured = [size for size in KSG_RELIABLE_DIMS if size <= n]
+    if not measured:
+        return True
+    pairs, labels = KSG_RELIABLE_DIMS[max(measured)]
+    return dim_a > labels if dim_b is None else max(dim_a, dim_b) > pairs
+
 
 def _tree(device: str, algorithm: str, shape: tuple[int, int]) -> bool:
     """cKDTree on the CPU, or blocked brute-force distances with torch (any device)."""
