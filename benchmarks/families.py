@@ -1,0 +1,190 @@
+"""Accuracy by family: docs/estimators.md, sections "Accuracy by family" and "Images of held-out families".
+
+    python -m benchmarks.families --only gaussian   # about 25 minutes on 2 cores
+    python -m benchmarks.families --only images     # about 5 minutes a case on 2 cores
+
+gaussian: Gaussian pairs with dense correlation (random rotations) and sparse correlation (all
+information in 2 coordinate pairs, `active=2`, no rotation), the dense pairs under the normal-CDF
+map, and Student-t pairs (3 degrees of freedom; truth `student_t_pair`), at 1, 5, 10 and 20
+dimensions a side and 0.5, 1.5 and 2.5 bits of the Gaussian part, n = 5000. Every method with
+its defaults; none of these defaults was chosen on these cases except KSG's on the dense
+Gaussian pairs of 1 to 5 dimensions (the accuracy table) and the rule of its `_biased` flag
+(`benchmarks.ksg_bias`, dense pairs).
+
+images: the default `compression` call on the image families held out of its tuning
+(`IMAGE_FAMILIES[name].tuned` False), at n = 5000, with the share of each side's variance its
+code kept (`return_kept`), so the table shows whether every miss was flagged.
+
+Tolerances: max(0.1 bit, 15%) for the Gaussian families, max(0.15 bit, 20%) for images (those
+of the estimators issue). Every case is kept in docs/families_gaussian.json or
+docs/families_images.json as it finishes (so the two sections can run side by side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+import warnings
+
+import numpy as np
+
+from benchmarks.common import DOCS, machine, table, write_section
+from pipeline.estimators import mutual_information
+from pipeline.estimators.compression import MIN_KEPT, CompressionWarning, compression_mutual_information
+from pipeline.estimators.knn import ksg_biased
+from pipeline.groundtruth import IMAGE_FAMILIES, apply_map, gaussian_pair, render_images, student_t_pair
+from pipeline.provenance import git_revision
+
+N = 5000
+RECORDS = {"gaussian": DOCS / "families_gaussian.json", "images": DOCS / "families_images.json"}
+DIMS = (1, 5, 10, 20)
+BITS = (0.5, 1.5, 2.5)
+METHODS = {"gaussian": ("gaussian", {}), "ksg": ("ksg", {}),
+           "infonce": ("variational", {"bound": "infonce"}), "smile": ("variational", {"bound": "smile"})}
+IMAGE_LATENTS = (2, 4, 6)
+IMAGE_BITS = (0.5, 1.5, 3.0)
+
+
+def pair(family: str, dim: int, bits: float, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    if family == "dense":
+        return (*gaussian_pair(N, bits, dim, seed=seed), bits)
+    if family == "sparse":
+        return (*gaussian_pair(N, bits, dim, seed=seed, rotate=False, active=min(2, dim)), bits)
+    if family == "normal_cdf":
+        a, b = gaussian_pair(N, bits, dim, seed=seed)
+        return apply_map("normal_cdf", a, 1), apply_map("normal_cdf", b, 2), bits
+    return student_t_pair(N, bits, dim, dof=3.0, seed=seed)
+
+
+def within(value: float, truth: float, floor: float = 0.1, share: float = 0.15) -> bool:
+    return abs(value - truth) <= max(floor, share * truth)
+
+
+def load(section: str) -> dict:
+    path = RECORDS[section]
+    return {section: json.loads(path.read_text())} if path.exists() else {}
+
+
+def save(record: dict) -> None:
+    for section, entry in record.items():
+        RECORDS[section].write_text(json.dumps(entry, indent=1) + "\n")
+
+
+def stamp() -> dict:
+    return {"commit": git_revision(paths=("pipeline",)), "date": datetime.date.today().isoformat(),
+            "machine": machine()}
+
+
+def measure_gaussian(record: dict) -> None:
+    record["gaussian"] = {**stamp(), "n": N, "cases": []}
+    for family in ("dense", "sparse", "normal_cdf", "student_t"):
+        for dim in DIMS:
+            for bits in BITS:
+                a, b, truth = pair(family, dim, bits, seed=200 + 10 * dim + int(2 * bits))
+                case = {"family": family, "dim": dim, "truth": truth, "ksg_flagged": ksg_biased(N, dim, dim)}
+                for name, (method, params) in METHODS.items():
+                    start = time.perf_counter()
+                    case[name] = mutual_information(a, b, method, **params)
+                    case[f"{name}_seconds"] = time.perf_counter() - start
+                record["gaussian"]["cases"].append(case)
+                save(record)
+                print(family, dim, f"{truth:.3f}", *(f"{case[m]:.3f}" for m in METHODS), flush=True)
+
+
+def measure_images(record: dict, families: list[str], latents: tuple[int, ...],
+                   bits_list: tuple[float, ...]) -> None:
+    entry = record.setdefault("images", {**stamp(), "n": N, "cases": []})
+    done = {(c["family"], c["latents"], c["truth"]) for c in entry["cases"]}
+    for family in families:
+        spec = IMAGE_FAMILIES[family]
+        for m in [m for m in latents if m <= spec.max_latents]:
+            for bits in bits_list:
+                if (family, m, bits) in done:
+                    continue
+                a, b = gaussian_pair(N, bits, m, seed=300 + 10 * m + int(2 * bits), rotate=False)
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CompressionWarning)  # recorded as `kept` instead
+                    value, kept = compression_mutual_information(render_images(family, a),
+                                                                 render_images(family, b), return_kept=True)
+                entry["cases"].append({"family": family, "size": spec.size, "tuned": spec.tuned, "latents": m,
+                                       "truth": bits, "estimate": value, "kept": min(kept.values()),
+                                       "seconds": time.perf_counter() - start, **stamp()})
+                save(record)
+                print(entry["cases"][-1], flush=True)
+
+
+def gaussian_section(entry: dict) -> str:
+    cases = entry["cases"]
+    rows, summary = [], []
+    for family in ("dense", "sparse", "normal_cdf", "student_t"):
+        for dim in DIMS:
+            sel = [c for c in cases if c["family"] == family and c["dim"] == dim]
+            rows.append([family, f"{dim} + {dim}", *(
+                f"{sum(within(c[m], c['truth']) for c in sel)} of {len(sel)}" for m in METHODS),
+                f"{sum(any(within(c[m], c['truth']) for m in METHODS) for c in sel)} of {len(sel)}"])
+    misses = [c for c in cases if not within(c["ksg"], c["truth"])]
+    flagged = sum(c["ksg_flagged"] for c in misses)
+    held = [c for c in cases if not (c["family"] == "dense" and c["dim"] <= 5)]
+    summary.append(f"KSG out of tolerance in {len(misses)} cases, {flagged} of them flagged by its rule; "
+                   f"{sum(c['ksg_flagged'] for c in cases)} cases flagged in all")
+    held_misses = [c for c in held if not within(c["ksg"], c["truth"])]
+    summary.append(f"on the cases the rule was not derived from: {len(held_misses)} misses, "
+                   f"{sum(c['ksg_flagged'] for c in held_misses)} flagged")
+    dense = [c for c in cases if c["family"] == "dense" and c["dim"] >= 5]
+    summary.append(f"dense pairs of 5-20 dimensions: the best method within tolerance in "
+                   f"{sum(any(within(c[m], c['truth']) for m in METHODS) for c in dense)} of {len(dense)}")
+    values = [[c["family"], c["dim"], f"{c['truth']:.3f}",
+               *(f"{c[m]:.3f}" + ("" if within(c[m], c["truth"]) else " (out)") for m in METHODS),
+               "yes" if c["ksg_flagged"] else "no"] for c in cases]
+    seconds = {m: np.mean([c[f"{m}_seconds"] for c in cases]) for m in METHODS}
+    return (f"Command: `python -m benchmarks.families --only gaussian`; n = {entry['n']}; commit "
+            f"{entry['commit']}, {entry['date']}, {entry['machine']}. Mean seconds a call: "
+            + ", ".join(f"{m} {s:.1f}" for m, s in seconds.items()) + ". " + "; ".join(summary) + ".\n\n"
+            "Cases within max(0.1 bit, 15%) per family and dimension (3 cases each: 0.5, 1.5, 2.5 bits of "
+            "the Gaussian part; Student-t truths add the part the shared scale carries):\n\n"
+            + table(["family", "dims", *METHODS, "best of them"], rows)
+            + "\n\nEvery case:\n\n"
+            + table(["family", "dims a side", "true MI", *METHODS, "KSG flagged"], values))
+
+
+def image_section(entry: dict) -> str:
+    cases = entry["cases"]
+    ok = [within(c["estimate"], c["truth"], 0.15, 0.2) for c in cases]
+    flagged = [c["kept"] < MIN_KEPT for c in cases]
+    misses = [i for i, good in enumerate(ok) if not good]
+    rows = [[c["family"], f"{c['size']}x{c['size']}", c["latents"], c["truth"], f"{c['estimate']:.3f}",
+             "yes" if good else "**no**", f"{c['kept']:.4f}", "yes" if flag else "no", f"{c['seconds']:.0f}"]
+            for c, good, flag in zip(cases, ok, flagged, strict=True)]
+    return (f"Command: `python -m benchmarks.families --only images`; default `compression` call, n = "
+            f"{entry['n']}; {entry['commit']}, {entry['date']}, {entry['machine']}. Held-out families: "
+            f"{sum(ok)} of {len(cases)} cases within max(0.15 bit, 20%); of the {len(misses)} outside, "
+            f"{sum(flagged[i] for i in misses)} flagged by the code's kept variance (below {MIN_KEPT}); "
+            f"{sum(flagged)} flagged in all.\n\n"
+            + table(["family", "size", "latents", "true MI", "estimate", "within", "least kept share",
+                     "flagged", "seconds"], rows))
+
+
+def main(only: list[str], families: list[str], latents: tuple[int, ...], bits: tuple[float, ...]) -> None:
+    if "gaussian" in only:
+        record = {}
+        measure_gaussian(record)
+        write_section(DOCS / "estimators.md", "families", gaussian_section(record["gaussian"]))
+    if "images" in only:
+        record = load("images")
+        measure_images(record, families, latents, bits)
+        write_section(DOCS / "estimators.md", "image-families", image_section(record["images"]))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="gaussian,images", help="gaussian, images, or both (default)")
+    parser.add_argument("--families", default=",".join(n for n, f in IMAGE_FAMILIES.items() if not f.tuned))
+    parser.add_argument("--latents", default=",".join(map(str, IMAGE_LATENTS)))
+    parser.add_argument("--bits", default=",".join(map(str, IMAGE_BITS)))
+    args = parser.parse_args()
+    main(args.only.split(","), args.families.split(","), tuple(int(v) for v in args.latents.split(",")),
+         tuple(float(v) for v in args.bits.split(",")))
