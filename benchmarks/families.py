@@ -97,11 +97,11 @@ def measure_images(record: dict, families: list[str], latents: tuple[int, ...],
                    bits_list: tuple[float, ...]) -> None:
     entry = record.setdefault("images", {**stamp(), "n": N, "cases": []})
     done = {(c["family"], c["latents"], c["truth"]) for c in entry["cases"]}
-    for family in families:
-        spec = IMAGE_FAMILIES[family]
-        for m in [m for m in latents if m <= spec.max_latents]:
-            for bits in bits_list:
-                if (family, m, bits) in done:
+    for m in latents:  # every family at one latent count before the next: a partial run covers all
+        for bits in bits_list:
+            for family in families:
+                spec = IMAGE_FAMILIES[family]
+                if (family, m, bits) in done or m > spec.max_latents:
                     continue
                 a, b = gaussian_pair(N, bits, m, seed=300 + 10 * m + int(2 * bits), rotate=False)
                 start = time.perf_counter()
