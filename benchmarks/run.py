@@ -2,7 +2,7 @@
 
     python -m benchmarks.run [--only SECTION,...]
     # sections: train, speed, memory, estimators, images, gpu, stage, accuracy, limits, uncertainty,
-    # variational
+    # variational, ksg_bias, families
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -257,7 +257,7 @@ def _bench_stage() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="train,speed,memory,estimators,images,gpu,stage,accuracy,limits,"
-                                          "uncertainty,variational")
+                                          "uncertainty,variational,ksg_bias,families")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -287,6 +287,14 @@ def main() -> None:
     if "variational" in sections:
         from benchmarks.variational import main as variational
         variational()
+    if "ksg_bias" in sections:
+        from benchmarks.ksg_bias import main as ksg_bias
+        ksg_bias()
+    if "families" in sections:
+        from benchmarks.families import IMAGE_BITS, IMAGE_FAMILIES, IMAGE_LATENTS
+        from benchmarks.families import main as families
+        families(["gaussian", "images"], [n for n, f in IMAGE_FAMILIES.items() if not f.tuned],
+                 IMAGE_LATENTS, IMAGE_BITS)
 
 
 if __name__ == "__main__":

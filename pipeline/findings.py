@@ -235,12 +235,24 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
                                "drop_mean": float(phase.drop_mean.sel(layer=layer)),
                                "drop_std": float(phase.drop_std.sel(layer=layer))})
             entries.append({"entry": e, "split": split, "dpi_holds": dpi_share(ds, e, split),
-                            "saturated": _saturated_share(ds, e, split)})
+                            "saturated": _saturated_share(ds, e, split),
+                            "distrusted": distrusted_share(ds, e, split)})
     disagreements = [{"split": split, "layer": layer,
                       "compress": sorted(k for k, v in votes.items() if v),
                       "do_not": sorted(k for k, v in votes.items() if not v)}
                      for (split, layer), votes in calls.items() if len(set(votes.values())) > 1]
     return {"layers": layers, "entries": entries, "disagreements": disagreements}
+
+
+def distrusted_share(ds: xr.Dataset, estimator: str, split: str) -> float:
+    """The share of an entry's cells its estimator flagged (`*_lossy`, `*_biased`); NaN if none can be."""
+    names = [name for name in ds.data_vars if str(name).endswith(("_lossy", "_biased"))]
+    if not names:
+        return float("nan")
+    flags = np.stack([ds[name].sel(estimator=estimator, split=split).values for name in names])
+    flags = np.nanmax(np.where(np.isfinite(flags), flags, -1), axis=0)  # -1: no flag of this entry
+    flags = flags[flags >= 0]
+    return float(flags.mean()) if flags.size else float("nan")
 
 
 def _saturated_share(ds: xr.Dataset, estimator: str, split: str) -> float:

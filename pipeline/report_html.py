@@ -134,9 +134,12 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
                        [[r["entry"], r["split"], r["layer"], _verdict(r["interval"]),
                          _verdict(r["fraction"]), f"{r['drop_mean']:.3f} ± {r['drop_std']:.3f}"]
                         for r in summary["layers"]]))
-    parts.append(_rows(["entry", "split", "DPI holds (share of cells)", "saturated cells (share)"],
+    parts.append(_rows(["entry", "split", "DPI holds (share of cells)", "saturated cells (share)",
+                        "cells its estimator distrusts (share; docs/estimators.md, Diagnostics)"],
                        [[r["entry"], r["split"], f"{r['dpi_holds']:.0%}" if not math.isnan(r["dpi_holds"])
-                         else "n/a", "not stored" if math.isnan(r["saturated"]) else f"{r['saturated']:.0%}"]
+                         else "n/a", "not stored" if math.isnan(r["saturated"]) else f"{r['saturated']:.0%}",
+                         "no diagnostic" if math.isnan(r.get("distrusted", math.nan))
+                         else f"{r['distrusted']:.0%}"]
                         for r in summary["entries"]]))
     if summary["disagreements"]:
         parts.append("<p>Entries disagree on compression in: " + "; ".join(

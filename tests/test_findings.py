@@ -165,3 +165,15 @@ def test_compresses_only_beyond_the_interval():
     assert fd.compression_table(with_cell_intervals(one, 0.1))["binning_30"] == 1.0
     with pytest.raises(ValueError, match="rule"):
         fd.compresses(quiet, "binning_30", rule="5%")
+
+
+def test_distrusted_share_counts_the_flags_of_the_entries_that_have_them():
+    import xarray as xr
+    dims = ("estimator", "split", "epoch")
+    lossy = np.array([[[1.0, 0.0, 0.0, 1.0]], [[np.nan] * 4]])  # compression: 2 of 4; ksg: not its flag
+    biased = np.array([[[np.nan] * 4], [[1.0, 1.0, 1.0, 0.0]]])
+    ds = xr.Dataset({"I_XT_lossy": (dims, lossy), "I_XT_biased": (dims, biased)},
+                    coords={"estimator": ["compression", "ksg"], "split": ["test"], "epoch": range(4)})
+    assert fd.distrusted_share(ds, "compression", "test") == 0.5
+    assert fd.distrusted_share(ds, "ksg", "test") == 0.75
+    assert np.isnan(fd.distrusted_share(ds.drop_vars(["I_XT_lossy", "I_XT_biased"]), "ksg", "test"))
