@@ -23,7 +23,7 @@ import xarray as xr
 import zarr
 from scipy import stats
 
-RESULTS_SCHEMA_VERSION = "1.3"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals; 1.3: trust flags
+RESULTS_SCHEMA_VERSION = "1.3"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals; 1.3: flags
 CELL_DIMS = ("estimator", "seed", "split", "epoch", "layer")
 CELL_VARIABLES = {  # every store has these; estimators declare more (Estimator.outputs)
     "I_XT": ("I(X;T)", "bits"),

@@ -754,17 +754,19 @@ def test_compression_reports_what_its_code_kept_and_flags_a_code_too_small():
     from pipeline.estimators.compression import CompressionWarning, compression_mutual_information
     a, b = gaussian_pair(1500, 1.5, 3, seed=2, rotate=False)
     images_a, images_b = bump_images(a).reshape(1500, -1), bump_images(b).reshape(1500, -1)
-    with pytest.warns(CompressionWarning, match="reconstructs only a 0"):
-        small, kept = compression_mutual_information(images_a, images_b, compressor="pca", dim=1,
-                                                     return_kept=True)
-    assert max(kept.values()) < 0.5 and small < 0.6  # one PCA axis of a 3-latent image loses most of it
+    with pytest.warns(CompressionWarning, match="code of a reconstructs only 0"):
+        small, report = compression_mutual_information(images_a, images_b, compressor="pca", dim=1,
+                                                       diagnostics=True)
+    # one PCA axis of a 3-latent image loses most of it
+    assert max(report["kept_a"], report["kept_b"]) < 0.5 and small < 0.6 and report["lossy"] == 1.0
     # samples on a 3-d linear subspace: a 3-d PCA code keeps everything but the noise, and no warning
     mix = np.random.default_rng(0).standard_normal((3, 50))
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompressionWarning)
-        value, kept = compression_mutual_information(a @ mix, b @ mix, compressor="pca", dim=3,
-                                                     return_kept=True)
-    assert kept == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)} and value == pytest.approx(1.5, abs=0.2)
+        value, report = compression_mutual_information(a @ mix, b @ mix, compressor="pca", dim=3,
+                                                       diagnostics=True)
+    assert report == {"kept_a": pytest.approx(1.0), "kept_b": pytest.approx(1.0), "lossy": 0.0}
+    assert value == pytest.approx(1.5, abs=0.2)
     plane = information_plane(a @ mix, images_a, (a[:, 0] > 0).astype(int), "compression", dim=1)
     assert plane["X_kept"] < 0.99 and plane["T_kept"] < 0.5
     assert plane["I_XT_lossy"] == 1.0 and plane["I_TY_lossy"] == 1.0
@@ -792,3 +794,18 @@ def test_ksg_flags_the_cells_beyond_its_measured_rule():
     a, b = gaussian_pair(600, 1.0, 3, seed=0)
     out = information_plane(a, b, (a[:, 0] > 0).astype(int), "ksg")
     assert out["I_XT_biased"] == 1.0 and out["I_TY_biased"] == 0.0
+
+
+def test_a_flow_far_below_ksg_on_the_same_codes_is_flagged(monkeypatch):
+    from pipeline.estimators import compression
+    assert compression.flow_disagrees(0.18, 1.2) and not compression.flow_disagrees(1.0, 1.2)
+    assert compression.flow_disagrees(0.3, 0.5) and not compression.flow_disagrees(0.4, 0.5)  # 0.15 bit floor
+    a, b = gaussian_pair(800, 1.0, 2, seed=5)
+    monkeypatch.setattr(compression, "flow_mutual_information", lambda ca, cb, **kw: 0.05)
+    with pytest.warns(compression.CompressionWarning, match="flow read 0.050 bits where KSG"):
+        value, report = compression.compression_mutual_information(a, b, compressor="none", entropy="flow",
+                                                                   diagnostics=True)
+    assert value == 0.05 and report["ksg_on_codes"] == pytest.approx(1.0, abs=0.2) and report["lossy"] == 1.0
+    plane = compression.compression_information_plane(a, b, (a[:, 0] > 0).astype(int), compressor="none",
+                                                      input_compressor="none", entropy="flow")
+    assert plane["I_XT"] == 0.05 and plane["I_XT_lossy"] == 1.0 and plane["I_TY_lossy"] == 0.0

@@ -171,7 +171,8 @@ register_estimator("gaussian", mutual_information=gaussian_mutual_information,
                    domains=BUILTIN["gaussian"], cost=1.0)(gaussian_information_plane)
 _KEPT = {"T_kept": ("share of the noised layer's variance its code reconstructs (compression)", "1"),
          "X_kept": ("share of the inputs' variance their code reconstructs (compression)", "1"),
-         "I_XT_lossy": (f"1 where a code of X or T kept less than {MIN_KEPT} of its variance", "1"),
+         "I_XT_lossy": (f"1 where a code of X or T kept less than {MIN_KEPT} of its variance, or the "
+                        "flow read far below KSG on the codes", "1"),
          "I_TY_lossy": (f"1 where the code of T kept less than {MIN_KEPT} of its variance", "1")}
 register_estimator("compression", mutual_information=compression_mutual_information,
                    domains=BUILTIN["compression"], schemes=("subsample",), outputs=_KEPT,
