@@ -11,7 +11,9 @@ rotations, rendering latents as images) keep the true value.
 Families: Gaussian pairs with the information spread over every coordinate (`rotate`, dense) or
 held by a few coordinate pairs (`active`, sparse); the same under injective maps
 (`INJECTIVE_MAPS`); multivariate Student-t pairs (`student_t_pair`); and images of latents
-(`IMAGE_FAMILIES`), of which the estimators' defaults were chosen on the `tuned` ones only.
+(`IMAGE_FAMILIES`), of which the estimators' defaults were chosen on the `tuned` ones only
+(rings were added after the others had been measured, as a family unseen by the compression
+estimator's flow check).
 """
 
 from __future__ import annotations
@@ -220,6 +222,22 @@ def stroke_images(latent: np.ndarray, size: int = 32) -> np.ndarray:
     return ((0.5 + 0.5 * u[5])[:, None, None] * np.exp(-dist2 / thickness[:, None, None] ** 2))[:, None]
 
 
+def ring_images(latent: np.ndarray, size: int = 24) -> np.ndarray:
+    """(n, 1, size, size): a ring on a shaded background, 2-6 latents.
+
+    Coordinates 0, 1: the ring's centre; 2: its radius; 3: its thickness; 4: the slope of the
+    background's left-to-right shading; 5: the ring's brightness.
+    """
+    u = _features(latent, (0.5, 0.5, 0.5, 0.5, 0.5, 0.5))
+    px, py = _grid(size)
+    cx, cy = 0.3 + 0.4 * u[0], 0.3 + 0.4 * u[1]
+    radius = (0.1 + 0.12 * u[2])[:, None, None]
+    distance = np.sqrt((px - cx[:, None, None]) ** 2 + (py - cy[:, None, None]) ** 2)
+    ring = np.exp(-((distance - radius) / (0.02 + 0.04 * u[3])[:, None, None]) ** 2)
+    shading = (0.4 * u[4] - 0.2)[:, None, None] * (px - 0.5)
+    return ((0.5 + 0.5 * u[5])[:, None, None] * ring + shading)[:, None]
+
+
 @dataclass(frozen=True)
 class ImageFamily:
     """Images rendered from latents: the renderer, its latent range and size, and whether the
@@ -238,6 +256,7 @@ IMAGE_FAMILIES: dict[str, ImageFamily] = {
     "gratings": ImageFamily(grating_images, 6, 32, tuned=False),
     "colour_bumps": ImageFamily(colour_bump_images, 6, 16, tuned=False),
     "strokes": ImageFamily(stroke_images, 6, 32, tuned=False),
+    "rings": ImageFamily(ring_images, 6, 24, tuned=False),
 }
 
 
