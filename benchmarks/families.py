@@ -165,9 +165,9 @@ def image_section(entry: dict) -> str:
     return (f"Command: `python -m benchmarks.families --only images`; default `compression` call, n = "
             f"{entry['n']}; {entry['commit']}, {entry['date']}, {entry['machine']}. Held-out families: "
             f"{sum(ok)} of {len(cases)} cases within max(0.15 bit, 20%); of the {len(misses)} outside, "
-            f"{sum(c['flagged'] for c in misses)} flagged ({len(by_kept)} by a code's kept variance below "
-            f"{MIN_KEPT}, the others by the flow's check against KSG on the codes); "
-            f"{sum(c['flagged'] for c in cases)} flagged in all.\n\n"
+            f"{sum(int(c['flagged']) for c in misses)} flagged ({len(by_kept)} by a code's kept variance "
+            f"below {MIN_KEPT}, the others by the flow's check against KSG on the codes); "
+            f"{sum(int(c['flagged']) for c in cases)} flagged in all.\n\n"
             + table(["family", "size", "latents", "true MI", "estimate", "within", "least kept share",
                      "KSG on the codes", "flagged", "seconds"], rows))
 
