@@ -271,12 +271,14 @@ def test_wkl_weights_cancel_bias_terms():
 
 # ---------------------------------------------------------------- compression
 @pytest.mark.parametrize("mi", [0.5, 2.0])
+@pytest.mark.filterwarnings("ignore::pipeline.estimators.compression.CompressionWarning")
 def test_compression_on_bump_images(mi):
     a, b = gaussian_pair(3000, mi, 2, seed=11, rotate=False)
     est = mutual_information(bump_images(a), bump_images(b), "compression", compressor="pca")
     assert abs(est - mi) <= max(0.15, 0.2 * mi)
 
 
+@pytest.mark.filterwarnings("ignore::pipeline.estimators.compression.CompressionWarning")
 def test_images_get_the_autoencoder_which_keeps_what_pca_folds():
     from pipeline.estimators.compression import resolve_compressor
 
@@ -297,6 +299,7 @@ def test_images_get_the_autoencoder_which_keeps_what_pca_folds():
                               ae_candidates=1) == pytest.approx(1.5, abs=0.3)
 
 
+@pytest.mark.filterwarnings("ignore::pipeline.estimators.compression.CompressionWarning")
 def test_auto_entropy_is_the_flow_for_autoencoder_codes_and_ksg_otherwise(monkeypatch):
     from pipeline.estimators import compression
 

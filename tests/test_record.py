@@ -101,6 +101,7 @@ def train_tower(path, epochs=3, seed=0, **options):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:cells flagged by their estimator")  # tested in test_estimate
 def test_own_network_through_every_stage(tmp_path):
     path = tmp_path / "tower" / "archive.zarr"
     model = train_tower(path, weights=True, gradients=True,
