@@ -35,6 +35,12 @@ def best_of(fn: Callable[[], object], repeat: int = 3, budget: float = 20.0) -> 
     return min(times)
 
 
+def within(value: float, truth: float, floor: float = 0.1, share: float = 0.15) -> bool:
+    """Whether an estimate is within max(floor, share * truth) of the truth (the estimators
+    issue's tolerance: max(0.1 bit, 15%) for pairs, max(0.15 bit, 20%) for images)."""
+    return abs(value - truth) <= max(floor, share * truth)
+
+
 def machine() -> str:
     import torch
 

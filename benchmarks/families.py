@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 
-from benchmarks.common import DOCS, machine, table, write_section
+from benchmarks.common import DOCS, machine, table, within, write_section
 from pipeline.estimators import mutual_information
 from pipeline.estimators.compression import MIN_KEPT, CompressionWarning, compression_mutual_information
 from pipeline.estimators.knn import ksg_biased
@@ -57,10 +57,6 @@ def pair(family: str, dim: int, bits: float, seed: int) -> tuple[np.ndarray, np.
         a, b = gaussian_pair(N, bits, dim, seed=seed)
         return apply_map("normal_cdf", a, 1), apply_map("normal_cdf", b, 2), bits
     return student_t_pair(N, bits, dim, dof=3.0, seed=seed)
-
-
-def within(value: float, truth: float, floor: float = 0.1, share: float = 0.15) -> bool:
-    return abs(value - truth) <= max(floor, share * truth)
 
 
 def load(section: str) -> dict:

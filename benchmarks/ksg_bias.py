@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from benchmarks.common import DOCS, machine, table, write_section
+from benchmarks.common import DOCS, machine, table, within, write_section
 from pipeline.estimators.knn import KSG_RELIABLE_DIMS, ksg_mutual_information
 from pipeline.groundtruth import gaussian_pair
 from pipeline.provenance import git_revision
@@ -24,10 +24,6 @@ SIZES = (500, 1000, 2000, 5000)
 DIMS = (1, 2, 3, 4, 5, 6, 8, 10)
 BITS = (0.5, 1.5, 2.5)
 CLASSES = 4
-
-
-def within(value: float, truth: float) -> bool:
-    return abs(value - truth) <= max(0.1, 0.15 * truth)
 
 
 def class_means(dim: int, separation: float, seed: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks.common import DOCS, machine, table, write_section
+from benchmarks.common import DOCS, machine, table, within, write_section
 from pipeline.estimators import mutual_information
 from pipeline.groundtruth import gaussian_pair
 from pipeline.provenance import git_revision
@@ -22,10 +22,6 @@ DIMS = (1, 5, 10, 20)
 BITS = (0.5, 1.5, 2.5)
 METHODS = [("variational", {"bound": "smile"}), ("variational", {"bound": "infonce"}),
            ("variational", {"bound": "nwj"}), ("ksg", {})]
-
-
-def within(value: float, truth: float) -> bool:
-    return abs(value - truth) <= max(0.1, 0.15 * truth)
 
 
 def main(n: int = 5000) -> None:

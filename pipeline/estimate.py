@@ -35,6 +35,7 @@ from pipeline.estimators import Estimator, get_estimator
 from pipeline.provenance import provenance
 from pipeline.results import (
     CELL_DIMS,
+    TRUST_FLAGS,
     ResultsError,
     ResultsWriter,
     belongs_to,
@@ -495,11 +496,9 @@ def nan_summary(messages: list[str]) -> str:
             + "\n".join(rows))
 
 
-# Outputs that flag a cell the estimator itself distrusts: 1.0 where the compressor lost part of a
-# side ("_lossy") or where the dimensions lie beyond KSG's measured rule ("_biased").
-TRUST_FLAGS = ("_lossy", "_biased")
-FLAG_REASONS = {"_lossy": "a code kept less than 99% of its side's variance: the estimate may be low; "
-                          "raise `dim`",
+FLAG_REASONS = {"_lossy": "a code kept less than 99% of its side's variance, or the flow read far below "
+                          "KSG on the codes: the estimate may be low; raise `dim` or read "
+                          "it as a lower bound",
                 "_biased": "n and the dimensions lie beyond KSG's measured rule: KSG reads low there"}
 
 

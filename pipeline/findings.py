@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.estimators._common import entropy_of_counts
-from pipeline.results import holding_values, masked, seed_mean
+from pipeline.results import TRUST_FLAGS, holding_values, masked, seed_mean
 
 
 def _valid(results: xr.Dataset) -> xr.Dataset:
@@ -246,11 +246,11 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
 
 def distrusted_share(ds: xr.Dataset, estimator: str, split: str) -> float:
     """The share of an entry's cells its estimator flagged (`*_lossy`, `*_biased`); NaN if none can be."""
-    names = [name for name in ds.data_vars if str(name).endswith(("_lossy", "_biased"))]
+    names = [name for name in ds.data_vars if str(name).endswith(TRUST_FLAGS)]
     if not names:
         return float("nan")
     flags = np.stack([ds[name].sel(estimator=estimator, split=split).values for name in names])
-    flags = np.nanmax(np.where(np.isfinite(flags), flags, -1), axis=0)  # -1: no flag of this entry
+    flags = np.where(np.isfinite(flags), flags, -1).max(axis=0)  # -1: no flag of this entry
     flags = flags[flags >= 0]
     return float(flags.mean()) if flags.size else float("nan")
 

@@ -30,6 +30,9 @@ CELL_VARIABLES = {  # every store has these; estimators declare more (Estimator.
     "I_TY": ("I(T;Y)", "bits"),
 }
 FISHER_DIMS = ("seed", "epoch", "layer")
+# Declared outputs ending so flag a cell its estimator distrusts (1.0): a compressor that lost part
+# of a side or a flow that failed on the codes ("_lossy"), KSG beyond its measured rule ("_biased")
+TRUST_FLAGS = ("_lossy", "_biased")
 
 
 class ResultsError(RuntimeError):

@@ -59,10 +59,21 @@ class Codes(NamedTuple):
     kept: float
 
 
-def kept_share(centred: np.ndarray | torch.Tensor, residual_sum: float) -> float:
-    """1 - (sum of squared reconstruction errors) / (sum of squares of the centred samples)."""
-    total = float((centred ** 2).sum())
-    return float(1.0 - residual_sum / total) if total > 0 else 1.0
+def kept_share(total: float, residual: float) -> float:
+    """1 - residual / total: the sum of squared reconstruction errors against the sum of squares
+    of the centred samples."""
+    return float(1.0 - residual / total) if total > 0 else 1.0
+
+
+def distrust_reasons(kept: dict[str, float], bits: float, ksg_on_codes: float | None) -> list[str]:
+    """Why an estimate from these codes may be low: each side (by name) whose code kept less than
+    MIN_KEPT of its variance, and a flow far below KSG on the same codes (`flow_disagrees`)."""
+    reasons = [f"the code of {side} reconstructs only {share:.3f} of its variance (below {MIN_KEPT}); "
+               "raise dim" for side, share in kept.items() if share < MIN_KEPT]
+    if ksg_on_codes is not None and flow_disagrees(bits, ksg_on_codes):
+        reasons.append(f"the flow read {bits:.3f} bits where KSG on the same codes reads {ksg_on_codes:.3f}: "
+                       "the flow did not fit the codes")
+    return reasons
 
 
 def add_noise(a: np.ndarray, noise: float, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -92,7 +103,8 @@ def pca_compress(a: np.ndarray, dim: int, return_kept: bool = False) -> np.ndarr
         scores = centred @ eigvec[:, ::-1][:, :dim]
     if not return_kept:
         return scores
-    return Codes(scores, kept_share(centred, float((centred ** 2).sum() - (scores ** 2).sum())))
+    total = float((centred ** 2).sum())
+    return Codes(scores, kept_share(total, total - float((scores ** 2).sum())))
 
 
 def _fit_autoencoder(build, data: torch.Tensor, loss_of, steps: int, batch: int, lr: float,
@@ -181,8 +193,8 @@ def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, steps: int = 30
     codes = codes.double().cpu().numpy()
     if not return_kept:
         return codes
-    centred = a - a.mean(axis=0)
-    return Codes(codes, kept_share(centred, float((centred ** 2).sum() - (reduced ** 2).sum()) + residual))
+    total = float(((a - a.mean(axis=0)) ** 2).sum())
+    return Codes(codes, kept_share(total, total - float((reduced ** 2).sum()) + residual))
 
 
 def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, ...], seed: int = 0,
@@ -243,7 +255,7 @@ def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, 
             codes.append(encoder(part))
             residual += float(((decoder(codes[-1]) - part)[:, :, :height, :width].double() ** 2).sum())
     codes = torch.cat(codes).double().cpu().numpy()
-    return Codes(codes, kept_share(images, residual)) if return_kept else codes
+    return Codes(codes, kept_share(float((images ** 2).sum()), residual)) if return_kept else codes
 
 
 def is_image(sample_shape: tuple[int, ...]) -> bool:
@@ -433,28 +445,19 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
     ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim, compressors[0], seed, device,
                   ae_steps, sample_shape=np.shape(a)[1:], ae_candidates=ae_candidates)
     if is_discrete(b):
-        kept = {"kept_a": ca.kept}
+        kept = {"a": ca.kept}
         bits, check = _mi_compressed(ca.values, None, as_labels(b), entropy, k, seed, device)
     else:
         cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim, compressors[1], seed + 1,
                       device, ae_steps, sample_shape=np.shape(b)[1:], ae_candidates=ae_candidates)
-        kept = {"kept_a": ca.kept, "kept_b": cb.kept}
+        kept = {"a": ca.kept, "b": cb.kept}
         bits, check = _mi_compressed(ca.values, cb.values, None, entropy, k, seed, device)
-    report = {**kept, **({} if check is None else {"ksg_on_codes": check})}
-    report["lossy"] = float(warn_if_lossy(bits, report))
-    return (bits, report) if diagnostics else bits
-
-
-def warn_if_lossy(bits: float, report: dict[str, float]) -> bool:
-    """Warn, once, of every reason to distrust this estimate; whether there was one."""
-    reasons = [f"the code of {name[5:]} reconstructs only {share:.3f} of its variance (below {MIN_KEPT}); "
-               "raise dim" for name, share in report.items() if name.startswith("kept_") and share < MIN_KEPT]
-    if "ksg_on_codes" in report and flow_disagrees(bits, report["ksg_on_codes"]):
-        reasons.append(f"the flow read {bits:.3f} bits where KSG on the same codes reads "
-                       f"{report['ksg_on_codes']:.3f}: the flow did not fit the codes")
+    reasons = distrust_reasons(kept, bits, check)
     if reasons:
-        warnings.warn("the estimate may be low: " + "; ".join(reasons), CompressionWarning, stacklevel=3)
-    return bool(reasons)
+        warnings.warn("the estimate may be low: " + "; ".join(reasons), CompressionWarning, stacklevel=2)
+    report = {f"kept_{side}": share for side, share in kept.items()}
+    report.update({} if check is None else {"ksg_on_codes": check})
+    return (bits, {**report, "lossy": float(bool(reasons))}) if diagnostics else bits
 
 
 def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise: float = 1e-3,
@@ -494,7 +497,6 @@ def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n
     labels = as_labels(y)
     i_xt, check = _mi_compressed(xc.values, tn.values, None, xt_entropy, k, seed, device)
     i_ty, _ = _mi_compressed(tn.values, None, labels, ty_entropy, k, seed, device)
-    flow_failed = check is not None and flow_disagrees(i_xt, check)
     return {"I_XT": i_xt, "I_TY": i_ty, "T_kept": tn.kept, "X_kept": xc.kept,
-            "I_XT_lossy": float(min(tn.kept, xc.kept) < MIN_KEPT or flow_failed),
-            "I_TY_lossy": float(tn.kept < MIN_KEPT)}
+            "I_XT_lossy": float(bool(distrust_reasons({"x": xc.kept, "t": tn.kept}, i_xt, check))),
+            "I_TY_lossy": float(bool(distrust_reasons({"t": tn.kept}, i_ty, None)))}

@@ -18,10 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import digamma
 
-from pipeline.estimators._common import as_labels, as_samples, is_discrete, same_length
+from pipeline.estimators._common import LOG2, as_labels, as_samples, is_discrete, same_length
 from pipeline.estimators.knn import normal_scores
-
-LN2 = np.log(2.0)
 
 
 def _varying(a: np.ndarray) -> np.ndarray:
@@ -74,10 +72,10 @@ def gaussian_mutual_information(a: np.ndarray, b: np.ndarray, copula: bool = Tru
         for label in np.unique(labels):
             rows = labels == label
             conditional += rows.sum() / n * corrected_log_det(sa[rows])
-        return (corrected_log_det(sa) - conditional) / 2 / LN2
+        return (corrected_log_det(sa) - conditional) / 2 / LOG2
     sb = _prepare(b, "b", copula)
     joint = np.hstack([sa, sb])
-    return (corrected_log_det(sa) + corrected_log_det(sb) - corrected_log_det(joint)) / 2 / LN2
+    return (corrected_log_det(sa) + corrected_log_det(sb) - corrected_log_det(joint)) / 2 / LOG2
 
 
 def gaussian_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray,
