@@ -11,9 +11,8 @@ rotations, rendering latents as images) keep the true value.
 Families: Gaussian pairs with the information spread over every coordinate (`rotate`, dense) or
 held by a few coordinate pairs (`active`, sparse); the same under injective maps
 (`INJECTIVE_MAPS`); multivariate Student-t pairs (`student_t_pair`); and images of latents
-(`IMAGE_FAMILIES`), of which the estimators' defaults were chosen on the `tuned` ones only
-(rings were added after the others had been measured, as a family unseen by the compression
-estimator's flow check).
+(`IMAGE_FAMILIES`), of which the estimators' defaults were chosen on the `tuned` ones only;
+rings are also unseen by the compression estimator's flow check (`flow_disagrees`).
 """
 
 from __future__ import annotations
