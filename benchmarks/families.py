@@ -109,7 +109,9 @@ def measure_images(record: dict, families: list[str], latents: tuple[int, ...],
                 entry["cases"].append({"family": family, "size": spec.size, "tuned": spec.tuned, "latents": m,
                                        "truth": bits, "estimate": value,
                                        "kept": min(report["kept_a"], report["kept_b"]),
-                                       "ksg_on_codes": report.get("ksg_on_codes"), "flagged": report["lossy"],
+                                       "ksg_on_codes": report.get("ksg_on_codes"), "flow": report.get("flow"),
+                                       "code_dims": max(report["dim_a"], report["dim_b"]),
+                                       "flagged": report["lossy"],
                                        "seconds": time.perf_counter() - start, **stamp()})
                 save(record)
                 print(entry["cases"][-1], flush=True)

@@ -237,6 +237,40 @@ def ring_images(latent: np.ndarray, size: int = 24) -> np.ndarray:
     return ((0.5 + 0.5 * u[5])[:, None, None] * ring + shading)[:, None]
 
 
+def ellipse_images(latent: np.ndarray, size: int = 64) -> np.ndarray:
+    """(n, 1, size, size): a soft-edged filled ellipse, 2-6 latents.
+
+    Coordinates 0, 1: the centre; 2: the orientation (0.1 pi to 0.9 pi; the long axis always
+    exceeds the short one, so no two latents draw the same ellipse); 3, 4: the long and short
+    half-axes; 5: the brightness.
+    """
+    u = _features(latent, (0.5, 0.5, 0.5, 0.5, 0.5, 0.5))
+    px, py = _grid(size)
+    cx, cy, angle = 0.3 + 0.4 * u[0], 0.3 + 0.4 * u[1], np.pi * (0.1 + 0.8 * u[2])
+    long, short = 0.16 + 0.1 * u[3], 0.06 + 0.06 * u[4]
+    dx, dy = px - cx[:, None, None], py - cy[:, None, None]
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    radius = np.sqrt(((dx * cos + dy * sin) / long[:, None, None]) ** 2
+                     + ((dy * cos - dx * sin) / short[:, None, None]) ** 2)
+    return ((0.5 + 0.5 * u[5])[:, None, None] / (1 + np.exp(12 * (radius - 1))))[:, None]
+
+
+def dot_images(latent: np.ndarray, size: int = 32) -> np.ndarray:
+    """(n, 3, size, size): a reddish and a bluish dot on black, 2-6 latents.
+
+    Coordinates 0, 1: the reddish dot's centre; 2, 3: the bluish dot's centre; 4: the green in
+    the reddish dot; 5: both dots' size. The dots differ in colour, so swapping them draws
+    another image.
+    """
+    u = _features(latent, (0.5, 0.5, 0.3, 0.7, 0.5, 0.5))
+    px, py = _grid(size)
+    width = 0.06 + 0.05 * u[5]
+    first = _blob(px, py, 0.15 + 0.7 * u[0], 0.15 + 0.7 * u[1], width)
+    second = _blob(px, py, 0.15 + 0.7 * u[2], 0.15 + 0.7 * u[3], width)
+    colour = np.stack([np.ones(len(width)), 0.2 + 0.6 * u[4], np.full(len(width), 0.1)], axis=1)
+    return colour[:, :, None, None] * first[:, None] + np.array([0.1, 0.3, 1.0])[None, :, None, None] * second[:, None]
+
+
 @dataclass(frozen=True)
 class ImageFamily:
     """Images rendered from latents: the renderer, its latent range and size, and whether the
@@ -256,6 +290,8 @@ IMAGE_FAMILIES: dict[str, ImageFamily] = {
     "colour_bumps": ImageFamily(colour_bump_images, 6, 16, tuned=False),
     "strokes": ImageFamily(stroke_images, 6, 32, tuned=False),
     "rings": ImageFamily(ring_images, 6, 24, tuned=False),
+    "ellipses": ImageFamily(ellipse_images, 6, 64, tuned=False),
+    "dots": ImageFamily(dot_images, 6, 32, tuned=False),
 }
 
 
