@@ -268,7 +268,8 @@ def dot_images(latent: np.ndarray, size: int = 32) -> np.ndarray:
     first = _blob(px, py, 0.15 + 0.7 * u[0], 0.15 + 0.7 * u[1], width)
     second = _blob(px, py, 0.15 + 0.7 * u[2], 0.15 + 0.7 * u[3], width)
     colour = np.stack([np.ones(len(width)), 0.2 + 0.6 * u[4], np.full(len(width), 0.1)], axis=1)
-    return colour[:, :, None, None] * first[:, None] + np.array([0.1, 0.3, 1.0])[None, :, None, None] * second[:, None]
+    bluish = np.array([0.1, 0.3, 1.0])[None, :, None, None]
+    return colour[:, :, None, None] * first[:, None] + bluish * second[:, None]
 
 
 @dataclass(frozen=True)

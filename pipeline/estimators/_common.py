@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 LOG2 = math.log(2.0)
+
+
+@contextmanager
+def torch_seeded(seed: int) -> Iterator[None]:
+    """torch's global RNG seeded for the block and restored after it, so an estimator whose
+    layers initialise from it is reproducible and leaves the caller's random state alone."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 def as_samples(a: np.ndarray, name: str, min_samples: int = 2) -> np.ndarray:

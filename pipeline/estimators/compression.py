@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.estimators._common import as_labels, as_samples, is_discrete, same_length
+from pipeline.estimators._common import as_labels, as_samples, is_discrete, same_length, torch_seeded
 from pipeline.estimators.flow import flow_mutual_information
 from pipeline.estimators.knn import kl_entropy, ksg_mutual_information, weighted_kl_entropy
 
@@ -181,29 +181,31 @@ def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, steps: int = 30
     left out count as lost).
     """
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    reduced = pca_compress(a, pre_dim)
-    scale = max(reduced[:, 0].std(), 1e-12)
-    data = torch.as_tensor(reduced / scale, dtype=torch.float32, device=device)
-    d = data.shape[1]
+    with torch_seeded(seed):  # layer initialisations draw from torch's global RNG
+        reduced = pca_compress(a, pre_dim)
+        scale = max(reduced[:, 0].std(), 1e-12)
+        data = torch.as_tensor(reduced / scale, dtype=torch.float32, device=device)
+        d = data.shape[1]
 
-    def build() -> tuple[nn.Module, nn.Module]:
-        encoder = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                nn.Linear(hidden, dim)).to(device)
-        decoder = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                nn.Linear(hidden, d)).to(device)
-        return encoder, decoder
+        def build() -> tuple[nn.Module, nn.Module]:
+            encoder = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                    nn.Linear(hidden, dim)).to(device)
+            decoder = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                    nn.Linear(hidden, d)).to(device)
+            return encoder, decoder
 
-    encoder, decoder = _fit_autoencoder(build, data, lambda enc, dec, xb: ((dec(enc(xb)) - xb) ** 2).mean(),
-                                        steps, batch, lr, generator, candidates)
-    with torch.no_grad():
-        codes = encoder(data)
-        residual = float(((decoder(codes) - data).double() ** 2).sum()) * scale ** 2
-    codes = codes.double().cpu().numpy()
-    if not return_kept:
-        return codes
-    total = float(((a - a.mean(axis=0)) ** 2).sum())
-    return Codes(codes, kept_share(total, total - float((reduced ** 2).sum()) + residual))
+        def loss_of(enc: nn.Module, dec: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+            return ((dec(enc(xb)) - xb) ** 2).mean()
+
+        encoder, decoder = _fit_autoencoder(build, data, loss_of, steps, batch, lr, generator, candidates)
+        with torch.no_grad():
+            codes = encoder(data)
+            residual = float(((decoder(codes) - data).double() ** 2).sum()) * scale ** 2
+        codes = codes.double().cpu().numpy()
+        if not return_kept:
+            return codes
+        total = float(((a - a.mean(axis=0)) ** 2).sum())
+        return Codes(codes, kept_share(total, total - float((reduced ** 2).sum()) + residual))
 
 
 def pooled_images(images: torch.Tensor, largest: int) -> tuple[torch.Tensor, int, float]:
@@ -234,15 +236,16 @@ def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, 
     to at most that size (`pooled_images`; what the blocks lose counts against the kept share),
     so a 64x64 image costs what a 32x32 one does.
     Three stride-2 convolutions and a dense layer encode, their mirror decodes; images are
-    zero-padded to a multiple of 8 and the loss is taken on the original pixels only. The
-    tensors are channels-last, which runs these convolutions 1.3-1.4x faster on CPU. Unlike
+    zero-padded to a multiple of 8 and the loss is taken on the original pixels only. 16
+    channels and channels-last tensors: a training step (batch 128, 32x32) took 13 ms on 2 CPU
+    cores, against 18 ms in the default layout and 43 ms with 32 channels. Unlike
     the dense autoencoder it sees where each pixel is, which is what resolves the edges of
     sharp shapes: on 32x32 rectangles of 4 latents at 3 bits, one seed pair gave the flow
     model 2.48 bits against 2.17 from the dense autoencoder (docs/estimators.md, "Compression
-    limits"). One network costs about 20 s at 16x16 and 70-85 s at 32x32 on 2 CPU cores
-    (docs/benchmarks.md, section images); the default `candidates=3` (three initialisations
-    for half the steps, the best finishing; `_fit_autoencoder`) about twice that: 150-190 s a
-    side at 32x32. A GPU is the place for it (`device="cuda"`). With `return_kept`, a `Codes`
+    limits"). The default `candidates=3` trains three initialisations for half the steps and
+    finishes the best (`_fit_autoencoder`), about twice the time of one network; the seconds of
+    each part on 2 CPU cores are in docs/benchmarks.md, section images. A GPU is the place for
+    it (`device="cuda"`). With `return_kept`, a `Codes`
     with the share of the images' variance the decoder reconstructs.
     """
     shape = tuple(sample_shape)
@@ -252,44 +255,46 @@ def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, 
         raise ValueError(f"compressor='conv_autoencoder' needs images (H, W) or (C, H, W) with H, W >= 8, "
                          f"got samples of shape {tuple(sample_shape)}; use compressor='autoencoder'")
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    centred = a - a.mean(axis=0)
-    scale = max(float(centred.std(axis=0).max()), 1e-12)
-    pooled, factor, pooling_loss = pooled_images(
-        torch.as_tensor(centred / scale, dtype=torch.float32).reshape(len(a), *shape), largest)
-    channels_in, height, width = pooled.shape[1:]
-    rows, cols = -(-height // 8), -(-width // 8)  # the 8x8-downsampled grid, padded up
-    images = torch.zeros(len(a), channels_in, 8 * rows, 8 * cols, dtype=torch.float32)
-    images[:, :, :height, :width] = pooled
-    images = images.to(device).contiguous(memory_format=torch.channels_last)
+    with torch_seeded(seed):  # layer initialisations draw from torch's global RNG
+        centred = a - a.mean(axis=0)
+        scale = max(float(centred.std(axis=0).max()), 1e-12)
+        pooled, factor, pooling_loss = pooled_images(
+            torch.as_tensor(centred / scale, dtype=torch.float32).reshape(len(a), *shape), largest)
+        channels_in, height, width = pooled.shape[1:]
+        rows, cols = -(-height // 8), -(-width // 8)  # the 8x8-downsampled grid, padded up
+        images = torch.zeros(len(a), channels_in, 8 * rows, 8 * cols, dtype=torch.float32)
+        images[:, :, :height, :width] = pooled
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
 
-    def build() -> tuple[nn.Module, nn.Module]:
-        encoder = nn.Sequential(
-            nn.Conv2d(channels_in, channels, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(channels, channels, 4, 2, 1), nn.SiLU(),
-            nn.Conv2d(channels, channels, 4, 2, 1), nn.SiLU(), nn.Flatten(),
-            nn.Linear(channels * rows * cols, hidden), nn.SiLU(), nn.Linear(hidden, dim)).to(device)
-        decoder = nn.Sequential(
-            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, channels * rows * cols), nn.SiLU(),
-            nn.Unflatten(1, (channels, rows, cols)),
-            nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(channels, channels_in, 4, 2, 1)).to(device)
-        return encoder.to(memory_format=torch.channels_last), decoder.to(memory_format=torch.channels_last)
+        def build() -> tuple[nn.Module, nn.Module]:
+            encoder = nn.Sequential(
+                nn.Conv2d(channels_in, channels, 4, 2, 1), nn.SiLU(),
+                nn.Conv2d(channels, channels, 4, 2, 1), nn.SiLU(),
+                nn.Conv2d(channels, channels, 4, 2, 1), nn.SiLU(), nn.Flatten(),
+                nn.Linear(channels * rows * cols, hidden), nn.SiLU(), nn.Linear(hidden, dim)).to(device)
+            decoder = nn.Sequential(
+                nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, channels * rows * cols), nn.SiLU(),
+                nn.Unflatten(1, (channels, rows, cols)),
+                nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.SiLU(),
+                nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.SiLU(),
+                nn.ConvTranspose2d(channels, channels_in, 4, 2, 1)).to(device)
+            last = torch.channels_last
+            return encoder.to(memory_format=last), decoder.to(memory_format=last)
 
-    def loss_of(encoder: nn.Module, decoder: nn.Module, xb: torch.Tensor) -> torch.Tensor:
-        return ((decoder(encoder(xb)) - xb)[:, :, :height, :width] ** 2).mean()
+        def loss_of(encoder: nn.Module, decoder: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+            return ((decoder(encoder(xb)) - xb)[:, :, :height, :width] ** 2).mean()
 
-    encoder, decoder = _fit_autoencoder(build, images, loss_of, steps, batch, lr, generator, candidates)
-    codes, residual = [], 0.0
-    with torch.no_grad():
-        for part in images.split(1000):
-            codes.append(encoder(part))
-            residual += float(((decoder(codes[-1]) - part)[:, :, :height, :width].double() ** 2).sum())
-    codes = torch.cat(codes).double().cpu().numpy()
-    # a pooled pixel stands for factor^2 pixels; its error is orthogonal to what pooling lost
-    total = float(((centred / scale) ** 2).sum())
-    return Codes(codes, kept_share(total, pooling_loss + factor ** 2 * residual)) if return_kept else codes
+        encoder, decoder = _fit_autoencoder(build, images, loss_of, steps, batch, lr, generator, candidates)
+        codes, residual = [], 0.0
+        with torch.no_grad():
+            for part in images.split(1000):
+                codes.append(encoder(part))
+                residual += float(((decoder(codes[-1]) - part)[:, :, :height, :width].double() ** 2).sum())
+        codes = torch.cat(codes).double().cpu().numpy()
+        # a pooled pixel stands for factor^2 pixels; its error is orthogonal to what pooling lost
+        total = float(((centred / scale) ** 2).sum())
+        kept = kept_share(total, pooling_loss + factor ** 2 * residual)
+        return Codes(codes, kept) if return_kept else codes
 
 
 # dim="auto": the code size of an autoencoder is the samples' intrinsic dimension, at most this
@@ -363,8 +368,8 @@ _INPUT_CODES: dict[tuple, Codes] = {}
 _INPUT_CODES_KEPT = 4
 
 
-def compress(a: np.ndarray, dim: int | str, compressor: str, seed: int, device: str, ae_steps: int | None = None,
-             remember: bool = False, sample_shape: tuple[int, ...] = (),
+def compress(a: np.ndarray, dim: int | str, compressor: str, seed: int, device: str,
+             ae_steps: int | None = None, remember: bool = False, sample_shape: tuple[int, ...] = (),
              ae_candidates: int | None = None) -> Codes:
     """`a` (n, features) to `dim` columns and the share of its variance they keep; fewer
     features than `dim` are kept as they are.
@@ -425,7 +430,8 @@ def _mi_compressed(ca: np.ndarray, cb: np.ndarray | None, labels: np.ndarray | N
         ksg = ksg_mutual_information(ca, cb, k=k, seed=seed, device=device)
         return CodesMI(max(flow, ksg), flow, ksg)
     if entropy in ("ksg", "flow"):  # labels: the flow models two continuous sides only
-        return CodesMI(ksg_mutual_information(ca, labels if cb is None else cb, k=k, seed=seed, device=device))
+        other = labels if cb is None else cb
+        return CodesMI(ksg_mutual_information(ca, other, k=k, seed=seed, device=device))
     return CodesMI(_kl_mutual_information(ca, cb, labels, entropy, k, device))
 
 
@@ -472,8 +478,9 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
     Every call checks itself and warns (`CompressionWarning`) where the estimate may be low:
     when a side's code reconstructs less than `MIN_KEPT` (0.99) of its variance (the code
     dropped part of the sample), or when the flow reads far below KSG on the same codes
-    (`flow_disagrees`: the flow failed to fit them). `diagnostics=True` returns (bits, {"kept_a",
-    "kept_b" (the shares), "ksg_on_codes" (where the flow was used), "lossy" (1.0 if flagged)}).
+    (`flow_disagrees`: the flow failed to fit them, and KSG on warped codes reads low).
+    `diagnostics=True` returns (bits, {"kept_a", "kept_b" (the shares), "dim_a", "dim_b" (the
+    code sizes), "flow" and "ksg_on_codes" (where the flow was used), "lossy" (1.0 if flagged)}).
 
     Parameters
     ----------
@@ -488,17 +495,17 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         most `MAX_AUTO_DIM` = 8), so a code neither drops latents nor pads them; for PCA, 4.
     compressor : {"auto", "pca", "autoencoder", "conv_autoencoder", "none"}
         "auto" (default) follows Butakov et al.: a convolutional autoencoder for images
-        ((n, H, W) or (n, C, H, W) with H, W >= 8; `conv_autoencoder_compress`, with its 3
-        candidates a default call took 179-203 s on 16x16 and 378-419 s on 32x32 images at
-        n = 5000 on 2 CPU cores), a dense
+        ((n, H, W) or (n, C, H, W) with H, W >= 8; `conv_autoencoder_compress`; the seconds of
+        a default call are in docs/benchmarks.md, section images), a dense
         one for other samples with two or more trailing axes (`autoencoder_compress`, about
         10 s a side), PCA for flat
         vectors such as dense layers. Pass images with their shape: flattened to (n, H * W)
         they are taken for a dense layer (PCA, 10 of the 18 image cases within tolerance).
     entropy : {"auto", "ksg", "flow", "kl", "wkl"}
         "auto" (default): "flow" when both sides go through the autoencoder (images),
-        "ksg" otherwise (`resolve_entropy`). "ksg": KSG directly on the compressed pair, or
-        "kl": H(A) + H(B) - H(A, B) from
+        "ksg" otherwise (`resolve_entropy`). "flow" reads the larger of the flow model's MI
+        and KSG's on the same codes (both read low on autoencoder codes, neither high).
+        "ksg": KSG directly on the compressed pair, or "kl": H(A) + H(B) - H(A, B) from
         Kozachenko-Leonenko entropies (k neighbours, after whitening; Butakov et al.), weighted
         KL where the compressed dimension exceeds 4. KSG rather than the paper's KL route
         because it was measured better: when PCA keeps more dimensions than the data's latent
