@@ -160,9 +160,10 @@ def image_summary(cases: list[dict], label: str) -> str:
     ok = [within(c["estimate"], c["truth"], 0.15, 0.2) for c in cases]
     misses = [c for c, good in zip(cases, ok, strict=True) if not good]
     by_kept = [c for c in misses if c["kept"] < MIN_KEPT]
+    flagged = sum(int(c["flagged"]) for c in misses)
     return (f"{label}: {sum(ok)} of {len(cases)} cases within max(0.15 bit, 20%); of the {len(misses)} "
-            f"outside, {sum(int(c['flagged']) for c in misses)} flagged ({len(by_kept)} by a code's kept "
-            f"variance below {MIN_KEPT}, the others by the flow's check against KSG on the codes); "
+            f"outside, {flagged} flagged ({len(by_kept)} by a code's kept variance below {MIN_KEPT}, "
+            f"{flagged - len(by_kept)} by the flow's check alone); "
             f"{sum(int(c['flagged']) for c in cases)} flagged in all")
 
 
