@@ -125,7 +125,7 @@ def render(record: dict) -> str:
     for dim in (1, 2, 3, 4, 5):
         sel = [c for c in ksg if c["dim"] == dim]
         axes[0].scatter([c["mi"] for c in sel], [c["est"] for c in sel], s=12, label=f"{dim} dim/side")
-    for label, cases, marker in zip(("conv autoencoder + flow (default)", "dense autoencoder + ksg",
+    for label, cases, marker in zip(("conv autoencoder, flow or ksg (default)", "dense autoencoder + ksg",
                                      "pca + ksg", "pca + kl"), columns, "o^sx", strict=True):
         axes[1].scatter([c["mi"] for c in cases], [c["est"] for c in cases], marker=marker, s=18,
                         label=label, facecolors="none" if marker == "s" else None)
@@ -158,16 +158,17 @@ def render(record: dict) -> str:
         + "\n\nThe same with `transform=\"standardise\"` (the papers' wording), for comparison:\n\n"
         + table(["dim per side", "cases", "within tolerance", "median rel. error", "worst case"],
                 summarise_ksg(ksg_std))
-        + "\n\n**compression**, relative noise 1e-3, 4 dimensions, k = 5, seed 0. Defaults: "
-        "`compressor=\"auto\"` (the convolutional autoencoder for images: 3 candidates for 750 steps, "
-        "the best finishing 1500) and `entropy=\"auto\"` (the flow model on two autoencoder codes, with "
-        "noise of 3% of each code coordinate's spread); then "
+        + "\n\n**compression**, relative noise 1e-3, k = 5, seed 0. Defaults: "
+        "`compressor=\"auto\"` (the convolutional autoencoder for images, 16 channels: 3 candidates for "
+        "750 steps, the best finishing 1500), `dim=\"auto\"` (codes as wide as each side's intrinsic "
+        "dimension) and `entropy=\"auto\"` (on two autoencoder codes the larger of the flow model's "
+        "MI, with noise of 3% of each code coordinate's spread, and KSG's); then, in 4 dimensions, "
         "the dense autoencoder (`compressor=\"autoencoder\"`, 3000 steps) with `entropy=\"ksg\"`, "
         "`compressor=\"pca\"` (the default for dense layers, with KSG), and PCA with the "
         "Kozachenko-Leonenko route `entropy=\"kl\"`. Cases within max(0.15 bit, 20%): "
         f"{n_ok[0]}, {n_ok[1]}, {n_ok[2]} and {n_ok[3]} of {len(columns[0])}; seconds a case: "
         + ", ".join(f"{sec:.0f}" for sec in seconds) + ".\n\n"
-        + table(["images", "latent dim", "true MI", "default (conv + flow)", "within",
+        + table(["images", "latent dim", "true MI", "default (conv, flow or KSG)", "within",
                  "dense autoencoder + ksg", "within",
                  "pca", "within", "pca + kl"], comp_rows)
     )
