@@ -312,20 +312,22 @@ def test_auto_entropy_is_the_flow_for_autoencoder_codes_and_ksg_otherwise(monkey
         compression.resolve_entropy("shannon", ("pca", "pca"))
     calls = []
     monkeypatch.setattr(compression, "flow_mutual_information",
-                        lambda a, b, **kw: calls.append(a.shape) or 1.0)
+                        lambda a, b, **kw: calls.append(a.shape) or 5.0)  # above any KSG reading here
     a, b = gaussian_pair(300, 1.0, 2, seed=3, rotate=False)
     images_a, images_b = bump_images(a), bump_images(b)
-    assert mutual_information(images_a, images_b, "compression", ae_steps=20) == 1.0
-    assert calls == [(300, 4)]  # the flow saw the two 4-d codes
+    assert mutual_information(images_a, images_b, "compression", ae_steps=20) == 5.0
+    assert calls == [(300, 2)]  # the flow saw the two codes, as wide as the images' 2 latents
+    mutual_information(images_a, images_b, "compression", ae_steps=20, dim=4)
+    assert calls[-1] == (300, 4)
     mutual_information(images_a.reshape(300, -1), images_b.reshape(300, -1), "compression")
     mutual_information(images_a, RNG.integers(0, 2, 300), "compression", ae_steps=20)
-    assert len(calls) == 1  # flat vectors (PCA) and labels stay with KSG
+    assert len(calls) == 2  # flat vectors (PCA) and labels stay with KSG
     y = RNG.integers(0, 2, 300)
     information_plane(images_a, images_b, y, "compression", ae_steps=20)  # PCA for both by default
-    assert len(calls) == 1
+    assert len(calls) == 2
     both = {"compressor": "autoencoder", "input_compressor": "autoencoder", "ae_steps": 20}
-    assert information_plane(images_a, images_b, y, "compression", **both)["I_XT"] == 1.0
-    assert len(calls) == 2  # I(X;T) by the flow, I(T;Y) by KSG
+    assert information_plane(images_a, images_b, y, "compression", **both)["I_XT"] == 5.0
+    assert len(calls) == 3  # I(X;T) by the flow, I(T;Y) by KSG
 
 
 def test_autoencoder_codes_keep_the_information_and_are_seeded():
