@@ -132,11 +132,13 @@ def _fit_autoencoder(build, data: torch.Tensor, loss_of, steps: int, batch: int,
     if candidates < 1:
         raise ValueError(f"the autoencoder needs at least one candidate (ae_candidates), got {candidates}")
     runs = []
-    for _ in range(candidates):
-        encoder, decoder = build()
-        optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
-        runs.append((encoder, decoder, optimizer,
-                     torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)))
+    # layers initialise from torch's global RNG: seeded by the generator's seed, then restored
+    with torch_seeded(generator.initial_seed()):
+        for _ in range(candidates):
+            encoder, decoder = build()
+            optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
+            runs.append((encoder, decoder, optimizer,
+                         torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)))
 
     def train(run: tuple, n_steps: int) -> None:
         encoder, decoder, optimizer, schedule = run
@@ -181,31 +183,30 @@ def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, steps: int = 30
     left out count as lost).
     """
     generator = torch.Generator().manual_seed(seed)
-    with torch_seeded(seed):  # layer initialisations draw from torch's global RNG
-        reduced = pca_compress(a, pre_dim)
-        scale = max(reduced[:, 0].std(), 1e-12)
-        data = torch.as_tensor(reduced / scale, dtype=torch.float32, device=device)
-        d = data.shape[1]
+    reduced = pca_compress(a, pre_dim)
+    scale = max(reduced[:, 0].std(), 1e-12)
+    data = torch.as_tensor(reduced / scale, dtype=torch.float32, device=device)
+    d = data.shape[1]
 
-        def build() -> tuple[nn.Module, nn.Module]:
-            encoder = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                    nn.Linear(hidden, dim)).to(device)
-            decoder = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-                                    nn.Linear(hidden, d)).to(device)
-            return encoder, decoder
+    def build() -> tuple[nn.Module, nn.Module]:
+        encoder = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                nn.Linear(hidden, dim)).to(device)
+        decoder = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                nn.Linear(hidden, d)).to(device)
+        return encoder, decoder
 
-        def loss_of(enc: nn.Module, dec: nn.Module, xb: torch.Tensor) -> torch.Tensor:
-            return ((dec(enc(xb)) - xb) ** 2).mean()
+    def loss_of(enc: nn.Module, dec: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+        return ((dec(enc(xb)) - xb) ** 2).mean()
 
-        encoder, decoder = _fit_autoencoder(build, data, loss_of, steps, batch, lr, generator, candidates)
-        with torch.no_grad():
-            codes = encoder(data)
-            residual = float(((decoder(codes) - data).double() ** 2).sum()) * scale ** 2
-        codes = codes.double().cpu().numpy()
-        if not return_kept:
-            return codes
-        total = float(((a - a.mean(axis=0)) ** 2).sum())
-        return Codes(codes, kept_share(total, total - float((reduced ** 2).sum()) + residual))
+    encoder, decoder = _fit_autoencoder(build, data, loss_of, steps, batch, lr, generator, candidates)
+    with torch.no_grad():
+        codes = encoder(data)
+        residual = float(((decoder(codes) - data).double() ** 2).sum()) * scale ** 2
+    codes = codes.double().cpu().numpy()
+    if not return_kept:
+        return codes
+    total = float(((a - a.mean(axis=0)) ** 2).sum())
+    return Codes(codes, kept_share(total, total - float((reduced ** 2).sum()) + residual))
 
 
 def pooled_images(images: torch.Tensor, largest: int) -> tuple[torch.Tensor, int, float]:
@@ -255,46 +256,45 @@ def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, 
         raise ValueError(f"compressor='conv_autoencoder' needs images (H, W) or (C, H, W) with H, W >= 8, "
                          f"got samples of shape {tuple(sample_shape)}; use compressor='autoencoder'")
     generator = torch.Generator().manual_seed(seed)
-    with torch_seeded(seed):  # layer initialisations draw from torch's global RNG
-        centred = a - a.mean(axis=0)
-        scale = max(float(centred.std(axis=0).max()), 1e-12)
-        pooled, factor, pooling_loss = pooled_images(
-            torch.as_tensor(centred / scale, dtype=torch.float32).reshape(len(a), *shape), largest)
-        channels_in, height, width = pooled.shape[1:]
-        rows, cols = -(-height // 8), -(-width // 8)  # the 8x8-downsampled grid, padded up
-        images = torch.zeros(len(a), channels_in, 8 * rows, 8 * cols, dtype=torch.float32)
-        images[:, :, :height, :width] = pooled
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
+    centred = a - a.mean(axis=0)
+    normalised = centred / max(float(centred.std(axis=0).max()), 1e-12)
+    pooled, factor, pooling_loss = pooled_images(
+        torch.as_tensor(normalised, dtype=torch.float32).reshape(len(a), *shape), largest)
+    channels_in, height, width = pooled.shape[1:]
+    rows, cols = -(-height // 8), -(-width // 8)  # the 8x8-downsampled grid, padded up
+    images = torch.zeros(len(a), channels_in, 8 * rows, 8 * cols, dtype=torch.float32)
+    images[:, :, :height, :width] = pooled
+    images = images.to(device).contiguous(memory_format=torch.channels_last)
 
-        def build() -> tuple[nn.Module, nn.Module]:
-            encoder = nn.Sequential(
-                nn.Conv2d(channels_in, channels, 4, 2, 1), nn.SiLU(),
-                nn.Conv2d(channels, channels, 4, 2, 1), nn.SiLU(),
-                nn.Conv2d(channels, channels, 4, 2, 1), nn.SiLU(), nn.Flatten(),
-                nn.Linear(channels * rows * cols, hidden), nn.SiLU(), nn.Linear(hidden, dim)).to(device)
-            decoder = nn.Sequential(
-                nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, channels * rows * cols), nn.SiLU(),
-                nn.Unflatten(1, (channels, rows, cols)),
-                nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.SiLU(),
-                nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.SiLU(),
-                nn.ConvTranspose2d(channels, channels_in, 4, 2, 1)).to(device)
-            last = torch.channels_last
-            return encoder.to(memory_format=last), decoder.to(memory_format=last)
+    def build() -> tuple[nn.Module, nn.Module]:
+        encoder = nn.Sequential(
+            nn.Conv2d(channels_in, channels, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(channels, channels, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(channels, channels, 4, 2, 1), nn.SiLU(), nn.Flatten(),
+            nn.Linear(channels * rows * cols, hidden), nn.SiLU(), nn.Linear(hidden, dim)).to(device)
+        decoder = nn.Sequential(
+            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, channels * rows * cols), nn.SiLU(),
+            nn.Unflatten(1, (channels, rows, cols)),
+            nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.SiLU(),
+            nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.SiLU(),
+            nn.ConvTranspose2d(channels, channels_in, 4, 2, 1)).to(device)
+        last = torch.channels_last
+        return encoder.to(memory_format=last), decoder.to(memory_format=last)
 
-        def loss_of(encoder: nn.Module, decoder: nn.Module, xb: torch.Tensor) -> torch.Tensor:
-            return ((decoder(encoder(xb)) - xb)[:, :, :height, :width] ** 2).mean()
+    def loss_of(encoder: nn.Module, decoder: nn.Module, xb: torch.Tensor) -> torch.Tensor:
+        return ((decoder(encoder(xb)) - xb)[:, :, :height, :width] ** 2).mean()
 
-        encoder, decoder = _fit_autoencoder(build, images, loss_of, steps, batch, lr, generator, candidates)
-        codes, residual = [], 0.0
-        with torch.no_grad():
-            for part in images.split(1000):
-                codes.append(encoder(part))
-                residual += float(((decoder(codes[-1]) - part)[:, :, :height, :width].double() ** 2).sum())
-        codes = torch.cat(codes).double().cpu().numpy()
-        # a pooled pixel stands for factor^2 pixels; its error is orthogonal to what pooling lost
-        total = float(((centred / scale) ** 2).sum())
-        kept = kept_share(total, pooling_loss + factor ** 2 * residual)
-        return Codes(codes, kept) if return_kept else codes
+    encoder, decoder = _fit_autoencoder(build, images, loss_of, steps, batch, lr, generator, candidates)
+    codes, residual = [], 0.0
+    with torch.no_grad():
+        for part in images.split(1000):
+            codes.append(encoder(part))
+            residual += float(((decoder(codes[-1]) - part)[:, :, :height, :width].double() ** 2).sum())
+    codes = torch.cat(codes).double().cpu().numpy()
+    # a pooled pixel stands for factor^2 pixels; its error is orthogonal to what pooling lost
+    total = float((normalised ** 2).sum())
+    kept = kept_share(total, pooling_loss + factor ** 2 * residual)
+    return Codes(codes, kept) if return_kept else codes
 
 
 # dim="auto": the code size of an autoencoder is the samples' intrinsic dimension, at most this

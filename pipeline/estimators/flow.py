@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.estimators._common import LOG2, as_samples, same_length, torch_seeded
+from pipeline.estimators._common import LOG2, as_samples, same_length
 from pipeline.estimators.knn import normal_scores
 
 
@@ -106,58 +106,56 @@ def flow_mutual_information(a: np.ndarray, b: np.ndarray, layers: int = 10, hidd
         raise ValueError(f"flow needs steps >= 1, layers >= 0, batch >= 2 and noise >= 0; "
                          f"got {steps}, {layers}, {batch}, {noise}")
     generator = torch.Generator().manual_seed(seed)
-    with torch_seeded(seed):  # layer initialisations draw from torch's global RNG
-        rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
 
-        def scores(samples: np.ndarray) -> torch.Tensor:
-            if noise > 0:
-                samples = samples + noise * samples.std(0) * rng.standard_normal(samples.shape)
-            return torch.as_tensor(normal_scores(samples), dtype=torch.float32, device=device)
+    def scores(samples: np.ndarray) -> torch.Tensor:
+        if noise > 0:
+            samples = samples + noise * samples.std(0) * rng.standard_normal(samples.shape)
+        return torch.as_tensor(normal_scores(samples), dtype=torch.float32, device=device)
 
-        side_a = scores(as_samples(a, "a", min_samples=3))
-        side_b = scores(as_samples(b, "b", min_samples=3))
-        dim_a, dim_b = side_a.shape[1], side_b.shape[1]
-        if dim_a == dim_b:  # the usual case (both sides compressed to `dim`): one batched network
-            flows = [_Couplings(2, dim_a, layers, hidden, generator).to(device)]
+    side_a = scores(as_samples(a, "a", min_samples=3))
+    side_b = scores(as_samples(b, "b", min_samples=3))
+    dim_a, dim_b = side_a.shape[1], side_b.shape[1]
+    if dim_a == dim_b:  # the usual case (both sides compressed to `dim`): one batched network
+        flows = [_Couplings(2, dim_a, layers, hidden, generator).to(device)]
+    else:
+        flows = [_Couplings(1, dim, layers, hidden, generator).to(device) for dim in (dim_a, dim_b)]
+    # The base covariance starts at the sample's (the Gaussian-copula estimate); the flows
+    # then move the model away from it only where the likelihood improves.
+    start = torch.linalg.cholesky(torch.cov(torch.cat([side_a, side_b], 1).T.double()))
+    cholesky = nn.Parameter(start.float())
+    params = [*(p for flow in flows for p in flow.parameters()), cholesky]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+
+    def lower() -> torch.Tensor:
+        tri = torch.tril(cholesky)
+        diag = torch.diagonal(tri)
+        return tri - torch.diag(diag) + torch.diag(diag.abs() + 1e-4)
+
+    def negative_log_likelihood(rows: torch.Tensor) -> torch.Tensor:
+        if len(flows) == 1:
+            z, log_det = flows[0](torch.stack([side_a[rows], side_b[rows]]))
+            z_a, z_b = z
         else:
-            flows = [_Couplings(1, dim, layers, hidden, generator).to(device) for dim in (dim_a, dim_b)]
-        # The base covariance starts at the sample's (the Gaussian-copula estimate); the flows
-        # then move the model away from it only where the likelihood improves.
-        start = torch.linalg.cholesky(torch.cov(torch.cat([side_a, side_b], 1).T.double()))
-        cholesky = nn.Parameter(start.float())
-        params = [*(p for flow in flows for p in flow.parameters()), cholesky]
-        optimizer = torch.optim.Adam(params, lr=lr)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+            (z_a, log_det_a), (z_b, log_det_b) = (flow(side[rows][None])
+                                                  for flow, side in zip(flows, (side_a, side_b), strict=True))
+            z_a, z_b, log_det = z_a[0], z_b[0], torch.cat([log_det_a, log_det_b])
+        tri = lower()
+        white = torch.linalg.solve_triangular(tri, torch.cat([z_a, z_b], 1).T, upper=False)
+        return (0.5 * (white ** 2).sum(0) + torch.log(torch.diagonal(tri)).sum() - log_det.sum(0)).mean()
 
-        def lower() -> torch.Tensor:
-            tri = torch.tril(cholesky)
-            diag = torch.diagonal(tri)
-            return tri - torch.diag(diag) + torch.diag(diag.abs() + 1e-4)
-
-        def negative_log_likelihood(rows: torch.Tensor) -> torch.Tensor:
-            if len(flows) == 1:
-                z, log_det = flows[0](torch.stack([side_a[rows], side_b[rows]]))
-                z_a, z_b = z
-            else:
-                pairs = zip(flows, (side_a, side_b), strict=True)
-                (z_a, log_det_a), (z_b, log_det_b) = (flow(side[rows][None]) for flow, side in pairs)
-                z_a, z_b, log_det = z_a[0], z_b[0], torch.cat([log_det_a, log_det_b])
-            tri = lower()
-            white = torch.linalg.solve_triangular(tri, torch.cat([z_a, z_b], 1).T, upper=False)
-            return (0.5 * (white ** 2).sum(0) + torch.log(torch.diagonal(tri)).sum() - log_det.sum(0)).mean()
-
-        for _ in range(steps):
-            rows = torch.randint(n, (min(batch, n),), generator=generator).to(device)
-            loss = negative_log_likelihood(rows)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        with torch.no_grad():
-            tri = lower().double()
-            cov = tri @ tri.T
-            marginals = torch.logdet(cov[:dim_a, :dim_a]) + torch.logdet(cov[dim_a:, dim_a:])
-            mi = 0.5 * (marginals - torch.logdet(cov))
-        if not math.isfinite(float(mi)):
-            raise ValueError("the flow model diverged (non-finite covariance); lower lr or raise steps")
-        return max(float(mi), 0.0) / LOG2
+    for _ in range(steps):
+        rows = torch.randint(n, (min(batch, n),), generator=generator).to(device)
+        loss = negative_log_likelihood(rows)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        tri = lower().double()
+        cov = tri @ tri.T
+        mi = 0.5 * (torch.logdet(cov[:dim_a, :dim_a]) + torch.logdet(cov[dim_a:, dim_a:]) - torch.logdet(cov))
+    if not math.isfinite(float(mi)):
+        raise ValueError("the flow model diverged (non-finite covariance); lower lr or raise steps")
+    return max(float(mi), 0.0) / LOG2
