@@ -151,8 +151,8 @@ def gaussian_section(entry: dict) -> str:
             + table(["family", "dims a side", "true MI", *METHODS, "KSG flagged"], values))
 
 
-# Held-out families first measured with the current image default: the others' results under
-# the previous default were known when its rules (code size, the larger of flow and KSG) were set.
+# Held-out families first measured with the current image default; the others' results were
+# known when its rules (code width, the larger of flow and KSG) were chosen.
 FRESH = ("ellipses", "dots")
 
 
@@ -180,8 +180,8 @@ def image_section(entry: dict) -> str:
     return (f"Command: `python -m benchmarks.families --only images`; default `compression` call, n = "
             f"{entry['n']}; {entry['commit']}, {entry['date']}, {entry['machine']}. "
             + image_summary(cases, "All held-out families") + ". "
-            + image_summary(seen, "Families measured under the previous default (" + ", ".join(
-                sorted({c["family"] for c in seen})) + ")") + ". "
+            + image_summary(seen, "Families whose results were known when the default's rules were chosen ("
+                            + ", ".join(sorted({c["family"] for c in seen})) + ")") + ". "
             + (image_summary(fresh, "Families first measured with this default (" + ", ".join(FRESH) + ")")
                + ". " if fresh else "")
             + f"Seconds a call: {min(seconds):.0f} to {max(seconds):.0f}.\n\n"
