@@ -105,10 +105,11 @@ def test_kde_information_is_the_difference_of_entropy_bounds(bound):
 @pytest.mark.parametrize("bound", ["upper", "lower"])
 @pytest.mark.parametrize("n, d, decimals", [(700, 3, None), (600, 4, 0), (500, 40, 1)])
 def test_kde_equals_the_plain_formula(bound, n, d, decimals):
-    """Tiles, the symmetric half and the merged identical rows (rounded layers: many) change
-    no value: the plain full-matrix logsumexp agrees to 1e-9 relative."""
+    """Tiles, the symmetric half, threads and the merged identical rows (rounded layers: many)
+    change no value: the plain full-matrix logsumexp agrees to 1e-9 relative, and so does the
+    torch path that `device="cuda"` takes."""
     from benchmarks.reference import kde_reference
-    from pipeline.estimators.kde import class_kernel_sums
+    from pipeline.estimators.kde import TileSums, class_kernel_sums, mixture_components
 
     rng = np.random.default_rng(n)
     t = np.tanh(0.4 * rng.normal(size=(n, d)))
@@ -119,10 +120,40 @@ def test_kde_equals_the_plain_formula(bound, n, d, decimals):
     out = information_plane(distinct_inputs(n), t, y, "kde", noise_variance=0.05, bound=bound)
     for name in ("I_XT", "I_TY"):
         assert out[name] == pytest.approx(expected[name], rel=1e-9)
-    h = torch.as_tensor(t)
-    counts = torch.nn.functional.one_hot(torch.as_tensor(y)).double()
-    torch.testing.assert_close(class_kernel_sums(h, counts, 0.05, tile=37),
-                               class_kernel_sums(h, counts, 0.05, tile=n), rtol=1e-12, atol=0)
+    rows, classes, weights = mixture_components(t, y)
+    sums = TileSums(rows, classes, weights, 0.05, tile=37).sums()
+    np.testing.assert_allclose(sums, TileSums(rows, classes, weights, 0.05, tile=len(rows)).sums(),
+                               rtol=1e-12)
+    counts = np.zeros((len(rows), 3))
+    counts[np.arange(len(rows)), classes] = weights
+    torch_path = class_kernel_sums(torch.as_tensor(rows), torch.as_tensor(counts), 0.05, tile=37)
+    np.testing.assert_allclose(sums, torch_path.numpy(), rtol=1e-12)
+
+
+def test_kde_skips_only_tiles_whose_terms_are_negligible():
+    """Two classes 10 apart in 64 dimensions, far from the origin (1e3 on every axis): their
+    cross tiles are skipped (every term below e^-30 of its row's sum), tiles within a class are
+    not, and the values equal the plain formula's to 1e-9 with 1 and 2 threads."""
+    from benchmarks.reference import kde_reference
+    from pipeline.estimators.kde import SCREEN_MIN_DIMS, TileSums, mixture_components
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 150)
+    t = 1e3 + 0.2 * rng.normal(size=(300, SCREEN_MIN_DIMS)) + 10.0 * y[:, None] / 8.0
+    rows, classes, weights = mixture_components(t, y)
+    sums = TileSums(rows, classes, weights, 0.1, tile=50)
+    assert sums.negligible(slice(0, 50), slice(250, 300))  # class 0 against class 1
+    assert not sums.negligible(slice(0, 50), slice(100, 150))  # within class 0
+    expected = kde_reference(t, y, 0.1)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            out = information_plane(distinct_inputs(300), t, y, "kde", noise_variance=0.1)
+            for name in ("I_XT", "I_TY"):
+                assert out[name] == pytest.approx(expected[name], rel=1e-9)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("s2", [0.01, 0.1, 1.0])

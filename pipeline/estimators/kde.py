@@ -12,6 +12,7 @@ difference of bounds, not itself a bound. Computed in nats, returned in bits.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -31,30 +32,129 @@ def kernel_variance(noise_variance: float, bound: str) -> float:
     return noise_variance if bound == "upper" else 4.0 * noise_variance
 
 
-TILE = 1024  # rows per tile: memory is O(TILE^2 + n), not O(n^2)
+TILE = 512  # rows per tile: memory is O(threads x TILE^2 + n), not O(n^2)
+NEGLIGIBLE = 30.0  # a term below exp(-(ln n + 30)) of the largest changes no sum by 1e-13
+SCREEN_MIN_DIMS = 64  # screen tiles in float32 from this width on (docs/benchmarks.md)
+FLOAT32_UNIT = 2.0**-24
 
 
-def weighted_components(t: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct rows of `t` and, per row, how many samples of each class sit on it.
+def mixture_components(t: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (row, class) pairs of the samples, sorted by class: rows, classes, weights.
 
-    Identical rows (saturated units, discrete inputs) are one mixture component with a weight:
-    the sums below run over distinct rows, with the same value as over all samples.
+    Identical rows of one class (saturated units, discrete inputs) are one mixture component
+    weighted by their count: the sums below run over components, with the same value as over
+    all samples. Sorting by class makes each class a run of consecutive components.
     """
     symbols = row_symbols(t)
-    _, first = np.unique(symbols, return_index=True)
-    counts = np.zeros((len(first), labels.max() + 1))
-    np.add.at(counts, (symbols, labels), 1.0)
-    return t[first], counts
+    key = labels.astype(np.int64) * (int(symbols.max()) + 1) + symbols
+    _, first, weights = np.unique(key, return_index=True, return_counts=True)
+    return t[first], labels[first], weights.astype(np.float64)
+
+
+def class_runs(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The starts of the runs of equal values in a sorted array, and each run's value."""
+    starts = np.flatnonzero(np.r_[True, classes[1:] != classes[:-1]])
+    return starts, classes[starts]
+
+
+class TileSums:
+    """S[u, c] = sum over components v of class c of w_v exp(-|h_u - h_v|^2 / (2 variance)).
+
+    The tile of rows U and columns V holds F_uv = w_u w_v exp(-|h_u - h_v|^2 / (2 variance)) =
+    exp(z_uv), where z_uv = 2s h_u.h_v + b_u + b_v, s = 1 / (2 variance), b = -s |h|^2 + ln w:
+    one matrix product of rows augmented with b and 1. F is symmetric, so each off-diagonal tile
+    is exponentiated once and gives both its rows' sums (over runs of column classes) and its
+    columns' (over runs of row classes); dividing by w_u at the end leaves S.
+
+    A tile whose every squared distance exceeds 2 variance (ln n + NEGLIGIBLE) is skipped: each
+    row's sum holds its own component (exp(0) w_u >= 1 times w_u), and the skipped terms add up
+    to less than exp(-NEGLIGIBLE) < 1e-13 of it. From SCREEN_MIN_DIMS dimensions, where the
+    product is most of a tile's cost, the distances are first screened in float32 with the
+    rounding bound 4 (d + 2) u32 (|h_u|^2 + |h_v|^2) subtracted, so no tile is skipped on a
+    rounding error.
+    """
+
+    def __init__(self, h: np.ndarray, classes: np.ndarray, weights: np.ndarray, variance: float,
+                 tile: int = TILE) -> None:
+        h = h - h.mean(0)  # distances do not change; the products lose less to cancellation
+        s = 0.5 / variance
+        sq = (h * h).sum(1)
+        self.log_w = np.log(weights)
+        bias = (-s * sq + self.log_w)[:, None]
+        ones = np.ones_like(bias)
+        self.left = torch.from_numpy(np.hstack([2.0 * s * h, bias, ones]))
+        self.right = torch.from_numpy(np.hstack([h, ones, bias]))
+        self.classes, self.weights, self.tile = classes, weights, tile
+        self.n_classes = int(classes.max()) + 1
+        self.cut = (math.log(weights.sum()) + NEGLIGIBLE) / s
+        self.screen = None
+        if h.shape[1] >= SCREEN_MIN_DIMS:
+            slack = 4.0 * (h.shape[1] + 2) * FLOAT32_UNIT * sq
+            self.screen = (torch.from_numpy(h).float(), torch.from_numpy(sq - slack).float(),
+                           torch.from_numpy(sq + slack).float())
+
+    def negligible(self, rows: slice, cols: slice) -> bool:
+        """True when every squared distance of the tile exceeds the cut, bound included."""
+        h32, low, _ = self.screen
+        d2 = torch.addmm(low[None, cols], h32[rows], h32[cols].T, alpha=-2.0).add_(low[rows, None])
+        return float(d2.min()) > self.cut
+
+    def add_row_tile(self, a: int, out: np.ndarray, buffer: np.ndarray) -> None:
+        """Adds the tiles (a, b >= a) of row tile `a` to `out` (rows and columns)."""
+        m, tile = len(self.left), self.tile
+        rows = slice(a, min(a + tile, m))
+        row_starts, row_classes = class_runs(self.classes[rows])
+        row_ends = np.r_[row_starts[1:], rows.stop - a]
+        for b in range(a, m, tile):
+            cols = slice(b, min(b + tile, m))
+            if self.screen is not None and a != b and self.negligible(rows, cols):
+                continue
+            z = buffer[: (rows.stop - a) * (cols.stop - b)].reshape(rows.stop - a, cols.stop - b)
+            torch.mm(self.left[rows], self.right[cols].T, out=torch.from_numpy(z))
+            np.exp(z, out=z)
+            if a == b:
+                np.fill_diagonal(z, np.exp(2.0 * self.log_w[rows]))  # d = 0 exactly
+            col_starts, col_classes = class_runs(self.classes[cols])
+            out[rows, col_classes] += np.add.reduceat(z, col_starts, axis=1)
+            if a != b:
+                for start, end, c in zip(row_starts, row_ends, row_classes, strict=True):
+                    out[cols, c] += z[start:end].sum(0)
+
+    def sums(self) -> np.ndarray:
+        """S (components, classes), the row tiles spread over torch's threads.
+
+        Each thread owns an accumulator and a fixed share of the row tiles, balanced by their
+        tile counts; the shares are summed in a fixed order, so the result does not depend on
+        timing.
+        """
+        m, tile = len(self.left), self.tile
+        starts = list(range(0, m, tile))
+        n_threads = max(1, min(torch.get_num_threads(), len(starts)))
+        shares = [starts[k::2 * n_threads] + starts[2 * n_threads - 1 - k::2 * n_threads]
+                  for k in range(n_threads)]  # snake order: long and short row tiles paired
+
+        def run(share: list[int]) -> np.ndarray:
+            out = np.zeros((m, self.n_classes))
+            buffer = np.empty(tile * tile)
+            for a in share:
+                self.add_row_tile(a, out, buffer)
+            return out
+
+        if n_threads == 1:
+            total = run(starts)
+        else:
+            with ThreadPoolExecutor(n_threads) as pool:
+                total = sum(pool.map(run, shares))
+        return total / self.weights[:, None]
 
 
 def class_kernel_sums(h: torch.Tensor, counts: torch.Tensor, variance: float,
-                      tile: int = TILE) -> torch.Tensor:
-    """S[u, c] = sum_v exp(-|h_u - h_v|^2 / (2 variance)) counts[v, c], tile by tile.
+                      tile: int = 1024) -> torch.Tensor:
+    """S[u, c] = sum_v exp(-|h_u - h_v|^2 / (2 variance)) counts[v, c], in torch, tile by tile.
 
-    The kernel is symmetric: each off-diagonal tile is exponentiated once and serves both its
-    rows and its columns, half the exponentials of the full matrix. The diagonal term is
-    exp(0) = 1, the largest of each row, so the sums can neither overflow nor vanish: plain sums
-    replace a logsumexp.
+    The path for `device="cuda"` (TileSums is the CPU path): each off-diagonal tile is
+    exponentiated once and serves both its rows and its columns. The diagonal term is
+    exp(0) = 1, the largest of each row, so the sums can neither overflow nor vanish.
     """
     m = len(h)
     sq = (h * h).sum(1)
@@ -74,10 +174,23 @@ def class_kernel_sums(h: torch.Tensor, counts: torch.Tensor, variance: float,
     return out
 
 
-def mean_log_mixture(weights: torch.Tensor, mass: torch.Tensor, size: torch.Tensor | int) -> float:
+def component_sums(t: np.ndarray, labels: np.ndarray, variance: float, device: str = "cpu",
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mixture components of (t, labels) and their kernel sums per class: (S, classes, w)."""
+    rows, classes, weights = mixture_components(t, labels)
+    if torch.device(device).type == "cpu":
+        return TileSums(rows.astype(np.float64), classes, weights, variance).sums(), classes, weights
+    counts = np.zeros((len(rows), int(classes.max()) + 1))
+    counts[np.arange(len(rows)), classes] = weights
+    sums = class_kernel_sums(torch.as_tensor(rows, dtype=torch.float64, device=device),
+                             torch.as_tensor(counts, device=device), variance)
+    return sums.cpu().numpy(), classes, weights
+
+
+def mean_log_mixture(weights: np.ndarray, mass: np.ndarray, size: np.ndarray | int) -> float:
     """sum_u w_u log(mass_u / size_u) / sum_u w_u, nats: the mean over samples of the log of
-    their mixture density's sum, each distinct row standing for its `weights` samples."""
-    return float((weights * torch.log(mass / size)).sum() / weights.sum())
+    their mixture density's sum, each component standing for its `weights` samples."""
+    return float((weights * np.log(mass / size)).sum() / weights.sum())
 
 
 def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper",
@@ -85,11 +198,9 @@ def kde_entropy(t: np.ndarray, noise_variance: float = 0.1, bound: str = "upper"
     """Bound on H(T) in bits of the mixture of N(t_i, noise_variance I) over the rows of `t`."""
     variance = kernel_variance(noise_variance, bound)
     rows = as_samples(t, "t")
-    distinct, counts = weighted_components(rows, np.zeros(len(rows), dtype=np.int64))
-    weights = torch.as_tensor(counts, device=device)
-    sums = class_kernel_sums(torch.as_tensor(distinct, device=device), weights, variance)[:, 0]
+    sums, _, weights = component_sums(rows, np.zeros(len(rows), dtype=np.int64), variance, device)
     # -mean_i log[(1/P) sum_j exp(-d2_ij / (2 variance))] plus the per-component entropy.
-    mean_log = mean_log_mixture(weights[:, 0], sums, len(rows))
+    mean_log = mean_log_mixture(weights, sums[:, 0], len(rows))
     h_nats = 0.5 * rows.shape[1] * (math.log(2 * math.pi * noise_variance) + 1) - mean_log
     return h_nats / LOG2
 
@@ -112,15 +223,13 @@ def kde_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise_var
     variance = kernel_variance(noise_variance, bound)
     n = same_length(x=x, t=t, y=y)
     as_samples(x, "x")
-    labels = as_labels(y)
-    distinct, counts = weighted_components(as_samples(t, "t"), labels)
-    counts = torch.as_tensor(counts, device=device)  # (distinct rows, classes)
-    sums = class_kernel_sums(torch.as_tensor(distinct, device=device), counts, variance)
-    # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels; each distinct row
+    sums, classes, weights = component_sums(as_samples(t, "t"), as_labels(y), variance, device)
+    # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels; each component
     # stands for its samples, whose kernel mass is the sum over the classes.
-    i_xt = -mean_log_mixture(counts.sum(1), sums.sum(1), n)
+    i_xt = -mean_log_mixture(weights, sums.sum(1), n)
     # sum_y p(y) H(T|Y=y) with the bound inside each class: the mean over all samples of the
     # log mixture over the sample's own class.
-    held = counts > 0
-    h_t_given_y = -mean_log_mixture(counts[held], sums[held], counts.sum(0).expand_as(counts)[held])
+    class_sizes = np.bincount(classes, weights=weights)
+    own = sums[np.arange(len(classes)), classes]
+    h_t_given_y = -mean_log_mixture(weights, own, class_sizes[classes])
     return {"I_XT": i_xt / LOG2, "I_TY": (i_xt - h_t_given_y) / LOG2}
