@@ -134,10 +134,17 @@ def _committed(path):
         return 0
 
 
-@pytest.mark.parametrize("kill_after", [3, 40])
-def test_sigkill_and_resume_equals_uninterrupted(tmp_path, kill_after):
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The archive of LONG trained without a kill: the reference of both kill points."""
+    reference = tmp_path_factory.mktemp("uninterrupted")
     run_stage("train", "--config", str(TINY), "--runs", str(reference), *LONG)
+    return reference
+
+
+@pytest.mark.parametrize("kill_after", [3, 40])
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path, kill_after, uninterrupted):
+    reference, killed = uninterrupted, tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--config", str(TINY),
                              "--runs", str(killed), *LONG], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
