@@ -909,3 +909,30 @@ def test_autoencoders_and_the_flow_leave_torch_random_state_alone():
     again = conv_autoencoder_compress(images, 2, (16, 16), steps=5, candidates=1)
     np.testing.assert_array_equal(first, again)
     assert flow_mutual_information(a, b, steps=5) == value
+
+
+@pytest.mark.parametrize("dims, informative", [(1, False), (3, True), (10, False), (10, True)])
+def test_alignment_bounds_hold_and_pruning_keeps_the_width(dims, informative):
+    """Every candidate's exact score lies within its run bounds, and the pruned search picks
+    the width that scoring every candidate in float32 picks (flat and peaked score curves)."""
+    from pipeline.estimators._common import squared_distances
+    from pipeline.estimators.renyi import alignment_bounds, alignment_sigma
+
+    rng = np.random.default_rng(dims)
+    h = torch.as_tensor(np.tanh(rng.normal(size=(4, 100, dims))))
+    labels = (h[..., 0] > 0).long() if informative else torch.as_tensor(rng.integers(0, 10, (4, 100)))
+    d2, ky = squared_distances(h), label_gram(labels)
+    rows, cols = torch.triu_indices(100, 100, offset=1)
+    pair_d2, pair_y = d2[:, rows, cols].float(), ky[:, rows, cols].float()
+    candidates = 0.3 + torch.linspace(0, 1, 120)[None, :] * (10 * torch.sqrt(pair_d2).mean(-1)[:, None] - 0.3)
+    norm_y = torch.sqrt(2.0 * pair_y.sum(-1) + 100)
+    low, high = alignment_bounds(pair_d2, pair_y, candidates, 2.0, norm_y, 100, groups=16)
+    k = torch.exp(-pair_d2.double()[:, None, :] / (2.0 * candidates.double()[..., None] ** 2))
+    exact = (2 * (k * pair_y.double()[:, None]).sum(-1) + 100) / (
+        torch.sqrt(2 * (k * k).sum(-1) + 100) * norm_y.double()[:, None])
+    assert bool((low <= exact * (1 + 1e-12)).all() and (exact <= high * (1 + 1e-12)).all())
+    k32 = torch.exp(-pair_d2[:, None, :] / (2.0 * candidates[..., None] ** 2))
+    every = (2 * (k32 * pair_y[:, None]).sum(-1) + 100) / (torch.sqrt(2 * (k32 * k32).sum(-1) + 100)
+                                                          * norm_y[:, None])
+    expected = candidates.gather(1, every.argmax(1, keepdim=True)).squeeze(1)
+    assert torch.equal(alignment_sigma(d2, ky, n_candidates=120).float(), expected)

@@ -19,6 +19,7 @@ from pipeline.estimators._common import as_labels, as_samples, same_length, squa
 
 SIGMA_CONVENTIONS = ("gaussian", "wickstrom")
 ALIGNMENT_BLOCK = 2**18  # floats per block of the width search (1 MB: within a core's L2 cache)
+ALIGNMENT_GROUPS = 64  # runs of sorted pair distances that bound the scores (alignment_bounds)
 
 
 def kernel_scale(convention: str) -> float:
@@ -81,12 +82,17 @@ def matrix_mutual_information(ka: torch.Tensor, kb: torch.Tensor, alpha: float =
 
 
 def alignment_sigma(d2: torch.Tensor, k_labels: torch.Tensor, n_candidates: int = 300,
-                    convention: str = "gaussian") -> torch.Tensor:
+                    convention: str = "gaussian", groups: int = ALIGNMENT_GROUPS) -> torch.Tensor:
     """Per batch, the width maximising <K_sigma, K_Y>_F / (||K_sigma||_F ||K_Y||_F).
 
-    Candidates: linspace(0.3, 10 * mean pairwise distance, n_candidates), all batches and
-    candidates at once. The Gram matrices are symmetric with a unit diagonal, so the sums run
-    over the pairs i < j only, in float32: the arg max needs no more precision.
+    Candidates: linspace(0.3, 10 * mean pairwise distance, n_candidates). The Gram matrices are
+    symmetric with a unit diagonal, so the sums run over the pairs i < j only, in float32: the
+    arg max needs no more precision. Most candidates are ruled out without their exponentials:
+    with the pairs sorted by distance into `groups` runs, each run's terms lie between those at
+    its two ends, which bounds every candidate's score from both sides (`alignment_bounds`). A
+    candidate whose upper bound falls short of the best lower bound by more than the float32
+    rounding of a score cannot hold the arg max; the others are scored exactly as all were
+    before, so the chosen width is the same.
     """
     n = d2.shape[-1]
     rows, cols = torch.triu_indices(n, n, offset=1, device=d2.device)
@@ -96,22 +102,50 @@ def alignment_sigma(d2: torch.Tensor, k_labels: torch.Tensor, n_candidates: int 
     steps = torch.linspace(0.0, 1.0, n_candidates, device=d2.device)
     candidates = 0.3 + steps[None, :] * (10.0 * mean_distance[:, None] - 0.3)  # (b, c)
     scale = kernel_scale(convention)
-    sigma = candidates[..., None]
-    inner = torch.empty_like(candidates)
-    squares = torch.empty_like(candidates)
-    # rbf_gram's arithmetic on a few candidates at a time: each (b, step, P) block stays in the
-    # cache while it is exponentiated and summed (the whole (b, c, P) array was memory-bound)
-    step = max(1, ALIGNMENT_BLOCK // pair_d2.numel())
-    for start in range(0, n_candidates, step):
-        part = slice(start, start + step)
-        k = torch.div(-pair_d2[:, None, :], scale * sigma[:, part] * sigma[:, part]).exp_()
-        inner[:, part] = (k * pair_y[:, None, :]).sum(-1)
-        squares[:, part] = k.square_().sum(-1)
-    inner = 2.0 * inner + n
-    norm_k = torch.sqrt(2.0 * squares + n)
     norm_y = torch.sqrt(2.0 * pair_y.sum(-1) + n)
-    score = inner / (norm_k * norm_y[:, None])
+    low, high = alignment_bounds(pair_d2, pair_y, candidates, scale, norm_y, n, groups)
+    margin = 4.0 * pair_d2.shape[-1] * 2.0**-24 + 1e-6  # float32 rounding of a score, relative
+    alive = high >= low.max(1, keepdim=True).values * (1.0 - margin)
+    score = torch.full_like(candidates, -torch.inf)
+    step = max(1, ALIGNMENT_BLOCK // pair_d2.shape[-1])
+    for b in range(len(candidates)):
+        # rbf_gram's arithmetic on a few candidates at a time: each (step, P) block stays in
+        # the cache while it is exponentiated and summed
+        index = torch.nonzero(alive[b]).squeeze(1)
+        for start in range(0, len(index), step):
+            c = index[start:start + step]
+            sigma = candidates[b, c][:, None]
+            k = torch.div(-pair_d2[b][None, :], scale * sigma * sigma).exp_()
+            inner = 2.0 * (k * pair_y[b][None, :]).sum(-1) + n
+            norm_k = torch.sqrt(2.0 * k.square_().sum(-1) + n)
+            score[b, c] = inner / (norm_k * norm_y[b])
     return candidates.gather(1, score.argmax(1, keepdim=True)).squeeze(1).to(d2.dtype)
+
+
+def alignment_bounds(pair_d2: torch.Tensor, pair_y: torch.Tensor, candidates: torch.Tensor,
+                     scale: float, norm_y: torch.Tensor, n: int, groups: int,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds (b, c) on every candidate's alignment score, in float64.
+
+    The pairs of each batch sorted by distance are cut into `groups` runs of consecutive
+    pairs; within a run exp(-d / (scale sigma^2)) lies between its values at the run's largest
+    and smallest distance, so sum_same k and sum_all k^2 are bounded by run counts times those.
+    """
+    d, order = pair_d2.double().sort(-1)
+    same = pair_y.double().gather(-1, order)
+    edges = torch.linspace(0, d.shape[-1], groups + 1, device=d.device).round().long().unique()
+    near, far = d[:, edges[:-1]], d[:, edges[1:] - 1]  # (b, g)
+    count = (edges[1:] - edges[:-1]).double()
+    same_total = torch.nn.functional.pad(same.cumsum(-1), (1, 0))
+    same_count = same_total[:, edges[1:]] - same_total[:, edges[:-1]]
+    rate = 1.0 / (scale * candidates.double() ** 2)[..., None]  # (b, c, 1)
+    k_near, k_far = torch.exp(-rate * near[:, None, :]), torch.exp(-rate * far[:, None, :])
+    inner_low = 2.0 * (k_far * same_count[:, None, :]).sum(-1) + n
+    inner_high = 2.0 * (k_near * same_count[:, None, :]).sum(-1) + n
+    norm_low = torch.sqrt(2.0 * (k_far.square() * count).sum(-1) + n)
+    norm_high = torch.sqrt(2.0 * (k_near.square() * count).sum(-1) + n)
+    y = norm_y.double()[:, None]
+    return inner_low / (norm_high * y), inner_high / (norm_low * y)
 
 
 def silverman_sigma(h: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
