@@ -233,6 +233,7 @@ class ResultsWriter:
 
     def __init__(self, path: Path, ds: xr.Dataset):
         self.root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+        self.arrays = dict(self.root.arrays())  # opened once: each lookup by name reads its metadata
         self.index = {dim: {v.item() if hasattr(v, "item") else v: i
                             for i, v in enumerate(ds[dim].values)} for dim in CELL_DIMS}
 
@@ -247,16 +248,16 @@ class ResultsWriter:
         e, s, p, l = (self.index["estimator"][estimator], self.index["seed"][seed],
                       self.index["split"][split], self.index["layer"][layer])
         rows = [self.index["epoch"][ep] for ep in epochs]
-        for name in values:
-            if name in self.root:
-                arr = self.root[name]
+        where = slice(rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[0] + len(rows))) else None
+        for name in [name for name in values if name in self.arrays] + ["done"]:
+            value = values[name] if name != "done" else True
+            arr = self.arrays[name]
+            if where is not None:  # a run of epochs (every chain): one write, no read
+                arr[e, s, p, where, l] = value
+            else:
                 block = arr[e, s, p, :, l]
-                block[rows] = values[name]
+                block[rows] = value
                 arr[e, s, p, :, l] = block
-        done = self.root["done"]
-        block = done[e, s, p, :, l]
-        block[rows] = True
-        done[e, s, p, :, l] = block
 
     def write_fisher(self, seed: int, epochs: list[int], layers: list[str], traces: np.ndarray) -> None:
         s = self.index["seed"][seed]
