@@ -61,56 +61,67 @@ class TileSums:
     """S[u, c] = sum over components v of class c of w_v exp(-|h_u - h_v|^2 / (2 variance)).
 
     The tile of rows U and columns V holds F_uv = w_u w_v exp(-|h_u - h_v|^2 / (2 variance)) =
-    exp(z_uv), where z_uv = 2s h_u.h_v + b_u + b_v, s = 1 / (2 variance), b = -s |h|^2 + ln w:
-    one matrix product of rows augmented with b and 1. F is symmetric, so each off-diagonal tile
-    is exponentiated once and gives both its rows' sums (over runs of column classes) and its
+    exp(z_uv), where z_uv = 2s h_u.h_v + b_u + b_v, s = 1 / (2 variance), b = -s |h|^2 + ln w.
+    Below SCREEN_MIN_DIMS dimensions z is one matrix product of rows augmented with b and 1;
+    from there on (where the product is most of a tile's cost) b is added to the product in
+    place, and no widened copy of the rows is made. F is symmetric, so each off-diagonal tile is
+    exponentiated once and gives both its rows' sums (over runs of column classes) and its
     columns' (over runs of row classes); dividing by w_u at the end leaves S.
 
     A tile whose every squared distance exceeds 2 variance (ln n + NEGLIGIBLE) is skipped: each
     row's sum holds its own component (exp(0) w_u >= 1 times w_u), and the skipped terms add up
-    to less than exp(-NEGLIGIBLE) < 1e-13 of it. From SCREEN_MIN_DIMS dimensions, where the
-    product is most of a tile's cost, the distances are first screened in float32 with the
-    rounding bound 4 (d + 2) u32 (|h_u|^2 + |h_v|^2) subtracted, so no tile is skipped on a
-    rounding error.
+    to less than exp(-NEGLIGIBLE) < 1e-13 of it. From SCREEN_MIN_DIMS dimensions the distances
+    are first screened in float32 with the rounding bound 4 (d + 2) u32 (|h_u|^2 + |h_v|^2)
+    subtracted, so no tile is skipped on a rounding error.
+
+    `h` should be centred on its mean (component_sums does it): distances do not change, and the
+    products lose less to cancellation.
     """
 
     def __init__(self, h: np.ndarray, classes: np.ndarray, weights: np.ndarray, variance: float,
                  tile: int = TILE) -> None:
-        h = h - h.mean(0)  # distances do not change; the products lose less to cancellation
-        s = 0.5 / variance
-        sq = (h * h).sum(1)
+        self.s = 0.5 / variance
+        sq = np.einsum("ij,ij->i", h, h)
         self.log_w = np.log(weights)
-        bias = (-s * sq + self.log_w)[:, None]
-        ones = np.ones_like(bias)
-        self.left = torch.from_numpy(np.hstack([2.0 * s * h, bias, ones]))
-        self.right = torch.from_numpy(np.hstack([h, ones, bias]))
+        self.bias = torch.from_numpy(-self.s * sq + self.log_w)
+        self.h = torch.from_numpy(h)
+        self.augmented = h.shape[1] < SCREEN_MIN_DIMS
+        if self.augmented:
+            bias, ones = self.bias.numpy()[:, None], np.ones((len(h), 1))
+            self.left = torch.from_numpy(np.hstack([2.0 * self.s * h, bias, ones]))
+            self.right = torch.from_numpy(np.hstack([h, ones, bias]))
+        self.low = torch.from_numpy(sq - 4.0 * (h.shape[1] + 2) * FLOAT32_UNIT * sq).float()
         self.classes, self.weights, self.tile = classes, weights, tile
         self.n_classes = int(classes.max()) + 1
-        self.cut = (math.log(weights.sum()) + NEGLIGIBLE) / s
-        self.screen = None
-        if h.shape[1] >= SCREEN_MIN_DIMS:
-            slack = 4.0 * (h.shape[1] + 2) * FLOAT32_UNIT * sq
-            self.screen = (torch.from_numpy(h).float(), torch.from_numpy(sq - slack).float(),
-                           torch.from_numpy(sq + slack).float())
+        self.cut = (math.log(weights.sum()) + NEGLIGIBLE) / self.s
 
-    def negligible(self, rows: slice, cols: slice) -> bool:
+    def negligible(self, rows: slice, cols: slice, rows32: torch.Tensor | None = None) -> bool:
         """True when every squared distance of the tile exceeds the cut, bound included."""
-        h32, low, _ = self.screen
-        d2 = torch.addmm(low[None, cols], h32[rows], h32[cols].T, alpha=-2.0).add_(low[rows, None])
-        return float(d2.min()) > self.cut
+        rows32 = self.h[rows].float() if rows32 is None else rows32
+        d2 = torch.addmm(self.low[None, cols], rows32, self.h[cols].float().T, alpha=-2.0)
+        return float(d2.add_(self.low[rows, None]).min()) > self.cut
+
+    def exponents(self, rows: slice, cols: slice, out: torch.Tensor) -> None:
+        """z of the tile (rows, cols) into `out`."""
+        if self.augmented:
+            torch.mm(self.left[rows], self.right[cols].T, out=out)
+        else:
+            torch.mm(self.h[rows], self.h[cols].T, out=out)
+            out.mul_(2.0 * self.s).add_(self.bias[rows, None]).add_(self.bias[None, cols])
 
     def add_row_tile(self, a: int, out: np.ndarray, buffer: np.ndarray) -> None:
         """Adds the tiles (a, b >= a) of row tile `a` to `out` (rows and columns)."""
-        m, tile = len(self.left), self.tile
+        m, tile = len(self.h), self.tile
         rows = slice(a, min(a + tile, m))
         row_starts, row_classes = class_runs(self.classes[rows])
         row_ends = np.r_[row_starts[1:], rows.stop - a]
+        rows32 = None if self.augmented else self.h[rows].float()
         for b in range(a, m, tile):
             cols = slice(b, min(b + tile, m))
-            if self.screen is not None and a != b and self.negligible(rows, cols):
+            if rows32 is not None and a != b and self.negligible(rows, cols, rows32):
                 continue
             z = buffer[: (rows.stop - a) * (cols.stop - b)].reshape(rows.stop - a, cols.stop - b)
-            torch.mm(self.left[rows], self.right[cols].T, out=torch.from_numpy(z))
+            self.exponents(rows, cols, torch.from_numpy(z))
             np.exp(z, out=z)
             if a == b:
                 np.fill_diagonal(z, np.exp(2.0 * self.log_w[rows]))  # d = 0 exactly
@@ -127,7 +138,7 @@ class TileSums:
         tile counts; the shares are summed in a fixed order, so the result does not depend on
         timing.
         """
-        m, tile = len(self.left), self.tile
+        m, tile = len(self.h), self.tile
         starts = list(range(0, m, tile))
         n_threads = max(1, min(torch.get_num_threads(), len(starts)))
         shares = [starts[k::2 * n_threads] + starts[2 * n_threads - 1 - k::2 * n_threads]
@@ -177,9 +188,10 @@ def class_kernel_sums(h: torch.Tensor, counts: torch.Tensor, variance: float,
 def component_sums(t: np.ndarray, labels: np.ndarray, variance: float, device: str = "cpu",
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The mixture components of (t, labels) and their kernel sums per class: (S, classes, w)."""
-    rows, classes, weights = mixture_components(t, labels)
+    rows, classes, weights = mixture_components(t, labels)  # rows: a new array (fancy indexing)
     if torch.device(device).type == "cpu":
-        return TileSums(rows.astype(np.float64), classes, weights, variance).sums(), classes, weights
+        rows -= rows.mean(0)
+        return TileSums(rows, classes, weights, variance).sums(), classes, weights
     counts = np.zeros((len(rows), int(classes.max()) + 1))
     counts[np.arange(len(rows)), classes] = weights
     sums = class_kernel_sums(torch.as_tensor(rows, dtype=torch.float64, device=device),
