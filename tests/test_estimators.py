@@ -456,18 +456,21 @@ def test_conv_autoencoder_rejects_flat_or_small_samples():
         mutual_information(a.reshape(100, -1), a, "compression", compressor="conv_autoencoder", ae_steps=2)
 
 
-def test_input_autoencoder_is_trained_once_per_input_array():
+def test_input_autoencoder_is_trained_once_per_input_array(monkeypatch):
     from pipeline.estimators import compression
 
     x = bump_images(gaussian_pair(600, 1.0, 2, seed=9)[0])
     t = RNG.normal(size=(600, 6))
     y = RNG.integers(0, 2, 600)
     compression._INPUT_CODES.clear()
-    opts = {"input_compressor": "auto", "ae_steps": 50}
+    widths = []  # intrinsic-dimension calls: dim="auto" on remembered inputs needs one, not one a cell
+    monkeypatch.setattr(compression, "intrinsic_dimension",
+                        lambda a, seed=0, _f=compression.intrinsic_dimension: widths.append(1) or _f(a, seed))
+    opts = {"input_compressor": "auto", "input_dim": "auto", "ae_steps": 50}
     first = information_plane(x, t, y, "compression", **opts)
-    assert len(compression._INPUT_CODES) == 1
+    assert len(compression._INPUT_CODES) == 1 and len(widths) == 1
     assert information_plane(x, t * 2, y, "compression", **opts)["I_XT"] >= 0
-    assert len(compression._INPUT_CODES) == 1  # same inputs: codes reused
+    assert len(compression._INPUT_CODES) == 1 and len(widths) == 1  # same inputs: codes reused
     information_plane(x[::-1].copy(), t, y, "compression", **opts)
     assert len(compression._INPUT_CODES) == 2  # new content, new codes
     compression._INPUT_CODES.clear()  # retraining gives the same codes: the cache changes nothing

@@ -385,6 +385,11 @@ def compress(a: np.ndarray, dim: int | str, compressor: str, seed: int, device: 
         raise ValueError(f"compressor must be one of {COMPRESSORS[1:]} here, got {compressor!r}")
     if compressor == "none":
         return Codes(a, 1.0)
+    # the requested width ("auto" included) is in the key: a hit skips the intrinsic dimension too
+    key = (hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest(), a.shape, tuple(sample_shape), dim,
+           compressor, seed, device, ae_steps, ae_candidates) if remember else None
+    if key in _INPUT_CODES:
+        return _INPUT_CODES[key]
     dim = code_dimension(dim, a, compressor, seed)
     if a.shape[1] <= dim:
         return Codes(a, 1.0)
@@ -401,17 +406,14 @@ def compress(a: np.ndarray, dim: int | str, compressor: str, seed: int, device: 
                                              **options)
         return autoencoder_compress(a, dim, seed=seed, device=device, return_kept=True, **options)
 
-    if not remember:
+    if key is None:
         return encode()
-    key = (hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest(), a.shape, tuple(sample_shape), dim,
-           compressor, seed, device, ae_steps, ae_candidates)
-    if key not in _INPUT_CODES:
-        if len(_INPUT_CODES) >= _INPUT_CODES_KEPT:
-            _INPUT_CODES.pop(next(iter(_INPUT_CODES)))
-        codes = encode()
-        codes.values.flags.writeable = False
-        _INPUT_CODES[key] = codes
-    return _INPUT_CODES[key]
+    if len(_INPUT_CODES) >= _INPUT_CODES_KEPT:
+        _INPUT_CODES.pop(next(iter(_INPUT_CODES)))
+    codes = encode()
+    codes.values.flags.writeable = False
+    _INPUT_CODES[key] = codes
+    return codes
 
 
 def _entropy(a: np.ndarray, entropy: str, k: int, device: str) -> float:
