@@ -158,7 +158,7 @@ def main(n_datasets: int = 40, n_resamples: int = 30, sweep_datasets: int = 30,
 
 
 # Intervals and shuffle baselines on for every entry of the default config (szt_tanh.toml).
-INTERVALS_ON = {"binning_30": "bootstrap", "binning_10": "bootstrap", "binning_100": "bootstrap",
+INTERVALS_ON = {"binning_30": "subsample", "binning_10": "subsample", "binning_100": "subsample",
                 "renyi": "batches"}
 
 
