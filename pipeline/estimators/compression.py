@@ -385,9 +385,12 @@ def compress(a: np.ndarray, dim: int | str, compressor: str, seed: int, device: 
         raise ValueError(f"compressor must be one of {COMPRESSORS[1:]} here, got {compressor!r}")
     if compressor == "none":
         return Codes(a, 1.0)
-    # the requested width ("auto" included) is in the key: a hit skips the intrinsic dimension too
-    key = (hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest(), a.shape, tuple(sample_shape), dim,
-           compressor, seed, device, ae_steps, ae_candidates) if remember else None
+    # only autoencoder codes are remembered, so only they pay for hashing the inputs; the
+    # requested width ("auto" included) is in the key: a hit skips the intrinsic dimension too
+    key = None
+    if remember and compressor != "pca":
+        key = (hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest(), a.shape, tuple(sample_shape),
+               dim, compressor, seed, device, ae_steps, ae_candidates)
     if key in _INPUT_CODES:
         return _INPUT_CODES[key]
     dim = code_dimension(dim, a, compressor, seed)
