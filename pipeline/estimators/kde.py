@@ -93,7 +93,8 @@ class TileSums:
             bias, ones = self.bias.numpy()[:, None], np.ones((len(h), 1))
             self.left = torch.from_numpy(np.hstack([2.0 * self.s * h, bias, ones]))
             self.right = torch.from_numpy(np.hstack([h, ones, bias]))
-        self.low = torch.from_numpy(sq - 4.0 * (h.shape[1] + 2) * FLOAT32_UNIT * sq).float()
+        else:  # the screen's lower bounds on |h_u|^2, less its rounding
+            self.low = torch.from_numpy(sq - 4.0 * (h.shape[1] + 2) * FLOAT32_UNIT * sq).float()
         self.classes, self.weights, self.tile = classes, weights, tile
         self.n_classes = int(classes.max()) + 1
         self.cut = (math.log(weights.sum()) + NEGLIGIBLE) / self.s
