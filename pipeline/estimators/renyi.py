@@ -91,8 +91,8 @@ def alignment_sigma(d2: torch.Tensor, k_labels: torch.Tensor, n_candidates: int 
     with the pairs sorted by distance into `groups` runs, each run's terms lie between those at
     its two ends, which bounds every candidate's score from both sides (`alignment_bounds`). A
     candidate whose upper bound falls short of the best lower bound by more than the float32
-    rounding of a score cannot hold the arg max; the others are scored exactly as all were
-    before, so the chosen width is the same.
+    rounding of a score cannot hold the arg max; the others are scored exactly, so the chosen
+    width is the one scoring every candidate gives.
     """
     n = d2.shape[-1]
     rows, cols = torch.triu_indices(n, n, offset=1, device=d2.device)
