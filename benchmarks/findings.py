@@ -30,6 +30,11 @@ def _load(runs: Path, name: str):
     return masked(results), ArchiveReader(paths.archive)
 
 
+def _absent(what: str, runs: Path) -> None:
+    """A section whose run is not under `runs`: said, and its text in docs/results.md kept."""
+    print(f"skipped: {what} not found under {runs}; its section of docs/results.md is left as it is")
+
+
 def _config(archive: ArchiveReader) -> SimpleNamespace:
     """A built-in run's stored config with attribute access (read as stored, never re-validated)."""
     return json.loads(json.dumps(archive.config), object_hook=lambda d: SimpleNamespace(**d))
@@ -56,10 +61,11 @@ def _copy(figures: Path, name: str, files: list[str]) -> list[str]:
     return out
 
 
-def compression_section(runs: Path, figures: Path, name: str, estimator: str, split: str = "all") -> str:
+def compression_section(runs: Path, figures: Path, name: str, estimator: str,
+                        split: str = "all") -> str | None:
     results, archive = _load(runs, name)
     if results is None or estimator not in results.estimator.values:
-        return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
+        return _absent(f"run `{name}` with estimator `{estimator}`", runs)
     phase = fd.compression_phase(results, estimator, split)
     band = seed_mean(results.sel(estimator=estimator, split=split), "I_XT")
     peak, final = band.isel(epoch=band["mean"].fillna(-np.inf).argmax("epoch")), band.isel(
@@ -103,10 +109,10 @@ def _coverage(results, estimator: str, split: str) -> tuple[int, int]:
     return int(holding_values(values, "seed").sum()), int(holding_values(values, "epoch").sum())
 
 
-def comparison_section(runs: Path, figures: Path, name: str, split: str = "all") -> str:
+def comparison_section(runs: Path, figures: Path, name: str, split: str = "all") -> str | None:
     results, _ = _load(runs, name)
     if results is None:
-        return f"Run `{name}` not found under {runs}: not reproduced here."
+        return _absent(f"run `{name}`", runs)
     shares = {rule: fd.compression_table(results, split, rule) for rule in fd.RULES}
     rows = []
     for e in results.estimator.values:
@@ -139,10 +145,10 @@ def _path(curve, *points: str) -> str:
 
 
 def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compression",
-                   split: str = "test") -> str:
+                   split: str = "test") -> str | None:
     results, archive = _load(runs, name)
     if results is None or estimator not in results.estimator.values:
-        return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
+        return _absent(f"run `{name}` with estimator `{estimator}`", runs)
     thresholds = (0.02, 0.05, 0.10)
     counts = {(variable, t): fd.phase_counts(results, estimator, split, variable, t, "fraction")
               for variable in ("I_XT", "I_TY") for t in thresholds}
@@ -180,10 +186,10 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
             + "\n".join(_copy(figures, name, [f"mi_vs_epoch_{estimator}", f"plane_{estimator}_{split}"])))
 
 
-def tensor_renyi_section(runs: Path, figures: Path, name: str, estimator: str = "renyi") -> str:
+def tensor_renyi_section(runs: Path, figures: Path, name: str, estimator: str = "renyi") -> str | None:
     results, archive = _load(runs, name)
     if results is None or estimator not in results.estimator.values:
-        return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
+        return _absent(f"run `{name}` with estimator `{estimator}`", runs)
     size = sum(f.stat().st_size for f in RunPaths.of(runs, name).archive.rglob("*") if f.is_file())
     sel = results.sel(estimator=estimator).mean("seed")
     rows = [[str(layer), "x".join(map(str, archive.layer_shapes[str(layer)])),
@@ -208,10 +214,10 @@ def tensor_renyi_section(runs: Path, figures: Path, name: str, estimator: str = 
                                                           f"mi_vs_epoch_{estimator}"])))
 
 
-def fisher_section(runs: Path, figures: Path, name: str) -> str:
+def fisher_section(runs: Path, figures: Path, name: str) -> str | None:
     results, _ = _load(runs, name)
     if results is None or not np.isfinite(results.fisher_trace).any():
-        return f"No Fisher traces for `{name}` under {runs}."
+        return _absent(f"Fisher traces of `{name}`", runs)
     peak = fd.fisher_peak(results)
     rows = [[str(layer), int(peak.peak_epoch.sel(layer=layer)),
              f"{float(peak.final_over_peak.sel(layer=layer)):.3f}"] for layer in results.layer.values]
@@ -219,10 +225,10 @@ def fisher_section(runs: Path, figures: Path, name: str) -> str:
             + "\n\n" + "\n".join(_copy(figures, name, ["fisher"])))
 
 
-def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "renyi") -> str:
+def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "renyi") -> str | None:
     results, archive = _load(runs, name)
     if results is None or estimator not in results.estimator.values:
-        return f"Run `{name}` with estimator `{estimator}` not found under {runs}: not reproduced here."
+        return _absent(f"run `{name}` with estimator `{estimator}`", runs)
     params = json.loads(str(results.parameters.sel(estimator=estimator).values))
     batch = params.get("batch_size", 100)
     # the label kernel's entropy is the class entropy of a batch: its expectation at this size
@@ -268,23 +274,31 @@ def main() -> None:
     parser.add_argument("--mnist", default="mnist_mlp")
     parser.add_argument("--cnn", default="mnist_cnn_cpu")
     parser.add_argument("--vgg", default="cifar10_vgg16_cpu")
+    parser.add_argument("--only", nargs="+", metavar="SECTION",
+                        help="write these sections only (default: every section whose run is found)")
     args = parser.parse_args()
     sections = {
-        "szt_tanh": compression_section(args.runs, args.figures, args.tanh, "binning_30"),
-        "szt_relu": compression_section(args.runs, args.figures, args.relu, "binning_layer_100"),
-        "szt_relu_kde": compression_section(args.runs, args.figures, args.relu, "kde_upper_1e-1"),
-        "comparison": comparison_section(args.runs, args.figures, args.tanh),
-        "fisher": fisher_section(args.runs, args.figures, args.tanh),
-        "mnist_mlp": renyi_mlp_section(args.runs, args.figures, args.mnist),
-        "fisher_mnist": fisher_section(args.runs, args.figures, args.mnist),
-        "mnist_cnn": phases_section(args.runs, args.figures, args.cnn),
-        "vgg16": tensor_renyi_section(args.runs, args.figures, args.vgg, "renyi"),
-        "vgg16_unsmoothed": tensor_renyi_section(args.runs, args.figures, args.vgg, "renyi_unsmoothed"),
+        "szt_tanh": lambda: compression_section(args.runs, args.figures, args.tanh, "binning_30"),
+        "szt_relu": lambda: compression_section(args.runs, args.figures, args.relu, "binning_layer_100"),
+        "szt_relu_kde": lambda: compression_section(args.runs, args.figures, args.relu, "kde_upper_1e-1"),
+        "comparison": lambda: comparison_section(args.runs, args.figures, args.tanh),
+        "fisher": lambda: fisher_section(args.runs, args.figures, args.tanh),
+        "mnist_mlp": lambda: renyi_mlp_section(args.runs, args.figures, args.mnist),
+        "fisher_mnist": lambda: fisher_section(args.runs, args.figures, args.mnist),
+        "mnist_cnn": lambda: phases_section(args.runs, args.figures, args.cnn),
+        "vgg16": lambda: tensor_renyi_section(args.runs, args.figures, args.vgg, "renyi"),
+        "vgg16_unsmoothed": lambda: tensor_renyi_section(args.runs, args.figures, args.vgg,
+                                                         "renyi_unsmoothed"),
     }
-    for name, body in sections.items():
+    unknown = set(args.only or ()) - set(sections)
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {sorted(sections)}")
+    chosen = {name: make() for name, make in sections.items() if args.only is None or name in args.only}
+    written = {name: body for name, body in chosen.items() if body is not None}
+    for name, body in written.items():
         write_section(DOCS / "results.md", name, body)
         print(body)
-    print(json.dumps({k: len(v) for k, v in sections.items()}))
+    print(json.dumps({k: len(v) for k, v in written.items()}))
 
 
 if __name__ == "__main__":
