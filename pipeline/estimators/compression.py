@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.estimators._common import as_labels, as_samples, is_discrete, same_length, torch_seeded
+from pipeline.estimators._common import adam, as_labels, as_samples, is_discrete, same_length, torch_seeded
 from pipeline.estimators.flow import flow_mutual_information
 from pipeline.estimators.knn import kl_entropy, ksg_mutual_information, weighted_kl_entropy
 
@@ -136,7 +136,7 @@ def _fit_autoencoder(build, data: torch.Tensor, loss_of, steps: int, batch: int,
     with torch_seeded(generator.initial_seed()):
         for _ in range(candidates):
             encoder, decoder = build()
-            optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
+            optimizer = adam([*encoder.parameters(), *decoder.parameters()], lr)
             runs.append((encoder, decoder, optimizer,
                          torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)))
 

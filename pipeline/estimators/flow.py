@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.estimators._common import LOG2, as_samples, same_length
+from pipeline.estimators._common import LOG2, adam, as_samples, same_length
 from pipeline.estimators.knn import normal_scores
 
 
@@ -125,7 +125,7 @@ def flow_mutual_information(a: np.ndarray, b: np.ndarray, layers: int = 10, hidd
     start = torch.linalg.cholesky(torch.cov(torch.cat([side_a, side_b], 1).T.double()))
     cholesky = nn.Parameter(start.float())
     params = [*(p for flow in flows for p in flow.parameters()), cholesky]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = adam(params, lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
 
     def lower() -> torch.Tensor:

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from pipeline.estimators._common import LOG2, as_labels, as_samples, is_discrete, same_length
+from pipeline.estimators._common import LOG2, adam, as_labels, as_samples, is_discrete, same_length
 
 BOUNDS = ("smile", "infonce", "nwj")
 
@@ -114,7 +114,7 @@ def variational_mutual_information(a: np.ndarray, b: np.ndarray, bound: str = "s
         torch.manual_seed(seed)
         g = _mlp(xa.shape[1], hidden, embedding).to(device)
         h = _mlp(xb.shape[1], hidden, embedding).to(device)
-        optimiser = torch.optim.Adam([*g.parameters(), *h.parameters()], lr=lr)
+        optimiser = adam([*g.parameters(), *h.parameters()], lr)
         batches = np.random.default_rng(seed + 1)
         best, kept = -math.inf, None
         for step in range(1, steps + 1):
