@@ -390,6 +390,31 @@ def test_conv_autoencoder_codes_keep_the_information_and_are_seeded():
     assert ksg_mutual_information(codes_a, codes_b) == pytest.approx(1.5, abs=0.15)
 
 
+def test_autoencoders_train_on_one_thread_and_two_sides_at_once_give_their_own_codes():
+    from pipeline.estimators.compression import compress, compress_sides, conv_autoencoder_compress
+
+    a, b = gaussian_pair(500, 1.0, 2, seed=2, rotate=False)
+    images_a, images_b = bump_images(a).reshape(500, -1), bump_images(b).reshape(500, -1)
+    before = torch.get_num_threads()
+    codes = {}
+    try:
+        for threads in (1, 2):  # the caller's thread count neither changes the codes nor is lost
+            torch.set_num_threads(threads)
+            codes[threads] = conv_autoencoder_compress(images_a, 2, (16, 16), steps=30, candidates=2)
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(codes[1], codes[2])
+    jobs = [{"a": side, "dim": 2, "compressor": "conv_autoencoder", "seed": seed, "device": "cpu",
+             "ae_steps": 30, "sample_shape": (16, 16), "ae_candidates": 2}
+            for seed, side in enumerate((images_a, images_b))]
+    together = compress_sides(jobs)
+    for job, codes_together in zip(jobs, together, strict=True):
+        np.testing.assert_array_equal(codes_together.values, compress(**job).values)
+        assert codes_together.kept == compress(**job).kept
+    assert torch.get_num_threads() == before
+
+
 def test_autoencoder_candidates_finish_the_one_with_the_lowest_loss_halfway():
     import torch
     from torch import nn

@@ -12,15 +12,27 @@ a flow model (`flow.py`), the default for two autoencoder codes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import warnings
-from typing import NamedTuple
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.estimators._common import adam, as_labels, as_samples, is_discrete, same_length, torch_seeded
+from pipeline.estimators._common import (
+    adam,
+    as_labels,
+    as_samples,
+    is_discrete,
+    one_torch_thread,
+    same_length,
+    torch_seeded,
+)
 from pipeline.estimators.flow import flow_mutual_information
 from pipeline.estimators.knn import kl_entropy, ksg_mutual_information, weighted_kl_entropy
 
@@ -116,6 +128,21 @@ def pca_compress(a: np.ndarray, dim: int, return_kept: bool = False) -> np.ndarr
     return Codes(scores, kept_share(total, total - float((scores ** 2).sum())))
 
 
+def on_one_thread(train: Callable) -> Callable:
+    """An autoencoder function run with torch on one CPU thread (`one_torch_thread`; its
+    `device` argument says whether it is on the CPU): its codes then do not depend on the
+    machine's core count, and `compress_sides` trains two of them at once."""
+    signature = inspect.signature(train)
+
+    @functools.wraps(train)
+    def single_threaded(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with one_torch_thread(bound.arguments["device"]):
+            return train(*args, **kwargs)
+    return single_threaded
+
+
 def _fit_autoencoder(build, data: torch.Tensor, loss_of, steps: int, batch: int, lr: float,
                      generator: torch.Generator, candidates: int = 1) -> tuple[nn.Module, nn.Module]:
     """Train (encoder, decoder) pairs from `build()` by Adam with a one-cycle schedule; the best pair.
@@ -165,6 +192,7 @@ def _fit_autoencoder(build, data: torch.Tensor, loss_of, steps: int, batch: int,
     return best[0], best[1]
 
 
+@on_one_thread
 def autoencoder_compress(a: np.ndarray, dim: int, seed: int = 0, steps: int = 3000,
                          hidden: int = 128, pre_dim: int = 32, batch: int = 500, lr: float = 3e-3,
                          candidates: int = 1, device: str = "cpu",
@@ -226,6 +254,7 @@ def pooled_images(images: torch.Tensor, largest: int) -> tuple[torch.Tensor, int
     return pooled, factor, float(((images - block).double() ** 2).sum())
 
 
+@on_one_thread
 def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, ...], seed: int = 0,
                               steps: int = 1500, channels: int = 16, hidden: int = 128, batch: int = 128,
                               lr: float = 2e-3, candidates: int = 3, largest: int = 32, device: str = "cpu",
@@ -419,6 +448,19 @@ def compress(a: np.ndarray, dim: int | str, compressor: str, seed: int, device: 
     return codes
 
 
+def compress_sides(jobs: list[dict[str, Any]]) -> list[Codes]:
+    """`compress(**job)` for each side. Where two or more sides train an autoencoder on the CPU,
+    they train at once, in threads: each on one torch thread (`on_one_thread`), so the codes
+    are those of one side at a time, and a call with two image sides takes the time of one on
+    2 cores (docs/benchmarks.md, section images)."""
+    learnt = [job["compressor"] in ("autoencoder", "conv_autoencoder")
+              and torch.device(job["device"]).type == "cpu" for job in jobs]
+    if sum(learnt) < 2:
+        return [compress(**job) for job in jobs]
+    with one_torch_thread(), ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(lambda job: compress(**job), jobs))
+
+
 def _entropy(a: np.ndarray, entropy: str, k: int, device: str) -> float:
     if entropy == "wkl" and a.shape[1] > 4:
         return weighted_kl_entropy(a, device=device)
@@ -538,16 +580,17 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
     entropy = resolve_entropy(entropy, tuple(compressors))
     same_length(a=a, b=b)
     rng = np.random.default_rng(seed)
-    ca = compress(add_noise(as_samples(a, "a"), noise, noise_mode, rng), dim, compressors[0], seed, device,
-                  ae_steps, sample_shape=np.shape(a)[1:], ae_candidates=ae_candidates)
+    common = {"dim": dim, "device": device, "ae_steps": ae_steps, "ae_candidates": ae_candidates}
+    codes = compress_sides([
+        dict(common, a=add_noise(as_samples(side, "ab"[i]), noise, noise_mode, rng),
+             compressor=side_compressor, seed=seed + i, sample_shape=np.shape(side)[1:])
+        for i, (side, side_compressor) in enumerate(zip(continuous, compressors, strict=True))])
+    kept = {"ab"[i]: side.kept for i, side in enumerate(codes)}
+    dims = {f"dim_{'ab'[i]}": side.values.shape[1] for i, side in enumerate(codes)}
     if is_discrete(b):
-        kept, dims = {"a": ca.kept}, {"dim_a": ca.values.shape[1]}
-        mi = _mi_compressed(ca.values, None, as_labels(b), entropy, k, seed, device)
+        mi = _mi_compressed(codes[0].values, None, as_labels(b), entropy, k, seed, device)
     else:
-        cb = compress(add_noise(as_samples(b, "b"), noise, noise_mode, rng), dim, compressors[1], seed + 1,
-                      device, ae_steps, sample_shape=np.shape(b)[1:], ae_candidates=ae_candidates)
-        kept, dims = {"a": ca.kept, "b": cb.kept}, {"dim_a": ca.values.shape[1], "dim_b": cb.values.shape[1]}
-        mi = _mi_compressed(ca.values, cb.values, None, entropy, k, seed, device)
+        mi = _mi_compressed(codes[0].values, codes[1].values, None, entropy, k, seed, device)
     reasons = distrust_reasons(kept, mi)
     if reasons:
         warnings.warn("the estimate may be low: " + "; ".join(reasons), CompressionWarning, stacklevel=2)
@@ -586,10 +629,12 @@ def compression_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n
     ty_entropy = resolve_entropy(entropy, (layer_compressor,))
     same_length(x=x, t=t, y=y)
     rng = np.random.default_rng(seed)
-    tn = compress(add_noise(as_samples(t, "t"), noise, noise_mode, rng), dim, layer_compressor, seed,
-                  device, ae_steps, sample_shape=np.shape(t)[1:], ae_candidates=ae_candidates)
-    xc = compress(as_samples(x, "x"), input_dim or dim, inputs_compressor, seed + 1, device, ae_steps,
-                  remember=True, sample_shape=np.shape(x)[1:], ae_candidates=ae_candidates)
+    common = {"device": device, "ae_steps": ae_steps, "ae_candidates": ae_candidates}
+    tn, xc = compress_sides([
+        dict(common, a=add_noise(as_samples(t, "t"), noise, noise_mode, rng), dim=dim,
+             compressor=layer_compressor, seed=seed, sample_shape=np.shape(t)[1:]),
+        dict(common, a=as_samples(x, "x"), dim=input_dim or dim, compressor=inputs_compressor, seed=seed + 1,
+             remember=True, sample_shape=np.shape(x)[1:])])
     labels = as_labels(y)
     i_xt = _mi_compressed(xc.values, tn.values, None, xt_entropy, k, seed, device)
     i_ty = _mi_compressed(tn.values, None, labels, ty_entropy, k, seed, device)
