@@ -268,7 +268,7 @@ def conv_autoencoder_compress(a: np.ndarray, dim: int, sample_shape: tuple[int, 
     Three stride-2 convolutions and a dense layer encode, their mirror decodes; images are
     zero-padded to a multiple of 8 and the loss is taken on the original pixels only. 16
     channels and channels-last tensors: a training step (batch 128, 32x32) took 13 ms on 2 CPU
-    cores, against 18 ms in the default layout and 43 ms with 32 channels. Unlike
+    threads, against 18 ms in the default layout and 43 ms with 32 channels. Unlike
     the dense autoencoder it sees where each pixel is, which is what resolves the edges of
     sharp shapes: on 32x32 rectangles of 4 latents at 3 bits, one seed pair gave the flow
     model 2.48 bits against 2.17 from the dense autoencoder (docs/estimators.md, "Compression
