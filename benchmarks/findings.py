@@ -71,10 +71,11 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str,
     peak, final = band.isel(epoch=band["mean"].fillna(-np.inf).argmax("epoch")), band.isel(
         epoch=fd.last_valid_index(band["mean"]))
     called = fd.compresses(results, estimator, split)
+    saturated = fd.saturated_at_both_ends(results, estimator, split)
     rows = [[str(layer), f"{float(phase.peak_epoch_mean.sel(layer=layer)):.0f}",
              f"{float(phase.drop_mean.sel(layer=layer)):.3f} +- {float(phase.drop_std.sel(layer=layer)):.3f}",
              _interval(peak.sel(layer=layer)), _interval(final.sel(layer=layer)),
-             _called(called, layer)] for layer in results.layer.values]
+             _called(called, saturated, layer)] for layer in results.layer.values]
     out = fd.output_information(results, estimator, archive.labels, split)
     cfg = _config(archive)
     seeds, snapshots = _coverage(results, estimator, split)
@@ -95,11 +96,13 @@ def _interval(band) -> str:
     return f"{float(band['mean']):.3f} [{float(band.lo):.3f}, {float(band.hi):.3f}]"
 
 
-def _called(called, layer) -> str:
+def _called(called, saturated, layer) -> str:
     """A `compresses` verdict in words (the output layer is not judged)."""
     if layer not in called.layer.values:
         return ""
     value = float(called.sel(layer=layer))
+    if bool(saturated.sel(layer=layer)):
+        return "undetermined (saturated at the peak and the end)"
     return "undetermined (no interval)" if np.isnan(value) else ("yes" if value else "no")
 
 

@@ -103,7 +103,10 @@ def compresses(results: xr.Dataset, estimator: str, split: str = "all", rule: st
     - "interval" (default): the drop counts only when the seed mean's interval at the peak
       epoch lies wholly above its interval at the last epoch (`pipeline.results.seed_mean` at
       `confidence`: t over seeds, or one seed's own cell interval); NaN where there is no
-      interval (one seed, estimated without `uncertainty`).
+      interval (one seed, estimated without `uncertainty`), and NaN where every seed's cell is
+      flagged saturated (`I_XT_saturated`) at both epochs: a move within 1% of the estimator's
+      ceiling is its resolution, not the layer's (30 bins on SZT's wide layers: 12.000 to
+      11.997 bits, a spread over seeds of 0.002, would otherwise count).
     - "fraction": the mean falls by more than `min_drop` of its maximum (no test of the noise).
     """
     if rule not in RULES:
@@ -118,10 +121,24 @@ def compresses(results: xr.Dataset, estimator: str, split: str = "all", rule: st
     else:
         lo, hi = at("lo", peak_index), at("hi", final_index)
         called = (lo > hi).astype(float).where(np.isfinite(lo) & np.isfinite(hi))
+        called = called.where(~saturated_at_both_ends(results, estimator, split))
     called = called.where(np.isfinite(band["mean"]).any("epoch"))
     called.attrs = {"estimator": estimator, "split": split, "rule": rule, "min_drop": min_drop,
                     "confidence": confidence}
     return called.sel(layer=hidden_layers(results))
+
+
+def saturated_at_both_ends(results: xr.Dataset, estimator: str, split: str = "all") -> xr.DataArray:
+    """Per layer: every seed holding a value has its I(X;T) flagged saturated (`I_XT_saturated`)
+    both at the peak of the seed mean and at its last epoch (False for a store without flags)."""
+    cells = _valid(results).sel(estimator=estimator, split=split)
+    mean = cells.I_XT.mean("seed")
+    if "I_XT_saturated" not in cells:
+        return xr.zeros_like(mean.isel(epoch=0), dtype=bool)
+    flags = cells.I_XT_saturated.where(np.isfinite(cells.I_XT))
+    every_seed = (flags.fillna(1) == 1).all("seed") & flags.notnull().any("seed")
+    return (every_seed.isel(epoch=mean.fillna(-np.inf).argmax("epoch"))
+            & every_seed.isel(epoch=last_valid_index(mean)))
 
 
 def compression_table(results: xr.Dataset, split: str = "all", rule: str = "interval",

@@ -167,6 +167,22 @@ def test_compresses_only_beyond_the_interval():
         fd.compresses(quiet, "binning_30", rule="5%")
 
 
+def test_a_drop_within_the_saturated_band_is_not_called():
+    quiet = noisy_seeds(0.1)
+    assert fd.compresses(quiet, "binning_30").values.tolist() == [1.0, 1.0]  # a store without flags
+    quiet["I_XT_saturated"] = quiet.I_XT * 0.0
+    quiet["I_XT_saturated"].loc[{"layer": "dense1", "epoch": 2}] = 1.0  # the peak only: decided
+    assert fd.compresses(quiet, "binning_30").values.tolist() == [1.0, 1.0]
+    quiet["I_XT_saturated"].loc[{"layer": "dense1", "epoch": 20}] = 1.0  # peak and end, every seed
+    assert np.isnan(fd.compresses(quiet, "binning_30").sel(layer="dense1"))
+    assert fd.compresses(quiet, "binning_30").sel(layer="dense2") == 1.0
+    quiet["I_XT_saturated"][0, 0, 0, -1, 0] = 0.0  # one seed below the band at the end: decided
+    assert fd.compresses(quiet, "binning_30").sel(layer="dense1") == 1.0
+    # the 5% rule is the papers' as it stands: it does not look at the flags
+    quiet["I_XT_saturated"][:] = 1.0
+    assert fd.compresses(quiet, "binning_30", rule="fraction").values.tolist() == [1.0, 1.0]
+
+
 def test_distrusted_share_counts_the_flags_of_the_entries_that_have_them():
     import xarray as xr
     dims = ("estimator", "split", "epoch")
