@@ -137,10 +137,11 @@ def bench_images() -> None:
             "`mutual_information(a, b, \"compression\")` on images of 4 latents: the "
             "convolutional autoencoder on one side (defaults: 16 channels, 3 candidates for the first "
             "750 of 1500 steps, images above 32 pixels a side pooled to 32; what `compressor=\"auto\"` "
-            "picks for images), the dense one for comparison (3000 steps), the flow model on the two "
-            "sides' codes (3000 steps), and a whole default call timed (two encodings, the intrinsic "
-            "dimension of each side, the flow and KSG on the codes). Step counts do not depend on n: "
-            "n only changes the final encoding pass and the flow's normal scores.\n\n"
+            "picks for images; on one torch thread, as every autoencoder on the CPU), the dense one for "
+            "comparison (3000 steps), the flow model on the two sides' codes (3000 steps, 2 threads), "
+            "and a whole default call timed (the two sides' encodings at once, one thread each, the "
+            "intrinsic dimension of each side, the flow and KSG on the codes). Step counts do not "
+            "depend on n: n only changes the final encoding pass and the flow's normal scores.\n\n"
             + table(["images", "n", "device", "conv autoencoder, one side", "dense autoencoder, one side",
                      "flow", "default call"], rows)
             + f"\n\nMachine: {machine()}; commit {git_revision(paths=('pipeline',))}.")

@@ -131,7 +131,14 @@ def pca_compress(a: np.ndarray, dim: int, return_kept: bool = False) -> np.ndarr
 def on_one_thread(train: Callable) -> Callable:
     """An autoencoder function run with torch on one CPU thread (`one_torch_thread`; its
     `device` argument says whether it is on the CPU): its codes then do not depend on the
-    machine's core count, and `compress_sides` trains two of them at once."""
+    machine's core count, and `compress_sides` trains two of them at once.
+
+    The price is one side alone: the conv autoencoder of 32x32 rectangles took 75 s on one
+    thread (docs/benchmarks.md, section images) where the images bench at ae7e5b1 measured 49 s
+    on two threads, and machines with more cores lose more. Two sides gain: a default call on
+    16x16 bumps took 96 s against 114 s with the sides one after the other on two threads (at
+    6bc9555, also before the multi-tensor Adam; run in the same hour). The estimate stage's
+    workers run one thread anyway."""
     signature = inspect.signature(train)
 
     @functools.wraps(train)
@@ -451,8 +458,8 @@ def compress(a: np.ndarray, dim: int | str, compressor: str, seed: int, device: 
 def compress_sides(jobs: list[dict[str, Any]]) -> list[Codes]:
     """`compress(**job)` for each side. Where two or more sides train an autoencoder on the CPU,
     they train at once, in threads: each on one torch thread (`on_one_thread`), so the codes
-    are those of one side at a time, and a call with two image sides takes the time of one on
-    2 cores (docs/benchmarks.md, section images)."""
+    are those of one side at a time, and on 2 cores a call with two image sides takes about the
+    time of one side (docs/benchmarks.md, section images)."""
     learnt = [job["compressor"] in ("autoencoder", "conv_autoencoder")
               and torch.device(job["device"]).type == "cpu" for job in jobs]
     if sum(learnt) < 2:
