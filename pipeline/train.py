@@ -249,14 +249,19 @@ def archive_samples(archive: ArchiveReader) -> Samples:
 
 
 def _train_seed_process(args: tuple) -> SeedResult:
-    cfg, seed, runs_dir, position, threads, parent = args
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    cfg, seed, runs_dir, position, threads = args
     return train_seed(cfg, seed, runs_dir, position=position, threads=threads)
 
 
+def _watch_parent(parent: int) -> None:
+    """Pool initializer: the worker stops when its `make train` is killed (its writer then exits
+    uncommitted). Started before the worker waits for a task: an idle worker blocks on the task
+    queue, whose pipe it holds both ends of, and would outlive the killed parent forever."""
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
 def _exit_with_parent(parent: int) -> None:
-    """A pool worker whose `make train` was killed stops too (its writer then exits uncommitted).
-    `parent` is passed in, not read here: a worker may start after its parent died."""
+    """`parent` is passed in, not read here: a worker may start after its parent died."""
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
@@ -330,8 +335,9 @@ def _train_all(cfg: ExperimentConfig, runs_dir: str | Path, paths: RunPaths, for
         results = [train_seed(cfg, s, runs_dir, position=0, threads=threads) for s in todo]
     else:
         context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-        with ProcessPoolExecutor(processes, mp_context=context) as pool:
-            jobs = [(cfg, s, runs_dir, i % processes, threads, os.getpid()) for i, s in enumerate(todo)]
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=_watch_parent,
+                                 initargs=(os.getpid(),)) as pool:
+            jobs = [(cfg, s, runs_dir, i % processes, threads) for i, s in enumerate(todo)]
             results = list(pool.map(_train_seed_process, jobs))
     consolidate(archive_path)
     failed = [r for r in results if r.status == "diverged"]
