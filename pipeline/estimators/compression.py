@@ -38,6 +38,7 @@ from pipeline.estimators.knn import kl_entropy, ksg_mutual_information, weighted
 
 NOISE_MODES = ("relative", "absolute")
 COMPRESSORS = ("auto", "pca", "autoencoder", "conv_autoencoder", "none")
+AUTOENCODERS = ("autoencoder", "conv_autoencoder")  # the compressors that train a network
 ENTROPIES = ("auto", "ksg", "flow", "kl", "wkl")
 # A side whose compressor reconstructs less than this share of its variance is flagged. The
 # rule, fixed before any held-out family was measured: samples rendered without noise from a few
@@ -370,7 +371,7 @@ def code_dimension(dim: int | str, a: np.ndarray, compressor: str, seed: int = 0
         if not isinstance(dim, int | np.integer) or dim < 1:
             raise ValueError(f"dim must be a positive integer or 'auto', got {dim!r}")
         return int(dim)
-    if compressor not in ("autoencoder", "conv_autoencoder"):
+    if compressor not in AUTOENCODERS:
         return PCA_AUTO_DIM
     return int(np.clip(round(intrinsic_dimension(a, seed)), 1, MAX_AUTO_DIM))
 
@@ -424,7 +425,7 @@ def compress(a: np.ndarray, dim: int | str, compressor: str, seed: int, device: 
     # only autoencoder codes are remembered, so only they pay for hashing the inputs; the
     # requested width ("auto" included) is in the key: a hit skips the intrinsic dimension too
     key = None
-    if remember and compressor != "pca":
+    if remember and compressor in AUTOENCODERS:
         key = (hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest(), a.shape, tuple(sample_shape),
                dim, compressor, seed, device, ae_steps, ae_candidates)
     if key in _INPUT_CODES:
@@ -460,8 +461,8 @@ def compress_sides(jobs: list[dict[str, Any]]) -> list[Codes]:
     they train at once, in threads: each on one torch thread (`on_one_thread`), so the codes
     are those of one side at a time, and on 2 cores a call with two image sides takes about the
     time of one side (docs/benchmarks.md, section images)."""
-    learnt = [job["compressor"] in ("autoencoder", "conv_autoencoder")
-              and torch.device(job["device"]).type == "cpu" for job in jobs]
+    learnt = [job["compressor"] in AUTOENCODERS and torch.device(job["device"]).type == "cpu"
+              for job in jobs]
     if sum(learnt) < 2:
         return [compress(**job) for job in jobs]
     with one_torch_thread(), ThreadPoolExecutor(len(jobs)) as pool:
@@ -517,8 +518,7 @@ def resolve_entropy(entropy: str, compressors: tuple[str, ...]) -> str:
         raise ValueError(f"entropy must be one of {ENTROPIES}, got {entropy!r}")
     if entropy != "auto":
         return entropy
-    learnt = {"autoencoder", "conv_autoencoder"}
-    return "flow" if len(compressors) == 2 and set(compressors) <= learnt else "ksg"
+    return "flow" if len(compressors) == 2 and set(compressors) <= set(AUTOENCODERS) else "ksg"
 
 
 def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 1e-3,
