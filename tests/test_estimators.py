@@ -666,6 +666,26 @@ def test_brute_force_counts_equal_the_tree_neighbour_for_neighbour(monkeypatch):
     np.testing.assert_array_equal(n_b, knn._count_within(xb, tree_eps, np.inf, "cpu", "tree"))
 
 
+def test_the_float32_screen_gives_the_float64_neighbours_on_ties_and_wide_ranges(monkeypatch):
+    """Values tied at float32's resolution (a grid with a 1e-10 jitter) go to float64 rows; wide
+    coordinates (Cauchy x 1000) widen the screen's band; both equal the float64 pass exactly."""
+    from pipeline.estimators import knn
+
+    monkeypatch.setattr(knn, "BLOCK_BYTES", 4 * 100 * 700)  # blocks of 100 rows
+    rng = np.random.default_rng(3)
+    grid = rng.integers(0, 3, size=(700, 3)) + 1e-10 * rng.normal(size=(700, 3))
+    wide = rng.standard_cauchy(size=(700, 4)) * 1e3
+    exact, redone = knn._ksg_counts_exact, []
+    monkeypatch.setattr(knn, "_ksg_counts_exact",
+                        lambda a, b, rows, k: redone.append(len(rows)) or exact(a, b, rows, k))
+    for xa, xb in [(grid, rng.normal(size=(700, 2))), (wide, rng.normal(size=(700, 5)))]:
+        screened = knn._ksg_counts_brute(xa, xb, 5, "cpu")
+        everything = exact(torch.as_tensor(xa), torch.as_tensor(xb), torch.arange(700), 5)
+        for got, want in zip(screened, everything, strict=True):
+            np.testing.assert_array_equal(got, want.numpy())
+    assert 0 < sum(redone) < 700
+
+
 @pytest.mark.parametrize("shape", [(300, 20), (50, 400)])
 def test_pca_scores_equal_the_svd(shape):
     from pipeline.estimators.compression import pca_compress

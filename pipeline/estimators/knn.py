@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln, ndtri
-from scipy.stats import rankdata
 
 from pipeline.estimators._common import LOG2, as_labels, as_samples, is_discrete, same_length
 
@@ -34,6 +33,8 @@ def normal_scores(a: np.ndarray) -> np.ndarray:
     A strictly increasing map per coordinate, so MI is unchanged, while monotone distortions of
     the marginals (saturating or heavy-tailed units) do not bias the neighbour counts.
     """
+    from scipy.stats import rankdata  # late: scipy.stats takes 0.6 s to import, KSG runs seldom
+
     ranks = rankdata(a, axis=0)
     return ndtri(ranks / (len(a) + 1))
 
@@ -68,22 +69,35 @@ def ksg_biased(n: int, dim_a: int, dim_b: int | None = None) -> bool:
     return dim_a > labels if dim_b is None else max(dim_a, dim_b) > pairs
 
 
-def _tree(device: str, algorithm: str, shape: tuple[int, int]) -> bool:
-    """cKDTree on the CPU, or blocked brute-force distances with torch (any device)."""
+def _tree(device: str, algorithm: str, shape: tuple[int, int], rule=None) -> bool:
+    """cKDTree on the CPU, or blocked brute-force distances with torch (any device); `rule`
+    (n, d) -> bool decides "auto" on the CPU (default `tree_is_faster`)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if algorithm == "tree" and device != "cpu":
         raise ValueError("algorithm='tree' runs on the CPU only; use algorithm='brute' on a GPU")
-    return algorithm == "tree" or (algorithm == "auto" and device == "cpu" and tree_is_faster(*shape))
+    rule = rule or tree_is_faster
+    return algorithm == "tree" or (algorithm == "auto" and device == "cpu" and rule(*shape))
 
 
 def tree_is_faster(n: int, d: int) -> bool:
-    """The rule of `algorithm="auto"` on the CPU, measured with KSG on 2 cores (the tree's time
-    grows steeply with the dimension d, brute force's with n^2): the tree up to 4 dimensions,
-    and up to 12 above 2000 samples; brute force otherwise. Tree / brute ms at 4096 samples:
-    31 / 256 (4 dims), 228 / 284 (10), 588 / 289 (16), 869 / 304 (22), 2082 / 417 (50); at
-    1000: 10 / 16 (4), 48 / 14 (10); at 10000: 1030 / 1262 (10), 3230 / 745 (16)."""
+    """The rule of `algorithm="auto"` on the CPU for one set of points (Kozachenko-Leonenko, KSG
+    with labels), measured with KSG's float64 brute force on 2 cores (the tree's time grows
+    steeply with the dimension d, brute force's with n^2): the tree up to 4 dimensions, and up to
+    12 above 2000 samples; brute force otherwise. Tree / brute ms at 4096 samples: 31 / 256
+    (4 dims), 228 / 284 (10), 588 / 289 (16), 869 / 304 (22), 2082 / 417 (50); at 1000: 10 / 16
+    (4), 48 / 14 (10); at 10000: 1030 / 1262 (10), 3230 / 745 (16)."""
     return d <= 4 or (d <= 12 and n > 2000)
+
+
+def pair_tree_is_faster(n: int, d: int) -> bool:
+    """The rule of `algorithm="auto"` on the CPU for KSG on two continuous sides (d: both sides'
+    dimensions), whose brute force screens in float32: the tree up to 4 dimensions, and up to 8
+    above 2000 samples. Tree / brute ms, best of 3 on 2 cores (a noisy machine, about 20% either
+    way): at 1000 samples 10 / 15 (4 dims), 20 / 18 (6), 39 / 20 (10); at 4096: 47 / 191 (4),
+    111 / 133 (6), 196 / 202 (8), 321 / 171 (10), 1190 / 275 (22); at 10000: 745 / 995 (8),
+    1242 / 889 (10), 2143 / 726 (12)."""
+    return d <= 4 or (d <= 8 and n > 2000)
 
 
 # Brute force: the distances of a block of rows to all points at a time, O(n x block) memory.
@@ -132,17 +146,96 @@ def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str,
     return out
 
 
+def _ksg_counts_exact(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, k: int):
+    """eps (k-th joint max-norm neighbour distance), n_a and n_b of `rows` from float64 distances:
+    the joint max-norm distance is the larger of the two marginal ones."""
+    da = torch.cdist(a[rows], a, p=np.inf, compute_mode="donot_use_mm_for_euclid_dist")
+    db = torch.cdist(b[rows], b, p=np.inf, compute_mode="donot_use_mm_for_euclid_dist")
+    e = _smallest(torch.maximum(da, db), k + 1)[:, k:k + 1]
+    return e[:, 0], (da < e).sum(1), (db < e).sum(1)
+
+
+# KSG's brute force screens in float32 and settles in float64. Max-norm distances computed one
+# coordinate at a time in float32 vectorise (torch's cdist kernel for p = inf does not, in
+# either precision) and take about half the time of float64 cdist; every float32 distance lies
+# within SCREEN_TOLERANCE x (the side's largest |coordinate|) of the float64 one (2^-22 bounds the
+# two roundings of the inputs and the one of their difference), so whatever the screen cannot
+# decide is computed again in float64: eps and the counts are those of the float64 distances.
+SCREEN_TOLERANCE = 2.0 ** -21
+SCREEN_SPARE = 4  # joint neighbours beyond the k-th kept by the screen; a row needing more is redone
+
+
+class _ScreenedSide:
+    """One side's float64 points, a transposed float32 copy and the bound between their distances."""
+
+    def __init__(self, points: np.ndarray, device: str):
+        self.exact = torch.as_tensor(points, device=device)
+        self.columns = self.exact.T.to(torch.float32).contiguous()
+        self.tolerance = SCREEN_TOLERANCE * float(self.exact.abs().max())
+
+    def screened(self, rows: slice, out: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+        """float32 max-norm distances of `rows` to every point, into `out`."""
+        r = self.columns[:, rows].T
+        torch.sub(r[:, :1], self.columns[:1], out=out).abs_()
+        for c in range(1, r.shape[1]):
+            torch.maximum(out, torch.sub(r[:, c:c + 1], self.columns[c:c + 1], out=scratch).abs_(), out=out)
+        return out
+
+    def exact_to(self, rows: slice, index: torch.Tensor) -> torch.Tensor:
+        """float64 max-norm distances of each row to its listed points, (rows, len(index[0]))."""
+        return (self.exact[index] - self.exact[rows, None, :]).abs().amax(-1)
+
+    def count(self, screened: torch.Tensor, eps: torch.Tensor, index: torch.Tensor, exact: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points strictly closer than eps to each row, and whether the screen settled the row:
+        it does when every distance it cannot place against eps is one of the listed points,
+        whose float64 distances `exact` are known."""
+        inf = torch.tensor(np.inf, device=eps.device)  # float32 bounds rounded outwards
+        lo = torch.nextafter((eps - self.tolerance).float(), -inf)[:, None]
+        hi = torch.nextafter((eps + self.tolerance).float(), inf)[:, None]
+        # comparisons into a reused mask and int32 sums: each is half the time of the plain form
+        sure = torch.lt(screened, lo, out=mask).sum(1, dtype=torch.int32)
+        undecided = torch.le(screened, hi, out=mask).sum(1, dtype=torch.int32) - sure
+        listed = screened.gather(1, index)
+        listed_undecided = (listed >= lo) & (listed <= hi)
+        closer = (listed_undecided & (exact < eps[:, None])).sum(1)
+        return sure + closer, listed_undecided.sum(1) == undecided
+
+
 def _ksg_counts_brute(xa: np.ndarray, xb: np.ndarray, k: int, device: str):
-    """eps (k-th joint max-norm neighbour distance), n_a and n_b in one blocked pass: the joint
-    max-norm distance is the larger of the two marginal ones."""
-    eps, n_a, n_b = np.empty(len(xa)), np.empty(len(xa), dtype=np.int64), np.empty(len(xa), dtype=np.int64)
-    for (rows, da), (_, db) in zip(_distance_blocks(xa, np.inf, device), _distance_blocks(xb, np.inf, device),
-                                   strict=True):
-        e = _smallest(torch.maximum(da, db), k + 1)[:, k:k + 1]
-        eps[rows] = e[:, 0].cpu().numpy()
-        n_a[rows] = (da < e).sum(1).cpu().numpy()
-        n_b[rows] = (db < e).sum(1).cpu().numpy()
-    return eps, n_a, n_b
+    """eps (k-th joint max-norm neighbour distance), n_a and n_b in one blocked pass, equal to
+    those of float64 distances: screened in float32, settled in float64 (SCREEN_TOLERANCE).
+
+    The screen keeps each row's k + 1 + SCREEN_SPARE nearest joint points (itself included); when
+    every point that can be nearer than the k-th lies among them, their float64 distances give
+    eps, and the counts need float64 only for the kept points near eps. A row where either fails
+    (ties at the float32 resolution: repeated or discrete values) is computed in float64.
+    """
+    n = len(xa)
+    a, b = _ScreenedSide(xa, device), _ScreenedSide(xb, device)
+    tolerance = max(a.tolerance, b.tolerance)
+    kept = min(n, k + 1 + SCREEN_SPARE)
+    eps = torch.empty(n, dtype=torch.float64, device=device)
+    n_a, n_b = (torch.empty(n, dtype=torch.int64, device=device) for _ in range(2))
+    block = max(1, BLOCK_BYTES // (4 * n))
+    da, db, scratch = (torch.empty(min(block, n), n, device=device) for _ in range(3))
+    mask = torch.empty(min(block, n), n, dtype=torch.bool, device=device)
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        size = rows.stop - rows.start
+        sa, sb = a.screened(rows, da[:size], scratch[:size]), b.screened(rows, db[:size], scratch[:size])
+        nearest = torch.maximum(sa, sb, out=scratch[:size]).topk(kept, dim=1, largest=False)
+        index, values = nearest.indices, nearest.values.double()
+        complete = (kept == n) | (values[:, -1] > values[:, k] + 2 * tolerance)
+        ea, eb = a.exact_to(rows, index), b.exact_to(rows, index)
+        e = torch.maximum(ea, eb).sort(dim=1).values[:, k]
+        eps[rows] = e
+        n_a[rows], settled_a = a.count(sa, e, index, ea, mask[:size])
+        n_b[rows], settled_b = b.count(sb, e, index, eb, mask[:size])
+        redo = torch.arange(rows.start, rows.stop, device=device)[~(complete & settled_a & settled_b)]
+        if len(redo):
+            eps[redo], n_a[redo], n_b[redo] = _ksg_counts_exact(a.exact, b.exact, redo, k)
+    return eps.cpu().numpy(), n_a.cpu().numpy(), n_b.cpu().numpy()
 
 
 def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: float = 1e-10,
@@ -183,7 +276,7 @@ def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: flo
         return _ksg_discrete(xa, as_labels(b), k, device, algorithm)
     xb = _jitter(_transform(as_samples(b, "b", min_samples=k + 1), transform), jitter, rng)
     joint = np.hstack([xa, xb])
-    if _tree(device, algorithm, joint.shape):
+    if _tree(device, algorithm, joint.shape, pair_tree_is_faster):
         eps = _kth_distance(joint, k, np.inf, device, "tree")
         n_a = _count_within(xa, eps, np.inf, device, "tree")
         n_b = _count_within(xb, eps, np.inf, device, "tree")
