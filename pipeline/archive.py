@@ -30,6 +30,7 @@ import zarr
 
 from pipeline.config import ArchiveConfig
 from pipeline.data import SplitData
+from pipeline.errors import KnownFailure
 
 SCHEMA_VERSION = "1.1"  # 1.1: self-describing root (layers, output layer, splits, parts, model)
 SPLITS = ("train", "test")  # the built-in runs' split names, codes 0 and 1
@@ -37,7 +38,7 @@ HISTORY_VARIABLES = ("loss_train", "loss_test", "accuracy_train", "accuracy_test
 CHUNK_BYTES = 64 * 2**20  # split an epoch's activations over samples beyond this size
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(KnownFailure, RuntimeError):
     """The archive is missing, of another schema, or corrupted; the message names the fix."""
 
 

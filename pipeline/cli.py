@@ -8,16 +8,11 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from pipeline.archive import ArchiveError
-from pipeline.config import ConfigError, ExperimentConfig, load_config
-from pipeline.data import DataError
-from pipeline.record import RecordError
-from pipeline.registry import RegistryError
-from pipeline.results import ResultsError
+from pipeline.config import ExperimentConfig, load_config
+from pipeline.errors import KnownFailure
 
 DEFAULT_CONFIG = "configs/szt_tanh.toml"
 STORAGE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
-KNOWN_ERRORS = (ConfigError, DataError, ArchiveError, ResultsError, RegistryError, RecordError)
 
 
 def base_parser(description: str, several_configs: bool = False,
@@ -52,7 +47,7 @@ def guarded(body: Callable[[], int]) -> None:
 
 def _report(err: Exception) -> int:
     """Print what went wrong: one line for a known failure (exit 2), else the traceback (exit 1)."""
-    if isinstance(err, KNOWN_ERRORS):
+    if isinstance(err, KnownFailure):
         print(f"error: {err}", file=sys.stderr)
         return 2
     if isinstance(err, OSError) and err.errno in STORAGE_ERRORS:

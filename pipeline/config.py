@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.errors import KnownFailure
 
-class ConfigError(ValueError):
+
+class ConfigError(KnownFailure, ValueError):
     """A configuration file or override is malformed; the message names the key and the fix."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DataConfig
+from pipeline.errors import KnownFailure
 from pipeline.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -38,7 +39,7 @@ SZT_NEIGHBOURS = {
 SZT_ANTIPODES = [(0, 9), (1, 7), (2, 5), (3, 6), (4, 10), (8, 11)]
 
 
-class DataError(RuntimeError):
+class DataError(KnownFailure, RuntimeError):
     """Dataset files are missing or unreadable; the message says where to put them."""
 
 

@@ -51,6 +51,7 @@ from pipeline.archive import (
     create_archive,
     prepare_for_writing,
 )
+from pipeline.errors import KnownFailure
 from pipeline.models import state_arrays
 from pipeline.provenance import provenance
 from pipeline.runs import RunPaths
@@ -60,7 +61,7 @@ PROBE_BATCH = 2048
 METRIC_ALIASES = {"loss": "loss_train", "accuracy": "accuracy_train"}
 
 
-class RecordError(ValueError):
+class RecordError(KnownFailure, ValueError):
     """A layer pattern, a module output or a recorder argument cannot be used; says which."""
 
 

@@ -17,8 +17,10 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.errors import KnownFailure
 
-class RegistryError(ValueError):
+
+class RegistryError(KnownFailure, ValueError):
     """An unknown name or an entry point that cannot be imported; the message lists the choices."""
 
 

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
-from scipy import stats
+from scipy.special import stdtrit
+
+from pipeline.errors import KnownFailure
 
 RESULTS_SCHEMA_VERSION = "1.3"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals; 1.3: flags
 CELL_DIMS = ("estimator", "seed", "split", "epoch", "layer")
@@ -35,7 +37,7 @@ FISHER_DIMS = ("seed", "epoch", "layer")
 TRUST_FLAGS = ("_lossy", "_biased")
 
 
-class ResultsError(RuntimeError):
+class ResultsError(KnownFailure, RuntimeError):
     """The results store is unreadable or of another schema; the message names the fix."""
 
 
@@ -119,7 +121,7 @@ def seed_mean(results: xr.Dataset, variable: str = "I_XT", confidence: float = 0
     with warnings.catch_warnings():  # one seed: no spread, NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         sd = values.std("seed", ddof=1)
-    quantile = stats.t.ppf(0.5 + confidence / 2, np.maximum(n - 1, 1))
+    quantile = stdtrit(np.maximum(n - 1, 1), 0.5 + confidence / 2)  # the t quantile
     half = xr.where(n >= 2, quantile * sd / np.sqrt(n), np.nan)
     lo, hi = mean - half, mean + half
     if f"{variable}_lo" in ds:

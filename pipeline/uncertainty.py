@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit
 
 from pipeline.estimators._common import entropy_of_counts
 from pipeline.estimators.domains import ParameterError, check, choice, integer, number
@@ -136,7 +136,7 @@ def batch_interval(estimate: dict[str, float], params: dict[str, Any],
     n = int(params.get("n_batches", 10))
     if n < 2:
         return {}
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) / math.sqrt(n)
+    half = stdtrit(n - 1, 0.5 + confidence / 2) / math.sqrt(n)
     out = {}
     for name in ("I_XT", "I_TY"):
         spread = estimate.get(f"{name}_std", float("nan"))
