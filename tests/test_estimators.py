@@ -668,7 +668,8 @@ def test_brute_force_counts_equal_the_tree_neighbour_for_neighbour(monkeypatch):
 
 def test_the_float32_screen_gives_the_float64_neighbours_on_ties_and_wide_ranges(monkeypatch):
     """Values tied at float32's resolution (a grid with a 1e-10 jitter) go to float64 rows; wide
-    coordinates (Cauchy x 1000) widen the screen's band; both equal the float64 pass exactly."""
+    coordinates (Cauchy x 1000) widen the screen's band; sides beyond float32's range skip the
+    screen; all equal the float64 pass exactly."""
     from pipeline.estimators import knn
 
     monkeypatch.setattr(knn, "BLOCK_BYTES", 4 * 100 * 700)  # blocks of 100 rows
@@ -684,6 +685,14 @@ def test_the_float32_screen_gives_the_float64_neighbours_on_ties_and_wide_ranges
         for got, want in zip(screened, everything, strict=True):
             np.testing.assert_array_equal(got, want.numpy())
     assert 0 < sum(redone) < 700
+    redone.clear()  # beyond float32's range (1e-35 underflows, 1e35 x 2 overflows): float64 whole
+    for scale in (1e-35, 1e35):
+        xa, xb = rng.normal(size=(300, 3)) * scale, rng.normal(size=(300, 2))
+        screened = knn._ksg_counts_brute(xa, xb, 5, "cpu")
+        everything = exact(torch.as_tensor(xa), torch.as_tensor(xb), torch.arange(300), 5)
+        for got, want in zip(screened, everything, strict=True):
+            np.testing.assert_array_equal(got, want.numpy())
+    assert sum(redone) == 600
 
 
 @pytest.mark.parametrize("shape", [(300, 20), (50, 400)])

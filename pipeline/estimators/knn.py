@@ -163,6 +163,9 @@ def _ksg_counts_exact(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, k: i
 # decide is computed again in float64: eps and the counts are those of the float64 distances.
 SCREEN_TOLERANCE = 2.0 ** -21
 SCREEN_SPARE = 4  # joint neighbours beyond the k-th kept by the screen; a row needing more is redone
+# The bound holds where float32 neither overflows nor loses its relative precision (subnormals,
+# flushed or not): sides whose largest |coordinate| lies outside this range go to float64 whole.
+SCREEN_RANGE = (2.0 ** -100, 2.0 ** 100)
 
 
 class _ScreenedSide:
@@ -171,7 +174,9 @@ class _ScreenedSide:
     def __init__(self, points: np.ndarray, device: str):
         self.exact = torch.as_tensor(points, device=device)
         self.columns = self.exact.T.to(torch.float32).contiguous()
-        self.tolerance = SCREEN_TOLERANCE * float(self.exact.abs().max())
+        largest = float(self.exact.abs().max())
+        self.tolerance = SCREEN_TOLERANCE * largest
+        self.screenable = largest == 0 or SCREEN_RANGE[0] <= largest <= SCREEN_RANGE[1]
 
     def screened(self, rows: slice, out: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
         """float32 max-norm distances of `rows` to every point, into `out`."""
@@ -202,6 +207,24 @@ class _ScreenedSide:
         return sure + closer, listed_undecided.sum(1) == undecided
 
 
+def _screen_block(a: _ScreenedSide, b: _ScreenedSide, rows: slice, k: int, buffers: list[torch.Tensor],
+                  eps: torch.Tensor, n_a: torch.Tensor, n_b: torch.Tensor) -> torch.Tensor:
+    """eps, n_a and n_b of `rows` from the float32 screen, written in place; returns which rows
+    it settled (the others are left to float64)."""
+    da, db, scratch, mask = buffers
+    sa, sb = a.screened(rows, da, scratch), b.screened(rows, db, scratch)
+    kept = min(len(a.exact), k + 1 + SCREEN_SPARE)
+    nearest = torch.maximum(sa, sb, out=scratch).topk(kept, dim=1, largest=False)
+    index, values = nearest.indices, nearest.values.double()
+    complete = (kept == len(a.exact)) | (values[:, -1] > values[:, k] + 2 * max(a.tolerance, b.tolerance))
+    ea, eb = a.exact_to(rows, index), b.exact_to(rows, index)
+    e = torch.maximum(ea, eb).sort(dim=1).values[:, k]
+    eps[rows] = e
+    n_a[rows], settled_a = a.count(sa, e, index, ea, mask)
+    n_b[rows], settled_b = b.count(sb, e, index, eb, mask)
+    return complete & settled_a & settled_b
+
+
 def _ksg_counts_brute(xa: np.ndarray, xb: np.ndarray, k: int, device: str):
     """eps (k-th joint max-norm neighbour distance), n_a and n_b in one blocked pass, equal to
     those of float64 distances: screened in float32, settled in float64 (SCREEN_TOLERANCE).
@@ -209,30 +232,21 @@ def _ksg_counts_brute(xa: np.ndarray, xb: np.ndarray, k: int, device: str):
     The screen keeps each row's k + 1 + SCREEN_SPARE nearest joint points (itself included); when
     every point that can be nearer than the k-th lies among them, their float64 distances give
     eps, and the counts need float64 only for the kept points near eps. A row where either fails
-    (ties at the float32 resolution: repeated or discrete values) is computed in float64.
+    (ties at the float32 resolution: repeated or discrete values) is computed in float64; so is
+    every row where a side's largest |coordinate| lies outside SCREEN_RANGE.
     """
     n = len(xa)
     a, b = _ScreenedSide(xa, device), _ScreenedSide(xb, device)
-    tolerance = max(a.tolerance, b.tolerance)
-    kept = min(n, k + 1 + SCREEN_SPARE)
     eps = torch.empty(n, dtype=torch.float64, device=device)
     n_a, n_b = (torch.empty(n, dtype=torch.int64, device=device) for _ in range(2))
     block = max(1, BLOCK_BYTES // (4 * n))
-    da, db, scratch = (torch.empty(min(block, n), n, device=device) for _ in range(3))
-    mask = torch.empty(min(block, n), n, dtype=torch.bool, device=device)
+    buffers = [torch.empty(min(block, n), n, device=device) for _ in range(3)]
+    buffers.append(torch.empty(min(block, n), n, dtype=torch.bool, device=device))
     for start in range(0, n, block):
         rows = slice(start, min(start + block, n))
-        size = rows.stop - rows.start
-        sa, sb = a.screened(rows, da[:size], scratch[:size]), b.screened(rows, db[:size], scratch[:size])
-        nearest = torch.maximum(sa, sb, out=scratch[:size]).topk(kept, dim=1, largest=False)
-        index, values = nearest.indices, nearest.values.double()
-        complete = (kept == n) | (values[:, -1] > values[:, k] + 2 * tolerance)
-        ea, eb = a.exact_to(rows, index), b.exact_to(rows, index)
-        e = torch.maximum(ea, eb).sort(dim=1).values[:, k]
-        eps[rows] = e
-        n_a[rows], settled_a = a.count(sa, e, index, ea, mask[:size])
-        n_b[rows], settled_b = b.count(sb, e, index, eb, mask[:size])
-        redo = torch.arange(rows.start, rows.stop, device=device)[~(complete & settled_a & settled_b)]
+        redo = torch.arange(rows.start, rows.stop, device=device)
+        if a.screenable and b.screenable:
+            redo = redo[~_screen_block(a, b, rows, k, [buf[:len(redo)] for buf in buffers], eps, n_a, n_b)]
         if len(redo):
             eps[redo], n_a[redo], n_b[redo] = _ksg_counts_exact(a.exact, b.exact, redo, k)
     return eps.cpu().numpy(), n_a.cpu().numpy(), n_b.cpu().numpy()
