@@ -21,7 +21,7 @@ from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
 from pipeline.interactive import interactive_sections, write_plotly_js
 from pipeline.report_html import write_report
-from pipeline.results import ResultsError, belongs_to, masked, open_results
+from pipeline.results import MASKED, ResultsError, belongs_to, masked, open_results
 from pipeline.runs import RunPaths
 
 
@@ -61,7 +61,7 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
         _results_figures(results, archive, out, saved, messages, intervals, stop)
     estimators = {} if results is None else {
         str(e): str(results.parameters.sel(estimator=e).values) for e in results.estimator.values}
-    attrs = {} if results is None else dict(results.attrs)
+    attrs = {} if results is None else {k: v for k, v in results.attrs.items() if k != MASKED}
     attrs["archive_provenance"] = archive.attrs.get("provenance")
     summary = None if results is None else findings.run_summary(results)
     interactive = {} if results is None else interactive_sections(results)

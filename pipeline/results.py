@@ -84,13 +84,23 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     return enc
 
 
+MASKED = "_masked"  # attribute of a dataset `masked` returned: masking it again changes nothing
+
+
 def masked(ds: xr.Dataset) -> xr.Dataset:
-    """Cell variables with cells not yet computed set to NaN (Fisher variables untouched)."""
+    """Cell variables with cells not yet computed set to NaN (Fisher variables untouched).
+
+    Idempotent, and a dataset it returned (or a selection of one) comes back as it is: the
+    figures and findings mask the results they are handed, hundreds of times in one report.
+    """
+    if ds.attrs.get(MASKED):
+        return ds
     ds = ds.copy()
     for name in cell_variables(ds):
         ds[name] = ds[name].where(ds["done"])
     if "fisher_trace" in ds:
         ds["fisher_trace"] = ds["fisher_trace"].where(ds["fisher_done"])
+    ds.attrs[MASKED] = True
     return ds
 
 

@@ -81,6 +81,17 @@ def test_seeds_without_values_are_left_out():
     assert float(phase.drop_mean.sel(layer="dense1")) == pytest.approx(0.0)
 
 
+def test_masking_once_is_enough_and_selections_stay_masked():
+    ds = results_with([1, 2, 4, 3.5, 3, 2.5])
+    ds["done"][0, 1, 0, 2:] = False  # seed 1 stopped after epoch 1
+    once = masked(ds)
+    assert np.isnan(once.I_XT[0, 1, 0, 2:]).all() and np.isfinite(once.I_XT[0, 0]).all()
+    assert masked(once) is once  # figures and findings mask what they are handed
+    part = once.sel(estimator=["binning_30"], layer=["dense1"])
+    assert masked(part) is part and np.isnan(part.I_XT[0, 1, 0, 2:]).all()
+    assert not np.isnan(ds.I_XT).any()  # the store's dataset itself is left as it was
+
+
 def test_holding_values_marks_seeds_and_epochs_with_any_value():
     ds = masked(results_with([1, 2, 4, 3.5, 3, 2.5]))
     values = ds.I_XT.sel(estimator="binning_30", split="all").copy()
