@@ -33,7 +33,7 @@ def normal_scores(a: np.ndarray) -> np.ndarray:
     A strictly increasing map per coordinate, so MI is unchanged, while monotone distortions of
     the marginals (saturating or heavy-tailed units) do not bias the neighbour counts.
     """
-    from scipy.stats import rankdata  # late: scipy.stats takes 0.6 s to import, KSG runs seldom
+    from scipy.stats import rankdata  # late: scipy.stats takes 0.6 s to import; only kNN needs it
 
     ranks = rankdata(a, axis=0)
     return ndtri(ranks / (len(a) + 1))
@@ -107,14 +107,19 @@ def pair_tree_is_faster(n: int, d: int) -> bool:
 BLOCK_BYTES = 8 * 2**20
 
 
+def _distances(rows: torch.Tensor, points: torch.Tensor, p: float) -> torch.Tensor:
+    """Distances of `rows` to every point from exact differences, never the |a|^2 + |b|^2 - 2ab
+    expansion: the same distances as the tree's."""
+    return torch.cdist(rows, points, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def _distance_blocks(points: np.ndarray, p: float, device: str):
-    """(rows, their distances to every point), a block of rows at a time (exact differences,
-    never the |a|^2 + |b|^2 - 2ab expansion: the same distances as the tree's)."""
+    """(rows, their distances to every point), a block of rows at a time."""
     h = torch.as_tensor(points, device=device)
     block = max(1, BLOCK_BYTES // (8 * len(h)))
     for start in range(0, len(h), block):
         rows = slice(start, min(start + block, len(h)))
-        yield rows, torch.cdist(h[rows], h, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+        yield rows, _distances(h[rows], h, p)
 
 
 def _smallest(distances: torch.Tensor, k: int) -> torch.Tensor:
@@ -149,8 +154,7 @@ def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str,
 def _ksg_counts_exact(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, k: int):
     """eps (k-th joint max-norm neighbour distance), n_a and n_b of `rows` from float64 distances:
     the joint max-norm distance is the larger of the two marginal ones."""
-    da = torch.cdist(a[rows], a, p=np.inf, compute_mode="donot_use_mm_for_euclid_dist")
-    db = torch.cdist(b[rows], b, p=np.inf, compute_mode="donot_use_mm_for_euclid_dist")
+    da, db = _distances(a[rows], a, np.inf), _distances(b[rows], b, np.inf)
     e = _smallest(torch.maximum(da, db), k + 1)[:, k:k + 1]
     return e[:, 0], (da < e).sum(1), (db < e).sum(1)
 
