@@ -134,12 +134,11 @@ def on_one_thread(train: Callable) -> Callable:
     `device` argument says whether it is on the CPU): its codes then do not depend on the
     machine's core count, and `compress_sides` trains two of them at once.
 
-    The price is one side alone: the conv autoencoder of 32x32 rectangles took 75 s on one
-    thread (docs/benchmarks.md, section images) where the images bench at ae7e5b1 measured 49 s
-    on two threads, and machines with more cores lose more. Two sides gain: a default call on
-    16x16 bumps took 96 s against 114 s with the sides one after the other on two threads (at
-    6bc9555, also before the multi-tensor Adam; run in the same hour). The estimate stage's
-    workers run one thread anyway."""
+    The price is one side alone: the conv autoencoder of 32x32 rectangles takes 75 s on one
+    thread (docs/benchmarks.md, section images) against 49 s on two (images bench at ae7e5b1),
+    and machines with more cores lose more. Two sides gain: a default call on 16x16 bumps took
+    96 s against 114 s with the sides one after the other on two threads (both at 6bc9555, in
+    the same hour). The estimate stage's workers run one thread anyway."""
     signature = inspect.signature(train)
 
     @functools.wraps(train)
