@@ -130,6 +130,35 @@ def test_kde_equals_the_plain_formula(bound, n, d, decimals):
     np.testing.assert_allclose(sums, torch_path.numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("bound", ["upper", "lower"])
+def test_kde_raising_underflowing_exponents_changes_no_value(bound):
+    """A small noise variance on a spread layer puts most exponents below EXP_FLOOR (the tiles
+    where the norms allow it are raised to the floor before exp): the values equal the plain
+    logsumexp's to 1e-12 relative and the kernel sums equal the torch path's, which raises
+    nothing."""
+    from benchmarks.reference import kde_reference
+    from pipeline.estimators.kde import TileSums, class_kernel_sums, kernel_variance, mixture_components
+
+    rng = np.random.default_rng(11)
+    t = np.tanh(rng.normal(size=(400, 6)))
+    y = rng.choice(2, 400)
+    variance = kernel_variance(1e-3, bound)
+    rows, classes, weights = mixture_components(t, y)
+    rows -= rows.mean(0)
+    tiles = TileSums(rows, classes, weights, variance, tile=50)
+    exponents = -0.5 * ((rows[:50, None] - rows[None, 50:100]) ** 2).sum(-1) / variance
+    assert tiles.may_underflow(slice(0, 50), slice(50, 100)) and exponents.min() < -745
+    out = information_plane(distinct_inputs(400), t, y, "kde", noise_variance=1e-3, bound=bound)
+    expected = kde_reference(t, y, 1e-3, bound)
+    for name in ("I_XT", "I_TY"):
+        assert out[name] == pytest.approx(expected[name], rel=1e-12)
+    counts = np.zeros((len(rows), 2))
+    counts[np.arange(len(rows)), classes] = weights
+    torch_path = class_kernel_sums(torch.as_tensor(rows), torch.as_tensor(counts), variance, tile=50)
+    own = tiles.sums()[np.arange(len(rows)), classes]
+    np.testing.assert_allclose(own, torch_path.numpy()[np.arange(len(rows)), classes], rtol=1e-13)
+
+
 def test_kde_skips_only_tiles_whose_terms_are_negligible():
     """Two classes 10 apart in 64 dimensions, far from the origin (1e3 on every axis): their
     cross tiles are skipped (every term below e^-30 of its row's sum), tiles within a class are
