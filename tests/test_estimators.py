@@ -695,6 +695,36 @@ def test_brute_force_counts_equal_the_tree_neighbour_for_neighbour(monkeypatch):
     np.testing.assert_array_equal(n_b, knn._count_within(xb, tree_eps, np.inf, "cpu", "tree"))
 
 
+def test_grouped_counts_equal_the_tree_point_by_point(monkeypatch):
+    """Counting group by group gives the tree's counts for tight groups (16 codes with a 1e-10
+    jitter, radii at the jitter's scale and at the gaps between codes, so that boxes straddle
+    the radius, and radii exactly at a point's distance) and for any partition of continuous
+    points; small blocks of rows. KSG with a
+    side of few codes (the grouped path) equals KSG with every count from the tree."""
+    from pipeline.estimators import knn
+
+    monkeypatch.setattr(knn, "GROUP_BLOCK_ELEMENTS", 50 * 16 * 4)
+    rng = np.random.default_rng(8)
+    codes = rng.integers(0, 2, size=(16, 4)).astype(float) + rng.normal(size=(16, 4))
+    groups = rng.integers(0, 16, 900)
+    tight = codes[groups] + 1e-10 * rng.normal(size=(900, 4))
+    gaps = np.abs(codes[:, None] - codes[None]).max(-1)
+    radius = np.r_[rng.uniform(0, 3e-10, 300), rng.choice(gaps[gaps > 0], 300), rng.uniform(0.1, 3, 300)]
+    loose = rng.normal(size=(900, 3))
+    for points, partition in [(tight, groups), (loose, rng.integers(0, 7, 900))]:
+        tree = knn._count_within(points, radius, np.inf, "cpu", "tree")
+        np.testing.assert_array_equal(knn._count_within_groups(points, partition, radius), tree)
+        # radii exactly at a point's distance, and one float above: that point is out, then in
+        to = np.abs(points - points[rng.permutation(900)]).max(1)
+        radius = np.where(np.arange(900) % 2, to, np.nextafter(to, np.inf))
+        tree = knn._count_within(points, radius, np.inf, "cpu", "tree")
+        np.testing.assert_array_equal(knn._count_within_groups(points, partition, radius), tree)
+    t = codes[groups, :2] @ rng.normal(size=(2, 3)) + 0.3 * rng.normal(size=(900, 3))
+    grouped = mutual_information(codes[groups], t, "ksg")
+    monkeypatch.setattr(knn, "MAX_COUNT_GROUPS", 0)
+    assert mutual_information(codes[groups], t, "ksg") == grouped
+
+
 def test_the_float32_screen_gives_the_float64_neighbours_on_ties_and_wide_ranges(monkeypatch):
     """Values tied at float32's resolution (a grid with a 1e-10 jitter) go to float64 rows; wide
     coordinates (Cauchy x 1000) widen the screen's band; sides beyond float32's range skip the
