@@ -19,6 +19,7 @@ import json
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,7 +409,7 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         return 0
     print(f"estimating {archive.name}: {len(tasks)} tasks ({n_cells} cells) + {len(fisher_tasks)} "
           f"Fisher tasks -> {paths.results}", flush=True)
-    writer = ResultsWriter(paths.results, target)
+    writer = ResultsWriter(paths.results, target, Counter((t.estimator, t.seed, t.split) for t in tasks))
     messages: list[str] = []
     flags: dict[tuple[str, str], list[int]] = {}
     started = time.perf_counter()
@@ -422,8 +423,15 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         else:
             writer.write_fisher(result["seed"], result["epochs"], result["layers"], result["traces"])
 
-    failures = _execute(settings, str(paths.archive.resolve()), tasks, fisher_tasks, scheduler,
-                        scheduler_file, handle, f"estimate {archive.name}")
+    try:
+        failures = _execute(settings, str(paths.archive.resolve()), tasks, fisher_tasks, scheduler,
+                            scheduler_file, handle, f"estimate {archive.name}")
+    except OSError:  # a write failed (disk full): writing the rest would fail the same way
+        raise
+    except BaseException:  # interrupted, or a task's error: what arrived is kept
+        writer.flush()
+        raise
+    writer.flush()  # the chunks of tasks that failed after their retries
     if messages:
         warnings.warn(nan_summary(messages), stacklevel=1)
     if any(hit for hit, _ in flags.values()):

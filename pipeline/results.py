@@ -1,4 +1,4 @@
-"""The results store (`estimates.zarr`): an xarray Dataset filled cell by cell, never lost.
+"""The results store (`estimates.zarr`): an xarray Dataset filled as tasks finish.
 
     import xarray as xr
     results = xr.open_zarr("data/runs/szt_tanh/estimates.zarr")
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -240,36 +241,72 @@ def verify_results(path: Path) -> list[str]:
             "again to recompute them" for e, s, p in lost_blocks(path, ds)]
 
 
-class ResultsWriter:
-    """Writes task results into the store's regions; `done` is written after the values."""
+FLUSH_S = 30.0  # received results wait at most this long in memory before they are written
 
-    def __init__(self, path: Path, ds: xr.Dataset):
+
+class ResultsWriter:
+    """Writes task results into the store; `done` is written after the values.
+
+    A chunk holds one (estimator, seed, split): every epoch and layer. With `tasks_per_chunk`
+    (the number of tasks this run sends to each chunk) results gather in memory and each chunk is
+    written once, whole, when its last task arrives, instead of being read and rewritten by
+    every task; `flush` writes what is held, and every write flushes all held chunks once
+    FLUSH_S seconds have passed since the last flush, so a killed run loses at most that much.
+    Without it every task's cells are written as they come.
+    """
+
+    def __init__(self, path: Path, ds: xr.Dataset,
+                 tasks_per_chunk: dict[tuple[str, int, str], int] | None = None):
         self.root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         self.arrays = dict(self.root.arrays())  # opened once: each lookup by name reads its metadata
         self.index = {dim: {v.item() if hasattr(v, "item") else v: i
                             for i, v in enumerate(ds[dim].values)} for dim in CELL_DIMS}
+        self.remaining = dict(tasks_per_chunk or {})
+        self.held: dict[tuple[str, int, str], dict[str, np.ndarray]] = {}
+        self.flushed_at = time.monotonic()
 
     def write_cells(self, estimator: str, seed: int, split: str, layer: str,
                     epochs: list[int], values: dict[str, np.ndarray]) -> None:
+        key = (estimator, seed, split)
+        if key not in self.remaining:
+            self._write_chunk(key, self._chunk_with(self._read_chunk(key, values), layer, epochs, values))
+            return
+        held = self.held[key] if key in self.held else self._read_chunk(key, values)
+        self.held[key] = self._chunk_with(held, layer, epochs, values)
+        self.remaining[key] -= 1
+        if self.remaining[key] == 0:
+            del self.remaining[key]
+            self._write_chunk(key, self.held.pop(key))
+        if time.monotonic() - self.flushed_at > FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every chunk held in memory (their values, then their `done`)."""
+        for key, chunk in list(self.held.items()):
+            self._write_chunk(key, chunk)
+        self.flushed_at = time.monotonic()
+
+    def _position(self, key: tuple[str, int, str]) -> tuple[int, int, int]:
+        estimator, seed, split = key
+        return self.index["estimator"][estimator], self.index["seed"][seed], self.index["split"][split]
+
+    def _read_chunk(self, key: tuple[str, int, str], values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        e, s, p = self._position(key)
+        return {name: self.arrays[name][e, s, p] for name in [*values, "done"] if name in self.arrays}
+
+    def _chunk_with(self, chunk: dict[str, np.ndarray], layer: str, epochs: list[int],
+                    values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows, column = [self.index["epoch"][ep] for ep in epochs], self.index["layer"][layer]
+        for name, block in chunk.items():
+            block[rows, column] = True if name == "done" else values[name]
+        return chunk
+
+    def _write_chunk(self, key: tuple[str, int, str], chunk: dict[str, np.ndarray]) -> None:
+        e, s, p = self._position(key)
         # Every written chunk goes to disk, NaN ones too: a missing chunk then means lost data.
         with zarr.config.set({"array.write_empty_chunks": True}):
-            self._write_cells(estimator, seed, split, layer, epochs, values)
-
-    def _write_cells(self, estimator: str, seed: int, split: str, layer: str,
-                     epochs: list[int], values: dict[str, np.ndarray]) -> None:
-        e, s, p, l = (self.index["estimator"][estimator], self.index["seed"][seed],
-                      self.index["split"][split], self.index["layer"][layer])
-        rows = [self.index["epoch"][ep] for ep in epochs]
-        where = slice(rows[0], rows[-1] + 1) if rows == list(range(rows[0], rows[0] + len(rows))) else None
-        for name in [name for name in values if name in self.arrays] + ["done"]:
-            value = values[name] if name != "done" else True
-            arr = self.arrays[name]
-            if where is not None:  # a run of epochs (every chain): one write, no read
-                arr[e, s, p, where, l] = value
-            else:
-                block = arr[e, s, p, :, l]
-                block[rows] = value
-                arr[e, s, p, :, l] = block
+            for name in [n for n in chunk if n != "done"] + ["done"]:
+                self.arrays[name][e, s, p] = chunk[name]
 
     def write_fisher(self, seed: int, epochs: list[int], layers: list[str], traces: np.ndarray) -> None:
         s = self.index["seed"][seed]

@@ -310,3 +310,65 @@ def test_cells_the_estimator_distrusts_are_stored_flagged_with_one_warning(runs)
     np.testing.assert_array_equal(ds.I_TY_lossy.sel(estimator="compression"), (kept < 0.99).astype(float))
     [summary] = [str(w.message) for w in caught if "flagged by their estimator" in str(w.message)]
     assert "ksg I_XT_biased: 48 of 48 cell(s)" in summary
+
+
+def test_the_writer_holds_a_chunk_until_its_last_task_and_keeps_what_was_there(tmp_path, monkeypatch):
+    """A chunk (estimator, seed, split) is written once its last task of the run arrives, with the
+    cells earlier runs wrote kept; `flush` writes a chunk whose other tasks never came, and past
+    FLUSH_S every write flushes."""
+    from pipeline import results
+
+    ds = results.template({"a": {"method": "binning"}, "b": {"method": "binning"}}, [0], ["all"],
+                          np.arange(4), ["l1", "l2", "l3"], [3, 2, 1], {})
+    path = tmp_path / "estimates.zarr"
+    results.write_store(ds, path)
+
+    def stored(estimator, layer, name="I_XT"):
+        return xr.open_zarr(path, consolidated=False)[name].sel(estimator=estimator, seed=0, split="all",
+                                                               layer=layer).values
+
+    def cells(value, n):
+        return {"I_XT": np.full(n, value), "I_TY": np.full(n, -value)}
+
+    results.ResultsWriter(path, ds).write_cells("a", 0, "all", "l3", [0, 1, 2, 3], cells(9.0, 4))
+    assert stored("a", "l3").tolist() == [9.0] * 4  # no plan: written as it comes
+    writer = results.ResultsWriter(path, ds, {("a", 0, "all"): 2, ("b", 0, "all"): 2})
+    writer.write_cells("a", 0, "all", "l1", [0, 1, 2, 3], cells(1.0, 4))
+    assert not stored("a", "l1", "done").any()  # held: one of the chunk's two tasks
+    writer.write_cells("a", 0, "all", "l2", [1, 3], cells(2.0, 2))
+    assert stored("a", "l1").tolist() == [1.0] * 4 and stored("a", "l3").tolist() == [9.0] * 4
+    np.testing.assert_array_equal(stored("a", "l2"), [np.nan, 2.0, np.nan, 2.0])
+    assert stored("a", "l2", "done").tolist() == [False, True, False, True]
+    assert stored("a", "l1", "I_TY").tolist() == [-1.0] * 4
+    writer.write_cells("b", 0, "all", "l1", [0], cells(3.0, 1))
+    assert not stored("b", "l1", "done").any()
+    writer.flush()  # its other task failed
+    assert stored("b", "l1", "done").tolist() == [True, False, False, False]
+    monkeypatch.setattr(results, "FLUSH_S", 0.0)
+    results.ResultsWriter(path, ds, {("b", 0, "all"): 5}).write_cells("b", 0, "all", "l2", [2], cells(4.0, 1))
+    assert stored("b", "l2", "done").tolist() == [False, False, True, False]
+    assert stored("b", "l1").tolist()[0] == 3.0
+
+
+def test_an_interrupted_run_writes_the_results_it_received(runs, monkeypatch):
+    """Ctrl-C after four tasks (a chunk holds three layers' tasks): their cells are stored and
+    done, the held chunk's too (flushed on the way out), and the rest is not."""
+    import pipeline.estimate as stage
+    from pipeline.tasks import run_task
+
+    finished = []
+
+    def interrupted(path, task):
+        if len(finished) == 4:
+            raise KeyboardInterrupt
+        finished.append(task)
+        return run_task(path, task)
+
+    monkeypatch.setattr(stage, "run_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        estimate(config(binning_10=ESTIMATORS["binning_10"]), runs, scheduler="synchronous")
+    done = load(runs).done
+    assert int(done.sum()) == sum(len(task.epochs) for task in finished) > 0
+    for task in finished:
+        cell = {"estimator": task.estimator, "seed": task.seed, "split": task.split, "layer": task.layer}
+        assert bool(done.sel(cell).all())
