@@ -695,6 +695,35 @@ def test_brute_force_counts_equal_the_tree_neighbour_for_neighbour(monkeypatch):
     np.testing.assert_array_equal(n_b, knn._count_within(xb, tree_eps, np.inf, "cpu", "tree"))
 
 
+def test_trees_query_on_torchs_threads(monkeypatch):
+    """A caller that limits torch (the stage's workers: one thread each) limits the kNN trees."""
+    from pipeline.estimators import knn
+
+    used = []
+
+    class Recording(knn.cKDTree):
+        def query(self, *args, **kwargs):
+            used.append(kwargs["workers"])
+            return super().query(*args, **kwargs)
+
+        def query_ball_point(self, *args, **kwargs):
+            used.append(kwargs["workers"])
+            return super().query_ball_point(*args, **kwargs)
+
+    monkeypatch.setattr(knn, "cKDTree", Recording)
+    a, b = gaussian_pair(300, 1.0, 2, seed=1)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            used.clear()
+            mutual_information(a, b, "ksg", algorithm="tree")
+            kl_entropy(a)
+            assert used and set(used) == {n_threads}
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_grouped_counts_equal_the_tree_point_by_point(monkeypatch):
     """Counting group by group gives the tree's counts for tight groups (16 codes with a 1e-10
     jitter, radii at the jitter's scale and at the gaps between codes, so that boxes straddle

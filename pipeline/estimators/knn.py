@@ -127,10 +127,16 @@ def _smallest(distances: torch.Tensor, k: int) -> torch.Tensor:
     return distances.topk(k, dim=1, largest=False).values
 
 
+def _tree_threads() -> int:
+    """Threads for a tree query: torch's thread count, so that a caller limiting torch (the
+    estimate stage's single-threaded workers, one per core) limits the trees too."""
+    return torch.get_num_threads()
+
+
 def _kth_distance(points: np.ndarray, k: int, p: float, device: str, algorithm: str = "auto") -> np.ndarray:
     """Distance of every point to its k-th neighbour (itself excluded)."""
     if _tree(device, algorithm, points.shape):
-        return cKDTree(points).query(points, k=k + 1, p=p, workers=-1)[0][:, k]
+        return cKDTree(points).query(points, k=k + 1, p=p, workers=_tree_threads())[0][:, k]
     out = np.empty(len(points))
     for rows, d in _distance_blocks(points, p, device):
         out[rows] = _smallest(d, k + 1)[:, k].cpu().numpy()
@@ -142,7 +148,7 @@ def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str,
     """Points strictly closer than `radius` to each point, itself included."""
     strict = np.nextafter(radius, 0)
     if _tree(device, algorithm, points.shape):
-        return np.asarray(cKDTree(points).query_ball_point(points, strict, p=p, workers=-1,
+        return np.asarray(cKDTree(points).query_ball_point(points, strict, p=p, workers=_tree_threads(),
                                                            return_length=True))
     r = torch.as_tensor(strict, device=device)
     out = np.empty(len(points), dtype=np.int64)
@@ -398,7 +404,7 @@ def _neighbour_distances(points: np.ndarray, ks: np.ndarray, device: str,
     """Euclidean distance to the ks-th neighbours, (n, len(ks))."""
     kmax = int(ks.max())
     if _tree(device, algorithm, points.shape):
-        dist = cKDTree(points).query(points, k=kmax + 1, workers=-1)[0]
+        dist = cKDTree(points).query(points, k=kmax + 1, workers=_tree_threads())[0]
     else:
         dist = np.empty((len(points), kmax + 1))
         for rows, d in _distance_blocks(points, 2.0, device):
