@@ -1,8 +1,8 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
     python -m benchmarks.run [--only SECTION,...]
-    # sections: train, speed, memory, estimators, images, gpu, stage, accuracy, limits, uncertainty,
-    # variational, ksg_bias, families
+    # sections: train, speed, memory, estimators, images, gpu, stage, paper, accuracy, limits,
+    # uncertainty, variational, ksg_bias, families
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -276,8 +276,8 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,speed,memory,estimators,images,gpu,stage,accuracy,limits,"
-                                          "uncertainty,variational,ksg_bias,families")
+    parser.add_argument("--only", default="train,speed,memory,estimators,images,gpu,stage,paper,accuracy,"
+                                          "limits,uncertainty,variational,ksg_bias,families")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -289,6 +289,9 @@ def main() -> None:
         memory()
     if "stage" in sections:
         bench_stage()
+    if "paper" in sections:
+        from benchmarks.paper import main as paper
+        paper([])
     if "estimators" in sections:
         bench_estimators()
     if "images" in sections:
