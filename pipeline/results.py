@@ -250,8 +250,9 @@ class ResultsWriter:
     A chunk holds one (estimator, seed, split): every epoch and layer. With `tasks_per_chunk`
     (the number of tasks this run sends to each chunk) results gather in memory and each chunk is
     written once, whole, when its last task arrives, instead of being read and rewritten by
-    every task; `flush` writes what is held, and every write flushes all held chunks once
-    FLUSH_S seconds have passed since the last flush, so a killed run loses at most that much.
+    every task; `flush` writes the held chunks with results not yet written, and a write
+    flushes once FLUSH_S seconds have passed since the last flush, so a killed run loses at most
+    that much.
     Without it every task's cells are written as they come.
     """
 
@@ -263,6 +264,7 @@ class ResultsWriter:
                             for i, v in enumerate(ds[dim].values)} for dim in CELL_DIMS}
         self.remaining = dict(tasks_per_chunk or {})
         self.held: dict[tuple[str, int, str], dict[str, np.ndarray]] = {}
+        self.unwritten: set[tuple[str, int, str]] = set()  # held chunks changed since written
         self.flushed_at = time.monotonic()
 
     def write_cells(self, estimator: str, seed: int, split: str, layer: str,
@@ -273,17 +275,20 @@ class ResultsWriter:
             return
         held = self.held[key] if key in self.held else self._read_chunk(key, values)
         self.held[key] = self._chunk_with(held, layer, epochs, values)
+        self.unwritten.add(key)
         self.remaining[key] -= 1
         if self.remaining[key] == 0:
             del self.remaining[key]
             self._write_chunk(key, self.held.pop(key))
+            self.unwritten.discard(key)
         if time.monotonic() - self.flushed_at > FLUSH_S:
             self.flush()
 
     def flush(self) -> None:
-        """Write every chunk held in memory (their values, then their `done`)."""
-        for key, chunk in list(self.held.items()):
-            self._write_chunk(key, chunk)
+        """Write every held chunk with results not yet written (their values, then `done`)."""
+        for key in sorted(self.unwritten, key=str):
+            self._write_chunk(key, self.held[key])
+        self.unwritten.clear()
         self.flushed_at = time.monotonic()
 
     def _position(self, key: tuple[str, int, str]) -> tuple[int, int, int]:

@@ -325,8 +325,8 @@ def test_cells_the_estimator_distrusts_are_stored_flagged_with_one_warning(runs)
 
 def test_the_writer_holds_a_chunk_until_its_last_task_and_keeps_what_was_there(tmp_path, monkeypatch):
     """A chunk (estimator, seed, split) is written once its last task of the run arrives, with the
-    cells earlier runs wrote kept; `flush` writes a chunk whose other tasks never came, and past
-    FLUSH_S every write flushes."""
+    cells earlier runs wrote kept; `flush` writes a chunk whose other tasks never came (once:
+    not again without new results), and past FLUSH_S every write flushes."""
     from pipeline import results
 
     ds = results.template({"a": {"method": "binning"}, "b": {"method": "binning"}}, [0], ["all"],
@@ -355,6 +355,10 @@ def test_the_writer_holds_a_chunk_until_its_last_task_and_keeps_what_was_there(t
     assert not stored("b", "l1", "done").any()
     writer.flush()  # its other task failed
     assert stored("b", "l1", "done").tolist() == [True, False, False, False]
+    writes = []
+    monkeypatch.setattr(writer, "_write_chunk", lambda key, chunk: writes.append(key))
+    writer.flush()
+    assert writes == []  # nothing new since the last flush
     monkeypatch.setattr(results, "FLUSH_S", 0.0)
     results.ResultsWriter(path, ds, {("b", 0, "all"): 5}).write_cells("b", 0, "all", "l2", [2], cells(4.0, 1))
     assert stored("b", "l2", "done").tolist() == [False, False, True, False]
