@@ -400,7 +400,8 @@ def test_autoencoder_codes_keep_the_information_and_are_seeded():
     codes_a = autoencoder_compress(images_a, 3, seed=0, steps=600)
     codes_b = autoencoder_compress(images_b, 3, seed=1, steps=600)
     assert codes_a.shape == (2000, 3)
-    np.testing.assert_array_equal(codes_a, autoencoder_compress(images_a, 3, seed=0, steps=600))
+    few = [autoencoder_compress(images_a[:500], 3, seed=0, steps=40) for _ in range(2)]
+    np.testing.assert_array_equal(*few)  # seeded: the same steps give the same codes
     # 2-latent images coded in 3 dimensions: the code is injective, so the MI survives
     assert ksg_mutual_information(codes_a, codes_b) == pytest.approx(1.5, abs=0.15)
 
@@ -414,8 +415,9 @@ def test_conv_autoencoder_codes_keep_the_information_and_are_seeded():
     codes_a = conv_autoencoder_compress(images_a, 3, (1, 16, 16), seed=0, steps=400)
     codes_b = conv_autoencoder_compress(images_b, 3, (16, 16), seed=1, steps=400)
     assert codes_a.shape == (2000, 3)
-    again = conv_autoencoder_compress(images_a, 3, (16, 16), seed=0, steps=400)
-    np.testing.assert_array_equal(codes_a, again)
+    few = [conv_autoencoder_compress(images_a[:500], 3, shape, seed=0, steps=40)
+           for shape in ((1, 16, 16), (16, 16))]
+    np.testing.assert_array_equal(*few)  # seeded (candidates included), either shape spelling
     assert ksg_mutual_information(codes_a, codes_b) == pytest.approx(1.5, abs=0.15)
 
 
