@@ -270,17 +270,15 @@ class ResultsWriter:
     def write_cells(self, estimator: str, seed: int, split: str, layer: str,
                     epochs: list[int], values: dict[str, np.ndarray]) -> None:
         key = (estimator, seed, split)
-        if key not in self.remaining:
-            self._write_chunk(key, self._chunk_with(self._read_chunk(key, values), layer, epochs, values))
-            return
-        held = self.held[key] if key in self.held else self._read_chunk(key, values)
-        self.held[key] = self._chunk_with(held, layer, epochs, values)
-        self.unwritten.add(key)
-        self.remaining[key] -= 1
-        if self.remaining[key] == 0:
-            del self.remaining[key]
-            self._write_chunk(key, self.held.pop(key))
+        chunk = self._chunk_with(self.held.pop(key, None) or self._read_chunk(key, values),
+                                 layer, epochs, values)
+        left = self.remaining.pop(key, 1) - 1  # a chunk outside the plan: written at once
+        if left:
+            self.held[key], self.remaining[key] = chunk, left
+            self.unwritten.add(key)
+        else:
             self.unwritten.discard(key)
+            self._write_chunk(key, chunk)
         if time.monotonic() - self.flushed_at > FLUSH_S:
             self.flush()
 
