@@ -130,6 +130,36 @@ def test_kde_equals_the_plain_formula(bound, n, d, decimals):
     np.testing.assert_allclose(sums, torch_path.numpy(), rtol=1e-12)
 
 
+def test_kde_planes_of_several_settings_and_subsets_equal_single_cells():
+    """The batched form (one pass over pairs per kernel variance, nested subsets inside the pass
+    of the largest holding them) gives each (setting, subset) the single call's values, on a
+    layer with repeated rows (merged components that straddle the subsets) and 4 classes."""
+    from pipeline.estimators.kde import kde_information_plane, kde_information_planes, shared_passes
+
+    rng = np.random.default_rng(5)
+    n = 700
+    t = np.round(np.tanh(rng.normal(size=(n, 3))), 1)
+    y = rng.choice(4, n, p=[0.4, 0.3, 0.2, 0.1])
+    x = distinct_inputs(n)
+    part = rng.integers(0, 3, n)
+    subsets = [np.arange(n), np.flatnonzero(part == 0), np.flatnonzero(part != 0), np.flatnonzero(part == 2)]
+    settings = [{"noise_variance": s2, "bound": bound} for s2 in (1e-3, 0.05) for bound in ("upper", "lower")]
+    out = kde_information_planes(x, t, y, settings, subsets)
+    for i, setting in enumerate(settings):
+        for j, rows in enumerate(subsets):
+            single = kde_information_plane(x[rows], t[rows], y[rows], **setting)
+            for name in ("I_XT", "I_TY"):
+                assert out[i][j][name] == pytest.approx(single[name], rel=1e-12, abs=1e-13)
+    assert shared_passes(subsets) == [[0, 2, 1, 3]]
+    assert shared_passes(subsets[1:3]) == [[1], [0]]  # disjoint: each its own pass
+    # one subset of every row is the single call itself, to the bit
+    assert kde_information_planes(x, t, y, settings[:1])[0][0] == kde_information_plane(x, t, y, 1e-3)
+    with pytest.raises(ValueError, match="without repeats"):
+        kde_information_planes(x, t, y, settings, [np.array([0, 1, 1])])
+    with pytest.raises(ValueError, match="unknown KDE setting"):
+        kde_information_planes(x, t, y, [{"noise": 0.1}])
+
+
 @pytest.mark.parametrize("bound", ["upper", "lower"])
 def test_kde_raising_underflowing_exponents_changes_no_value(bound):
     """A small noise variance on a spread layer puts most exponents below EXP_FLOOR (the tiles

@@ -12,7 +12,9 @@ difference of bounds, not itself a bound. Computed in nats, returned in bits.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -208,7 +210,8 @@ def class_kernel_sums(h: torch.Tensor, counts: torch.Tensor, variance: float,
 
 def component_sums(t: np.ndarray, labels: np.ndarray, variance: float, device: str = "cpu",
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The mixture components of (t, labels) and their kernel sums per class: (S, classes, w)."""
+    """The mixture components of (t, labels) and their kernel sums per class: (S, classes, w).
+    S has a column for every label up to the largest."""
     rows, classes, weights = mixture_components(t, labels)  # rows: a new array (fancy indexing)
     if torch.device(device).type == "cpu":
         rows -= rows.mean(0)
@@ -253,16 +256,98 @@ def kde_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, noise_var
         Pairwise-KL upper bound or Bhattacharyya lower bound.
     device : {"cpu", "cuda"}
     """
-    variance = kernel_variance(noise_variance, bound)
+    setting = {"noise_variance": noise_variance, "bound": bound, "device": device}
+    return kde_information_planes(x, t, y, [setting])[0][0]
+
+
+SETTINGS = ("noise_variance", "bound", "device")
+
+
+def kde_information_planes(x: np.ndarray, t: np.ndarray, y: np.ndarray, settings: Sequence[dict[str, Any]],
+                           subsets: Sequence[np.ndarray] | None = None) -> list[list[dict[str, float]]]:
+    """`kde_information_plane` of one layer for several settings and row subsets, sharing work.
+
+    ``out[i][j]`` is ``kde_information_plane(x[s], t[s], y[s], **settings[i])`` with
+    ``s = subsets[j]`` (default: one subset, every row), to rounding: the terms of each sum are
+    the same, added in another order. A subset whose rows all lie in a larger one (a training
+    split inside "all") is computed in the larger one's pass over the pairs of rows, its sums
+    kept apart by giving each mixture component a bin per (part, class), where the parts are
+    the rows' patterns of membership; settings with the same kernel variance and device share
+    one pass. With one subset of every row it is the single-cell computation itself.
+
+    Parameters
+    ----------
+    x, t, y : as in `kde_information_plane`, every row.
+    settings : dicts of `noise_variance`, `bound` and `device` (defaults as there).
+    subsets : row indices, each without repeats.
+    """
     n = same_length(x=x, t=t, y=y)
     as_samples(x, "x")
-    sums, classes, weights = component_sums(as_samples(t, "t"), as_labels(y), variance, device)
+    t, labels = as_samples(t, "t"), as_labels(y)
+    subsets = [np.arange(n)] if subsets is None else [_subset(s, n) for s in subsets]
+    kernels: dict[tuple[float, str], list[int]] = {}
+    for i, setting in enumerate(settings):
+        unknown = sorted(set(setting) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown KDE setting(s) {unknown}; valid: {list(SETTINGS)}")
+        variance = kernel_variance(setting.get("noise_variance", 0.1), setting.get("bound", "upper"))
+        kernels.setdefault((variance, setting.get("device", "cpu")), []).append(i)
+    out: list[list[dict[str, float]]] = [[{} for _ in subsets] for _ in settings]
+    for members in shared_passes(subsets):
+        rows = subsets[members[0]]
+        inside = np.zeros((len(members), n), dtype=bool)
+        for q, j in enumerate(members):
+            inside[q, subsets[j]] = True
+        patterns, part = np.unique(inside[:, rows].T, axis=0, return_inverse=True)
+        n_classes = int(labels[rows].max()) + 1
+        for (variance, device), chosen in kernels.items():
+            sums, bins, weights = component_sums(t[rows], part.ravel() * n_classes + labels[rows], variance,
+                                                 device)
+            for q, j in enumerate(members):
+                plane = _subset_plane(sums, bins, weights, patterns[:, q], n_classes, len(subsets[j]))
+                for i in chosen:
+                    out[i][j] = dict(plane)
+    return out
+
+
+def _subset(rows: np.ndarray, n: int) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or not len(rows):
+        raise ValueError("each subset must be a non-empty 1-D array of row indices")
+    if rows.min() < -n or rows.max() >= n or len(np.unique(rows % n)) != len(rows):
+        raise ValueError(f"a subset's indices must lie in [0, {n}) without repeats")
+    return rows % n
+
+
+def shared_passes(subsets: Sequence[np.ndarray]) -> list[list[int]]:
+    """The subsets grouped into passes over pairs: largest first, each subset joins the first
+    pass whose leading (largest) subset holds all its rows, or leads a new pass."""
+    passes: list[list[int]] = []
+    for j in sorted(range(len(subsets)), key=lambda j: -len(subsets[j])):
+        home = next((p for p in passes if np.isin(subsets[j], subsets[p[0]]).all()), None)
+        if home is None:
+            passes.append([j])
+        else:
+            home.append(j)
+    return passes
+
+
+def _subset_plane(sums: np.ndarray, bins: np.ndarray, weights: np.ndarray, in_subset: np.ndarray,
+                  n_classes: int, size: int) -> dict[str, float]:
+    """I(X;T) and I(T;Y) in bits of one subset from the kernel sums of a pass: `in_subset` says
+    which parts (membership patterns) lie in the subset; component bins are part x n_classes +
+    class."""
+    n_bins = len(in_subset) * n_classes
+    sums = np.pad(sums, ((0, 0), (0, n_bins - sums.shape[1]))).reshape(len(sums), len(in_subset), n_classes)
+    part, classes = np.divmod(bins, n_classes)
+    mine = in_subset[part]
+    sums, classes, weights = sums[mine][:, in_subset], classes[mine], weights[mine]
     # H(T) - H(T|X): the per-component entropy (d/2)(ln 2 pi s2 + 1) cancels; each component
-    # stands for its samples, whose kernel mass is the sum over the classes.
-    i_xt = -mean_log_mixture(weights, sums.sum(1), n)
+    # stands for its samples, whose kernel mass is the sum over the subset's parts and classes.
+    i_xt = -mean_log_mixture(weights, sums.sum((1, 2)), size)
     # sum_y p(y) H(T|Y=y) with the bound inside each class: the mean over all samples of the
     # log mixture over the sample's own class.
-    class_sizes = np.bincount(classes, weights=weights)
-    own = sums[np.arange(len(classes)), classes]
+    class_sizes = np.bincount(classes, weights=weights, minlength=n_classes)
+    own = sums[np.arange(len(classes)), :, classes].sum(1)
     h_t_given_y = -mean_log_mixture(weights, own, class_sizes[classes])
     return {"I_XT": i_xt / LOG2, "I_TY": (i_xt - h_t_given_y) / LOG2}
