@@ -48,7 +48,15 @@ from pipeline.results import (
     write_store,
 )
 from pipeline.runs import RunPaths
-from pipeline.tasks import FisherTask, Task, entry_outputs, entry_variables, run_fisher_task, run_task
+from pipeline.tasks import (
+    FisherTask,
+    Task,
+    batch_tasks,
+    entry_outputs,
+    entry_variables,
+    run_batch,
+    run_fisher_task,
+)
 from pipeline.uncertainty import row_entropy, saturation_flags, split_options
 from pipeline.writer import lock_file
 
@@ -463,9 +471,10 @@ def _progress(total: int, desc: str) -> tqdm:
                            f"{ETA_AFTER} tasks]")
 
 
-def _advance(bar: tqdm) -> None:
-    bar.update(1)
-    if bar.n == ETA_AFTER:
+def _advance(bar: tqdm, tasks: int = 1) -> None:
+    before = bar.n
+    bar.update(tasks)
+    if before < ETA_AFTER <= bar.n:
         bar.bar_format = None  # tqdm's default: elapsed<remaining, rate
 
 
@@ -480,10 +489,12 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
     bar = _progress(len(tasks) + len(fisher_tasks), desc)
     failures: list[str] = []
     try:  # the bar is closed before any error line, so that line is the last one printed
+        units = batch_tasks(tasks)
         if client is None:
-            for task in tasks:
-                handle(run_task(path, task))
-                _advance(bar)
+            for unit in units:
+                for result in run_batch(path, unit):
+                    handle(result)
+                _advance(bar, len(unit.tasks))
             for ftask in fisher_tasks:
                 handle(run_fisher_task(path, ftask))
                 _advance(bar)
@@ -491,18 +502,19 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
         from distributed import as_completed
 
         # longest first: a long chain started last keeps one worker busy while the others idle
-        futures = [client.submit(run_task, path, task, key=task.key, retries=settings.retries,
-                                 pure=False, priority=round(task.cost)) for task in tasks]
-        futures += [client.submit(run_fisher_task, path, task, key=task.key, retries=settings.retries,
-                                  pure=False) for task in fisher_tasks]
-        for future in as_completed(futures):
+        futures = {client.submit(run_batch, path, unit, key=unit.key, retries=settings.retries,
+                                 pure=False, priority=round(unit.cost)): len(unit.tasks) for unit in units}
+        futures.update({client.submit(run_fisher_task, path, task, key=task.key, retries=settings.retries,
+                                      pure=False): 1 for task in fisher_tasks})
+        for future in as_completed(list(futures)):
             try:
                 result = future.result()
             except Exception as err:  # kept going: other cells are still written
                 failures.append(f"task {future.key} failed after {settings.retries} retries: {err}")
-            else:
-                handle(result)  # a failed write (disk full) stops the run: nothing more can be stored
-            _advance(bar)
+            else:  # a failed write (disk full) stops the run: nothing more can be stored
+                for one in result if isinstance(result, list) else [result]:
+                    handle(one)
+            _advance(bar, futures[future])
         return failures
     finally:
         bar.close()

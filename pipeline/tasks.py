@@ -1,12 +1,15 @@
-"""What a worker runs: one task's cells of an estimator entry, or a seed's Fisher traces.
+"""What a worker runs: one unit of tasks (cells of estimator entries), or a seed's Fisher traces.
 
 A task is one (estimator entry, seed, split, layer) over the epochs still missing; a worker reads
-the activations from the archive by path and returns small result vectors. This module imports
-no xarray (the results store is the client's: `pipeline.estimate`), so workers start sooner.
+the activations from the archive by path and returns small result vectors. Tasks of an estimator
+with a batched form (KDE) that share a seed, a layer and their epochs run as one unit: each
+epoch is read once and all their cells are one call. This module imports no xarray (the
+results store is the client's: `pipeline.estimate`), so workers start sooner.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +18,14 @@ import torch
 
 from pipeline.archive import ArchiveReader
 from pipeline.estimators import Estimator
-from pipeline.uncertainty import RESAMPLING, cell_estimate, option_outputs, row_entropy, split_options
+from pipeline.uncertainty import (
+    RESAMPLING,
+    cell_estimate,
+    option_outputs,
+    row_entropy,
+    saturation,
+    split_options,
+)
 
 
 def entry_variables(definition: Estimator, options: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -75,39 +85,118 @@ class Task:
     def is_chain(self) -> bool:
         return self.definition.is_chain(self.params)
 
+    @property
+    def batch_key(self) -> tuple | None:
+        """Tasks with the same key run as one unit through the estimator's batched form; None
+        (no batched form, a chain, intervals or baselines asked for): the task runs alone."""
+        definition, options = self.definition, self.options
+        if definition.batched is None or self.is_chain or options["uncertainty"] != "none" or options["null"]:
+            return None
+        fixed = sorted((k, repr(v)) for k, v in self.params.items() if k not in definition.batched_over)
+        return (self.table["method"], self.seed, self.layer, self.epochs, tuple(fixed))
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Tasks run as one unit of work by `run_batch`: one task, or tasks of one `batch_key`."""
+
+    tasks: tuple[Task, ...]
+
+    @property
+    def key(self) -> str:
+        first = self.tasks[0]
+        return first.key if len(self.tasks) == 1 else f"batch{len(self.tasks)}-{first.key}"
+
+    @property
+    def cost(self) -> float:
+        return sum(task.cost for task in self.tasks)
+
+
+def batch_tasks(tasks: Sequence[Task]) -> list[TaskBatch]:
+    """The tasks as units of work: those with the same `batch_key` together, every other alone."""
+    batched: dict[tuple, list[Task]] = {}
+    units = []
+    for task in tasks:
+        key = task.batch_key
+        if key is None:
+            units.append(TaskBatch((task,)))
+        else:
+            batched.setdefault(key, []).append(task)
+    return units + [TaskBatch(tuple(group)) for group in batched.values()]
+
+
+def _cell(task: Task, x: np.ndarray, t: np.ndarray, y: np.ndarray, params: dict[str, Any], h_x: float,
+          epoch: int, messages: list[str]) -> dict[str, float]:
+    """One cell of a task; a ValueError becomes NaN plus a warning."""
+    try:
+        return cell_estimate(task.definition, x, t, y, params, task.options, input_entropy=h_x)
+    except ValueError as err:
+        messages.append(f"{task.estimator} seed {task.seed} {task.split} epoch {epoch} {task.layer}: {err}")
+        return {"I_XT": np.nan, "I_TY": np.nan}
+
+
+def _result(task: Task, cells: list[dict[str, float]], messages: list[str], labelled: bool) -> dict[str, Any]:
+    """What a worker returns for a task: each output's values over its epochs."""
+    values = {name: np.array([float(out.get(name, np.nan)) for out in cells]) for name in task.outputs}
+    if not labelled:  # without labels no I(T;Y) exists: one class stood in
+        values.update({name: np.full(len(cells), np.nan) for name in values if name.startswith("I_TY")})
+    return {"task": task, "values": values, "warnings": messages}
+
 
 def run_task(archive_path: str, task: Task) -> dict[str, Any]:
     """Compute one task's cells (runs on a worker). ValueErrors become NaN plus a warning."""
     torch.set_num_threads(1)  # one single-threaded worker per core
     archive = ArchiveReader(archive_path)
     index = archive.split_index(task.split)
-    x = archive.inputs[index]
-    # Without labels no I(T;Y) exists: one class stands in, and I_TY is stored as NaN.
-    y = archive.split_labels(index)
-    params, options, chain, outputs = task.params, task.options, task.is_chain, task.outputs
+    x, y = archive.inputs[index], archive.split_labels(index)
     carried = dict(task.carried)
-    values: dict[str, list[float]] = {name: [] for name in outputs}
-    messages = []
+    cells, messages = [], []
     read = archive.layer_reader(task.seed, task.layer)
     h_x = row_entropy(x)  # the I(X;T) ceiling, once a task
     for epoch in task.epochs:
-        t = read(epoch)[index]
-        kwargs = {**params, **carried} if chain else params
-        try:
-            out = cell_estimate(task.definition, x, t, y, kwargs, options, input_entropy=h_x)
-        except ValueError as err:
-            out = {"I_XT": np.nan, "I_TY": np.nan}
-            messages.append(f"{task.estimator} seed {task.seed} {task.split} epoch {epoch} "
-                            f"{task.layer}: {err}")
-        if chain:
+        out = _cell(task, x, read(epoch)[index], y, {**task.params, **carried}, h_x, epoch, messages)
+        if task.is_chain:
             carried.update({param: out[output] for output, param in task.definition.carry.items()
                             if np.isfinite(out.get(output, np.nan))})
-        for name in outputs:
-            values[name].append(float(out.get(name, np.nan)))
-    if archive.labels is None:
-        for name in [n for n in values if n.startswith("I_TY")]:
-            values[name] = [np.nan] * len(task.epochs)
-    return {"task": task, "values": {k: np.asarray(v) for k, v in values.items()}, "warnings": messages}
+        cells.append(out)
+    return _result(task, cells, messages, archive.labels is not None)
+
+
+def run_batch(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
+    """Compute a unit's tasks (runs on a worker): one task by `run_task`; tasks of one batch key
+    by reading each epoch once and calling the estimator's batched form on every (parameters,
+    split) of them. An epoch whose batched call raises a ValueError is computed cell by cell."""
+    if len(batch.tasks) == 1:
+        return [run_task(archive_path, batch.tasks[0])]
+    torch.set_num_threads(1)
+    tasks, first = batch.tasks, batch.tasks[0]
+    archive = ArchiveReader(archive_path)
+    x = archive.inputs
+    y = archive.split_labels(np.arange(len(x)))
+    splits = list(dict.fromkeys(task.split for task in tasks))
+    index = {split: archive.split_index(split) for split in splits}
+    h_x = {split: row_entropy(x[rows]) for split, rows in index.items()}
+    settings = list({repr(sorted(task.params.items())): task.params for task in tasks}.values())
+    which = [(settings.index(task.params), splits.index(task.split)) for task in tasks]
+    cells: list[list[dict[str, float]]] = [[] for _ in tasks]
+    messages: list[list[str]] = [[] for _ in tasks]
+    read = archive.layer_reader(first.seed, first.layer)
+    for epoch in first.epochs:
+        t = read(epoch)
+        try:
+            planes = first.definition.batched(x, t, y, settings, [index[split] for split in splits])
+        except ValueError:
+            planes = None
+        for k, task in enumerate(tasks):
+            rows = index[task.split]
+            if planes is None:
+                out = _cell(task, x[rows], t[rows], y[rows], task.params, h_x[task.split], epoch, messages[k])
+            else:
+                out = planes[which[k][0]][which[k][1]]
+                out = {**out, **saturation(task.definition, out, h_x[task.split], y[rows], task.params)}
+            cells[k].append(out)
+    labelled = archive.labels is not None
+    return [_result(task, cells[k], messages[k], labelled) for k, task in enumerate(tasks)]
 
 
 @dataclass(frozen=True)

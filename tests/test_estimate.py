@@ -304,6 +304,57 @@ def test_task_cost_orders_long_chains_first():
     assert task("renyi", range(5), uncertainty="batches").cost == 5 * get_estimator("renyi").cost
 
 
+def test_tasks_of_a_batched_estimator_run_as_one_unit_per_seed_layer_and_epochs():
+    """KDE tasks that differ only in entry, split and KDE settings form one unit; intervals, other
+    seeds, layers or epochs, and estimators without a batched form run alone."""
+    from pipeline.estimate import Task
+    from pipeline.estimators import get_estimator
+    from pipeline.tasks import batch_tasks
+
+    def task(entry, method="kde", seed=0, split="all", layer="l", epochs=(0, 1), **table):
+        return Task(entry, {"method": method, **table}, get_estimator(method), seed, split, layer, epochs)
+
+    tasks = [task("a", split=split, noise_variance=s2) for split in ("all", "test") for s2 in (0.1, 1e-3)]
+    tasks += [task("b", bound="lower"), task("c", seed=1), task("d", layer="m"), task("e", epochs=(1,)),
+              task("f", uncertainty="subsample"), task("g", "binning"), task("h", "binning", split="test")]
+    units = [[t.estimator for t in unit.tasks] for unit in batch_tasks(tasks)]
+    assert sorted(units) == [["a", "a", "a", "a", "b"], ["c"], ["d"], ["e"], ["f"], ["g"], ["h"]]
+    [batch] = [unit for unit in batch_tasks(tasks) if len(unit.tasks) == 5]
+    assert batch.cost == sum(t.cost for t in tasks[:5]) and batch.key.startswith("batch5-estimate-a")
+
+
+def test_batched_kde_cells_equal_single_calls(runs):
+    """The stage's KDE units (two settings on two splits, one reading per epoch) store each
+    cell's single-call values; an entry with intervals runs alone, to the bit."""
+    from pipeline.archive import ArchiveReader
+    from pipeline.estimators.kde import kde_information_plane
+
+    entries = {"kde_a": {"method": "kde", "noise_variance": 0.1},
+               "kde_b": {"method": "kde", "noise_variance": 1e-2, "bound": "lower"},
+               "kde_i": {"method": "kde", "noise_variance": 0.1, "uncertainty": "subsample",
+                         "n_resamples": 2}}
+    assert estimate(config(**entries), runs, scheduler="synchronous", selection=Selection(seeds=(0,))) == 0
+    ds = load(runs).sel(seed=0)
+    archive = ArchiveReader(runs / "tiny" / "archive.zarr")
+    for split in ("all", "test"):
+        rows = archive.split_index(split)
+        x, y = archive.inputs[rows], archive.labels[rows]
+        for layer in archive.layers:
+            for epoch in archive.committed_epochs(0):
+                t = archive.activations(0, layer, int(epoch))[rows]
+                for entry, table in entries.items():
+                    params = {k: table[k] for k in ("noise_variance", "bound") if k in table}
+                    single = kde_information_plane(x, t, y, **params)
+                    cell = ds.sel(estimator=entry, split=split, layer=layer, epoch=epoch)
+                    for name in ("I_XT", "I_TY"):
+                        if entry == "kde_i":
+                            assert float(cell[name]) == single[name]
+                        else:
+                            assert float(cell[name]) == pytest.approx(single[name], rel=1e-12, abs=1e-13)
+    assert bool(ds.done.sel(estimator=list(entries)).all())
+    assert bool(np.isfinite(ds.I_XT_saturated.sel(estimator="kde_a")).all())
+
+
 def test_cells_the_estimator_distrusts_are_stored_flagged_with_one_warning(runs):
     # The tiny archive's inputs have 12 dimensions: beyond KSG's measured rule at any n, so
     # every I(X;T) cell is flagged; its layers of at most 10 units give labels within the rule.
@@ -369,17 +420,17 @@ def test_an_interrupted_run_writes_the_results_it_received(runs, monkeypatch):
     """Ctrl-C after four tasks (a chunk holds three layers' tasks): their cells are stored and
     done, the held chunk's too (flushed on the way out), and the rest is not."""
     import pipeline.estimate as stage
-    from pipeline.tasks import run_task
+    from pipeline.tasks import run_batch
 
     finished = []
 
-    def interrupted(path, task):
+    def interrupted(path, unit):
         if len(finished) == 4:
             raise KeyboardInterrupt
-        finished.append(task)
-        return run_task(path, task)
+        finished.extend(unit.tasks)
+        return run_batch(path, unit)
 
-    monkeypatch.setattr(stage, "run_task", interrupted)
+    monkeypatch.setattr(stage, "run_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         estimate(config(binning_10=ESTIMATORS["binning_10"]), runs, scheduler="synchronous")
     done = load(runs).done

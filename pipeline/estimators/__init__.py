@@ -36,7 +36,8 @@ from pipeline.estimators.compression import (
 from pipeline.estimators.domains import BUILTIN, Domain, ParameterError
 from pipeline.estimators.domains import check as check_domains
 from pipeline.estimators.gaussian import gaussian_information_plane, gaussian_mutual_information
-from pipeline.estimators.kde import kde_information_plane
+from pipeline.estimators.kde import SETTINGS as KDE_SETTINGS
+from pipeline.estimators.kde import kde_information_plane, kde_information_planes
 from pipeline.estimators.knn import ksg_biased, ksg_mutual_information
 from pipeline.estimators.renyi import renyi_information_plane, renyi_mutual_information
 from pipeline.estimators.variational import variational_information_plane, variational_mutual_information
@@ -107,6 +108,11 @@ class Estimator:
     # optional: (x, t, y, **params) -> estimate(rows, label_rows=None) equal to the plane of those
     # rows, computed from work done once (or None where the parameters do not allow it)
     resampler: Callable[..., Callable[..., dict[str, float]] | None] | None = None
+    # optional: (x, t, y, settings, subsets) -> out[i][j], the plane of parameters settings[i]
+    # on rows subsets[j], sharing work between them (KDE); the stage runs an estimator's tasks
+    # of one seed, layer and epochs through it when they differ only in `batched_over`
+    batched: Callable[..., list[list[dict[str, float]]]] | None = None
+    batched_over: tuple[str, ...] = ()
 
     def is_chain(self, params: dict[str, Any]) -> bool:
         return bool(self.carry) and (self.chained is None or self.chained(params))
@@ -152,7 +158,8 @@ register_estimator("binning", mutual_information=binning_mutual_information,
                    domains=BUILTIN["binning"], uses_inputs=False, cost=1.0,
                    resampler=binning_resampler)(binning_information_plane)
 register_estimator("kde", mutual_information=kde_mutual_information, domains=BUILTIN["kde"],
-                   schemes=("subsample",), uses_inputs=False, cost=30.0)(kde_information_plane)
+                   schemes=("subsample",), uses_inputs=False, cost=30.0, batched=kde_information_planes,
+                   batched_over=KDE_SETTINGS)(kde_information_plane)
 register_estimator(
     "renyi", mutual_information=renyi_mutual_information, domains=BUILTIN["renyi"],
     outputs={**_SPREADS, "sigma_t": ("kernel width used for the layer (Renyi)", "1")},
