@@ -121,8 +121,8 @@ def test_kde_equals_the_plain_formula(bound, n, d, decimals):
     for name in ("I_XT", "I_TY"):
         assert out[name] == pytest.approx(expected[name], rel=1e-9)
     rows, classes, weights = mixture_components(t, y)
-    sums = TileSums(rows, classes, weights, 0.05, tile=37).sums()
-    np.testing.assert_allclose(sums, TileSums(rows, classes, weights, 0.05, tile=len(rows)).sums(),
+    [sums] = TileSums(rows, classes, weights, 0.05, tile=37).sums()
+    np.testing.assert_allclose(sums, TileSums(rows, classes, weights, 0.05, tile=len(rows)).sums()[0],
                                rtol=1e-12)
     counts = np.zeros((len(rows), 3))
     counts[np.arange(len(rows)), classes] = weights
@@ -177,7 +177,7 @@ def test_kde_raising_underflowing_exponents_changes_no_value(bound):
     rows -= rows.mean(0)
     tiles = TileSums(rows, classes, weights, variance, tile=50)
     exponents = -0.5 * ((rows[:50, None] - rows[None, 50:100]) ** 2).sum(-1) / variance
-    assert tiles.may_underflow(slice(0, 50), slice(50, 100)) and exponents.min() < -745
+    assert exponents.min() < -745  # this tile is raised to the floor
     out = information_plane(distinct_inputs(400), t, y, "kde", noise_variance=1e-3, bound=bound)
     expected = kde_reference(t, y, 1e-3, bound)
     for name in ("I_XT", "I_TY"):
@@ -185,8 +185,44 @@ def test_kde_raising_underflowing_exponents_changes_no_value(bound):
     counts = np.zeros((len(rows), 2))
     counts[np.arange(len(rows)), classes] = weights
     torch_path = class_kernel_sums(torch.as_tensor(rows), torch.as_tensor(counts), variance, tile=50)
-    own = tiles.sums()[np.arange(len(rows)), classes]
+    own = tiles.sums()[0][np.arange(len(rows)), classes]
     np.testing.assert_allclose(own, torch_path.numpy()[np.arange(len(rows)), classes], rtol=1e-13)
+
+
+def test_kde_kernels_taken_as_powers_equal_their_exponentials(monkeypatch):
+    """Kernels whose scales are integer multiples of another's are its powers (the six settings
+    of the SZT comparison: scales 1.25 x 1, 4, 10, 40, 100, 400) where no exponent of the tile
+    falls below the floor; on a layer with merged repeated rows (weights above 1) every
+    kernel's sums equal a single-kernel call's, which exponentiates, to 1e-10: a term's relative
+    rounding is that of its exponent, whose parts (s |h|^2, thousands here) cancel to about
+    2e-13 absolute, computed in another order by each path (the issue's bound: 1e-9)."""
+    from pipeline.estimators import kde
+    from pipeline.estimators.kde import TileSums, kernel_variance, mixture_components, power_plan
+
+    scales = [1.25, 5.0, 12.5, 50.0, 125.0, 500.0]
+    assert power_plan(scales) == [None, (0, 4), (0, 10), (2, 4), (2, 10), (4, 4)]
+    assert power_plan([1.0, 1.5, 1.0 + 1e-9, 17.0]) == [None, None, None, None]
+    base = np.random.default_rng(0).uniform(0.5, 1.0, 1000)
+    for m in range(2, 17):
+        out = np.empty_like(base)
+        kde._power(base, m, out)
+        np.testing.assert_allclose(out, base ** m, rtol=1e-14)
+    powers = []
+    monkeypatch.setattr(kde, "_power", lambda b, m, out: (powers.append(m), np.power(b, m, out=out)))
+    rng = np.random.default_rng(8)
+    t = np.tanh(rng.normal(size=(600, 4)) * 1.5)
+    t[:300] = np.round(t[:300])  # saturated rows: 81 patterns, merged within a class
+    y = rng.choice(3, 600)
+    rows, classes, weights = mixture_components(t, y)
+    rows -= rows.mean(0)
+    assert weights.max() > 1
+    variances = [kernel_variance(s2, bound) for s2 in (1e-3, 1e-2, 0.1) for bound in ("upper", "lower")]
+    together = TileSums(rows, classes, weights, variances, tile=37).sums()
+    n_tiles = math.comb(-(-len(rows) // 37) + 1, 2)
+    assert sorted(set(powers)) == [4, 10] and len(powers) < 5 * n_tiles  # some tiles floored instead
+    for variance, sums in zip(variances, together, strict=True):
+        [alone] = TileSums(rows, classes, weights, variance, tile=37).sums()
+        np.testing.assert_allclose(sums, alone, rtol=1e-10)
 
 
 def test_kde_skips_only_tiles_whose_terms_are_negligible():
