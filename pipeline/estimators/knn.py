@@ -143,13 +143,23 @@ def _kth_distance(points: np.ndarray, k: int, p: float, device: str, algorithm: 
     return out
 
 
+# Leaves of the trees that count neighbours within a radius: larger leaves than cKDTree's default
+# 16 (which suits the k-th neighbour queries) cut the traversal. Max-norm counts at each point's
+# 5th-neighbour radius, Gaussian points, one thread, ms for leaves of 16 / 64: 8.5 / 7.5 (4096
+# points in 2 dims), 99.7 / 61.0 (6), 306.6 / 202.9 (10), 617 / 309 (12 dims, 20th neighbour),
+# 104.5 / 74.5 (10000 in 4), 7.2 / 5.1 (1000 in 4); on the compression estimator's counts of
+# 54 SZT cells: 4.00 / 3.11 s. The counts are the same: each candidate's distance is checked.
+COUNT_LEAFSIZE = 64
+
+
 def _count_within(points: np.ndarray, radius: np.ndarray, p: float, device: str,
                   algorithm: str = "auto") -> np.ndarray:
     """Points strictly closer than `radius` to each point, itself included."""
     strict = np.nextafter(radius, 0)
     if _tree(device, algorithm, points.shape):
-        return np.asarray(cKDTree(points).query_ball_point(points, strict, p=p, workers=_tree_threads(),
-                                                           return_length=True))
+        tree = cKDTree(points, leafsize=COUNT_LEAFSIZE)
+        counts = tree.query_ball_point(points, strict, p=p, workers=_tree_threads(), return_length=True)
+        return np.asarray(counts)
     r = torch.as_tensor(strict, device=device)
     out = np.empty(len(points), dtype=np.int64)
     for rows, d in _distance_blocks(points, p, device):
