@@ -763,6 +763,33 @@ def test_brute_force_counts_equal_the_tree_neighbour_for_neighbour(monkeypatch):
     np.testing.assert_array_equal(n_b, knn._count_within(xb, tree_eps, np.inf, "cpu", "tree"))
 
 
+def test_label_counts_in_two_parts_equal_one_ball_count():
+    """KSG with labels counts a point's own class from its k-th neighbour query and the other
+    classes by a ball count on their tree: point by point the counts of one ball count over all
+    points (and of brute force), on continuous points, rounded ones (ties at the radius, copies
+    outnumbering k: radius 0) and classes of one point."""
+    from pipeline.estimators import knn
+
+    rng = np.random.default_rng(2)
+    for trial in range(40):
+        n, d, k = int(rng.integers(2, 300)), int(rng.integers(1, 5)), int(rng.integers(1, 8))
+        xa = rng.standard_normal((n, d))
+        if trial % 3 == 0:
+            xa = np.round(xa)
+        if trial % 4 == 0:
+            xa[: n // 2] = xa[0]
+        labels = np.unique(rng.integers(0, int(rng.integers(1, 6)), n), return_inverse=True)[1].ravel()
+        k = min(k, n - 1)
+        k_used, m = knn._ross_counts(xa, labels, k, "cpu", "tree")
+        radius = np.zeros(n)
+        for label in np.unique(labels):
+            idx = np.flatnonzero(labels == label)
+            if len(idx) > 1:
+                radius[idx] = knn._kth_distance(xa[idx], min(k, len(idx) - 1), np.inf, "cpu", "tree")
+        np.testing.assert_array_equal(m, knn._count_within(xa, radius, np.inf, "cpu", "tree"))
+        np.testing.assert_array_equal(m, knn._ross_counts(xa, labels, k, "cpu", "brute")[1])
+
+
 def test_trees_query_on_torchs_threads(monkeypatch):
     """A caller that limits torch (the stage's workers: one thread each) limits the kNN trees."""
     from pipeline.estimators import knn

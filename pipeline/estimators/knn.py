@@ -376,22 +376,57 @@ def _count_side(points: np.ndarray, before_jitter: np.ndarray, eps: np.ndarray) 
 
 def _ksg_discrete(xa: np.ndarray, labels: np.ndarray, k: int, device: str, algorithm: str) -> float:
     n = len(labels)
-    radius = np.empty(n)
-    k_used = np.empty(n)
     class_size = np.bincount(labels)[labels]
-    for label in np.unique(labels):
-        idx = np.flatnonzero(labels == label)
-        if len(idx) < 2:
-            radius[idx], k_used[idx] = 0.0, 1
-            continue
-        kk = min(k, len(idx) - 1)
-        radius[idx] = _kth_distance(xa[idx], kk, np.inf, device, algorithm)
-        k_used[idx] = kk
-    # m: points of any class closer than the in-class k-th neighbour distance, self included:
-    # the same count as Ross's (k-th neighbour included, self excluded).
-    m = _count_within(xa, radius, np.inf, device, algorithm)
+    k_used, m = _ross_counts(xa, labels, k, device, algorithm)
     mi = digamma(n) - np.mean(digamma(class_size)) + np.mean(digamma(k_used)) - np.mean(digamma(m))
     return max(float(mi), 0.0) / LOG2
+
+
+def _ross_counts(xa: np.ndarray, labels: np.ndarray, k: int, device: str, algorithm: str,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's k (at most its class's size - 1) and m: the points of any class closer than
+    its k-th neighbour within its class, self included (Ross's count: the k-th neighbour
+    included, self excluded).
+
+    With trees, m is counted in two parts: the point's own class from the k + 1 in-class
+    distances the k-th neighbour query returns (every in-class point closer than the k-th is
+    among them), the other classes by a ball count on a tree of their points only. The same
+    counts as one ball count over all points, without enumerating the k in-class neighbours
+    again.
+    """
+    n = len(labels)
+    radius, k_used, m = np.empty(n), np.empty(n), np.zeros(n, dtype=np.int64)
+    trees = _tree(device, algorithm, xa.shape)
+    classes = np.unique(labels)
+    for label in classes:
+        idx = np.flatnonzero(labels == label)
+        if len(idx) < 2:
+            radius[idx], k_used[idx], m[idx] = 0.0, 1, 1
+            continue
+        kk = min(k, len(idx) - 1)
+        k_used[idx] = kk
+        if not trees:
+            radius[idx] = _kth_distance(xa[idx], kk, np.inf, device, algorithm)
+            continue
+        tree = cKDTree(xa[idx])
+        nearest = tree.query(xa[idx], k=kk + 1, p=np.inf, workers=_tree_threads())[0]
+        radius[idx] = nearest[:, kk]
+        m[idx] = (nearest < radius[idx, None]).sum(1)
+        # a radius of 0 (more than k copies of a point) counts the points at distance 0, as
+        # _count_within does: they can outnumber the k + 1 returned
+        zero = np.flatnonzero(radius[idx] == 0)
+        if len(zero):
+            m[idx[zero]] = tree.query_ball_point(xa[idx[zero]], 0.0, p=np.inf, return_length=True)
+    if not trees:
+        return k_used, _count_within(xa, radius, np.inf, device, algorithm)
+    if len(classes) == 1:
+        return k_used, m
+    for label in classes:
+        idx, others = np.flatnonzero(labels == label), np.flatnonzero(labels != label)
+        tree = cKDTree(xa[others], leafsize=COUNT_LEAFSIZE)
+        m[idx] += np.asarray(tree.query_ball_point(xa[idx], np.nextafter(radius[idx], 0), p=np.inf,
+                                                   workers=_tree_threads(), return_length=True))
+    return k_used, m
 
 
 def log_unit_ball_volume(d: int) -> float:
