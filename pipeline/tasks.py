@@ -1,10 +1,11 @@
 """What a worker runs: one unit of tasks (cells of estimator entries), or a seed's Fisher traces.
 
 A task is one (estimator entry, seed, split, layer) over the epochs still missing; a worker reads
-the activations from the archive by path and returns small result vectors. Tasks of an estimator
-with a batched form (KDE) that share a seed, a layer and their epochs run as one unit: each
-epoch is read once and all their cells are one call. This module imports no xarray (the
-results store is the client's: `pipeline.estimate`), so workers start sooner.
+the activations from the archive by path and returns small result vectors. Tasks of one method
+that share a seed, a layer and their epochs (entries and splits) run as one unit that reads each
+epoch once; where the estimator has a batched form (KDE), all their cells are one call. A chain
+runs alone. This module imports no xarray (the results store is the client's:
+`pipeline.estimate`), so workers start sooner.
 """
 
 from __future__ import annotations
@@ -87,13 +88,18 @@ class Task:
 
     @property
     def batch_key(self) -> tuple | None:
-        """Tasks with the same key run as one unit through the estimator's batched form; None
-        (no batched form, a chain, intervals or baselines asked for): the task runs alone."""
+        """Tasks with the same key run as one unit, each epoch read once: through the estimator's
+        batched form ("batched": plain cells of an estimator with one, whose parameters outside
+        `batched_over` agree) or cell by cell ("cells": any other tasks of one method); None for
+        a chain, which runs alone."""
         definition, options = self.definition, self.options
-        if definition.batched is None or self.is_chain or options["uncertainty"] != "none" or options["null"]:
+        if self.is_chain:
             return None
+        where = (self.table["method"], self.seed, self.layer, self.epochs)
+        if definition.batched is None or options["uncertainty"] != "none" or options["null"]:
+            return ("cells", *where)
         fixed = sorted((k, repr(v)) for k, v in self.params.items() if k not in definition.batched_over)
-        return (self.table["method"], self.seed, self.layer, self.epochs, tuple(fixed))
+        return ("batched", *where, tuple(fixed))
 
 
 @dataclass(frozen=True)
@@ -164,8 +170,9 @@ def run_task(archive_path: str, task: Task) -> dict[str, Any]:
 
 def run_batch(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
     """Compute a unit's tasks (runs on a worker): one task by `run_task`; tasks of one batch key
-    by reading each epoch once and calling the estimator's batched form on every (parameters,
-    split) of them. An epoch whose batched call raises a ValueError is computed cell by cell."""
+    by reading each epoch once, then calling the estimator's batched form on every (parameters,
+    split) of them, or each task's cell in turn. An epoch whose batched call raises a ValueError
+    is computed cell by cell."""
     if len(batch.tasks) == 1:
         return [run_task(archive_path, batch.tasks[0])]
     torch.set_num_threads(1)
@@ -178,22 +185,28 @@ def run_batch(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
     h_x = {split: row_entropy(x[rows]) for split, rows in index.items()}
     settings = list({repr(sorted(task.params.items())): task.params for task in tasks}.values())
     which = [(settings.index(task.params), splits.index(task.split)) for task in tasks]
+    batched = first.batch_key[0] == "batched"
     cells: list[list[dict[str, float]]] = [[] for _ in tasks]
     messages: list[list[str]] = [[] for _ in tasks]
     read = archive.layer_reader(first.seed, first.layer)
+    xs = {split: x[rows] for split, rows in index.items()}
+    ys = {split: y[rows] for split, rows in index.items()}
     for epoch in first.epochs:
         t = read(epoch)
-        try:
-            planes = first.definition.batched(x, t, y, settings, [index[split] for split in splits])
-        except ValueError:
-            planes = None
+        planes = None
+        if batched:
+            try:
+                planes = first.definition.batched(x, t, y, settings, [index[split] for split in splits])
+            except ValueError:
+                pass  # each cell alone, its error recorded
+        ts = {split: t[rows] for split, rows in index.items()} if planes is None else {}
         for k, task in enumerate(tasks):
-            rows = index[task.split]
+            split, params = task.split, task.params
             if planes is None:
-                out = _cell(task, x[rows], t[rows], y[rows], task.params, h_x[task.split], epoch, messages[k])
+                out = _cell(task, xs[split], ts[split], ys[split], params, h_x[split], epoch, messages[k])
             else:
                 out = planes[which[k][0]][which[k][1]]
-                out = {**out, **saturation(task.definition, out, h_x[task.split], y[rows], task.params)}
+                out = {**out, **saturation(task.definition, out, h_x[split], ys[split], task.params)}
             cells[k].append(out)
     labelled = archive.labels is not None
     return [_result(task, cells[k], messages[k], labelled) for k, task in enumerate(tasks)]

@@ -304,9 +304,10 @@ def test_task_cost_orders_long_chains_first():
     assert task("renyi", range(5), uncertainty="batches").cost == 5 * get_estimator("renyi").cost
 
 
-def test_tasks_of_a_batched_estimator_run_as_one_unit_per_seed_layer_and_epochs():
-    """KDE tasks that differ only in entry, split and KDE settings form one unit; intervals, other
-    seeds, layers or epochs, and estimators without a batched form run alone."""
+def test_tasks_of_one_method_run_as_one_unit_per_seed_layer_and_epochs():
+    """KDE tasks that differ only in entry, split and KDE settings form one batched unit; other
+    seeds, layers or epochs are other units, so are cells with intervals (one by one), and other
+    methods' tasks form their own units (binning's entries and splits); a chain runs alone."""
     from pipeline.estimate import Task
     from pipeline.estimators import get_estimator
     from pipeline.tasks import batch_tasks
@@ -316,23 +317,28 @@ def test_tasks_of_a_batched_estimator_run_as_one_unit_per_seed_layer_and_epochs(
 
     tasks = [task("a", split=split, noise_variance=s2) for split in ("all", "test") for s2 in (0.1, 1e-3)]
     tasks += [task("b", bound="lower"), task("c", seed=1), task("d", layer="m"), task("e", epochs=(1,)),
-              task("f", uncertainty="subsample"), task("g", "binning"), task("h", "binning", split="test")]
+              task("f", uncertainty="subsample"), task("g", "binning"), task("h", "binning", split="test"),
+              task("i", "binning", n_bins=10), task("j", "renyi"), task("k", "renyi")]
     units = [[t.estimator for t in unit.tasks] for unit in batch_tasks(tasks)]
-    assert sorted(units) == [["a", "a", "a", "a", "b"], ["c"], ["d"], ["e"], ["f"], ["g"], ["h"]]
+    assert sorted(units) == [["a", "a", "a", "a", "b"], ["c"], ["d"], ["e"], ["f"], ["g", "h", "i"], ["j"],
+                             ["k"]]
     [batch] = [unit for unit in batch_tasks(tasks) if len(unit.tasks) == 5]
     assert batch.cost == sum(t.cost for t in tasks[:5]) and batch.key.startswith("batch5-estimate-a")
 
 
-def test_batched_kde_cells_equal_single_calls(runs):
-    """The stage's KDE units (two settings on two splits, one reading per epoch) store each
-    cell's single-call values; an entry with intervals runs alone, to the bit."""
+def test_units_store_the_single_calls_values(runs):
+    """The stage's KDE unit (two settings on two splits, one reading per epoch, one batched call)
+    stores each cell's single-call values; a KDE entry with intervals runs alone, and binning's
+    unit (two entries, two splits, cell by cell), to the bit."""
     from pipeline.archive import ArchiveReader
+    from pipeline.estimators import information_plane
     from pipeline.estimators.kde import kde_information_plane
 
     entries = {"kde_a": {"method": "kde", "noise_variance": 0.1},
                "kde_b": {"method": "kde", "noise_variance": 1e-2, "bound": "lower"},
                "kde_i": {"method": "kde", "noise_variance": 0.1, "uncertainty": "subsample",
-                         "n_resamples": 2}}
+                         "n_resamples": 2},
+               "bin_a": {"method": "binning", "n_bins": 10}, "bin_b": {"method": "binning", "n_bins": 30}}
     assert estimate(config(**entries), runs, scheduler="synchronous", selection=Selection(seeds=(0,))) == 0
     ds = load(runs).sel(seed=0)
     archive = ArchiveReader(runs / "tiny" / "archive.zarr")
@@ -343,11 +349,14 @@ def test_batched_kde_cells_equal_single_calls(runs):
             for epoch in archive.committed_epochs(0):
                 t = archive.activations(0, layer, int(epoch))[rows]
                 for entry, table in entries.items():
-                    params = {k: table[k] for k in ("noise_variance", "bound") if k in table}
-                    single = kde_information_plane(x, t, y, **params)
+                    params = {k: v for k, v in table.items() if k in ("noise_variance", "bound", "n_bins")}
+                    if entry.startswith("bin"):
+                        single = information_plane(x, t, y, "binning", **params)
+                    else:
+                        single = kde_information_plane(x, t, y, **params)
                     cell = ds.sel(estimator=entry, split=split, layer=layer, epoch=epoch)
                     for name in ("I_XT", "I_TY"):
-                        if entry == "kde_i":
+                        if entry in ("kde_i", "bin_a", "bin_b"):
                             assert float(cell[name]) == single[name]
                         else:
                             assert float(cell[name]) == pytest.approx(single[name], rel=1e-12, abs=1e-13)
