@@ -447,3 +447,26 @@ def test_an_interrupted_run_writes_the_results_it_received(runs, monkeypatch):
     for task in finished:
         cell = {"estimator": task.estimator, "seed": task.seed, "split": task.split, "layer": task.layer}
         assert bool(done.sel(cell).all())
+
+
+def test_a_unit_whose_batched_call_fails_computes_its_cells_one_by_one(runs):
+    """An epoch where the batched form raises a ValueError is computed cell by cell: the values
+    of each task alone, to the bit."""
+    import dataclasses
+
+    from pipeline.estimate import Task
+    from pipeline.estimators import get_estimator
+    from pipeline.tasks import TaskBatch, run_batch, run_task
+
+    def refuses(*args, **kwargs):
+        raise ValueError("no batch today")
+
+    kde = dataclasses.replace(get_estimator("kde"), batched=refuses)
+    tasks = tuple(Task(f"kde_{s2}", {"method": "kde", "noise_variance": s2}, kde, 0, split, "dense2", (0, 4))
+                  for s2 in (0.1, 1e-2) for split in ("all", "test"))
+    path = str(runs / "tiny" / "archive.zarr")
+    for unit, alone in zip(run_batch(path, TaskBatch(tasks)), tasks, strict=True):
+        single = run_task(path, alone)
+        assert unit["task"] == alone and unit["warnings"] == single["warnings"] == []
+        for name, values in single["values"].items():
+            np.testing.assert_array_equal(unit["values"][name], values, err_msg=name)
