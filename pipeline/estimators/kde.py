@@ -1,7 +1,8 @@
 """KDE bounds (Kolchinsky & Tracey, used by Saxe et al.): T = h(X) + N(0, s2 I).
 
-    from pipeline.estimators.kde import kde_information_plane
+    from pipeline.estimators.kde import kde_information_plane, kde_information_planes
     kde_information_plane(x, t, y, noise_variance=0.1, bound="upper")
+    kde_information_planes(x, t, y, [{"noise_variance": 0.1}, {"bound": "lower"}], [all_rows, train_rows])
 
 The entropy of the Gaussian mixture (1/P) sum_j N(h_j, s2 I) is bounded above by the pairwise-KL
 estimate and below by the Bhattacharyya one (docs/science.md, section 4). I(X;T) = H(T) - H(T|X);
