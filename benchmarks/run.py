@@ -265,7 +265,7 @@ def _bench_stage() -> None:
             ["stage, LocalCluster 2 workers", f"{timings[2]:.1f}",
              f"scaling efficiency {timings[1] / (2 * timings[2]):.0%}"]]
     body = (f"Command: `make bench` (section stage). The default estimators of szt_tanh on a "
-            f"2-seed, 300-epoch archive ({n_cells} cells over {len(cells)} chains). The stage "
+            f"2-seed, 300-epoch archive ({n_cells} cells in {len(cells)} tasks). The stage "
             "times include starting the cluster and writing the store; the LocalCluster runs are "
             f"the best of {STAGE_REPEATS}, 1 and 2 workers alternated (the loop and the synchronous "
             "stage: one run each).\n\n"
