@@ -131,8 +131,8 @@ def test_kde_equals_the_plain_formula(bound, n, d, decimals):
 
 
 def test_kde_planes_of_several_settings_and_subsets_equal_single_cells():
-    """The batched form (one pass over pairs per kernel variance, nested subsets inside the pass
-    of the largest holding them) gives each (setting, subset) the single call's values, on a
+    """The batched form (one pass over pairs for every kernel variance, nested subsets inside the
+    pass of the largest holding them) gives each (setting, subset) the single call's values, on a
     layer with repeated rows (merged components that straddle the subsets) and 4 classes."""
     from pipeline.estimators.kde import kde_information_plane, kde_information_planes, shared_passes
 
@@ -238,8 +238,8 @@ def test_kde_skips_only_tiles_whose_terms_are_negligible():
     t = 1e3 + 0.2 * rng.normal(size=(300, SCREEN_MIN_DIMS)) + 10.0 * y[:, None] / 8.0
     rows, classes, weights = mixture_components(t, y)
     sums = TileSums(rows - rows.mean(0), classes, weights, 0.1, tile=50)
-    assert sums.negligible(slice(0, 50), slice(250, 300))  # class 0 against class 1
-    assert not sums.negligible(slice(0, 50), slice(100, 150))  # within class 0
+    assert sums.nearest(slice(0, 50), slice(250, 300)) > sums.cuts[0]  # class 0 against class 1
+    assert not sums.nearest(slice(0, 50), slice(100, 150)) > sums.cuts[0]  # within class 0
     expected = kde_reference(t, y, 0.1)
     threads = torch.get_num_threads()
     try:

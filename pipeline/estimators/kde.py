@@ -165,11 +165,6 @@ class TileSums:
         d2 = torch.addmm(self.low[None, cols], rows32, self.h[cols].float().T, alpha=-2.0)
         return float(d2.add_(self.low[rows, None]).min())
 
-    def negligible(self, rows: slice, cols: slice, rows32: torch.Tensor | None = None,
-                   kernel: int = 0) -> bool:
-        """True when every squared distance of the tile exceeds the kernel's cut, bound included."""
-        return self.nearest(rows, cols, rows32) > self.cuts[kernel]
-
     def distances(self, rows: slice, cols: slice, out: torch.Tensor) -> None:
         """G = -|h_u - h_v|^2 of the tile (rows, cols) into `out` (folded: z = s G + ln w_u + ln w_v)."""
         if self.augmented:
@@ -305,7 +300,8 @@ def component_sums(t: np.ndarray, labels: np.ndarray, variances: Sequence[float]
     counts = np.zeros((len(rows), int(classes.max()) + 1))
     counts[np.arange(len(rows)), classes] = weights
     h = torch.as_tensor(rows, dtype=torch.float64, device=device)
-    sums = [class_kernel_sums(h, torch.as_tensor(counts, device=device), v).cpu().numpy() for v in variances]
+    class_counts = torch.as_tensor(counts, device=device)
+    sums = [class_kernel_sums(h, class_counts, v).cpu().numpy() for v in variances]
     return sums, classes, weights
 
 

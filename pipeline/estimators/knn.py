@@ -386,47 +386,47 @@ def _ross_counts(xa: np.ndarray, labels: np.ndarray, k: int, device: str, algori
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Each point's k (at most its class's size - 1) and m: the points of any class closer than
     its k-th neighbour within its class, self included (Ross's count: the k-th neighbour
-    included, self excluded).
+    included, self excluded). A class of one point has radius 0 and k = 1.
 
-    With trees, m is counted in two parts: the point's own class from the k + 1 in-class
-    distances the k-th neighbour query returns (every in-class point closer than the k-th is
-    among them), the other classes by a ball count on a tree of their points only. The same
-    counts as one ball count over all points, without enumerating the k in-class neighbours
+    With trees, m is counted in two parts: the point's own class from its k-th neighbour query
+    (`_own_class_counts`), the other classes by a ball count on a tree of their points only. The
+    same counts as one ball count over all points, without enumerating the k in-class neighbours
     again.
     """
     n = len(labels)
-    radius, k_used, m = np.empty(n), np.empty(n), np.zeros(n, dtype=np.int64)
+    groups = [np.flatnonzero(labels == label) for label in np.unique(labels)]
+    radius, k_used, m = np.zeros(n), np.ones(n), np.ones(n, dtype=np.int64)
     trees = _tree(device, algorithm, xa.shape)
-    classes = np.unique(labels)
-    for label in classes:
-        idx = np.flatnonzero(labels == label)
-        if len(idx) < 2:
-            radius[idx], k_used[idx], m[idx] = 0.0, 1, 1
-            continue
-        kk = min(k, len(idx) - 1)
-        k_used[idx] = kk
-        if not trees:
+    for idx in (group for group in groups if len(group) > 1):
+        k_used[idx] = kk = min(k, len(idx) - 1)
+        if trees:
+            radius[idx], m[idx] = _own_class_counts(xa[idx], kk)
+        else:
             radius[idx] = _kth_distance(xa[idx], kk, np.inf, device, algorithm)
-            continue
-        tree = cKDTree(xa[idx])
-        nearest = tree.query(xa[idx], k=kk + 1, p=np.inf, workers=_tree_threads())[0]
-        radius[idx] = nearest[:, kk]
-        m[idx] = (nearest < radius[idx, None]).sum(1)
-        # a radius of 0 (more than k copies of a point) counts the points at distance 0, as
-        # _count_within does: they can outnumber the k + 1 returned
-        zero = np.flatnonzero(radius[idx] == 0)
-        if len(zero):
-            m[idx[zero]] = tree.query_ball_point(xa[idx[zero]], 0.0, p=np.inf, return_length=True)
     if not trees:
         return k_used, _count_within(xa, radius, np.inf, device, algorithm)
-    if len(classes) == 1:
-        return k_used, m
-    for label in classes:
-        idx, others = np.flatnonzero(labels == label), np.flatnonzero(labels != label)
+    for idx in groups if len(groups) > 1 else []:
+        others = np.ones(n, dtype=bool)
+        others[idx] = False
         tree = cKDTree(xa[others], leafsize=COUNT_LEAFSIZE)
         m[idx] += np.asarray(tree.query_ball_point(xa[idx], np.nextafter(radius[idx], 0), p=np.inf,
                                                    workers=_tree_threads(), return_length=True))
     return k_used, m
+
+
+def _own_class_counts(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The max-norm distance of each point to its k-th neighbour among `points`, and the points
+    strictly closer, itself included: from the k + 1 distances the query returns (every point
+    closer than the k-th is among them), or where that distance is 0 (more than k copies of a
+    point) a count of the points at distance 0, as `_count_within` does."""
+    tree = cKDTree(points)
+    nearest = tree.query(points, k=k + 1, p=np.inf, workers=_tree_threads())[0]
+    radius = nearest[:, k]
+    counts = (nearest < radius[:, None]).sum(1)
+    zero = np.flatnonzero(radius == 0)
+    if len(zero):
+        counts[zero] = tree.query_ball_point(points[zero], 0.0, p=np.inf, return_length=True)
+    return radius, counts
 
 
 def log_unit_ball_volume(d: int) -> float:
