@@ -51,7 +51,8 @@ def gaussian_inputs(seed: int, n: int = 1000, mi: float = 1.0, dim: int = 2):
 
 def calibration(method: str, params: dict, scheme: str, make, variable: str = "I_TY",
                 truth: float | None = None, n_datasets: int = 30, n_resamples: int = 20) -> dict:
-    """Mean half-width over the 90% half-spread across data sets, and the coverage of `truth`."""
+    """Mean half-width over the 90% half-spread across data sets, with a 90% interval of that
+    ratio (the data sets resampled), and the coverage of `truth`."""
     estimator = get_estimator(method)
     values, lo, hi = [], [], []
     for d in range(n_datasets):
@@ -62,11 +63,35 @@ def calibration(method: str, params: dict, scheme: str, make, variable: str = "I
         lo.append(out[f"{variable}_lo"])
         hi.append(out[f"{variable}_hi"])
     values, lo, hi = map(np.asarray, (values, lo, hi))
-    spread = (np.quantile(values, 0.95) - np.quantile(values, 0.05)) / 2
     half = float(np.mean((hi - lo) / 2))
     coverage = float(np.mean((lo <= truth) & (truth <= hi))) if truth is not None else float("nan")
-    return {"half": half, "spread": float(spread), "ratio": half / float(spread), "coverage": coverage,
-            "mean": float(values.mean())}
+    ratio = half / half_spread(values)
+    ratio_lo, ratio_hi = ratio_interval(values, (hi - lo) / 2)
+    return {"half": half, "spread": half_spread(values), "ratio": ratio, "ratio_lo": ratio_lo,
+            "ratio_hi": ratio_hi, "coverage": coverage, "mean": float(values.mean())}
+
+
+def half_spread(values: np.ndarray) -> float:
+    """Half the distance between the 5% and 95% quantiles."""
+    return float(np.quantile(values, 0.95) - np.quantile(values, 0.05)) / 2
+
+
+def ratio_interval(values: np.ndarray, halves: np.ndarray, draws: int = 2000) -> tuple[float, float]:
+    """90% percentile interval of the ratio over data sets drawn again with replacement: how far
+    the ratio of a few dozen data sets is from the one of many (the half-spread, a difference of
+    two outer quantiles, is the noisier part)."""
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(values), (draws, len(values)))
+    spreads = (np.quantile(values[picks], 0.95, axis=1) - np.quantile(values[picks], 0.05, axis=1)) / 2
+    ratios = halves[picks].mean(1) / np.maximum(spreads, 1e-300)
+    return tuple(float(q) for q in np.quantile(ratios, [0.05, 0.95]))
+
+
+RATIO = "ratio [90% interval, data sets resampled]"
+
+
+def ratio_cell(r: dict) -> str:
+    return f"{r['ratio']:.2f} [{r['ratio_lo']:.2f}, {r['ratio_hi']:.2f}]"
 
 
 CASES = [  # (set, method, params, scheme, generator, variable, truth)
@@ -87,22 +112,28 @@ CASES = [  # (set, method, params, scheme, generator, variable, truth)
 # The Gaussian sweep: every estimator with its interval scheme on I(X;T) of Gaussian pairs, at
 # the corners and the centre of 1-5 dimensions a side x 0.1-3 bits, n = 1000 and 5000. The
 # schemes were fixed before this sweep was first run, except binning's subsample scheme, which
-# became its recommended one after the sweep had shown the bootstrap's width near saturation;
-# the FRESH points were not run before that choice: they are held out for every scheme.
+# became its recommended one after the sweep had shown the bootstrap's width near saturation,
+# and the subsample scheme's size (d = n / 10 left out instead of half), set by the rule in
+# pipeline/uncertainty.py after the sweep and the FRESH points had shown half-sample intervals too
+# narrow near the ceiling. The HELD_OUT points were first run after both choices.
 SWEEP_METHODS = [("ksg", {"k": 5}, "subsample"), ("kde", {"noise_variance": 0.1}, "subsample"),
                  ("binning", {"n_bins": 10}, "subsample"), ("binning", {"n_bins": 10}, "bootstrap"),
                  ("renyi", {"sigma_x": 1.0, "sigma_t": 1.0, "n_batches": 5}, "batches")]
 SWEEP_POINTS = [(1, 0.1), (1, 3.0), (5, 0.1), (5, 3.0), (3, 1.0)]  # (dims a side, bits)
 FRESH_POINTS = [(2, 0.5), (4, 2.0), (6, 1.0), (2, 2.5)]
 SWEEP_SIZES = (1000, 5000)
+HELD_OUT_POINTS = [(3, 2.0), (5, 1.5), (7, 0.5)]
+HELD_OUT_SIZES = (2000,)
+POINT_SETS = (("sweep", SWEEP_POINTS, SWEEP_SIZES), ("fresh", FRESH_POINTS, SWEEP_SIZES),
+              ("held out", HELD_OUT_POINTS, HELD_OUT_SIZES))
 BAND = (0.7, 1.5)
 
 
 def sweep_rows(n_datasets: int, n_resamples: int) -> list[list[object]]:
     rows = []
     for method, params, scheme in SWEEP_METHODS:
-        for points, label in ((SWEEP_POINTS, "sweep"), (FRESH_POINTS, "fresh")):
-            for n in SWEEP_SIZES:
+        for label, points, sizes in POINT_SETS:
+            for n in sizes:
                 for dim, bits in points:
                     make = lambda d, n=n, bits=bits, dim=dim: gaussian_inputs(d, n, bits, dim)  # noqa: E731
                     # only KSG estimates the Gaussian MI itself; the others' targets differ (KDE:
@@ -112,28 +143,33 @@ def sweep_rows(n_datasets: int, n_resamples: int) -> list[list[object]]:
                     coverage = "" if np.isnan(r["coverage"]) else f"{r['coverage']:.0%}"
                     rows.append([method, f"`{params}`", scheme, label, n, f"{dim} + {dim}", bits,
                                  f"{r['mean']:.3f}", f"{r['half']:.4f}", f"{r['spread']:.4f}",
-                                 f"{r['ratio']:.2f}", coverage])
+                                 ratio_cell(r), coverage])
                     print(rows[-1], flush=True)
     return rows
 
 
 def sweep_summary(rows: list[list[object]]) -> str:
-    """Per method and scheme: the range of the ratios and how many lie in the acceptance band,
-    on the sweep's points and on the fresh ones."""
+    """Per method and scheme: the range of the ratios, how many lie in the acceptance band, and
+    how many have an interval (data sets resampled) that reaches it, on the sweep's points and
+    on the fresh ones."""
     lines = []
     for method, _, scheme in SWEEP_METHODS:
         parts = []
-        for label in ("sweep", "fresh"):
-            ratios = np.array([float(r[10]) for r in rows if r[:4:2] == [method, scheme] and r[3] == label])
+        for label, _, _ in POINT_SETS:
+            cells = [str(r[10]) for r in rows if r[:4:2] == [method, scheme] and r[3] == label]
+            ratios = np.array([float(c.split()[0]) for c in cells])
+            ends = np.array([[float(v) for v in c.split("[")[1].rstrip("]").split(",")] for c in cells])
             inside = int(((ratios >= BAND[0]) & (ratios <= BAND[1])).sum())
+            reach = int(((ends[:, 1] >= BAND[0]) & (ends[:, 0] <= BAND[1])).sum())
             parts.append(f"{label} points {ratios.min():.2f} to {ratios.max():.2f}, {inside} of "
-                         f"{len(ratios)} in [{BAND[0]}, {BAND[1]}]")
+                         f"{len(ratios)} in [{BAND[0]}, {BAND[1]}], {reach} with an interval reaching it")
         lines.append(f"- {method} ({scheme}): ratio on the " + "; on the ".join(parts))
     return "\n".join(lines)
 
 
-def main(n_datasets: int = 40, n_resamples: int = 30, sweep_datasets: int = 30,
-         sweep_resamples: int = 20, sections: tuple[str, ...] = ("cases", "szt", "gaussian")) -> None:
+def main(n_datasets: int = 40, n_resamples: int = DEFAULTS["n_resamples"], sweep_datasets: int = 50,
+         sweep_resamples: int = DEFAULTS["n_resamples"],
+         sections: tuple[str, ...] = ("cases", "szt", "gaussian")) -> None:
     if "cases" in sections:
         cases(n_datasets, n_resamples)
     if "szt" in sections:
@@ -146,12 +182,13 @@ def main(n_datasets: int = 40, n_resamples: int = 30, sweep_datasets: int = 30,
                 f"sets a case, {sweep_resamples} resamples a cell, 90% intervals, "
                 f"{time.perf_counter() - started:.0f} s; commit {git_revision()}; {machine()}. Set "
                 "sweep: the schemes were fixed before it was first run, but for binning's subsample "
-                "scheme, recommended after it; set fresh: points no scheme was chosen on (see "
+                "scheme, recommended after it, and the subsample size (d = n / 10 left out), set after "
+                "the sweep and the fresh points; set held out: first run after both (see "
                 "benchmarks/uncertainty.py). Coverage of the true MI is given for KSG only (the "
                 "others estimate other quantities).\n\n"
                 + sweep_summary(rows) + "\n\n"
                 + table(["method", "parameters", "scheme", "set", "n", "dims", "true MI (bits)",
-                         "mean estimate", "mean half-width", "90% half-spread over data sets", "ratio",
+                         "mean estimate", "mean half-width", "90% half-spread over data sets", RATIO,
                          "coverage of the truth"], rows))
         write_section(DOCS / "estimators.md", "uncertainty_gaussian", body)
         print(body)
@@ -224,14 +261,14 @@ def cases(n_datasets: int, n_resamples: int) -> None:
         r = calibration(method, params, scheme, make, variable, truth, n_datasets, n_resamples)
         coverage = "" if np.isnan(r["coverage"]) else f"{r['coverage']:.0%} of {truth} bits"
         rows.append([group, method, f"`{params}`", scheme, make.__name__, variable, f"{r['mean']:.3f}",
-                     f"{r['half']:.4f}", f"{r['spread']:.4f}", f"{r['ratio']:.2f}", coverage])
+                     f"{r['half']:.4f}", f"{r['spread']:.4f}", ratio_cell(r), coverage])
         print(rows[-1], flush=True)
     body = (f"Command: `python -m benchmarks.uncertainty --only cases` (or `make bench`, section "
             f"uncertainty); "
             f"{n_datasets} independent data sets a case, {n_resamples} resamples a cell, 90% intervals, "
             f"{time.perf_counter() - started:.0f} s; commit {git_revision()}; {machine()}.\n\n"
             + table(["set", "method", "parameters", "scheme", "data", "value", "mean estimate",
-                     "mean half-width", "90% half-spread over data sets", "ratio",
+                     "mean half-width", "90% half-spread over data sets", RATIO,
                      "coverage of the truth"], rows))
     write_section(DOCS / "estimators.md", "uncertainty", body)
     print(body)
