@@ -326,6 +326,17 @@ def _unmark_unusable(old, entries: dict[str, dict[str, Any]], results_path: Path
     return derive, lost
 
 
+def note_changed_entries(old, target) -> None:
+    """Say which entries' done cells are replaced because their table (parameters or cell
+    options) differs from the one the store holds them for: they are computed again."""
+    for name in np.intersect1d(old.estimator.values, target.estimator.values):
+        was, now = (str(ds.parameters.sel(estimator=name).values) for ds in (old, target))
+        done = int(old["done"].sel(estimator=name).sum())
+        if was != now and done:
+            print(f"note: recomputing {name}: its table is now {now}, its {done} stored cells were "
+                  f"computed with {was}; give the new table another entry name to keep both")
+
+
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
                    splits: list[str]):
     """The results template merged with the done cells of an existing store, written if new."""
@@ -348,6 +359,8 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
         raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
                            "to recompute from the current archive")
     derive, lost = _unmark_unusable(old, entries, paths.results) if old is not None else ([], [])
+    if old is not None:
+        note_changed_entries(old, target)
     target = merge_into(target, old)
     for name in derive:
         fill_saturation(target, archive, name, entries[name])

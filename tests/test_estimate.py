@@ -470,3 +470,18 @@ def test_a_unit_whose_batched_call_fails_computes_its_cells_one_by_one(runs):
         assert unit["task"] == alone and unit["warnings"] == single["warnings"] == []
         for name, values in single["values"].items():
             np.testing.assert_array_equal(unit["values"][name], values, err_msg=name)
+
+
+def test_an_entry_whose_table_changed_is_recomputed_and_said_so(runs, capsys):
+    first = {"binning_10": {"method": "binning", "n_bins": 10}}
+    assert estimate(config(**first), runs, scheduler="synchronous",
+                    selection=Selection(only=("binning_10",), seeds=(0,), splits=("all",))) == 0
+    capsys.readouterr()
+    changed = {"binning_10": {"method": "binning", "n_bins": 3}}
+    assert estimate(config(**changed), runs, scheduler="synchronous",
+                    selection=Selection(only=("binning_10",), seeds=(0,), splits=("all",))) == 0
+    said = capsys.readouterr().out
+    assert ('note: recomputing binning_10: its table is now {"method": "binning", "n_bins": 3}, its 12 '
+            'stored cells were computed with {"method": "binning", "n_bins": 10}') in said
+    values = load(runs).I_XT.sel(estimator="binning_10", seed=0, split="all")
+    assert float(values.max()) <= np.log2(3 ** 6) + 1e-9  # 3 bins a unit: at most 3^6 patterns in dense1

@@ -35,6 +35,26 @@ def test_interval_width_matches_the_spread_over_independent_samples(method, para
     assert 0.7 <= calibration(method, params, scheme, make) <= 1.5
 
 
+def test_subsample_interval_of_a_mean_is_its_standard_error():
+    """A sample mean has the closed-form spread sigma / sqrt(n): the delete-d subsamples' spread
+    rescaled by sqrt(m / d) gives it (without the rescaling the interval is a third as wide)."""
+    from pipeline.estimators import Estimator
+    from pipeline.uncertainty import subsample_size
+
+    def mean_plane(x, t, y):
+        return {"I_XT": float(t[:, 0].mean()), "I_TY": float(t[:, 1].mean())}
+
+    n, sigma = 2000, 3.0
+    t = np.random.default_rng(4).normal(0.0, sigma, size=(n, 2))
+    assert subsample_size(n) == 1800 and subsample_size(7) == 6
+    out = cell_estimate(Estimator("mean", mean_plane), np.zeros((n, 1)), t, np.zeros(n, dtype=np.int64), {},
+                        {**DEFAULTS, "uncertainty": "subsample", "n_resamples": 2000}, seed=1)
+    expected = 1.6448536 * t.std(0, ddof=1) / math.sqrt(n)  # 90%: z(0.95) standard errors
+    for name, half in zip(("I_XT", "I_TY"), expected, strict=True):
+        assert out[f"{name}_hi"] - out[f"{name}_lo"] == pytest.approx(2 * half, rel=0.08)
+        assert (out[f"{name}_hi"] + out[f"{name}_lo"]) / 2 == pytest.approx(out[name], abs=0.1 * half)
+
+
 def test_renyi_batches_give_a_t_interval_of_their_mean():
     x, t, y = two_classes(0, n=400)
     estimator = get_estimator("renyi")
