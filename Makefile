@@ -60,12 +60,17 @@ lint: $(STAMP)
 # `make findings` writes every number and copies every figure into docs/results.md. KDE and the
 # estimator comparison run on part of the cells (see configs/szt_*_paper.toml).
 MNIST_OFFLINE := --set data.source_split=test --set data.download=false
+# Section 3 (one seed): each comparison entry's cells carry an interval (docs/estimators.md)
+COMPARISON := binning_10 binning_100 kde_upper_1e-3 kde_upper_1e-2 kde_upper_1e-1 kde_lower_1e-3 \
+	kde_lower_1e-2 kde_lower_1e-1 compression
+COMPARISON_INTERVALS := $(foreach e,$(COMPARISON),--set estimators.$(e).uncertainty=subsample) \
+	--set estimators.renyi.uncertainty=batches
 reproduce: $(STAMP)
 	$(MAKE) train CONFIG=configs/szt_tanh_paper.toml
 	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only binning_30 --splits all"
 	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only fisher --seeds 0 1 2 3 --every 3"
-	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only binning_10 binning_100 --seeds 0 --splits all --every 3"
-	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--seeds 0 --splits all --every 6"
+	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--only binning_10 binning_100 --seeds 0 --splits all --every 3 $(COMPARISON_INTERVALS)"
+	$(MAKE) estimate CONFIG=configs/szt_tanh_paper.toml ARGS="--seeds 0 --splits all --every 6 $(COMPARISON_INTERVALS)"
 	$(MAKE) figures CONFIG=configs/szt_tanh_paper.toml
 	$(MAKE) train CONFIG=configs/szt_relu_paper.toml
 	$(MAKE) estimate CONFIG=configs/szt_relu_paper.toml ARGS="--only binning_layer_100"
