@@ -246,10 +246,14 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
     for split in results.split.values:
         out = fd.output_information(results, estimator, archive.labels, str(split))
         phase = fd.compression_phase(results, estimator, str(split))
+        called = {rule: fd.compresses(results, estimator, str(split), rule) for rule in fd.RULES}
+        saturated = fd.saturated_at_both_ends(results, estimator, str(split))
         hidden = fd.hidden_layers(results)
         rows.append([str(split), f"{out['final_mean']:.3f} +- {out['final_std']:.3f}",
                      f"{fd.dpi_share(results, estimator, str(split)):.0%}",
-                     ", ".join(f"{layer}: {float(phase.drop_mean.sel(layer=layer)):.3f}"
+                     ", ".join(f"{layer}: {float(phase.drop_mean.sel(layer=layer)):.3f} "
+                               f"({_called(called['interval'], saturated, layer)}; 5% rule: "
+                               f"{'yes' if called['fraction'].sel(layer=layer) == 1 else 'no'})"
                                for layer in hidden)])
     history = [archive.history(seed)["loss_test"] for seed in archive.seeds]
     stop = int(np.nanargmin(np.mean([h[: min(map(len, history))] for h in history], axis=0)))
@@ -259,7 +263,8 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
             f"{len(results.epoch)} snapshots, {cfg.archive.samples_per_split} samples per split; "
             f"`{estimator}` `{json.dumps(params)}`.\n\n"
             + table(["split", f"final I(T;Y) of {fd.output_layer(results)} (bits)", "DPI holds (cells)",
-                     "drop of I(X;T) from peak to end per hidden layer (bits)"], rows)
+                     "drop of I(X;T) from peak to end per hidden layer (bits; compresses beyond the 90% "
+                     "interval of the seed mean?; by the 5% rule?)"], rows)
             + f"\n\nLabel-kernel entropy of a batch of {batch}: {np.mean(batch_entropy):.3f} bits (mean "
             "of 200 batches). Early stopping (minimum test loss): epoch "
             f"{stop}; compression onset (epoch of max I(X;T), train, mean over seeds): "
