@@ -112,6 +112,11 @@ def _coverage(results, estimator: str, split: str) -> tuple[int, int]:
     return int(holding_values(values, "seed").sum()), int(holding_values(values, "epoch").sum())
 
 
+def _layers_where(called, keep) -> str:
+    """The names of the layers whose verdict passes `keep`, comma-separated."""
+    return ", ".join(str(k) for k, v in zip(called.layer.values, called.values, strict=True) if keep(v))
+
+
 def comparison_section(runs: Path, figures: Path, name: str, split: str = "all") -> str | None:
     results, _ = _load(runs, name)
     if results is None:
@@ -125,17 +130,18 @@ def comparison_section(runs: Path, figures: Path, name: str, split: str = "all")
         verdicts = []
         for rule in fd.RULES:
             layers = fd.compresses(results, e, split, rule)
-            which = ", ".join(str(k) for k, v in zip(layers.layer.values, layers.values, strict=True)
-                              if v == 1)
             share = shares[rule][e]
+            open_ = _layers_where(layers, np.isnan)
             verdicts.append("undetermined (one seed, no intervals)" if np.isnan(share)
-                            else f"{share:.0%} ({which or 'none'})")
+                            else f"{share:.0%} of {int(np.isfinite(layers).sum())} decided "
+                                 f"({_layers_where(layers, lambda v: v == 1) or 'none'})"
+                                 + (f"; undetermined: {open_}" if open_ else ""))
         rows.append([e, str(results.parameters.sel(estimator=e).values), seeds, snapshots, *verdicts,
                      f"{fd.dpi_share(results, e, split):.0%}"])
     return (f"Run `{name}`, split `{split}`.\n\n"
             + table(["entry", "parameters", "seeds", "snapshots",
                      "hidden layers compressing beyond the noise (90% interval of the seed mean at "
-                     "the peak above the one at the end)",
+                     "the peak above the one at the end; undetermined: saturated at both ends)",
                      "hidden layers compressing by the 5% rule (mean over seeds drops > 5% of its peak)",
                      "DPI holds (cells)"], rows)
             + "\n\n" + "\n".join(_copy(figures, name, ["comparison"])))
