@@ -115,7 +115,9 @@ CASES = [  # (set, method, params, scheme, generator, variable, truth)
 # became its recommended one after the sweep had shown the bootstrap's width near saturation,
 # and the subsample scheme's size (d = n / 10 left out instead of half), set by the rule in
 # pipeline/uncertainty.py after the sweep and the FRESH points had shown half-sample intervals too
-# narrow near the ceiling. The HELD_OUT points were first run after both choices.
+# narrow near the ceiling. The HELD_OUT points were first run after both choices, and before the
+# default of 20 resamples (set by the rule in pipeline/uncertainty.py after a run of these three
+# sets at 10); the LAST points were first run after that.
 SWEEP_METHODS = [("ksg", {"k": 5}, "subsample"), ("kde", {"noise_variance": 0.1}, "subsample"),
                  ("binning", {"n_bins": 10}, "subsample"), ("binning", {"n_bins": 10}, "bootstrap"),
                  ("renyi", {"sigma_x": 1.0, "sigma_t": 1.0, "n_batches": 5}, "batches")]
@@ -124,8 +126,10 @@ FRESH_POINTS = [(2, 0.5), (4, 2.0), (6, 1.0), (2, 2.5)]
 SWEEP_SIZES = (1000, 5000)
 HELD_OUT_POINTS = [(3, 2.0), (5, 1.5), (7, 0.5)]
 HELD_OUT_SIZES = (2000,)
+LAST_POINTS = [(2, 1.5), (4, 0.3), (6, 2.5)]
+LAST_SIZES = (3000,)
 POINT_SETS = (("sweep", SWEEP_POINTS, SWEEP_SIZES), ("fresh", FRESH_POINTS, SWEEP_SIZES),
-              ("held out", HELD_OUT_POINTS, HELD_OUT_SIZES))
+              ("held out", HELD_OUT_POINTS, HELD_OUT_SIZES), ("last", LAST_POINTS, LAST_SIZES))
 BAND = (0.7, 1.5)
 
 
@@ -167,7 +171,7 @@ def sweep_summary(rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def main(n_datasets: int = 40, n_resamples: int = DEFAULTS["n_resamples"], sweep_datasets: int = 50,
+def main(n_datasets: int = 40, n_resamples: int = DEFAULTS["n_resamples"], sweep_datasets: int = 40,
          sweep_resamples: int = DEFAULTS["n_resamples"],
          sections: tuple[str, ...] = ("cases", "szt", "gaussian")) -> None:
     if "cases" in sections:
@@ -183,9 +187,10 @@ def main(n_datasets: int = 40, n_resamples: int = DEFAULTS["n_resamples"], sweep
                 f"{time.perf_counter() - started:.0f} s; commit {git_revision()}; {machine()}. Set "
                 "sweep: the schemes were fixed before it was first run, but for binning's subsample "
                 "scheme, recommended after it, and the subsample size (d = n / 10 left out), set after "
-                "the sweep and the fresh points; set held out: first run after both (see "
-                "benchmarks/uncertainty.py). Coverage of the true MI is given for KSG only (the "
-                "others estimate other quantities).\n\n"
+                "the sweep and the fresh points; set held out: first run after both; the default of "
+                f"{DEFAULTS['n_resamples']} resamples was set after a run of those three sets at 10; set "
+                "last: first run after that (see benchmarks/uncertainty.py). Coverage of the true MI "
+                "is given for KSG only (the others estimate other quantities).\n\n"
                 + sweep_summary(rows) + "\n\n"
                 + table(["method", "parameters", "scheme", "set", "n", "dims", "true MI (bits)",
                          "mean estimate", "mean half-width", "90% half-spread over data sets", RATIO,
@@ -242,7 +247,8 @@ def szt_run() -> None:
     body = (f"Command: `python -m benchmarks.uncertainty --only szt` (or `make bench`, section "
             f"uncertainty): the default config (`configs/szt_tanh.toml`) run by its stages as `make "
             f"all` runs them, with the entries as shipped, then with `uncertainty` ({INTERVALS_ON}) "
-            f"and `null = true` on every entry (10 resamples a cell); commit {git_revision()}; "
+            f"and `null = true` on every entry ({DEFAULTS['n_resamples']} resamples a cell); commit "
+            f"{git_revision()}; "
             f"{machine()}.\n\n"
             + table(["stage", "intervals off (s)", "intervals and baselines on (s)", "ratio"], rows)
             + "\n\nShuffle baseline of binning at 30 bins on the same run (split all, 4096 "

@@ -15,7 +15,10 @@ Cell options (keys of an `[estimators.<entry>]` table beside the estimator's own
   (the delete-d jackknife, Shao and Wu 1989); the estimator's bias depends on n, so the interval
   is the estimate plus the rescaled centred percentiles of the subsample estimates.
   "batches": Renyi's own batches, estimate +- t quantile x std / sqrt(n_batches).
-- `n_resamples` (default 10): resamples per cell; the cost of a cell grows by that factor.
+- `n_resamples` (default 20): resamples per cell; the cost of a cell grows by that factor.
+  The 5% and 95% quantiles of R draws sit inside the distribution's own: for normal draws
+  the interval's expected width is 0.63, 0.79, 0.87, 0.93 and 0.97 of the true one at R = 5,
+  10, 20, 40 and 100 (`percentile_width_factor`); 20 is the smallest R within 15%.
 - `confidence` (default 0.9): the interval's level.
 - `null` (default false): the same estimator on a random permutation of the labels
   (`I_TY_null`) and, for estimators that use the input values, of the inputs (`I_XT_null`):
@@ -34,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy.special import stdtrit
+from scipy.special import ndtri, stdtrit
 
 from pipeline.estimators._common import entropy_of_counts
 from pipeline.estimators.domains import ParameterError, check, choice, integer, number
@@ -50,7 +53,7 @@ SUBSAMPLE_LEFT_OUT = 0.1
 SCHEMES = ("none", *RESAMPLING, "batches")
 OPTIONS = {"uncertainty": choice(*SCHEMES), "n_resamples": integer(2),
            "confidence": number(0, high=0.999), "null": choice(True, False)}
-DEFAULTS = {"uncertainty": "none", "n_resamples": 10, "confidence": 0.9, "null": False}
+DEFAULTS = {"uncertainty": "none", "n_resamples": 20, "confidence": 0.9, "null": False}
 OUTPUTS = {
     "I_XT_lo": ("lower end of the interval of I(X;T)", "bits"),
     "I_XT_hi": ("upper end of the interval of I(X;T)", "bits"),
@@ -114,6 +117,17 @@ def rows_estimate(estimator, x, t, y, params: dict[str, Any]) -> Callable[..., d
         labels = y[rows if label_rows is None else label_rows]
         return estimator.information_plane(x[rows], t[rows], labels, **params)
     return estimate
+
+
+def percentile_width_factor(n_resamples: int, confidence: float = 0.9, draws: int = 100_000,
+                            seed: int = 0) -> float:
+    """Expected width of the percentile interval of `n_resamples` centred standard normal draws
+    (numpy's linear quantiles, as `resampled_interval` takes them) over the true interval's."""
+    x = np.random.default_rng(seed).standard_normal((draws, n_resamples))
+    x -= x.mean(1, keepdims=True)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(x, [alpha, 1 - alpha], axis=1)
+    return float((hi - lo).mean() / (2 * ndtri(1 - alpha)))
 
 
 def subsample_size(n: int) -> int:

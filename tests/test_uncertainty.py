@@ -55,6 +55,16 @@ def test_subsample_interval_of_a_mean_is_its_standard_error():
         assert (out[f"{name}_hi"] + out[f"{name}_lo"]) / 2 == pytest.approx(out[name], abs=0.1 * half)
 
 
+def test_percentile_width_factor_of_two_draws_is_the_closed_form():
+    """Two centred draws are -d/2 and d/2 with d = |x1 - x2|, E d = 2 / sqrt(pi); numpy's 5% and
+    95% quantiles are 0.9 d apart; the normal 90% interval is 2 x 1.6449 wide."""
+    from pipeline.uncertainty import percentile_width_factor
+
+    expected = 0.9 * 2 / math.sqrt(math.pi) / (2 * 1.6448536)
+    assert percentile_width_factor(2) == pytest.approx(expected, rel=0.01)
+    assert percentile_width_factor(10) < percentile_width_factor(20) < percentile_width_factor(40) < 1
+
+
 def test_renyi_batches_give_a_t_interval_of_their_mean():
     x, t, y = two_classes(0, n=400)
     estimator = get_estimator("renyi")
