@@ -13,6 +13,7 @@ training, linear below 1, logarithmic above); layers are told apart by marker sh
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -239,8 +240,10 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
             continue
         draw_floors(ax, results, estimator, split)
         sc, _ = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits, bands)
-        ax.set_title(f"{entry_label(results, estimator)}\n{SPLIT_WORDS.get(split, split)}, "
-                     f"{n_seeds} seed(s), {len(epochs)} epochs", fontsize=6.5)
+        # a panel is about 45 characters wide at this size: longer labels run into the next
+        label = textwrap.fill(entry_label(results, estimator), 45)
+        ax.set_title(f"{label}\n{SPLIT_WORDS.get(split, split)}, {n_seeds} seed(s), {len(epochs)} epochs",
+                     fontsize=6.5)
         ax.set_xlabel("I(X;T) (bits)", fontsize=7)
         ax.set_ylabel("I(T;Y) (bits)", fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
