@@ -124,8 +124,8 @@ def test_partial_entries_are_drawn_from_their_cells():
     np.testing.assert_array_equal(i_xt, ds.I_XT.sel(estimator="renyi", split="train", seed=0,
                                                     epoch=[0, 3, 30]).values)
     fig = F.comparison_figure(partial)
-    assert ("matrix Renyi, widths 8.0 (input), alignment (layer)\ntraining samples, 1 seed(s), 3 epochs"
-            in [ax.get_title() for ax in fig.axes])
+    assert ("matrix Renyi, widths 8.0 (input), alignment\n(layer)\ntraining samples, 1 seed(s), 3 epochs"
+            in [ax.get_title() for ax in fig.axes])  # wrapped at 45 characters
     ds["done"].loc[{"split": "test"}] = False  # a split estimated by no entry gets no column
     titles = [ax.get_title() for ax in F.comparison_figure(masked(ds)).axes]
     assert titles and not any("test samples" in t for t in titles)
