@@ -46,9 +46,9 @@ SATURATION_TOLERANCE = 0.01
 RESAMPLING = ("bootstrap", "subsample")  # the schemes that run the estimator again per resample
 # Share of the rows a subsample leaves out. Estimates near their ceiling log2 n (KDE, binning:
 # a deficit that is n times a mean over pairs) shrink with the subsample, their spread by about
-# m / n: half-samples gave intervals 0.55-0.62 of the spread over data sets there. At d = n / 10
-# that shrink is 10%, and d still grows with n, as the delete-d jackknife needs for estimators
-# that are not smooth (Shao and Wu 1989).
+# m / n: half-samples gave 0.55-0.66 of the spread over data sets there (docs/estimators.md,
+# calibration on Gaussian pairs). At d = n / 10 that shrink is 10%, and d still grows with n,
+# as the delete-d jackknife needs for estimators that are not smooth (Shao and Wu 1989).
 SUBSAMPLE_LEFT_OUT = 0.1
 SCHEMES = ("none", *RESAMPLING, "batches")
 OPTIONS = {"uncertainty": choice(*SCHEMES), "n_resamples": integer(2),
