@@ -203,6 +203,24 @@ def bench_stage() -> None:
                    cwd=ROOT, env={**os.environ, **pinned}, check=True)
 
 
+def _import_tasks(_: int) -> bool:
+    import pipeline.tasks  # noqa: F401  (what a worker's first task imports: torch included)
+    return True
+
+
+def cluster_fixed_cost(workers: int) -> float:
+    """Seconds to start a LocalCluster as the stage does, import the task code on every worker
+    and close it again: the part of a stage run that does not shrink with more workers."""
+    from pipeline.estimate import make_client
+
+    started = time.perf_counter()
+    client, cluster = make_client(None, None, workers)
+    client.gather(client.map(_import_tasks, range(workers), pure=False))
+    client.close()
+    cluster.close()
+    return time.perf_counter() - started
+
+
 def _bench_stage() -> None:
     """The default estimate on 1 vs 2 workers, and the stage against a plain loop.
 
@@ -252,6 +270,8 @@ def _bench_stage() -> None:
                 estimate(c, runs)
                 timings[workers].append(time.perf_counter() - t0)
         timings = {workers: min(times) for workers, times in timings.items()}
+        fixed = {workers: min(cluster_fixed_cost(workers) for _ in range(STAGE_REPEATS))
+                 for workers in (1, 2)}
         shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
         t0 = time.perf_counter()
         estimate(cfg, runs, scheduler="synchronous")
@@ -263,7 +283,11 @@ def _bench_stage() -> None:
             ["stage, LocalCluster 1 worker", f"{timings[1]:.1f}",
              f"{100 * (timings[1] / loop - 1):+.1f}% vs loop"],
             ["stage, LocalCluster 2 workers", f"{timings[2]:.1f}",
-             f"scaling efficiency {timings[1] / (2 * timings[2]):.0%}"]]
+             f"scaling efficiency {timings[1] / (2 * timings[2]):.0%}"],
+            ["LocalCluster start, first import of the task code, close: 1 / 2 workers",
+             f"{fixed[1]:.1f} / {fixed[2]:.1f}",
+             "efficiency of the stage time beyond it "
+             f"{(timings[1] - fixed[1]) / (2 * (timings[2] - fixed[2])):.0%}"]]
     body = (f"Command: `make bench` (section stage). The default estimators of szt_tanh on a "
             f"2-seed, 300-epoch archive ({n_cells} cells in {len(cells)} tasks). The stage "
             "times include starting the cluster and writing the store; the LocalCluster runs are "
