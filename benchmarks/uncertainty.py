@@ -65,15 +65,15 @@ def calibration(method: str, params: dict, scheme: str, make, variable: str = "I
     values, lo, hi = map(np.asarray, (values, lo, hi))
     half = float(np.mean((hi - lo) / 2))
     coverage = float(np.mean((lo <= truth) & (truth <= hi))) if truth is not None else float("nan")
-    ratio = half / half_spread(values)
+    spread = float(half_spread(values))
     ratio_lo, ratio_hi = ratio_interval(values, (hi - lo) / 2)
-    return {"half": half, "spread": half_spread(values), "ratio": ratio, "ratio_lo": ratio_lo,
+    return {"half": half, "spread": spread, "ratio": half / spread, "ratio_lo": ratio_lo,
             "ratio_hi": ratio_hi, "coverage": coverage, "mean": float(values.mean())}
 
 
-def half_spread(values: np.ndarray) -> float:
-    """Half the distance between the 5% and 95% quantiles."""
-    return float(np.quantile(values, 0.95) - np.quantile(values, 0.05)) / 2
+def half_spread(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Half the distance between the 5% and 95% quantiles (along `axis`)."""
+    return (np.quantile(values, 0.95, axis=axis) - np.quantile(values, 0.05, axis=axis)) / 2
 
 
 def ratio_interval(values: np.ndarray, halves: np.ndarray, draws: int = 2000) -> tuple[float, float]:
@@ -82,8 +82,7 @@ def ratio_interval(values: np.ndarray, halves: np.ndarray, draws: int = 2000) ->
     two outer quantiles, is the noisier part)."""
     rng = np.random.default_rng(0)
     picks = rng.integers(0, len(values), (draws, len(values)))
-    spreads = (np.quantile(values[picks], 0.95, axis=1) - np.quantile(values[picks], 0.05, axis=1)) / 2
-    ratios = halves[picks].mean(1) / np.maximum(spreads, 1e-300)
+    ratios = halves[picks].mean(1) / np.maximum(half_spread(values[picks], axis=1), 1e-300)
     return tuple(float(q) for q in np.quantile(ratios, [0.05, 0.95]))
 
 
@@ -133,8 +132,12 @@ POINT_SETS = (("sweep", SWEEP_POINTS, SWEEP_SIZES), ("fresh", FRESH_POINTS, SWEE
 BAND = (0.7, 1.5)
 
 
-def sweep_rows(n_datasets: int, n_resamples: int) -> list[list[object]]:
-    rows = []
+Calibrated = tuple[str, str, str, dict]  # (method, scheme, set of points, `calibration`'s result)
+
+
+def sweep_rows(n_datasets: int, n_resamples: int) -> tuple[list[list[object]], list[Calibrated]]:
+    """The table's rows, and (method, scheme, set, calibration result) for `sweep_summary`."""
+    rows, results = [], []
     for method, params, scheme in SWEEP_METHODS:
         for label, points, sizes in POINT_SETS:
             for n in sizes:
@@ -148,23 +151,22 @@ def sweep_rows(n_datasets: int, n_resamples: int) -> list[list[object]]:
                     rows.append([method, f"`{params}`", scheme, label, n, f"{dim} + {dim}", bits,
                                  f"{r['mean']:.3f}", f"{r['half']:.4f}", f"{r['spread']:.4f}",
                                  ratio_cell(r), coverage])
+                    results.append((method, scheme, label, r))
                     print(rows[-1], flush=True)
-    return rows
+    return rows, results
 
 
-def sweep_summary(rows: list[list[object]]) -> str:
+def sweep_summary(results: list[Calibrated]) -> str:
     """Per method and scheme: the range of the ratios, how many lie in the acceptance band, and
-    how many have an interval (data sets resampled) that reaches it, on the sweep's points and
-    on the fresh ones."""
+    how many have an interval (data sets resampled) that reaches it, per set of points."""
     lines = []
     for method, _, scheme in SWEEP_METHODS:
         parts = []
         for label, _, _ in POINT_SETS:
-            cells = [str(r[10]) for r in rows if r[:4:2] == [method, scheme] and r[3] == label]
-            ratios = np.array([float(c.split()[0]) for c in cells])
-            ends = np.array([[float(v) for v in c.split("[")[1].rstrip("]").split(",")] for c in cells])
+            cases = [r for m, sc, lab, r in results if (m, sc, lab) == (method, scheme, label)]
+            ratios = np.array([r["ratio"] for r in cases])
             inside = int(((ratios >= BAND[0]) & (ratios <= BAND[1])).sum())
-            reach = int(((ends[:, 1] >= BAND[0]) & (ends[:, 0] <= BAND[1])).sum())
+            reach = sum(r["ratio_hi"] >= BAND[0] and r["ratio_lo"] <= BAND[1] for r in cases)
             parts.append(f"{label} points {ratios.min():.2f} to {ratios.max():.2f}, {inside} of "
                          f"{len(ratios)} in [{BAND[0]}, {BAND[1]}], {reach} with an interval reaching it")
         lines.append(f"- {method} ({scheme}): ratio on the " + "; on the ".join(parts))
@@ -180,7 +182,7 @@ def main(n_datasets: int = 40, n_resamples: int = DEFAULTS["n_resamples"], sweep
         szt_run()
     if "gaussian" in sections:
         started = time.perf_counter()
-        rows = sweep_rows(sweep_datasets, sweep_resamples)
+        rows, results = sweep_rows(sweep_datasets, sweep_resamples)
         body = (f"Command: `python -m benchmarks.uncertainty --only gaussian` (or `make bench`, section "
                 f"uncertainty); I(X;T) of Gaussian pairs of known MI, {sweep_datasets} independent data "
                 f"sets a case, {sweep_resamples} resamples a cell, 90% intervals, "
@@ -191,7 +193,7 @@ def main(n_datasets: int = 40, n_resamples: int = DEFAULTS["n_resamples"], sweep
                 f"{DEFAULTS['n_resamples']} resamples was set after a run of those three sets at 10; set "
                 "last: first run after that (see benchmarks/uncertainty.py). Coverage of the true MI "
                 "is given for KSG only (the others estimate other quantities).\n\n"
-                + sweep_summary(rows) + "\n\n"
+                + sweep_summary(results) + "\n\n"
                 + table(["method", "parameters", "scheme", "set", "n", "dims", "true MI (bits)",
                          "mean estimate", "mean half-width", "90% half-spread over data sets", RATIO,
                          "coverage of the truth"], rows))
