@@ -40,6 +40,7 @@ from pipeline.results import (
     ResultsWriter,
     belongs_to,
     cell_variables,
+    changed_entries,
     lost_blocks,
     merge_into,
     open_results,
@@ -329,10 +330,10 @@ def _unmark_unusable(old, entries: dict[str, dict[str, Any]], results_path: Path
 def note_changed_entries(old, target) -> None:
     """Say which entries' done cells are replaced because their table (parameters or cell
     options) differs from the one the store holds them for: they are computed again."""
-    for name in np.intersect1d(old.estimator.values, target.estimator.values):
+    for name in changed_entries(old, target):
         was, now = (str(ds.parameters.sel(estimator=name).values) for ds in (old, target))
         done = int(old["done"].sel(estimator=name).sum())
-        if was != now and done:
+        if done:
             print(f"note: recomputing {name}: its table is now {now}, its {done} stored cells were "
                   f"computed with {was}; give the new table another entry name to keep both")
 

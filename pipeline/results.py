@@ -170,12 +170,19 @@ def belongs_to(attrs: dict[str, Any], identity: str, training_hash: str | None) 
     return attrs.get("archive_training_hash") == training_hash
 
 
+def changed_entries(old: xr.Dataset, target: xr.Dataset) -> list[str]:
+    """Entries of both stores whose table (parameters and cell options) differs."""
+    both = [e for e in target.estimator.values if e in old.estimator.values]
+    return [str(e) for e in both if str(old.parameters.sel(estimator=e).values) !=
+            str(target.parameters.sel(estimator=e).values)]
+
+
 def merge_into(target: xr.Dataset, old: xr.Dataset | None) -> xr.Dataset:
     """Copy done cells of `old` whose estimator parameters are unchanged into `target`."""
     if old is None:
         return target
-    same = [e for e in target.estimator.values if e in old.estimator.values and
-            str(old.parameters.sel(estimator=e).values) == str(target.parameters.sel(estimator=e).values)]
+    changed = changed_entries(old, target)
+    same = [e for e in target.estimator.values if e in old.estimator.values and e not in changed]
     common = {
         "estimator": same,
         "seed": np.intersect1d(target.seed, old.seed),
