@@ -14,7 +14,8 @@ Cell options (keys of an `[estimators.<entry>]` table beside the estimator's own
   (1/m - 1/n) sigma^2 = d / (m n) sigma^2, so its spread times sqrt(m / d) is the full sample's
   (the delete-d jackknife, Shao and Wu 1989); the estimator's bias depends on n, so the interval
   is the estimate plus the rescaled centred percentiles of the subsample estimates.
-  "batches": Renyi's own batches, estimate +- t quantile x std / sqrt(n_batches).
+  "batches": Renyi's own B batches, estimate +- t(B - 1) quantile x s / sqrt(B) (s: the sample
+  standard deviation of the batch estimates; `batch_interval`).
 - `n_resamples` (default 20): resamples per cell; the cost of a cell grows by that factor.
   The 5% and 95% quantiles of R draws sit inside the distribution's own: for normal draws
   the interval's expected width is 0.63, 0.79, 0.87, 0.93 and 0.97 of the true one at R = 5,
@@ -41,6 +42,7 @@ from scipy.special import ndtri, stdtrit
 
 from pipeline.estimators._common import entropy_of_counts
 from pipeline.estimators.domains import ParameterError, check, choice, integer, number
+from pipeline.estimators.renyi import BATCH_SIZE, N_BATCHES, batch_count
 
 SATURATION_TOLERANCE = 0.01
 RESAMPLING = ("bootstrap", "subsample")  # the schemes that run the estimator again per resample
@@ -93,7 +95,7 @@ def cell_estimate(estimator, x: np.ndarray, t: np.ndarray, y: np.ndarray, params
     if scheme in RESAMPLING:
         out.update(resampled_interval(rows, len(y), out, scheme, options, rng))
     elif scheme == "batches":
-        out.update(batch_interval(out, params, options["confidence"]))
+        out.update(batch_interval(out, params, options["confidence"], len(y)))
     if options["null"]:
         everything = np.arange(len(y))
         out["I_TY_null"] = float(rows(everything, rng.permutation(len(y)))["I_TY"])
@@ -158,13 +160,18 @@ def resampled_interval(estimate: Callable[..., dict[str, float]], n: int, full: 
     return out
 
 
-def batch_interval(estimate: dict[str, float], params: dict[str, Any],
-                   confidence: float) -> dict[str, float]:
-    """Renyi averages `n_batches` batch estimates: a t interval of that mean."""
-    n = int(params.get("n_batches", 10))
-    if n < 2:
+def batch_interval(estimate: dict[str, float], params: dict[str, Any], confidence: float,
+                   n_samples: int) -> dict[str, float]:
+    """Renyi averages the estimates of B disjoint batches: the t interval of that mean,
+    estimate +- t(B - 1) x s / sqrt(B), with s the batches' sample standard deviation (the
+    estimator returns the population one, sqrt((B - 1) / B) s). B is the number of batches the
+    estimator drew from `n_samples` (fewer than `n_batches` where they do not fit); no interval
+    from a single batch."""
+    count = batch_count(n_samples, int(params.get("batch_size", BATCH_SIZE)),
+                        int(params.get("n_batches", N_BATCHES)))
+    if count < 2:
         return {}
-    half = stdtrit(n - 1, 0.5 + confidence / 2) / math.sqrt(n)
+    half = stdtrit(count - 1, 0.5 + confidence / 2) / math.sqrt(count) * math.sqrt(count / (count - 1))
     out = {}
     for name in ("I_XT", "I_TY"):
         spread = estimate.get(f"{name}_std", float("nan"))

@@ -156,12 +156,24 @@ def silverman_sigma(h: torch.Tensor, gamma: float | None = None) -> torch.Tensor
     return scale.clamp_min(1e-12) * n ** (-1.0 / (4 + d))
 
 
+BATCH_SIZE = 100  # the papers' batch of 100 samples
+N_BATCHES = 10
+
+
+def batch_count(n: int, batch_size: int = BATCH_SIZE, n_batches: int = N_BATCHES) -> int:
+    """Batches `make_batches` draws from n samples: `n_batches` (0: as many as fit), at most
+    n // batch_size, and one batch of all samples when fewer than `batch_size`."""
+    available = n // batch_size
+    if available == 0:
+        return 1
+    return min(n_batches, available) if n_batches > 0 else available
+
+
 def make_batches(n: int, batch_size: int, n_batches: int, seed: int) -> np.ndarray:
     """Disjoint random batches of sample indices (n_batches, batch_size)."""
     if n < batch_size:
         return np.arange(n)[None, :]
-    available = n // batch_size
-    count = min(n_batches, available) if n_batches > 0 else available
+    count = batch_count(n, batch_size, n_batches)
     order = np.random.default_rng(seed).permutation(n)
     return order[: count * batch_size].reshape(count, batch_size)
 
@@ -170,8 +182,9 @@ def renyi_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: 
                             sigma_x: float = 8.0, sigma_t: float | str = "alignment",
                             sigma_convention: str = "gaussian", sigma_prev: float | None = None,
                             smoothing: float = 0.9, n_candidates: int = 300,
-                            silverman_gamma: float | None = None, batch_size: int = 100,
-                            n_batches: int = 10, seed: int = 0, device: str = "cpu") -> dict[str, float]:
+                            silverman_gamma: float | None = None, batch_size: int = BATCH_SIZE,
+                            n_batches: int = N_BATCHES, seed: int = 0,
+                            device: str = "cpu") -> dict[str, float]:
     """I_alpha(X;T) and I_alpha(T;Y) in bits, averaged over disjoint batches.
 
     Parameters
@@ -194,7 +207,8 @@ def renyi_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: 
         Widths tried by the alignment search (paper: 300; later code: 100).
     batch_size, n_batches, seed : int
         Estimates on `n_batches` disjoint random batches of `batch_size` (papers: 100) are
-        averaged; their standard deviation is returned as ``I_XT_std``, ``I_TY_std``.
+        averaged (0 batches: as many as fit); their standard deviation (the population one,
+        ddof = 0) is returned as ``I_XT_std``, ``I_TY_std``.
     device : {"cpu", "cuda"}
 
     Returns
@@ -238,7 +252,7 @@ def renyi_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: 
 
 def renyi_mutual_information(a: np.ndarray, b: np.ndarray, alpha: float = 1.01, sigma_a: float = 1.0,
                              sigma_b: float = 1.0, sigma_convention: str = "gaussian",
-                             batch_size: int = 100, n_batches: int = 10, seed: int = 0,
+                             batch_size: int = BATCH_SIZE, n_batches: int = N_BATCHES, seed: int = 0,
                              device: str = "cpu") -> float:
     """I_alpha(A;B) in bits with fixed widths; a 1-D integer `b` uses the label kernel."""
     n = same_length(a=a, b=b)
