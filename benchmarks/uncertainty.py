@@ -11,6 +11,8 @@ The first cases are those the schemes were designed on; the held-out ones were r
 
 from __future__ import annotations
 
+import datetime
+import json
 import time
 
 import numpy as np
@@ -119,7 +121,11 @@ CASES = [  # (set, method, params, scheme, generator, variable, truth)
 # sets at 10); the LAST points were first run after that.
 SWEEP_METHODS = [("ksg", {"k": 5}, "subsample"), ("kde", {"noise_variance": 0.1}, "subsample"),
                  ("binning", {"n_bins": 10}, "subsample"), ("binning", {"n_bins": 10}, "bootstrap"),
-                 ("renyi", {"sigma_x": 1.0, "sigma_t": 1.0, "n_batches": 5}, "batches")]
+                 ("renyi", {"sigma_x": 1.0, "sigma_t": 1.0, "n_batches": 5}, "batches"),
+                 ("renyi", {"sigma_x": 1.0, "sigma_t": 1.0}, "batches")]
+# Data sets a point. The ratio of 40 is itself uncertain by about +-25% (its interval in the
+# table); Renyi's batch intervals cost no resampling, so they are measured on 200 (+-10%).
+SWEEP_DATASETS = {"renyi": 200}
 SWEEP_POINTS = [(1, 0.1), (1, 3.0), (5, 0.1), (5, 3.0), (3, 1.0)]  # (dims a side, bits)
 FRESH_POINTS = [(2, 0.5), (4, 2.0), (6, 1.0), (2, 2.5)]
 SWEEP_SIZES = (1000, 5000)
@@ -132,71 +138,107 @@ POINT_SETS = (("sweep", SWEEP_POINTS, SWEEP_SIZES), ("fresh", FRESH_POINTS, SWEE
 BAND = (0.7, 1.5)
 
 
-Calibrated = tuple[str, str, str, dict]  # (method, scheme, set of points, `calibration`'s result)
+RECORD = DOCS / "uncertainty_gaussian.json"
 
 
-def sweep_rows(n_datasets: int, n_resamples: int) -> tuple[list[list[object]], list[Calibrated]]:
-    """The table's rows, and (method, scheme, set, calibration result) for `sweep_summary`."""
-    rows, results = [], []
+def method_key(method: str, params: dict, scheme: str) -> str:
+    return f"{method} {json.dumps(params, sort_keys=True)} {scheme}"
+
+
+def sweep_method(method: str, params: dict, scheme: str, n_datasets: int, n_resamples: int) -> dict:
+    """Every point of `POINT_SETS` for one method and scheme: its record entry."""
+    started, cases = time.perf_counter(), []
+    for label, points, sizes in POINT_SETS:
+        for n in sizes:
+            for dim, bits in points:
+                make = lambda d, n=n, bits=bits, dim=dim: gaussian_inputs(d, n, bits, dim)  # noqa: E731
+                # only KSG estimates the Gaussian MI itself; the others' targets differ (KDE: the
+                # noisy layer, binning: H of the binned layer, Renyi: its matrix functional)
+                truth = bits if method == "ksg" else None
+                r = calibration(method, params, scheme, make, "I_XT", truth, n_datasets, n_resamples)
+                cases.append({"set": label, "n": n, "dim": dim, "bits": bits, **r})
+                print(method, scheme, cases[-1], flush=True)
+    return {"method": method, "params": params, "scheme": scheme, "n_datasets": n_datasets,
+            "n_resamples": n_resamples, "commit": git_revision(paths=("pipeline",)),
+            "date": datetime.date.today().isoformat(), "machine": machine(),
+            "seconds": round(time.perf_counter() - started), "cases": cases}
+
+
+def sweep(methods: list[str] | None, n_datasets: int, n_resamples: int) -> dict:
+    """Run the methods of `SWEEP_METHODS` named in `methods` (None: all) into the record, each
+    saved as it finishes, and return the record."""
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     for method, params, scheme in SWEEP_METHODS:
-        for label, points, sizes in POINT_SETS:
-            for n in sizes:
-                for dim, bits in points:
-                    make = lambda d, n=n, bits=bits, dim=dim: gaussian_inputs(d, n, bits, dim)  # noqa: E731
-                    # only KSG estimates the Gaussian MI itself; the others' targets differ (KDE:
-                    # the noisy layer, binning: H of the binned layer, Renyi: its matrix functional)
-                    truth = bits if method == "ksg" else None
-                    r = calibration(method, params, scheme, make, "I_XT", truth, n_datasets, n_resamples)
-                    coverage = "" if np.isnan(r["coverage"]) else f"{r['coverage']:.0%}"
-                    rows.append([method, f"`{params}`", scheme, label, n, f"{dim} + {dim}", bits,
-                                 f"{r['mean']:.3f}", f"{r['half']:.4f}", f"{r['spread']:.4f}",
-                                 ratio_cell(r), coverage])
-                    results.append((method, scheme, label, r))
-                    print(rows[-1], flush=True)
-    return rows, results
+        if methods is None or method in methods:
+            datasets = SWEEP_DATASETS.get(method, n_datasets)
+            record[method_key(method, params, scheme)] = sweep_method(method, params, scheme, datasets,
+                                                                      n_resamples)
+            RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
-def sweep_summary(results: list[Calibrated]) -> str:
+def sweep_rows(record: dict) -> list[list[object]]:
+    rows = []
+    for method, params, scheme in SWEEP_METHODS:
+        for r in record[method_key(method, params, scheme)]["cases"]:
+            coverage = "" if np.isnan(r["coverage"]) else f"{r['coverage']:.0%}"
+            rows.append([method, f"`{params}`", scheme, r["set"], r["n"], f"{r['dim']} + {r['dim']}",
+                         r["bits"], f"{r['mean']:.3f}", f"{r['half']:.4f}", f"{r['spread']:.4f}",
+                         ratio_cell(r), coverage])
+    return rows
+
+
+def sweep_summary(record: dict) -> str:
     """Per method and scheme: the range of the ratios, how many lie in the acceptance band, and
     how many have an interval (data sets resampled) that reaches it, per set of points."""
     lines = []
-    for method, _, scheme in SWEEP_METHODS:
+    for method, params, scheme in SWEEP_METHODS:
+        entry = record[method_key(method, params, scheme)]
         parts = []
         for label, _, _ in POINT_SETS:
-            cases = [r for m, sc, lab, r in results if (m, sc, lab) == (method, scheme, label)]
+            cases = [r for r in entry["cases"] if r["set"] == label]
             ratios = np.array([r["ratio"] for r in cases])
             inside = int(((ratios >= BAND[0]) & (ratios <= BAND[1])).sum())
             reach = sum(r["ratio_hi"] >= BAND[0] and r["ratio_lo"] <= BAND[1] for r in cases)
             parts.append(f"{label} points {ratios.min():.2f} to {ratios.max():.2f}, {inside} of "
                          f"{len(ratios)} in [{BAND[0]}, {BAND[1]}], {reach} with an interval reaching it")
-        lines.append(f"- {method} ({scheme}): ratio on the " + "; on the ".join(parts))
+        seconds = "" if entry["seconds"] is None else f"{entry['seconds']} s, "
+        lines.append(f"- {method} ({scheme}, `{params}`; {entry['n_datasets']} data sets a point, {seconds}"
+                     f"commit {entry['commit'][:7]}, {entry['date']}): ratio on the "
+                     + "; on the ".join(parts))
     return "\n".join(lines)
+
+
+def render_sweep(record: dict) -> str:
+    missing = [method_key(*m) for m in SWEEP_METHODS if method_key(*m) not in record]
+    if missing:
+        raise ValueError(f"{RECORD} lacks {missing}; run `python -m benchmarks.uncertainty --only gaussian`")
+    machines = sorted({record[method_key(*m)]["machine"] for m in SWEEP_METHODS})
+    return (f"Command: `python -m benchmarks.uncertainty --only gaussian [--methods renyi,...]` (or `make "
+            f"bench`, section uncertainty); I(X;T) of Gaussian pairs of known MI, "
+            f"{DEFAULTS['n_resamples']} resamples a cell, 90% intervals; every case is kept in "
+            f"`docs/uncertainty_gaussian.json`; {'; '.join(machines)}. Set sweep: the schemes were fixed "
+            "before it was first run, but for binning's subsample scheme, recommended after it, and the "
+            "subsample size (d = n / 10 left out), set after the sweep and the fresh points; set held "
+            f"out: first run after both; the default of {DEFAULTS['n_resamples']} resamples was set after "
+            "a run of those three sets at 10; set last: first run after that (see "
+            "benchmarks/uncertainty.py). Coverage of the true MI is given for KSG only (the others "
+            "estimate other quantities).\n\n"
+            + sweep_summary(record) + "\n\n"
+            + table(["method", "parameters", "scheme", "set", "n", "dims", "true MI (bits)",
+                     "mean estimate", "mean half-width", "90% half-spread over data sets", RATIO,
+                     "coverage of the truth"], sweep_rows(record)))
 
 
 def main(n_datasets: int = 40, n_resamples: int = DEFAULTS["n_resamples"], sweep_datasets: int = 40,
          sweep_resamples: int = DEFAULTS["n_resamples"],
-         sections: tuple[str, ...] = ("cases", "szt", "gaussian")) -> None:
+         sections: tuple[str, ...] = ("cases", "szt", "gaussian"), methods: list[str] | None = None) -> None:
     if "cases" in sections:
         cases(n_datasets, n_resamples)
     if "szt" in sections:
         szt_run()
     if "gaussian" in sections:
-        started = time.perf_counter()
-        rows, results = sweep_rows(sweep_datasets, sweep_resamples)
-        body = (f"Command: `python -m benchmarks.uncertainty --only gaussian` (or `make bench`, section "
-                f"uncertainty); I(X;T) of Gaussian pairs of known MI, {sweep_datasets} independent data "
-                f"sets a case, {sweep_resamples} resamples a cell, 90% intervals, "
-                f"{time.perf_counter() - started:.0f} s; commit {git_revision()}; {machine()}. Set "
-                "sweep: the schemes were fixed before it was first run, but for binning's subsample "
-                "scheme, recommended after it, and the subsample size (d = n / 10 left out), set after "
-                "the sweep and the fresh points; set held out: first run after both; the default of "
-                f"{DEFAULTS['n_resamples']} resamples was set after a run of those three sets at 10; set "
-                "last: first run after that (see benchmarks/uncertainty.py). Coverage of the true MI "
-                "is given for KSG only (the others estimate other quantities).\n\n"
-                + sweep_summary(results) + "\n\n"
-                + table(["method", "parameters", "scheme", "set", "n", "dims", "true MI (bits)",
-                         "mean estimate", "mean half-width", "90% half-spread over data sets", RATIO,
-                         "coverage of the truth"], rows))
+        body = render_sweep(sweep(methods, sweep_datasets, sweep_resamples))
         write_section(DOCS / "estimators.md", "uncertainty_gaussian", body)
         print(body)
 
@@ -287,4 +329,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="cases,szt,gaussian", help="any of cases, szt, gaussian")
-    main(sections=tuple(parser.parse_args().only.split(",")))
+    parser.add_argument("--methods", default=None,
+                        help="gaussian: rerun only these methods (comma-separated), keep the others' record")
+    args = parser.parse_args()
+    main(sections=tuple(args.only.split(",")), methods=args.methods and args.methods.split(","))
