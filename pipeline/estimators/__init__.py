@@ -150,8 +150,8 @@ def get_estimator(method: str) -> Estimator:
     return ESTIMATORS[method]
 
 
-_SPREADS = {"I_XT_std": ("spread of I(X;T) over batches", "bits"),
-            "I_TY_std": ("spread of I(T;Y) over batches", "bits")}
+_SPREADS = {"I_XT_std": ("standard deviation (ddof 0) of I(X;T) over batches", "bits"),
+            "I_TY_std": ("standard deviation (ddof 0) of I(T;Y) over batches", "bits")}
 # Binning and KDE compute I(X;T) as H(T) - H(T|X) of the layer alone: shuffling X changes
 # nothing. Duplicated rows (a bootstrap) would be separate, coinciding KDE components.
 register_estimator("binning", mutual_information=binning_mutual_information,
