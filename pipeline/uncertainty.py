@@ -171,7 +171,8 @@ def batch_interval(estimate: dict[str, float], params: dict[str, Any], confidenc
                         int(params.get("n_batches", N_BATCHES)))
     if count < 2:
         return {}
-    half = stdtrit(count - 1, 0.5 + confidence / 2) / math.sqrt(count) * math.sqrt(count / (count - 1))
+    # t x s / sqrt(B) with s = sqrt(B / (B - 1)) x the population deviation: t / sqrt(B - 1) of it
+    half = stdtrit(count - 1, 0.5 + confidence / 2) / math.sqrt(count - 1)
     out = {}
     for name in ("I_XT", "I_TY"):
         spread = estimate.get(f"{name}_std", float("nan"))
