@@ -849,6 +849,28 @@ def test_grouped_counts_equal_the_tree_point_by_point(monkeypatch):
     assert mutual_information(codes[groups], t, "ksg") == grouped
 
 
+@pytest.mark.parametrize("spread", [1.0, 0.05, 1e-9])
+def test_grouped_joint_neighbours_equal_the_joint_tree(spread, monkeypatch):
+    """The k-th joint neighbour found group by group equals the joint tree's, point by point:
+    16 tight codes (1e-10 jitter) spread far apart (the groups decide), close together (the
+    nearest other box often wins and rows go to the joint tree) or within the jitter's scale
+    (groups wider than the neighbours on the other side), two groups of at most k points, and a
+    partition of continuous points into loose groups; small blocks of rows."""
+    from pipeline.estimators import knn
+
+    monkeypatch.setattr(knn, "GROUP_BLOCK_ELEMENTS", 50 * 16 * 4)
+    rng = np.random.default_rng(9)
+    codes = spread * rng.normal(size=(16, 4))
+    groups = np.r_[rng.integers(0, 14, 1200), [14] * 3, [15] * 5]
+    tight = codes[groups] + 1e-10 * rng.normal(size=(len(groups), 4))
+    other = rng.normal(size=(len(groups), 3))
+    loose = rng.normal(size=(len(groups), 2))
+    for grouped, partition in [(tight, groups), (loose, rng.integers(0, 7, len(groups)))]:
+        for k in (1, 5):
+            tree = knn._kth_distance(np.hstack([grouped, other]), k, np.inf, "cpu", "tree")
+            np.testing.assert_array_equal(knn._joint_kth_distance_groups(grouped, partition, other, k), tree)
+
+
 def test_the_float32_screen_gives_the_float64_neighbours_on_ties_and_wide_ranges(monkeypatch):
     """Values tied at float32's resolution (a grid with a 1e-10 jitter) go to float64 rows; wide
     coordinates (Cauchy x 1000) widen the screen's band; sides beyond float32's range skip the

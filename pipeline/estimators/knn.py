@@ -183,6 +183,21 @@ def _group_boxes(points: np.ndarray, groups: np.ndarray):
     return order, starts, np.minimum.reduceat(members, starts), np.maximum.reduceat(members, starts)
 
 
+def _box_distances(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max-norm distances (rows, boxes) of each point to each box's nearest face (at most 0
+    inside it) and farthest corner. Computed one coordinate at a time on (boxes, rows) arrays:
+    numpy's loops then run along the rows, not along the few coordinates (15x faster at 4096
+    points, 16 boxes, 4 dimensions); |fl(lo - p)| = |fl(p - lo)|, so the values are those of
+    the differences taken point minus box."""
+    nearest = farthest = None
+    for j, column in enumerate(points.T):
+        below, above = lo[:, j, None] - column, column - hi[:, j, None]
+        near, far = np.maximum(below, above), np.maximum(np.abs(below), np.abs(above))
+        nearest = near if nearest is None else np.maximum(nearest, near, out=nearest)
+        farthest = far if farthest is None else np.maximum(farthest, far, out=farthest)
+    return nearest.T, farthest.T
+
+
 def _count_within_groups(points: np.ndarray, groups: np.ndarray, radius: np.ndarray) -> np.ndarray:
     """`_count_within` (max-norm, itself included) of points partitioned into `groups`, equal to
     the tree's count for any partition, fast where the groups are few and tight.
@@ -200,15 +215,57 @@ def _count_within_groups(points: np.ndarray, groups: np.ndarray, radius: np.ndar
     block = max(1, GROUP_BLOCK_ELEMENTS // (len(starts) * points.shape[1]))
     for first in range(0, len(points), block):
         rows = np.arange(first, min(first + block, len(points)))
-        p = points[rows, None, :]
-        nearest = np.maximum(lo - p, p - hi).max(-1)
-        farthest = np.maximum(np.abs(p - lo), np.abs(p - hi)).max(-1)
+        nearest, farthest = _box_distances(points[rows], lo, hi)
         r = strict[rows, None]
         counts[rows] = (sizes * (farthest <= r)).sum(1)
         for i, g in zip(*np.nonzero((farthest > r) & (nearest <= r)), strict=True):
             near = np.abs(points[order[starts[g]:ends[g]]] - points[rows[i]]).max(1)
             counts[rows[i]] += int((near <= r[i, 0]).sum())
     return counts
+
+
+def _group_of_each(order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each point's group index from `_group_boxes`'s order and run starts."""
+    ids = np.empty(len(order), dtype=np.int64)
+    ids[order] = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(order)]))
+    return ids
+
+
+def _distance_to_other_boxes(points: np.ndarray, own: np.ndarray, lo: np.ndarray,
+                             hi: np.ndarray) -> np.ndarray:
+    """A lower bound of each point's max-norm distance to every point of the other groups: the
+    distance to the nearest other group's bounding box (exact under rounding, as in
+    `_count_within_groups`; at most 0 for a point inside such a box)."""
+    gap = np.empty(len(points))
+    block = max(1, GROUP_BLOCK_ELEMENTS // (len(lo) * points.shape[1]))
+    for first in range(0, len(points), block):
+        rows = np.arange(first, min(first + block, len(points)))
+        d = _box_distances(points[rows], lo, hi)[0]
+        d[np.arange(len(rows)), own[rows]] = np.inf
+        gap[rows] = d.min(1)
+    return gap
+
+
+def _joint_kth_distance_groups(grouped: np.ndarray, groups: np.ndarray, other: np.ndarray,
+                               k: int) -> np.ndarray:
+    """`_kth_distance` of the joint points [grouped, other] (max-norm, tree), the same values,
+    where `grouped` takes few, tight values (groups of `groups`): within a group whose width on
+    the grouped side is w, the k-th joint distance is the k-th on the other side alone if that
+    is at least w (every pair's grouped distance is at most w), so a small tree per group on
+    the other side finds it; it is the k-th of all points if no other group's box lies closer.
+    Points where either test fails are queried on the joint tree."""
+    order, starts, lo, hi = _group_boxes(grouped, groups)
+    eps = np.full(len(grouped), np.inf)
+    for g, members in enumerate(np.split(order, starts[1:])):
+        if len(members) > k:
+            side = other[members]
+            nearest = cKDTree(side).query(side, k=k + 1, p=np.inf, workers=_tree_threads())[0][:, k]
+            eps[members] = np.where(nearest >= (hi[g] - lo[g]).max(), nearest, np.inf)
+    redo = np.flatnonzero(eps > _distance_to_other_boxes(grouped, _group_of_each(order, starts), lo, hi))
+    if len(redo):
+        joint = np.hstack([grouped, other])
+        eps[redo] = cKDTree(joint).query(joint[redo], k=k + 1, p=np.inf, workers=_tree_threads())[0][:, k]
+    return eps
 
 
 def _ksg_counts_exact(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, k: int):
@@ -357,19 +414,31 @@ def ksg_mutual_information(a: np.ndarray, b: np.ndarray, k: int = 5, jitter: flo
     xb = _jitter(tb, jitter, rng)
     joint = np.hstack([xa, xb])
     if _tree(device, algorithm, joint.shape, pair_tree_is_faster):
-        eps = _kth_distance(joint, k, np.inf, device, "tree")
-        n_a, n_b = (_count_side(x, before_jitter, eps) for x, before_jitter in ((xa, ta), (xb, tb)))
+        groups_a, groups_b = _few_groups(ta), _few_groups(tb)
+        if groups_a is not None:
+            eps = _joint_kth_distance_groups(xa, groups_a, xb, k)
+        elif groups_b is not None:
+            eps = _joint_kth_distance_groups(xb, groups_b, xa, k)
+        else:
+            eps = _kth_distance(joint, k, np.inf, device, "tree")
+        n_a, n_b = (_count_side(x, groups, eps) for x, groups in ((xa, groups_a), (xb, groups_b)))
     else:
         eps, n_a, n_b = _ksg_counts_brute(xa, xb, k, device)
     mi = digamma(k) + digamma(n) - np.mean(digamma(n_a) + digamma(n_b))
     return max(float(mi), 0.0) / LOG2
 
 
-def _count_side(points: np.ndarray, before_jitter: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """A KSG side's marginal counts on the CPU: group by group where its rows took at most
-    MAX_COUNT_GROUPS distinct values before the jitter, else with the tree (the same counts)."""
+def _few_groups(before_jitter: np.ndarray) -> np.ndarray | None:
+    """Each row's id among the side's distinct rows before the jitter, where there are at most
+    MAX_COUNT_GROUPS of them (None otherwise): such a side is searched group by group."""
     groups = row_symbols(before_jitter)
-    if groups.max() < MAX_COUNT_GROUPS:  # ids run from 0: at most MAX_COUNT_GROUPS values
+    return groups if groups.max() < MAX_COUNT_GROUPS else None  # ids run from 0
+
+
+def _count_side(points: np.ndarray, groups: np.ndarray | None, eps: np.ndarray) -> np.ndarray:
+    """A KSG side's marginal counts on the CPU: group by group where the side has few distinct
+    rows (`_few_groups`), else with the tree (the same counts)."""
+    if groups is not None:
         return _count_within_groups(points, groups, eps)
     return _count_within(points, eps, np.inf, "cpu", "tree")
 
