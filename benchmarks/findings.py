@@ -200,11 +200,19 @@ def tensor_renyi_section(runs: Path, figures: Path, name: str, estimator: str = 
     if results is None or estimator not in results.estimator.values:
         return _absent(f"run `{name}` with estimator `{estimator}`", runs)
     size = sum(f.stat().st_size for f in RunPaths.of(runs, name).archive.rglob("*") if f.is_file())
-    sel = results.sel(estimator=estimator).mean("seed")
+    sel = results.sel(estimator=estimator)
+    bands = {(v, split): seed_mean(sel.sel(split=split), v)
+             for v in ("I_XT", "I_TY") for split in ("train", "test")}
+
+    def ends(variable: str, split: str, layer: str, *points: str) -> str:
+        # the seed mean at the first and last snapshots with its 90% interval
+        band = bands[variable, split].sel(layer=layer)
+        where = {"first": 0, "last": int(fd.last_valid_index(band["mean"]))}
+        return " -> ".join(_interval(band.isel(epoch=where[p])) for p in points)
+
     rows = [[str(layer), "x".join(map(str, archive.layer_shapes[str(layer)])),
-             _path(sel.I_XT.sel(layer=layer, split="train"), "first", "last"),
-             _path(sel.I_TY.sel(layer=layer, split="train"), "first", "last"),
-             _path(sel.I_TY.sel(layer=layer, split="test"), "last")]
+             ends("I_XT", "train", layer, "first", "last"), ends("I_TY", "train", layer, "first", "last"),
+             ends("I_TY", "test", layer, "last")]
             for layer in results.layer.values]
     history = archive.history(archive.seeds[0])
     cfg = _config(archive)
@@ -216,8 +224,9 @@ def tensor_renyi_section(runs: Path, figures: Path, name: str, estimator: str = 
             f"{float(history['accuracy_train'][-1]):.3f}, test {float(history['accuracy_test'][-1]):.3f}. "
             f"`{estimator}` "
             f"`{results.parameters.sel(estimator=estimator).values}`.\n\n"
-            + table(["layer", "shape", "I(X;T) first -> last (train, bits)",
-                     "I(T;Y) first -> last (train, bits)", "I(T;Y) last (test, bits)"], rows)
+            + table(["layer", "shape", "I(X;T) first -> last (train, bits) [90% interval]",
+                     "I(T;Y) first -> last (train, bits) [90% interval]",
+                     "I(T;Y) last (test, bits) [90% interval]"], rows)
             + "\n\nEstimate history: " + str(results.attrs.get("history", "")).replace("\n", "; ")
             + "\n\n" + "\n".join(_copy(figures, name, [f"plane_{estimator}_train",
                                                           f"mi_vs_epoch_{estimator}"])))
