@@ -80,6 +80,9 @@ def entry_label(results: xr.Dataset, estimator: str) -> str:
     return words[method]() if method in words else f"{method} ({estimator})"
 
 
+PLANE_TITLE_CHARS = 62  # characters of a title line that fit above a 4.6-inch plane
+
+
 def plane_title(results: xr.Dataset, estimator: str, split: str, n_seeds: int) -> str:
     seeds = "1 seed" if n_seeds == 1 else f"mean of {n_seeds} seeds"
     return f"{entry_label(results, estimator)}; {SPLIT_WORDS.get(split, split)}; {seeds}"
@@ -210,7 +213,9 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
     notes = [interval_note(bands, n_seeds) if intervals else "",
              "hollow: saturated (near H(X) or H(Y))" if saturated else ""]
     notes = "; ".join(n for n in notes if n)
-    ax.set_title(plane_title(results, estimator, split, n_seeds) + (f"\n{notes}" if notes else ""))
+    title = plane_title(results, estimator, split, n_seeds) + (f"\n{notes}" if notes else "")
+    # lines wider than the axes are cut at the figure's edge: wrap each at the plane's width
+    ax.set_title("\n".join(textwrap.fill(line, PLANE_TITLE_CHARS) for line in title.splitlines()))
     ax.legend(loc="best", ncol=2 if results.sizes["layer"] > 8 else 1)
     fig.tight_layout()
     return fig

@@ -60,6 +60,19 @@ def test_saturated_points_are_hollow_and_noted():
                                                       .mean("seed").values >= 2.5).sum()
 
 
+def test_plane_titles_fit_the_figure():
+    """A title longer than the plane (entry label, interval and saturation notes) is wrapped
+    line by line and drawn within the figure's width."""
+    ds = synthetic_results()
+    fig = F.information_plane_figure(ds, "renyi", "train", limits=(2.5, 10.0))
+    title = fig.axes[0].title
+    lines = title.get_text().splitlines()
+    assert len(lines) > 2 and max(map(len, lines)) <= F.PLANE_TITLE_CHARS
+    fig.canvas.draw()
+    extent = title.get_window_extent()
+    assert extent.x0 >= 0 and extent.x1 <= fig.bbox.x1
+
+
 def test_saturation_limits():
     assert F.saturation_limits(4096, np.array([0, 1] * 8)) == (12.0, 1.0)
 
