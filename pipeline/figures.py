@@ -299,8 +299,10 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
     axes[1].legend(ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
     lines = ("solid: training samples, dashed: test samples" if "test" in splits and len(splits) > 1
              else SPLIT_WORDS.get(splits[0], splits[0]) if splits else "no values")
-    fig.suptitle(f"{entry_label(results, estimator)}\n{lines}; mean over seeds, band: its "
-                 f"{confidence:.0%} interval")
+    n_seeds = max((_held(results, estimator, split).sizes["seed"] for split in splits), default=0)
+    band = (f"mean of {n_seeds} seeds, band: its {confidence:.0%} interval (t over seeds)" if n_seeds >= 2
+            else f"1 seed, band: the cells' own {confidence:.0%} intervals (where stored)")
+    fig.suptitle(f"{entry_label(results, estimator)}\n{lines}; {band}")
     fig.tight_layout()
     return fig
 

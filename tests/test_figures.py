@@ -73,6 +73,15 @@ def test_plane_titles_fit_the_figure():
     assert extent.x0 >= 0 and extent.x1 <= fig.bbox.x1
 
 
+def test_mi_vs_epoch_says_which_band_it_draws():
+    """Two seeds: the t interval of their mean; one seed: the cells' own intervals."""
+    ds = synthetic_results()
+    two = F.mi_vs_epoch_figure(ds, "binning_30")._suptitle.get_text()
+    one = F.mi_vs_epoch_figure(ds.isel(seed=[0]), "binning_30")._suptitle.get_text()
+    assert two.endswith("mean of 2 seeds, band: its 90% interval (t over seeds)")
+    assert one.endswith("1 seed, band: the cells' own 90% intervals (where stored)")
+
+
 def test_saturation_limits():
     assert F.saturation_limits(4096, np.array([0, 1] * 8)) == (12.0, 1.0)
 
