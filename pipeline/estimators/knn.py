@@ -183,6 +183,13 @@ def _group_boxes(points: np.ndarray, groups: np.ndarray):
     return order, starts, np.minimum.reduceat(members, starts), np.maximum.reduceat(members, starts)
 
 
+def _row_blocks(n: int, boxes: int, dims: int):
+    """Index arrays of consecutive rows, GROUP_BLOCK_ELEMENTS (rows x boxes x dims) at a time."""
+    block = max(1, GROUP_BLOCK_ELEMENTS // (boxes * dims))
+    for first in range(0, n, block):
+        yield np.arange(first, min(first + block, n))
+
+
 def _box_distances(points: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Max-norm distances (rows, boxes) of each point to each box's nearest face (at most 0
     inside it) and farthest corner. Computed one coordinate at a time on (boxes, rows) arrays:
@@ -212,9 +219,7 @@ def _count_within_groups(points: np.ndarray, groups: np.ndarray, radius: np.ndar
     ends = np.r_[starts[1:], len(points)]
     sizes = ends - starts
     counts = np.zeros(len(points), dtype=np.int64)
-    block = max(1, GROUP_BLOCK_ELEMENTS // (len(starts) * points.shape[1]))
-    for first in range(0, len(points), block):
-        rows = np.arange(first, min(first + block, len(points)))
+    for rows in _row_blocks(len(points), len(starts), points.shape[1]):
         nearest, farthest = _box_distances(points[rows], lo, hi)
         r = strict[rows, None]
         counts[rows] = (sizes * (farthest <= r)).sum(1)
@@ -237,9 +242,7 @@ def _distance_to_other_boxes(points: np.ndarray, own: np.ndarray, lo: np.ndarray
     distance to the nearest other group's bounding box (exact under rounding, as in
     `_count_within_groups`; at most 0 for a point inside such a box)."""
     gap = np.empty(len(points))
-    block = max(1, GROUP_BLOCK_ELEMENTS // (len(lo) * points.shape[1]))
-    for first in range(0, len(points), block):
-        rows = np.arange(first, min(first + block, len(points)))
+    for rows in _row_blocks(len(points), len(lo), points.shape[1]):
         d = _box_distances(points[rows], lo, hi)[0]
         d[np.arange(len(rows)), own[rows]] = np.inf
         gap[rows] = d.min(1)
