@@ -243,6 +243,45 @@ def stage_on_running_cluster(run_stage: Callable[[str], None], workers: int) -> 
     return wall, max(stop for _, stop in spans) - min(start for start, _ in spans)
 
 
+SMALL_STAGE = ["seeds=[0, 1]", "train.n_epochs=300", "archive.n_log_points=40", "estimate.fisher=false"]
+
+
+def plain_loop_seconds(cfg, runs: Path) -> tuple[float, int, int]:
+    """Seconds of a plain loop over every cell of the run's default estimators (no stage, no
+    store), and the numbers of cells and tasks."""
+    from pipeline.archive import ArchiveReader
+    from pipeline.estimators import information_plane
+    from pipeline.runs import RunPaths
+
+    archive = ArchiveReader(RunPaths.of(runs, cfg.name).archive)
+    tasks = [(table_, seed, split, layer) for table_ in cfg.estimators.values() for seed in archive.seeds
+             for split in cfg.estimate.splits for layer in archive.layers]
+    started = time.perf_counter()
+    for table_, seed, split, layer in tasks:
+        params = {k: v for k, v in table_.items() if k != "method"}
+        index = archive.split_index(split)
+        for epoch in archive.committed_epochs(seed):
+            t = archive.activations(seed, layer, int(epoch))[index]
+            information_plane(archive.inputs[index], t, archive.labels[index], table_["method"], **params)
+    return time.perf_counter() - started, len(tasks) * len(archive.committed_epochs(0)), len(tasks)
+
+
+def stage_walls(overrides: list[str], runs: Path, repeats: int) -> dict[int, float]:
+    """Best wall seconds of `make estimate` (its own LocalCluster) with 1 and 2 workers, the two
+    alternated: this machine's speed drifts."""
+    from pipeline.config import load_config
+    from pipeline.estimate import main as estimate
+    from pipeline.runs import RunPaths
+
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(repeats):
+        for workers in walls:
+            cfg = load_config(ROOT / "configs/szt_tanh.toml", [*overrides, f"estimate.n_workers={workers}"])
+            shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
+            walls[workers].append(timed(estimate, cfg, runs)[0])
+    return {workers: min(times) for workers, times in walls.items()}
+
+
 def _bench_stage() -> None:
     """The default estimate on 1 vs 2 workers, and the stage against a plain loop.
 
@@ -252,84 +291,59 @@ def _bench_stage() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.archive import ArchiveReader
     from pipeline.config import load_config
     from pipeline.estimate import main as estimate
-    from pipeline.estimators import information_plane
     from pipeline.runs import RunPaths
     from pipeline.train import main as train
 
-    overrides = ["seeds=[0, 1]", "train.n_epochs=300", "archive.n_log_points=40",
-                 "estimate.fisher=false"]
-    cfg = load_config(ROOT / "configs/szt_tanh.toml", overrides)
-    rows = []
+    cfg = load_config(ROOT / "configs/szt_tanh.toml", SMALL_STAGE)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = Path(tmp)
+        runs, default_runs = Path(tmp) / "small", Path(tmp) / "default"
         train(cfg, runs)
-        archive = ArchiveReader(RunPaths.of(runs, cfg.name).archive)
-        cells = []
-        for name, table_ in cfg.estimators.items():
-            for seed in archive.seeds:
-                for split in cfg.estimate.splits:
-                    for layer in archive.layers:
-                        cells.append((name, table_, seed, split, layer))
-        n_epochs = len(archive.committed_epochs(0))
-        t0 = time.perf_counter()
-        for _name, table_, seed, split, layer in cells:
-            params = {k: v for k, v in table_.items() if k != "method"}
-            index = archive.split_index(split)
-            for epoch in archive.committed_epochs(seed):
-                t = archive.activations(seed, layer, int(epoch))[index]
-                information_plane(archive.inputs[index], t, archive.labels[index], table_["method"],
-                                  **params)
-        loop = time.perf_counter() - t0
-        timings = {1: [], 2: []}
-        for _ in range(STAGE_REPEATS):  # alternated, best of each: this machine's speed drifts
-            for workers in (1, 2):
-                shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
-                c = load_config(ROOT / "configs/szt_tanh.toml", [*overrides, f"estimate.n_workers={workers}"])
-                t0 = time.perf_counter()
-                estimate(c, runs)
-                timings[workers].append(time.perf_counter() - t0)
-        timings = {workers: min(times) for workers, times in timings.items()}
+        loop, n_cells, n_tasks = plain_loop_seconds(cfg, runs)
+        walls = stage_walls(SMALL_STAGE, runs, STAGE_REPEATS)
         fixed = {workers: min(cluster_fixed_cost(workers) for _ in range(STAGE_REPEATS))
                  for workers in (1, 2)}
         running = {1: [], 2: []}
         for _ in range(STAGE_REPEATS):
-            for workers in (1, 2):
+            for workers in running:
                 shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
                 running[workers].append(stage_on_running_cluster(
                     lambda address: estimate(cfg, runs, scheduler=address), workers))
-        running = {workers: min(runs_) for workers, runs_ in running.items()}
+        running = {workers: min(each) for workers, each in running.items()}
         shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
-        t0 = time.perf_counter()
-        estimate(cfg, runs, scheduler="synchronous")
-        sync = time.perf_counter() - t0
-    n_cells = len(cells) * n_epochs
+        sync = timed(estimate, cfg, runs, scheduler="synchronous")[0]
+        train(load_config(ROOT / "configs/szt_tanh.toml"), default_runs)
+        default = stage_walls([], default_runs, 1)
+
+    def efficiency(one: float, two: float) -> str:
+        return f"scaling efficiency {one / (2 * two):.0%}"
+
+    def against_loop(seconds: float) -> str:
+        return f"{100 * (seconds / loop - 1):+.1f}% vs loop"
+
+    beyond_fixed = (walls[1] - fixed[1]) / (2 * (walls[2] - fixed[2]))
     rows = [["plain loop over cells, 1 process, 1 thread", f"{loop:.1f}", "-"],
-            ["stage, synchronous (1 process, 1 thread)", f"{sync:.1f}",
-             f"{100 * (sync / loop - 1):+.1f}% vs loop"],
-            ["stage, LocalCluster 1 worker", f"{timings[1]:.1f}",
-             f"{100 * (timings[1] / loop - 1):+.1f}% vs loop"],
-            ["stage, LocalCluster 2 workers", f"{timings[2]:.1f}",
-             f"scaling efficiency {timings[1] / (2 * timings[2]):.0%}"],
+            ["stage, synchronous (1 process, 1 thread)", f"{sync:.1f}", against_loop(sync)],
+            ["stage, LocalCluster 1 worker", f"{walls[1]:.1f}", against_loop(walls[1])],
+            ["stage, LocalCluster 2 workers", f"{walls[2]:.1f}", efficiency(walls[1], walls[2])],
             ["LocalCluster start, first import of the task code, close: 1 / 2 workers",
              f"{fixed[1]:.1f} / {fixed[2]:.1f}",
-             "efficiency of the stage time beyond it "
-             f"{(timings[1] - fixed[1]) / (2 * (timings[2] - fixed[2])):.0%}"],
+             f"efficiency of the stage time beyond it {beyond_fixed:.0%}"],
             ["stage on a running LocalCluster (task code imported): 1 / 2 workers",
-             f"{running[1][0]:.1f} / {running[2][0]:.1f}",
-             f"scaling efficiency {running[1][0] / (2 * running[2][0]):.0%}"],
+             f"{running[1][0]:.1f} / {running[2][0]:.1f}", efficiency(running[1][0], running[2][0])],
             ["its task computations, first start to last end: 1 / 2 workers",
-             f"{running[1][1]:.1f} / {running[2][1]:.1f}",
-             f"scaling efficiency {running[1][1] / (2 * running[2][1]):.0%}"]]
+             f"{running[1][1]:.1f} / {running[2][1]:.1f}", efficiency(running[1][1], running[2][1])],
+            ["the default run (`make all`'s estimate: 4 seeds, 2500 epochs, Fisher traces): 1 / 2 workers",
+             f"{default[1]:.1f} / {default[2]:.1f}", efficiency(default[1], default[2])]]
     body = (f"Command: `make bench` (section stage). The default estimators of szt_tanh on a "
-            f"2-seed, 300-epoch archive ({n_cells} cells in {len(cells)} tasks). The stage "
-            "times include starting the cluster and writing the store; the LocalCluster runs are "
-            f"the best of {STAGE_REPEATS}, 1 and 2 workers alternated (the loop and the synchronous "
-            "stage: one run each). On a cluster started beforehand the stage still opens the "
-            "archive, plans, and writes the store; the span of the task computations (Dask's task "
-            "stream) is what the order of the tasks and their balance over the workers decide.\n\n"
+            f"2-seed, 300-epoch archive ({n_cells} cells in {n_tasks} tasks), and the default run. The "
+            "stage times include starting the cluster and writing the store; the LocalCluster runs "
+            f"on the small archive are the best of {STAGE_REPEATS}, 1 and 2 workers alternated (the "
+            "loop, the synchronous stage and the default run: one run each). On a cluster started "
+            "beforehand the stage still opens the archive, plans, and writes the store; the span of "
+            "the task computations (Dask's task stream) is what the order of the tasks and their "
+            "balance over the workers decide.\n\n"
             + table(["run", "wall (s)", "note"], rows) + f"\n\nMachine: {machine()}.")
     write_section(DOCS / "benchmarks.md", "stage", body)
     print(body)

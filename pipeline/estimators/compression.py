@@ -566,7 +566,7 @@ def compression_mutual_information(a: np.ndarray, b: np.ndarray, noise: float = 
         to 0 (docs/estimators.md).
         "flow": the MI of a maximum-likelihood flow model of the compressed pair
         (`flow.flow_mutual_information`), which copes better with the warped codes of an
-        autoencoder, at about 50-60 s a call on 2 CPU cores; with labels it falls back to KSG.
+        autoencoder, at about 30 s a call on 2 CPU cores; with labels it falls back to KSG.
     k : int
         Neighbours (default 5).
     ae_steps : int or None

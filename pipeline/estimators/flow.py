@@ -8,8 +8,8 @@ layers); the pair of outputs is modelled as one joint Gaussian, and all of it is
 maximum likelihood. MI is invariant under invertible maps of each side, so the model's MI is
 that of its Gaussian: I = 1/2 (log det S_aa + log det S_bb - log det S). Unlike kNN estimators
 it does not degrade when each side is a warped copy of simple latents (docs/estimators.md,
-"Compression limits"); it is slow (about 50-60 s a call at n = 5000 on 2 CPU cores) and meant
-for the few dimensions left after compression.
+"Compression limits"); it is slow (about 30 s a call at n = 5000 on 2 CPU cores,
+docs/benchmarks.md) and meant for the few dimensions left after compression.
 """
 
 from __future__ import annotations
