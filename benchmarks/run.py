@@ -389,9 +389,10 @@ def main() -> None:
         from benchmarks.ksg_bias import main as ksg_bias
         ksg_bias()
     if "families" in sections:
-        from benchmarks.families import IMAGE_BITS, IMAGE_FAMILIES, IMAGE_LATENTS
+        from benchmarks.families import IMAGE_BITS, IMAGE_LATENTS
         from benchmarks.families import main as families
-        families(["gaussian", "images"], [n for n, f in IMAGE_FAMILIES.items() if not f.tuned],
+        from pipeline.groundtruth import held_out_families
+        families(["gaussian", "images"], held_out_families(),
                  IMAGE_LATENTS, IMAGE_BITS)
 
 

@@ -1053,9 +1053,12 @@ def test_sparse_gaussian_pairs_hold_the_information_in_the_active_coordinates():
 
 
 def test_image_families_are_seeded_images_of_every_latent_count():
-    from pipeline.groundtruth import IMAGE_FAMILIES, render_images
+    from pipeline.groundtruth import IMAGE_FAMILIES, held_out_families, render_images
     latent = np.random.default_rng(0).standard_normal((20, 6))
     assert {name for name, f in IMAGE_FAMILIES.items() if f.tuned} == {"bumps", "rectangles"}
+    reserved = {"crosses", "bars", "triangles"}
+    assert set(held_out_families()) == set(IMAGE_FAMILIES) - {"bumps", "rectangles"} - reserved
+    assert set(held_out_families(reserved=True)) - set(held_out_families()) == reserved
     for name, family in IMAGE_FAMILIES.items():
         for m in range(2, family.max_latents + 1):
             images = render_images(name, latent[:, :m])
@@ -1071,6 +1074,9 @@ def test_image_families_are_seeded_images_of_every_latent_count():
     assert render_images("gratings", latent, size=64).shape == (20, 1, 64, 64)
     assert render_images("dots", latent).shape == (20, 3, 32, 32)
     assert render_images("ellipses", latent).shape == (20, 1, 64, 64)
+    assert render_images("crosses", latent).shape == (20, 1, 48, 48)
+    assert render_images("bars", latent).shape == (20, 1, 40, 40)
+    assert render_images("triangles", latent).shape == (20, 3, 24, 24)
 
 
 def test_compression_reports_what_its_code_kept_and_flags_a_code_too_small():
