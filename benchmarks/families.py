@@ -185,16 +185,22 @@ def image_section(entry: dict) -> str:
              "yes" if within(c["estimate"], c["truth"], 0.15, 0.2) else "**no**", f"{c['kept']:.4f}",
              f"{c['flow']:.3f}", f"{c['ksg_on_codes']:.3f}", "yes" if c["flagged"] else "no",
              f"{c['seconds']:.0f}"] for c in cases]
-    seen = [c for c in cases if c["family"] not in FRESH]
+    reserved = [c for c in cases if IMAGE_FAMILIES[c["family"]].reserved]
     fresh = [c for c in cases if c["family"] in FRESH]
+    seen = [c for c in cases if c not in fresh and c not in reserved]
+    groups = [(seen, "Families whose results were known when the default's rules were chosen"),
+              (fresh, "Families first measured with this default"),
+              (reserved, "Families reserved before this default was fixed")]
     seconds = [c["seconds"] for c in cases]
+
+    def names(group: list[dict]) -> str:
+        return ", ".join(sorted({c["family"] for c in group}))
+
     return (f"Command: `python -m benchmarks.families --only images`; default `compression` call, n = "
             f"{entry['n']}; {entry['commit']}, {entry['date']}, {entry['machine']}. "
             + image_summary(cases, "All held-out families") + ". "
-            + image_summary(seen, "Families whose results were known when the default's rules were chosen ("
-                            + ", ".join(sorted({c["family"] for c in seen})) + ")") + ". "
-            + (image_summary(fresh, "Families first measured with this default (" + ", ".join(FRESH) + ")")
-               + ". " if fresh else "")
+            + "".join(image_summary(group, f"{label} ({names(group)})") + ". "
+                      for group, label in groups if group)
             + f"Seconds a call: {min(seconds):.0f} to {max(seconds):.0f}.\n\n"
             + table(["family", "size", "latents", "code dimensions (auto)", "true MI", "estimate", "within",
                      "least kept share", "flow", "KSG on the codes", "flagged", "seconds"], rows))
