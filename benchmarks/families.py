@@ -187,7 +187,7 @@ def image_section(entry: dict) -> str:
              f"{c['seconds']:.0f}"] for c in cases]
     reserved = [c for c in cases if IMAGE_FAMILIES[c["family"]].reserved]
     fresh = [c for c in cases if c["family"] in FRESH]
-    seen = [c for c in cases if c not in fresh and c not in reserved]
+    seen = [c for c in cases if c["family"] not in FRESH and not IMAGE_FAMILIES[c["family"]].reserved]
     groups = [(seen, "Families whose results were known when the default's rules were chosen"),
               (fresh, "Families first measured with this default"),
               (reserved, "Families reserved before this default was fixed")]
@@ -227,7 +227,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="gaussian,images", help="gaussian, images, or both (default)")
-    reserved = sorted(set(held_out_families(reserved=True)) - set(held_out_families()))
+    reserved = [name for name, family in IMAGE_FAMILIES.items() if family.reserved]
     parser.add_argument("--families", default=",".join(held_out_families()),
                         help=f"comma-separated (default: the held-out families but the reserved {reserved})")
     parser.add_argument("--latents", default=",".join(map(str, IMAGE_LATENTS)))

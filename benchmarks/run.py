@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -266,20 +267,29 @@ def plain_loop_seconds(cfg, runs: Path) -> tuple[float, int, int]:
     return time.perf_counter() - started, len(tasks) * len(archive.committed_epochs(0)), len(tasks)
 
 
+def best_alternated(measure: Callable[[int], Any], results: Path, repeats: int) -> dict[int, Any]:
+    """The best (smallest) of `repeats` values of `measure(workers)` for 1 and 2 workers, the two
+    alternated (this machine's speed drifts), each run into a fresh results store."""
+    values: dict[int, list] = {1: [], 2: []}
+    for _ in range(repeats):
+        for workers in values:
+            shutil.rmtree(results, ignore_errors=True)
+            values[workers].append(measure(workers))
+    return {workers: min(each) for workers, each in values.items()}
+
+
 def stage_walls(overrides: list[str], runs: Path, repeats: int) -> dict[int, float]:
-    """Best wall seconds of `make estimate` (its own LocalCluster) with 1 and 2 workers, the two
-    alternated: this machine's speed drifts."""
+    """Best wall seconds of `make estimate` (its own LocalCluster) with 1 and 2 workers."""
     from pipeline.config import load_config
     from pipeline.estimate import main as estimate
     from pipeline.runs import RunPaths
 
-    walls: dict[int, list[float]] = {1: [], 2: []}
-    for _ in range(repeats):
-        for workers in walls:
-            cfg = load_config(ROOT / "configs/szt_tanh.toml", [*overrides, f"estimate.n_workers={workers}"])
-            shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
-            walls[workers].append(timed(estimate, cfg, runs)[0])
-    return {workers: min(times) for workers, times in walls.items()}
+    def wall(workers: int) -> float:
+        cfg = load_config(ROOT / "configs/szt_tanh.toml", [*overrides, f"estimate.n_workers={workers}"])
+        return timed(estimate, cfg, runs)[0]
+
+    name = load_config(ROOT / "configs/szt_tanh.toml", overrides).name
+    return best_alternated(wall, RunPaths.of(runs, name).results, repeats)
 
 
 def _bench_stage() -> None:
@@ -304,13 +314,10 @@ def _bench_stage() -> None:
         walls = stage_walls(SMALL_STAGE, runs, STAGE_REPEATS)
         fixed = {workers: min(cluster_fixed_cost(workers) for _ in range(STAGE_REPEATS))
                  for workers in (1, 2)}
-        running = {1: [], 2: []}
-        for _ in range(STAGE_REPEATS):
-            for workers in running:
-                shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
-                running[workers].append(stage_on_running_cluster(
-                    lambda address: estimate(cfg, runs, scheduler=address), workers))
-        running = {workers: min(each) for workers, each in running.items()}
+        running = best_alternated(
+            lambda workers: stage_on_running_cluster(lambda address: estimate(cfg, runs, scheduler=address),
+                                                     workers),
+            RunPaths.of(runs, cfg.name).results, STAGE_REPEATS)
         shutil.rmtree(RunPaths.of(runs, cfg.name).results, ignore_errors=True)
         sync = timed(estimate, cfg, runs, scheduler="synchronous")[0]
         train(load_config(ROOT / "configs/szt_tanh.toml"), default_runs)
