@@ -1,7 +1,7 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
     python -m benchmarks.run [--only SECTION,...]
-    # sections: train, speed, memory, estimators, images, gpu, stage, paper, accuracy, limits,
+    # sections: train, speed, memory, estimators, images, gpu, stage, paper, accuracy, limits, bottleneck,
     # uncertainty, variational, ksg_bias, families
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
@@ -359,7 +359,7 @@ def _bench_stage() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="train,speed,memory,estimators,images,gpu,stage,paper,accuracy,"
-                                          "limits,uncertainty,variational,ksg_bias,families")
+                                          "limits,bottleneck,uncertainty,variational,ksg_bias,families")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -386,6 +386,9 @@ def main() -> None:
     if "limits" in sections:
         from benchmarks.compression_limits import main as limits
         limits()
+    if "bottleneck" in sections:
+        from benchmarks.code_bottleneck import main as bottleneck
+        bottleneck()
     if "uncertainty" in sections:
         from benchmarks.uncertainty import main as uncertainty
         uncertainty()

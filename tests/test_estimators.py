@@ -1227,3 +1227,18 @@ def test_alignment_bounds_hold_and_pruning_keeps_the_width(dims, informative):
                                                           * norm_y[:, None])
     expected = candidates.gather(1, every.argmax(1, keepdim=True)).squeeze(1)
     assert torch.equal(alignment_sigma(d2, ky, n_candidates=120).float(), expected)
+
+
+def test_bottleneck_oracle_recovers_latents_from_an_injective_code_and_not_from_noise():
+    from benchmarks.code_bottleneck import regressed_latents
+
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((2000, 2))
+    warped = np.column_stack([np.tanh(latent[:, 0] + 0.5 * latent[:, 1]), latent[:, 1] ** 3 + latent[:, 0],
+                              np.sin(latent[:, 0])])  # injective through its first two columns
+    train, test = slice(0, 1000), slice(1000, 2000)
+    predicted, r2 = regressed_latents(warped, latent, train, test, steps=1500)
+    assert predicted.shape == (1000, 2)
+    assert r2.min() > 0.95
+    _, r2_noise = regressed_latents(rng.standard_normal((2000, 3)), latent, train, test, steps=1500)
+    assert r2_noise.max() < 0.1
