@@ -75,7 +75,7 @@ def codes_of(images: tuple[np.ndarray, np.ndarray], options: dict) -> list:
     if options["compressor"] == "autoencoder":  # the wide dense variant: its own settings, both at once
         with one_torch_thread(), ThreadPoolExecutor(2) as pool:
             return list(pool.map(lambda job: autoencoder_compress(
-                job["a"], 8, seed=job["seed"], return_kept=True, **DENSE_WIDE), jobs))
+                job["a"], job["dim"], seed=job["seed"], return_kept=True, **DENSE_WIDE), jobs))
     return compress_sides(jobs)
 
 
@@ -108,7 +108,7 @@ def main() -> None:
         f"and {BITS} bits, n = {N}; every MI on the {N // 2} samples the regressions were not fitted "
         f"on; {run['commit'][:7]}, {run['date']}, {run['machine']}. R^2 per latent: the smaller of "
         "the two sides'.\n\n"
-        + table(["family", "code", "width", "least kept share", "oracle R^2 per latent",
+        + table(["family", "code", "width (side a)", "least kept share", "oracle R^2 per latent",
                  "flow on the codes", "KSG on the codes", "flow on the oracle's latents",
                  "flow on the true latents"], rows))
     write_section(DOCS / "estimators.md", "code-bottleneck", body)
