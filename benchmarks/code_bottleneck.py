@@ -28,14 +28,14 @@ import torch
 from torch import nn
 
 from benchmarks.common import DOCS, table, write_section
-from benchmarks.families import stamp
-from pipeline.estimators._common import one_torch_thread, torch_seeded
+from benchmarks.families import N, image_latents, stamp
+from pipeline.estimators._common import adam, one_torch_thread, torch_seeded
 from pipeline.estimators.compression import add_noise, autoencoder_compress, compress_sides
 from pipeline.estimators.flow import flow_mutual_information
 from pipeline.estimators.knn import ksg_mutual_information
-from pipeline.groundtruth import IMAGE_FAMILIES, gaussian_pair, render_images
+from pipeline.groundtruth import IMAGE_FAMILIES, render_images
 
-N, LATENTS, BITS = 5000, 4, 1.5
+LATENTS, BITS = 4, 1.5
 FAMILIES = ("two_blobs", "colour_bumps", "gratings", "dots")
 COMPRESSORS = {
     "conv autoencoder (default)": {"compressor": "conv_autoencoder", "dim": "auto"},
@@ -53,7 +53,7 @@ def regressed_latents(code: np.ndarray, latent: np.ndarray, train: slice, test: 
     with torch_seeded(seed):
         net = nn.Sequential(nn.Linear(x.shape[1], 256), nn.SiLU(), nn.Linear(256, 256), nn.SiLU(),
                             nn.Linear(256, y.shape[1]))
-        optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+        optimizer = adam(net.parameters(), 1e-3)
         x_train, y_train = x[train], y[train]
         for _ in range(steps):
             rows = torch.randint(len(x_train), (256,))
@@ -80,7 +80,7 @@ def codes_of(images: tuple[np.ndarray, np.ndarray], options: dict) -> list:
 
 
 def measure(family: str) -> list[list[object]]:
-    a, b = gaussian_pair(N, BITS, LATENTS, seed=300 + 10 * LATENTS + int(2 * BITS), rotate=False)
+    a, b = image_latents(LATENTS, BITS)
     images = (render_images(family, a), render_images(family, b))
     train, test = slice(0, N // 2), slice(N // 2, N)
     ceiling = flow_mutual_information(a[test], b[test])

@@ -97,6 +97,12 @@ def measure_gaussian(record: dict) -> None:
                 print(family, dim, f"{truth:.3f}", *(f"{case[m]:.3f}" for m in METHODS), flush=True)
 
 
+def image_latents(m: int, bits: float) -> tuple[np.ndarray, np.ndarray]:
+    """The latent pair of the image case with `m` latents a side and `bits` of MI (seeded by
+    both, the information in every coordinate pair, no rotation)."""
+    return gaussian_pair(N, bits, m, seed=300 + 10 * m + int(2 * bits), rotate=False)
+
+
 def measure_images(record: dict, families: list[str], latents: tuple[int, ...],
                    bits_list: tuple[float, ...]) -> None:
     entry = record.setdefault("images", {**stamp(), "n": N, "cases": []})
@@ -107,7 +113,7 @@ def measure_images(record: dict, families: list[str], latents: tuple[int, ...],
                 spec = IMAGE_FAMILIES[family]
                 if (family, m, bits) in done or m > spec.max_latents:
                     continue
-                a, b = gaussian_pair(N, bits, m, seed=300 + 10 * m + int(2 * bits), rotate=False)
+                a, b = image_latents(m, bits)
                 start = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", CompressionWarning)  # recorded as `kept` instead
