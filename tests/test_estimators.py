@@ -1242,3 +1242,22 @@ def test_bottleneck_oracle_recovers_latents_from_an_injective_code_and_not_from_
     assert r2.min() > 0.95
     _, r2_noise = regressed_latents(rng.standard_normal((2000, 3)), latent, train, test, steps=1500)
     assert r2_noise.max() < 0.1
+
+
+def test_mixing_diffeomorphism_is_a_seeded_bijection_that_mixes_coordinates():
+    from pipeline.groundtruth import mixing_diffeomorphism
+
+    rng = np.random.default_rng(0)
+    line = rng.standard_normal((500, 1))
+    order = np.argsort(mixing_diffeomorphism(line, seed=3)[:, 0])  # one dimension: monotone, ranks kept
+    assert np.array_equal(order, np.argsort(line[:, 0])) or np.array_equal(order, np.argsort(-line[:, 0]))
+    points, step = rng.standard_normal((200, 3)), 1e-6
+    columns = [(mixing_diffeomorphism(points + step * np.eye(3)[i], seed=1)
+                - mixing_diffeomorphism(points - step * np.eye(3)[i], seed=1)) / (2 * step) for i in range(3)]
+    jacobian = np.stack(columns, axis=1)  # (points, input, output)
+    determinants = np.linalg.det(jacobian)  # rotations (+-1) times slopes of at least 0.1 per coordinate
+    assert np.abs(determinants).min() > 0.1 ** 9 and len(np.unique(np.sign(determinants))) == 1
+    off_diagonal = jacobian * (1 - np.eye(3))
+    assert np.abs(off_diagonal).max() > 0.3  # not a per-coordinate map: normal scores do not undo it
+    assert np.array_equal(mixing_diffeomorphism(points, seed=1), mixing_diffeomorphism(points, seed=1))
+    assert not np.allclose(mixing_diffeomorphism(points, seed=1), mixing_diffeomorphism(points, seed=2))
