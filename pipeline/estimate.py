@@ -183,20 +183,59 @@ def worker_environ() -> dict[str, Any]:
     once, by hand, on 2 cores). The stage benchmark in docs/benchmarks.md runs without it.
     """
     import dask
+    import distributed  # noqa: F401  (its import puts its defaults in dask's configuration)
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     return environ
 
 
+PRELOADED = ["distributed", "pipeline.tasks"]
+
+
+def start_worker_server() -> bool:
+    """Start the process that LocalCluster workers fork from, with the task code imported.
+
+    A spawned worker imports the task code after the cluster starts (1.0-1.5 s on 2 cores,
+    mostly torch), and that wait does not shrink with more workers. Started at the top of the
+    stage, a forkserver imports it once while the stage opens the archive and plans; every
+    worker then forks from it with the code in memory (start, first import and close of 2
+    workers: 2.0 s spawned, 0.55 s forked, docs/benchmarks.md, section stage). The server starts
+    with the workers' environment (`worker_environ`: one OpenMP and BLAS thread), since a forked
+    worker inherits the server's. Idempotent. Returns False where the platform has no
+    forkserver (Windows): the cluster then spawns its workers.
+    """
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOADED)
+    environ = {name: str(value) for name, value in worker_environ().items()}
+    saved = {name: os.environ.get(name) for name in environ}
+    os.environ.update(environ)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
+    return True
+
+
 def make_client(scheduler: str | None, scheduler_file: str | None, n_workers: int):
-    """A Client on an existing cluster, or a LocalCluster of single-threaded worker processes."""
+    """A Client on an existing cluster, or a LocalCluster of single-threaded worker processes
+    (forked from `start_worker_server`'s process where the platform allows)."""
     import dask
     from distributed import Client, LocalCluster
 
     if scheduler_file or scheduler:
         return _connect(Client, scheduler, scheduler_file), None
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+    method = "forkserver" if start_worker_server() else "spawn"
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ(),
+                          "distributed.worker.multiprocessing-method": method}):
         cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
                                processes=True, dashboard_address=":0")
     return Client(cluster), cluster
@@ -243,6 +282,8 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     results, debugging); otherwise a Dask cluster does. A `selection` restricts this run to part
     of the cells, e.g. an expensive entry on a few seeds; the store keeps its full shape.
     """
+    if scheduler is None and scheduler_file is None:
+        start_worker_server()  # its imports overlap the checks and planning below
     paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
     settings = settings or EstimatorsConfig()
     if estimators is not None:

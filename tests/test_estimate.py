@@ -70,6 +70,31 @@ def test_local_cluster_equals_synchronous(runs, tmp_path):
     assert np.isfinite(sigma).all() and len(set(sigma.round(12))) > 1
 
 
+def _worker_state() -> tuple[bool, str | None, bool, int]:
+    import torch
+
+    return ("pipeline.tasks" in sys.modules, os.environ.get("OMP_NUM_THREADS"),
+            "MALLOC_TRIM_THRESHOLD_" in os.environ, torch.get_num_threads())
+
+
+def test_local_cluster_workers_start_with_the_task_code_and_one_thread():
+    import multiprocessing
+
+    from pipeline.estimate import make_client
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("this platform has no forkserver: LocalCluster workers are spawned")
+    client, cluster = make_client(None, None, 2)
+    try:
+        states = client.run(_worker_state)
+    finally:
+        client.close()
+        cluster.close()
+    # imported before any task ran (a spawned worker imports it at its first task), with the
+    # workers' environment although the server, not the nanny, started them
+    assert len(states) == 2 and set(states.values()) == {(True, "1", False, 1)}
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
