@@ -210,17 +210,29 @@ def _import_tasks() -> bool:
     return True
 
 
-def cluster_fixed_cost(workers: int) -> float:
-    """Seconds to start a LocalCluster as the stage does, import the task code on every worker
-    and close it again: the part of a stage run that does not shrink with more workers."""
-    from pipeline.estimate import make_client
+def seconds_in_fresh_process(setup: str, timed_call: str) -> float:
+    """Seconds of `timed_call` in a new Python process after `setup`, as `make estimate` runs: a
+    process's first stage starts the LocalCluster's forkserver, later ones in it would not."""
+    import subprocess
+    import sys
 
-    started = time.perf_counter()
-    client, cluster = make_client(None, None, workers)
-    client.run(_import_tasks)
-    client.close()
-    cluster.close()
-    return time.perf_counter() - started
+    code = (f"import time\n{setup}\nstarted = time.perf_counter()\n{timed_call}\n"
+            "print(time.perf_counter() - started)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def cluster_fixed_cost(workers: int, forked: bool = True) -> float:
+    """Seconds to start a LocalCluster as the stage does, import the task code on every worker
+    and close it again, in a fresh process with nothing to overlap: the part of a stage run that
+    does not shrink with more workers (the stage overlaps its planning with part of it). With
+    `forked=False`, every worker is spawned and imports the task code itself."""
+    setup = "from pipeline.estimate import make_client\nfrom benchmarks.run import _import_tasks"
+    if not forked:
+        setup += "\nimport pipeline.estimate\npipeline.estimate.start_worker_server = lambda: False"
+    call = (f"client, cluster = make_client(None, None, {workers})\nclient.run(_import_tasks)\n"
+            "client.close()\ncluster.close()")
+    return seconds_in_fresh_process(setup, call)
 
 
 def stage_on_running_cluster(run_stage: Callable[[str], None], workers: int) -> tuple[float, float]:
@@ -279,14 +291,17 @@ def best_alternated(measure: Callable[[int], Any], results: Path, repeats: int) 
 
 
 def stage_walls(overrides: list[str], runs: Path, repeats: int) -> dict[int, float]:
-    """Best wall seconds of `make estimate` (its own LocalCluster) with 1 and 2 workers."""
+    """Best wall seconds of `make estimate` (its own LocalCluster) with 1 and 2 workers, each in
+    a fresh process (the stage's imports done, its forkserver not yet started)."""
     from pipeline.config import load_config
-    from pipeline.estimate import main as estimate
     from pipeline.runs import RunPaths
 
     def wall(workers: int) -> float:
-        cfg = load_config(ROOT / "configs/szt_tanh.toml", [*overrides, f"estimate.n_workers={workers}"])
-        return timed(estimate, cfg, runs)[0]
+        setup = ("from pathlib import Path\nfrom pipeline.config import load_config\n"
+                 "from pipeline.estimate import main as estimate\n"
+                 f"cfg = load_config(Path({str(ROOT / 'configs/szt_tanh.toml')!r}), "
+                 f"{[*overrides, f'estimate.n_workers={workers}']!r})")
+        return seconds_in_fresh_process(setup, f"estimate(cfg, Path({str(runs)!r}))")
 
     name = load_config(ROOT / "configs/szt_tanh.toml", overrides).name
     return best_alternated(wall, RunPaths.of(runs, name).results, repeats)
@@ -314,6 +329,8 @@ def _bench_stage() -> None:
         walls = stage_walls(SMALL_STAGE, runs, STAGE_REPEATS)
         fixed = {workers: min(cluster_fixed_cost(workers) for _ in range(STAGE_REPEATS))
                  for workers in (1, 2)}
+        spawned = {workers: min(cluster_fixed_cost(workers, forked=False) for _ in range(STAGE_REPEATS))
+                   for workers in (1, 2)}
         running = best_alternated(
             lambda workers: stage_on_running_cluster(lambda address: estimate(cfg, runs, scheduler=address),
                                                      workers),
@@ -337,6 +354,8 @@ def _bench_stage() -> None:
             ["LocalCluster start, first import of the task code, close: 1 / 2 workers",
              f"{fixed[1]:.1f} / {fixed[2]:.1f}",
              f"efficiency of the stage time beyond it {beyond_fixed:.0%}"],
+            ["the same with every worker spawned, importing the task code itself: 1 / 2 workers",
+             f"{spawned[1]:.1f} / {spawned[2]:.1f}", "-"],
             ["stage on a running LocalCluster (task code imported): 1 / 2 workers",
              f"{running[1][0]:.1f} / {running[2][0]:.1f}", efficiency(running[1][0], running[2][0])],
             ["its task computations, first start to last end: 1 / 2 workers",
@@ -345,7 +364,8 @@ def _bench_stage() -> None:
              f"{default[1]:.1f} / {default[2]:.1f}", efficiency(default[1], default[2])]]
     body = (f"Command: `make bench` (section stage). The default estimators of szt_tanh on a "
             f"2-seed, 300-epoch archive ({n_cells} cells in {n_tasks} tasks), and the default run. The "
-            "stage times include starting the cluster and writing the store; the LocalCluster runs "
+            "stage times include starting the cluster and writing the store, each in a fresh process "
+            "(as `make estimate` runs; its imports done); the LocalCluster runs "
             f"on the small archive are the best of {STAGE_REPEATS}, 1 and 2 workers alternated (the "
             "loop, the synchronous stage and the default run: one run each). On a cluster started "
             "beforehand the stage still opens the archive, plans, and writes the store; the span of "
