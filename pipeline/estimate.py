@@ -203,8 +203,11 @@ def start_worker_server() -> bool:
     workers in a fresh process with nothing to overlap: 2.1 s spawned, 1.7 s forked; the stage
     overlaps part of the import with its planning; docs/benchmarks.md, section stage). The server
     starts with the workers' environment (`worker_environ`: one OpenMP and BLAS thread), since
-    a forked worker inherits the server's. Idempotent. Returns False where the platform has no
-    forkserver (Windows): the cluster then spawns its workers.
+    a forked worker inherits the server's. Idempotent: the server lives as long as the calling
+    process and keeps the code it imported, so a notebook that edits `pipeline` itself restarts
+    its kernel for the workers to see it (a user's own modules are imported afresh by each
+    worker). Returns False where the platform has no forkserver (Windows): the cluster then
+    spawns its workers.
     """
     import multiprocessing
     from multiprocessing import forkserver
