@@ -30,6 +30,7 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.archive import ArchiveError, ArchiveReader
+from pipeline.cluster import make_client, start_worker_server
 from pipeline.config import ConfigError, EstimateConfig, EstimatorsConfig, ExperimentConfig, validate_estimate
 from pipeline.estimators import get_estimator
 from pipeline.provenance import provenance
@@ -172,96 +173,6 @@ def fisher_plan(ds, committed: dict[int, np.ndarray], settings: EstimateConfig,
             tasks.append(FisherTask(int(seed), epochs, settings.fisher_probe_size,
                                     settings.fisher_label_seeds))
     return tasks
-
-
-def worker_environ() -> dict[str, Any]:
-    """distributed's worker environment without MALLOC_TRIM_THRESHOLD_.
-
-    Setting that variable turns off glibc's dynamic mmap threshold, so every large temporary
-    (Gram matrices, distance matrices) becomes a fresh mmap with page faults: one 40-epoch Renyi
-    chain of szt_tanh took 7.2 s in a LocalCluster worker with it and 2.2 s without (measured
-    once, by hand, on 2 cores). The stage benchmark in docs/benchmarks.md runs without it.
-    """
-    import dask
-    import distributed  # noqa: F401  (its import puts its defaults in dask's configuration)
-
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    return environ
-
-
-PRELOADED = ["distributed", "pipeline.tasks"]
-
-
-def start_worker_server() -> bool:
-    """Start the process that LocalCluster workers fork from, with the task code imported.
-
-    A spawned worker imports the task code after the cluster starts (1.0-1.5 s on 2 cores,
-    mostly torch), and that wait does not shrink with more workers. Started at the top of the
-    stage, a forkserver imports it once while the stage opens the archive and plans; every
-    worker then forks from it with the code in memory (start, first import and close of 2
-    workers in a fresh process with nothing to overlap: 2.1 s spawned, 1.7 s forked; the stage
-    overlaps part of the import with its planning; docs/benchmarks.md, section stage). The server
-    starts with the workers' environment (`worker_environ`: one OpenMP and BLAS thread), since
-    a forked worker inherits the server's. Idempotent: the server lives as long as the calling
-    process and keeps the code it imported, so a notebook that edits `pipeline` itself restarts
-    its kernel for the workers to see it (a user's own modules are imported afresh by each
-    worker). Returns False where the platform has no forkserver (Windows): the cluster then
-    spawns its workers.
-    """
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return False
-    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOADED)
-    environ = {name: str(value) for name, value in worker_environ().items()}
-    saved = {name: os.environ.get(name) for name in environ}
-    os.environ.update(environ)
-    try:
-        forkserver.ensure_running()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
-    return True
-
-
-def make_client(scheduler: str | None, scheduler_file: str | None, n_workers: int):
-    """A Client on an existing cluster, or a LocalCluster of single-threaded worker processes
-    (forked from `start_worker_server`'s process where the platform allows)."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    if scheduler_file or scheduler:
-        return _connect(Client, scheduler, scheduler_file), None
-    method = "forkserver" if start_worker_server() else "spawn"
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ(),
-                          "distributed.worker.multiprocessing-method": method}):
-        cluster = LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=1,
-                               processes=True, dashboard_address=":0")
-    return Client(cluster), cluster
-
-
-CONNECT_TIMEOUT_S = 10
-
-
-def _connect(client_class, scheduler: str | None, scheduler_file: str | None):
-    """A client of an existing scheduler, or one line saying why not within a bounded wait."""
-    if scheduler_file and not Path(scheduler_file).is_file():
-        raise ConfigError(f"--scheduler-file {scheduler_file} does not exist: start the scheduler "
-                          "with `dask scheduler --scheduler-file FILE` first, or give its address")
-    where = f"--scheduler-file {scheduler_file}" if scheduler_file else f"scheduler {scheduler}"
-    try:
-        if scheduler_file:
-            return client_class(scheduler_file=scheduler_file, timeout=CONNECT_TIMEOUT_S)
-        return client_class(scheduler, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError, ValueError) as err:
-        raise ConfigError(f"cannot reach the Dask {where} within {CONNECT_TIMEOUT_S} s ({type(err).__name__}"
-                          f": {str(err).splitlines()[0] if str(err) else 'no answer'}): check the address "
-                          "(tcp://host:8786) and that the scheduler runs") from None
 
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: str | None = None,
@@ -457,6 +368,7 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
               settings: EstimateConfig, splits: list[str], notes: list[str],
               scheduler: str | None, scheduler_file: str | None, netcdf: bool,
               selection: Selection) -> int:
+    started = time.perf_counter()  # the stage's own time: store, plan, cluster, tasks, writes
     target, committed = _prepare_store(archive, paths, entries, splits)
     tasks = plan(target, entries, committed, selection)
     fisher_note = fisher_skipped(archive, settings)
@@ -479,7 +391,6 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
     writer = ResultsWriter(paths.results, target, Counter((t.estimator, t.seed, t.split) for t in tasks))
     messages: list[str] = []
     flags: dict[tuple[str, str], list[int]] = {}
-    started = time.perf_counter()
 
     def handle(result: dict[str, Any]) -> None:
         if "task" in result:

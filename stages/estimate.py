@@ -9,8 +9,8 @@
 """
 
 from pipeline.cli import base_parser, guarded, run_stage
+from pipeline.cluster import start_worker_server
 from pipeline.config import load_config, load_estimators_config
-from pipeline.estimate import Selection, estimate_archive, main
 
 
 def cli() -> None:
@@ -27,6 +27,9 @@ def cli() -> None:
                         help="compute only every K-th snapshot (and the last)")
     args = parser.parse_args()
     options = {"scheduler": args.scheduler, "scheduler_file": args.scheduler_file, "netcdf": args.netcdf}
+    if args.scheduler is None and args.scheduler_file is None:
+        start_worker_server()  # the workers' import of the task code runs beside this process's
+    from pipeline.estimate import Selection, estimate_archive, main
 
     def selection() -> Selection:
         return Selection(only=args.only and tuple(args.only), seeds=args.seeds and tuple(args.seeds),

@@ -80,7 +80,7 @@ def _worker_state() -> tuple[bool, str | None, bool, int]:
 def test_local_cluster_workers_start_with_the_task_code_and_one_thread():
     import multiprocessing
 
-    from pipeline.estimate import make_client
+    from pipeline.cluster import make_client
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("this platform has no forkserver: LocalCluster workers are spawned")

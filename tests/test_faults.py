@@ -48,13 +48,18 @@ def test_an_invalid_value_ends_the_stage_in_one_line_before_anything_is_written(
 
 def test_the_stages_import_only_what_they_use():
     """The train stage starts without xarray or scipy.stats, the estimate stage without
-    scipy.stats: seconds of every run (`pipeline.errors` lets the CLI name errors without them)."""
-    probe = ("import sys, stages.{}; print(sorted(m for m in ('xarray', 'scipy.stats', 'torch') "
+    scipy.stats: seconds of every run (`pipeline.errors` lets the CLI name errors without them).
+    The estimate stage's module imports none of them, so that it starts its workers' forkserver
+    before its own heavy imports (`pipeline.cluster`)."""
+    probe = ("import sys, {}; print(sorted(m for m in ('xarray', 'scipy.stats', 'torch') "
              "if m in sys.modules))")
-    loaded = {stage: subprocess.run([sys.executable, "-c", probe.format(stage)], cwd=ROOT, check=True,
+    modules = {"train": "stages.train", "estimate module": "stages.estimate",
+               "estimate at work": "stages.estimate, pipeline.estimate"}
+    loaded = {stage: subprocess.run([sys.executable, "-c", probe.format(imports)], cwd=ROOT, check=True,
                                     capture_output=True, text=True).stdout.strip()
-              for stage in ("train", "estimate")}
-    assert loaded == {"train": "['torch']", "estimate": "['torch', 'xarray']"}
+              for stage, imports in modules.items()}
+    assert loaded == {"train": "['torch']", "estimate module": "[]",
+                      "estimate at work": "['torch', 'xarray']"}
 
 
 @pytest.fixture
@@ -290,13 +295,13 @@ def test_a_scheduler_that_cannot_be_reached_is_one_line(run):
 def test_an_address_nobody_answers_is_given_up_after_the_connect_timeout(monkeypatch):
     from distributed import Client
 
-    from pipeline import estimate
+    from pipeline import cluster
     from pipeline.config import ConfigError
 
-    monkeypatch.setattr(estimate, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1)
     started = time.time()
     with pytest.raises(ConfigError, match=r"cannot reach the Dask scheduler tcp://127\.0\.0\.1:9 within 1 s"):
-        estimate._connect(Client, "tcp://127.0.0.1:9", None)
+        cluster._connect(Client, "tcp://127.0.0.1:9", None)
     assert time.time() - started < 30  # a bounded wait, not a hang
 
 
