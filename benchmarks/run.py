@@ -10,6 +10,7 @@ Writes its tables into docs/benchmarks.md (and the accuracy report into docs/est
 from __future__ import annotations
 
 import argparse
+import datetime
 import shutil
 import tempfile
 import time
@@ -330,6 +331,7 @@ def _bench_stage() -> None:
     torch.set_num_threads(1)
     from pipeline.config import load_config
     from pipeline.estimate import main as estimate
+    from pipeline.provenance import git_revision
     from pipeline.runs import RunPaths
     from pipeline.train import main as train
 
@@ -387,7 +389,9 @@ def _bench_stage() -> None:
             "each). On a cluster started beforehand the stage still opens the archive, plans, and "
             "writes the store; the span of the task computations (Dask's task stream) is what the "
             "order of the tasks and their balance over the workers decide.\n\n"
-            + table(["run", "wall (s)", "note"], rows) + f"\n\nMachine: {machine()}.")
+            + table(["run", "wall (s)", "note"], rows)
+            + f"\n\nMachine: {machine()}; commit {git_revision(paths=('pipeline', 'stages'))}; "
+            f"{datetime.date.today().isoformat()}.")
     write_section(DOCS / "benchmarks.md", "stage", body)
     print(body)
 

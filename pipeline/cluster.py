@@ -37,11 +37,10 @@ def start_worker_server() -> bool:
     """Start the process that LocalCluster workers fork from, with the task code imported.
 
     A spawned worker imports the task code after the cluster starts (1.0-1.5 s on 2 cores,
-    mostly torch), and that wait does not shrink with more workers. Started at the top of the
-    stage, a forkserver imports it once while the stage opens the archive and plans; every
-    worker then forks from it with the code in memory (start, first import and close of 2
-    workers in a fresh process with nothing to overlap: 2.1 s spawned, 1.7 s forked; the stage
-    overlaps part of the import with its planning; docs/benchmarks.md, section stage). The server
+    mostly torch), and that wait does not shrink with more workers. Started before the stage's
+    own imports (`stages/estimate.py`; `estimate_archive` starts it too, for callers from
+    Python), a forkserver imports it once beside them; every worker then forks from it with the
+    code in memory (docs/benchmarks.md, section stage). The server
     starts with the workers' environment (`worker_environ`: one OpenMP and BLAS thread), since
     a forked worker inherits the server's. Idempotent: the server lives as long as the calling
     process and keeps the code it imported, so a notebook that edits `pipeline` itself restarts
