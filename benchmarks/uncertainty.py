@@ -264,6 +264,8 @@ def szt_run() -> None:
 
     import xarray as xr
 
+    from pipeline.findings import at_null_share
+
     with tempfile.TemporaryDirectory() as tmp:
         where = ["--config", "configs/szt_tanh.toml", "--runs", tmp]
         figures = ["--figures", f"{tmp}/figures"]
@@ -287,19 +289,24 @@ def szt_run() -> None:
               f"{float(i_xt.sel(layer=layer).isel(epoch=-1).mean()):.2f}",
               f"{float(value.sel(layer=layer).isel(epoch=-1).mean()):.3f}",
               f"{float(null.sel(layer=layer).isel(epoch=-1).mean()):.4f}",
-              f"{float(null.sel(layer=layer).max()):.4f}"] for layer in results.layer.values]
+              f"{float(null.sel(layer=layer).max()):.4f}",
+              f"{at_null_share(results.sel(layer=[layer]), 'binning_30', 'all'):.0%}"]
+             for layer in results.layer.values]
     body = (f"Command: `python -m benchmarks.uncertainty --only szt` (or `make bench`, section "
             f"uncertainty): the default config (`configs/szt_tanh.toml`) run by its stages as `make "
             f"all` runs them, with the entries as shipped, then with `uncertainty` ({INTERVALS_ON}) "
             f"and `null = true` on every entry ({DEFAULTS['n_resamples']} resamples a cell); commit "
-            f"{git_revision()}; "
+            f"{git_revision()}; {datetime.date.today().isoformat()}; "
             f"{machine()}.\n\n"
             + table(["stage", "intervals off (s)", "intervals and baselines on (s)", "ratio"], rows)
             + "\n\nShuffle baseline of binning at 30 bins on the same run (split all, 4096 "
               "patterns; H(Y) = 1 bit), mean over the 4 seeds at the last epoch and the largest over "
-              "every seed and epoch:\n\n"
+              "every seed and epoch; last column: the share of the layer's cells (every seed and "
+              "epoch) whose interval's lower end is at or below its baseline "
+              "(`pipeline.findings.at_null_share`):\n\n"
             + table(["layer", "units", "I(X;T) at the end (bits; ceiling 12)", "I(T;Y) at the end (bits)",
-                     "I(T;Y)_null at the end (bits)", "largest I(T;Y)_null (bits)"], nulls))
+                     "I(T;Y)_null at the end (bits)", "largest I(T;Y)_null (bits)",
+                     "cells not above the baseline"], nulls))
     write_section(DOCS / "estimators.md", "uncertainty_szt", body)
     print(body)
 

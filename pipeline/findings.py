@@ -230,9 +230,11 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
 
     `layers`: per (entry, split, hidden layer) the compression verdicts (interval rule, NaN
     when undetermined; 5% rule) and the drop from the peak (mean and std over seeds); `entries`:
-    per (entry, split) the share of cells where the DPI holds and where values saturate (from the
-    stored flags; NaN without them); `disagreements`: per (split, hidden layer) the entries that
-    call compression and those that do not, where both exist.
+    per (entry, split) the share of cells where the DPI holds, where values saturate (from the
+    stored flags; NaN without them), that the estimator distrusts, and whose I(X;T) and I(T;Y)
+    do not clear their shuffle baselines (`at_null_share`; NaN without baselines);
+    `disagreements`: per (split, hidden layer) the entries that call compression and those that
+    do not, where both exist.
     """
     ds = _valid(results)
     layers, entries, calls = [], [], {}
@@ -253,7 +255,9 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
                                "drop_std": float(phase.drop_std.sel(layer=layer))})
             entries.append({"entry": e, "split": split, "dpi_holds": dpi_share(ds, e, split),
                             "saturated": _saturated_share(ds, e, split),
-                            "distrusted": distrusted_share(ds, e, split)})
+                            "distrusted": distrusted_share(ds, e, split),
+                            "at_null_xt": at_null_share(ds, e, split, "I_XT"),
+                            "at_null_ty": at_null_share(ds, e, split, "I_TY")})
     disagreements = [{"split": split, "layer": layer,
                       "compress": sorted(k for k, v in votes.items() if v),
                       "do_not": sorted(k for k, v in votes.items() if not v)}
@@ -270,6 +274,27 @@ def distrusted_share(ds: xr.Dataset, estimator: str, split: str) -> float:
     flags = np.where(np.isfinite(flags), flags, -1).max(axis=0)  # -1: no flag of this entry
     flags = flags[flags >= 0]
     return float(flags.mean()) if flags.size else float("nan")
+
+
+def at_null_share(ds: xr.Dataset, estimator: str, split: str, variable: str = "I_TY") -> float:
+    """The share of an entry's cells whose `variable` does not clear its shuffle baseline.
+
+    A cell clears it when its interval's lower end (its value, where the cell has no interval)
+    lies above `<variable>_null`, the same estimator on shuffled labels (or inputs): a cell that
+    does not is within what the estimator reads at zero information (binning on SZT's wide
+    layers: I(T;Y) of any labels is H(Y), docs/estimators.md). NaN where the entry stores no
+    baseline.
+    """
+    null = f"{variable}_null"
+    if null not in ds:
+        return float("nan")
+    cells = _valid(ds).sel(estimator=estimator, split=split)
+    value = cells[variable].values
+    low = cells[f"{variable}_lo"].values if f"{variable}_lo" in cells else value
+    low = np.where(np.isfinite(low), low, value)
+    base = cells[null].values
+    kept = np.isfinite(low) & np.isfinite(base)
+    return float((low[kept] <= base[kept]).mean()) if kept.any() else float("nan")
 
 
 def _saturated_share(ds: xr.Dataset, estimator: str, split: str) -> float:

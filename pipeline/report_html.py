@@ -116,8 +116,13 @@ def _verdict(value: float) -> str:
     return "undetermined (no interval)" if math.isnan(value) else ("yes" if value else "no")
 
 
+def _share(value: float, missing: str) -> str:
+    return missing if math.isnan(value) else f"{value:.0%}"
+
+
 def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> str:
-    """The findings summary: accuracy, compression per entry and layer, DPI, saturation, disagreements."""
+    """The findings summary: accuracy, compression per entry and layer, DPI, saturation, distrusted
+    cells, cells at their shuffle baselines, disagreements."""
     parts = ["<h2 id='summary'>Findings summary</h2>"]
     if accuracy:
         parts.append("<p>Final accuracy, mean over seeds: " + ", ".join(
@@ -135,11 +140,13 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
                          _verdict(r["fraction"]), f"{r['drop_mean']:.3f} ± {r['drop_std']:.3f}"]
                         for r in summary["layers"]]))
     parts.append(_rows(["entry", "split", "DPI holds (share of cells)", "saturated cells (share)",
-                        "cells its estimator distrusts (share; docs/estimators.md, Diagnostics)"],
+                        "cells its estimator distrusts (share; docs/estimators.md, Diagnostics)",
+                        "cells not above their shuffle baseline, I(X;T) / I(T;Y) (share)"],
                        [[r["entry"], r["split"], f"{r['dpi_holds']:.0%}" if not math.isnan(r["dpi_holds"])
                          else "n/a", "not stored" if math.isnan(r["saturated"]) else f"{r['saturated']:.0%}",
-                         "no diagnostic" if math.isnan(r.get("distrusted", math.nan))
-                         else f"{r['distrusted']:.0%}"]
+                         _share(r.get("distrusted", math.nan), "no diagnostic"),
+                         f"{_share(r.get('at_null_xt', math.nan), 'no baseline')} / "
+                         f"{_share(r.get('at_null_ty', math.nan), 'no baseline')}"]
                         for r in summary["entries"]]))
     if summary["disagreements"]:
         parts.append("<p>Entries disagree on compression in: " + "; ".join(

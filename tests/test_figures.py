@@ -235,6 +235,7 @@ def test_report_opens_with_the_findings_summary(tmp_path):
     text = report.read_text()
     assert text.index("Findings summary") < text.index("Contents") < text.index("<figure")
     assert "test 0.875" in text and "renyi do not" in text
+    assert "not above their shuffle baseline" in text and "no baseline / no baseline" in text
     assert "<td>n_bins</td><td>30</td>" in text and "<td>train.lr</td><td>0.1</td>" in text
     assert "The information plane" in text and "\\\"" not in text  # captions; no escaped JSON
 

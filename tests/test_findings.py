@@ -204,3 +204,25 @@ def test_distrusted_share_counts_the_flags_of_the_entries_that_have_them():
     assert fd.distrusted_share(ds, "compression", "test") == 0.5
     assert fd.distrusted_share(ds, "ksg", "test") == 0.75
     assert np.isnan(fd.distrusted_share(ds.drop_vars(["I_XT_lossy", "I_XT_biased"]), "ksg", "test"))
+
+
+def test_at_null_share_compares_each_cells_lower_end_with_its_shuffle_baseline():
+    outputs = {name: ("", "bits") for name in ("I_TY_lo", "I_TY_hi", "I_TY_null")}
+    ds = template({"binning_30": {"method": "binning"}, "renyi": {"method": "renyi"}}, [0, 1], ["all"],
+                  EPOCHS, LAYERS, [4, 3, 2], {}, outputs)
+    ds["done"][:] = True
+    ds["I_TY"][:] = 0.9
+    ds["I_TY_null"][:] = 0.5
+    ds["I_TY_lo"][0] = 0.6  # binning: every interval clears the baseline ...
+    ds["I_TY_lo"][0, 0, 0, :, 0] = 0.5  # ... but seed 0's first layer touches it: 6 of 36 cells
+    ds["I_TY_null"][0, 1, 0, -1, 2] = np.nan  # a cell without a baseline is not counted
+    assert fd.at_null_share(ds, "binning_30", "all") == pytest.approx(6 / 35)
+    # renyi has no interval: its values (0.9) count, and clear 0.5 except where the baseline is higher
+    ds["I_TY_null"][1, :, 0, :2, :] = 0.95
+    assert fd.at_null_share(ds, "renyi", "all") == pytest.approx(12 / 36)
+    ds["done"][1, 0] = False  # cells not done are left out
+    assert fd.at_null_share(ds, "renyi", "all") == pytest.approx(6 / 18)
+    assert np.isnan(fd.at_null_share(ds, "renyi", "all", "I_XT"))  # no I_XT_null stored
+    summary = fd.run_summary(ds.assign(I_XT=ds.I_TY * 3))
+    assert [round(e["at_null_ty"], 4) for e in summary["entries"]] == [round(6 / 35, 4), round(6 / 18, 4)]
+    assert all(np.isnan(e["at_null_xt"]) for e in summary["entries"])
