@@ -225,8 +225,8 @@ def seconds_in_fresh_process(setup: str, timed_call: str) -> float:
 
 def cluster_fixed_cost(workers: int, forked: bool = True) -> float:
     """Seconds to start a LocalCluster as the stage does, import the task code on every worker
-    and close it again, in a fresh process with nothing to overlap: the part of a stage run that
-    does not shrink with more workers (the stage overlaps its planning with part of it). With
+    and close it again, in a fresh process with nothing to overlap: what the stage would wait
+    for if it did not start the forkserver before its own imports. With
     `forked=False`, every worker is spawned and imports the task code itself."""
     setup = "from pipeline.cluster import make_client\nfrom benchmarks.run import _import_tasks"
     if not forked:

@@ -40,13 +40,12 @@ def start_worker_server() -> bool:
     mostly torch), and that wait does not shrink with more workers. Started before the stage's
     own imports (`stages/estimate.py`; `estimate_archive` starts it too, for callers from
     Python), a forkserver imports it once beside them; every worker then forks from it with the
-    code in memory (docs/benchmarks.md, section stage). The server
-    starts with the workers' environment (`worker_environ`: one OpenMP and BLAS thread), since
-    a forked worker inherits the server's. Idempotent: the server lives as long as the calling
-    process and keeps the code it imported, so a notebook that edits `pipeline` itself restarts
-    its kernel for the workers to see it (a user's own modules are imported afresh by each
-    worker). Returns False where the platform has no forkserver (Windows): the cluster then
-    spawns its workers.
+    code in memory (docs/benchmarks.md, section stage). The server starts with the workers'
+    environment (`worker_environ`: one OpenMP and BLAS thread), since a forked worker inherits
+    the server's. Idempotent: the server lives as long as the calling process and keeps the
+    code it imported, so a notebook that edits `pipeline` itself restarts its kernel for the
+    workers to see it (a user's own modules are imported afresh by each worker). Returns False
+    where the platform has no forkserver (Windows): the cluster then spawns its workers.
     """
     import multiprocessing
     from multiprocessing import forkserver

@@ -293,7 +293,7 @@ def at_null_share(ds: xr.Dataset, estimator: str, split: str, variable: str = "I
     low = cells[f"{variable}_lo"].values if f"{variable}_lo" in cells else value
     low = np.where(np.isfinite(low), low, value)
     base = cells[null].values
-    kept = np.isfinite(low) & np.isfinite(base)
+    kept = np.isfinite(value) & np.isfinite(low) & np.isfinite(base)
     return float((low[kept] <= base[kept]).mean()) if kept.any() else float("nan")
 
 

@@ -142,8 +142,8 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
     parts.append(_rows(["entry", "split", "DPI holds (share of cells)", "saturated cells (share)",
                         "cells its estimator distrusts (share; docs/estimators.md, Diagnostics)",
                         "cells not above their shuffle baseline, I(X;T) / I(T;Y) (share)"],
-                       [[r["entry"], r["split"], f"{r['dpi_holds']:.0%}" if not math.isnan(r["dpi_holds"])
-                         else "n/a", "not stored" if math.isnan(r["saturated"]) else f"{r['saturated']:.0%}",
+                       [[r["entry"], r["split"], _share(r["dpi_holds"], "n/a"),
+                         _share(r["saturated"], "not stored"),
                          _share(r.get("distrusted", math.nan), "no diagnostic"),
                          f"{_share(r.get('at_null_xt', math.nan), 'no baseline')} / "
                          f"{_share(r.get('at_null_ty', math.nan), 'no baseline')}"]
