@@ -13,6 +13,7 @@ from benchmarks.uncertainty import gaussian_labels, three_classes, two_classes
 from pipeline.config import ConfigError, load_config
 from pipeline.estimate import estimate_archive
 from pipeline.estimators import get_estimator
+from pipeline.findings import at_null_share
 from pipeline.groundtruth import gaussian_pair
 from pipeline.uncertainty import DEFAULTS, cell_estimate
 from tests.helpers import TINY, run_stage
@@ -162,6 +163,9 @@ def test_the_stage_stores_intervals_nulls_and_flags(tmp_path):
     last = ds.sel(estimator="binning_10", seed=0, split="all", layer="softmax").isel(epoch=-1)
     assert float(last.I_TY) > 0.3 and 0 <= float(last.I_TY_null) < 0.05  # 10 bins of the output
     assert np.isnan(ds.I_XT_null).all()  # binning: not defined
+    # the findings read the stored intervals and baselines: the trained output clears its baseline
+    assert at_null_share(ds.sel(layer=["softmax"]).isel(epoch=[-1]), "binning_10", "all") == 0.0
+    assert np.isnan(at_null_share(ds, "binning_10", "all", "I_XT"))
 
 
 @pytest.mark.slow
