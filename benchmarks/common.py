@@ -24,6 +24,17 @@ def timed(fn: Callable[..., object], *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+def stage_seconds(args: list[str]) -> float:
+    """Seconds of `python -m ARGS` run as `make` runs a stage: a fresh interpreter in the project
+    root (its standard output discarded, its errors shown)."""
+    import subprocess
+    import sys
+
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
 def best_of(fn: Callable[[], object], repeat: int = 3, budget: float = 20.0) -> float:
     """Best wall time of `fn` over up to `repeat` runs, stopping once `budget` seconds are spent."""
     times = []

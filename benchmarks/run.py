@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import DOCS, ROOT, best_of, machine, table, timed, write_section
+from benchmarks.common import DOCS, ROOT, best_of, machine, stage_seconds, table, timed, write_section
 
 
 def bench_train() -> None:
@@ -212,8 +212,8 @@ def _import_tasks() -> bool:
 
 
 def seconds_in_fresh_process(setup: str, timed_call: str) -> float:
-    """Seconds of `timed_call` in a new Python process after `setup`, as `make estimate` runs: a
-    process's first stage starts the LocalCluster's forkserver, later ones in it would not."""
+    """Seconds of `timed_call` in a new Python process after `setup`: a forkserver started
+    earlier in this process would serve the call and hide the start it measures."""
     import subprocess
     import sys
 
@@ -298,8 +298,6 @@ def stage_walls(overrides: list[str], runs: Path, repeats: int) -> dict[int, tup
     to its last write: planning, the cluster's start and close, the tasks; the stage writes them
     in the store's history)."""
     import re
-    import subprocess
-    import sys
 
     import zarr
 
@@ -310,10 +308,8 @@ def stage_walls(overrides: list[str], runs: Path, repeats: int) -> dict[int, tup
 
     def walls(workers: int) -> tuple[float, float]:
         sets = [arg for item in [*overrides, f"estimate.n_workers={workers}"] for arg in ("--set", item)]
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stages.estimate", "--config", "configs/szt_tanh.toml",
-                        "--runs", str(runs), *sets], cwd=ROOT, check=True, capture_output=True)
-        whole = time.perf_counter() - started
+        whole = stage_seconds(["stages.estimate", "--config", "configs/szt_tanh.toml", "--runs", str(runs),
+                               *sets])
         line = zarr.open_group(str(results), mode="r").attrs["history"].splitlines()[-1]
         return whole, float(re.search(r" in ([0-9.]+)s", line).group(1))
 

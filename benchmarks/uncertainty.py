@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import DOCS, ROOT, machine, table, write_section
+from benchmarks.common import DOCS, machine, stage_seconds, table, write_section
 from pipeline.estimators import get_estimator
 from pipeline.groundtruth import gaussian_pair
 from pipeline.provenance import git_revision
@@ -248,16 +248,6 @@ INTERVALS_ON = {"binning_30": "subsample", "binning_10": "subsample", "binning_1
                 "renyi": "batches"}
 
 
-def _stage(args: list[str]) -> float:
-    """Seconds of one stage run as `make` runs it (a fresh interpreter)."""
-    import subprocess
-    import sys
-
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
 def szt_run() -> None:
     """The default `make all` with intervals off, then on; the shuffle baselines of a real run."""
     import tempfile
@@ -269,13 +259,13 @@ def szt_run() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         where = ["--config", "configs/szt_tanh.toml", "--runs", tmp]
         figures = ["--figures", f"{tmp}/figures"]
-        train = _stage(["stages.train", *where])
-        off = {"estimate": _stage(["stages.estimate", *where]),
-               "figures": _stage(["stages.figures", *where, *figures])}
+        train = stage_seconds(["stages.train", *where])
+        off = {"estimate": stage_seconds(["stages.estimate", *where]),
+               "figures": stage_seconds(["stages.figures", *where, *figures])}
         sets = [f"--set=estimators.{entry}.{key}={value}" for entry, scheme in INTERVALS_ON.items()
                 for key, value in (("uncertainty", f'"{scheme}"'), ("null", "true"))]
-        on = {"estimate": _stage(["stages.estimate", *where, *sets]),
-              "figures": _stage(["stages.figures", *where, *sets, *figures])}
+        on = {"estimate": stage_seconds(["stages.estimate", *where, *sets]),
+              "figures": stage_seconds(["stages.figures", *where, *sets, *figures])}
         results = xr.open_zarr(f"{tmp}/szt_tanh/estimates.zarr").load()
     total_off, total_on = train + sum(off.values()), train + sum(on.values())
     rows = [["train (4 seeds)", f"{train:.0f}", f"{train:.0f}", "1.00"]]
