@@ -1261,3 +1261,49 @@ def test_mixing_diffeomorphism_is_a_seeded_bijection_that_mixes_coordinates():
     assert np.abs(off_diagonal).max() > 0.3  # not a per-coordinate map: normal scores do not undo it
     assert np.array_equal(mixing_diffeomorphism(points, seed=1), mixing_diffeomorphism(points, seed=1))
     assert not np.allclose(mixing_diffeomorphism(points, seed=1), mixing_diffeomorphism(points, seed=2))
+
+
+# Cheap parameters that still run each method's torch code (networks, flows, batched kernels).
+# (The flow has its own test of this: test_autoencoders_and_the_flow_leave_torch_random_state_alone.)
+_CHEAP = {"compression": {"compressor": "autoencoder", "dim": 2, "ae_steps": 5, "ae_candidates": 1,
+                          "entropy": "ksg"},
+          "variational": {"steps": 5}, "renyi": {"n_batches": 2}}
+
+
+def _global_state() -> dict[str, object]:
+    import random
+    return {"torch rng": torch.random.get_rng_state(), "numpy rng": np.random.get_state()[1].copy(),
+            "python rng": random.getstate(), "threads": torch.get_num_threads(),
+            "grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype(),
+            "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_builtin_estimator_leaves_global_state_as_it_found_it(method):
+    """The random generators of torch, numpy and Python, torch's threads, grad mode, default
+    dtype and determinism flag are the caller's after each built-in estimator, on both its
+    functions; the same call twice gives the same values (the estimators seed their own)."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(240, 6))
+    t = np.tanh(x[:, :3] @ rng.normal(size=(3, 4)))
+    y = (x[:, 0] > 0).astype(np.int64)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    before = _global_state()
+    cheap = _CHEAP.get(method, {})
+    plane = {**cheap, **({"n_candidates": 20} if method == "renyi" else {})}  # the plane's alignment
+    with warnings.catch_warnings():  # 5 training steps: the compressor's low-kept warning
+        warnings.simplefilter("ignore")
+        first = information_plane(x, t, y, method, **plane)
+        pair = mutual_information(t, x[:, :3], method, **cheap)
+    after = _global_state()
+    for key, value in before.items():
+        same = torch.equal(value, after[key]) if isinstance(value, torch.Tensor) else (
+            np.array_equal(value, after[key]) if isinstance(value, np.ndarray) else value == after[key])
+        assert same, f"{method} changed the {key}"
+    np.random.seed(99)  # another caller state: the same values
+    torch.manual_seed(99)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert information_plane(x, t, y, method, **plane) == first
+        assert mutual_information(t, x[:, :3], method, **cheap) == pair
