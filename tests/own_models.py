@@ -1,7 +1,7 @@
 """A researcher's own network, dataset and estimator, as the tests and configs name them.
 
     model.factory = "tests.own_models:build"     data.factory = "tests.own_models:dataset"
-    method = "tests.own_models:gaussian_information_plane"   (also registered as "gaussian")
+    method = "tests.own_models:gaussian_information_plane"   (also registered as "own_gaussian")
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def gaussian_mi(a: np.ndarray, b: np.ndarray, ridge: float) -> float:
     return float((logdet[0] + logdet[1] - logdet[2]) / (2 * np.log(2)))
 
 
-@register_estimator("gaussian", outputs={"calls": ("epochs of the chain so far", "1")},
+@register_estimator("own_gaussian", outputs={"calls": ("epochs of the chain so far", "1")},
                     carry={"calls": "calls_before"})
 def gaussian_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, ridge: float = 1e-3,
                                calls_before: float = 0.0) -> dict[str, float]:

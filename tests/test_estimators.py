@@ -696,6 +696,24 @@ def test_unknown_method_and_parameter_list_the_valid_ones():
         information_plane(x, t, y, "kde", bound="middle")
 
 
+def test_a_builtin_name_cannot_be_registered_over_and_an_own_name_can_be_again():
+    from pipeline.estimators import ESTIMATORS, get_estimator, register_estimator
+
+    def plane(x, t, y):
+        return {"I_XT": 1.0, "I_TY": 2.0}
+
+    for name in METHODS:
+        with pytest.raises(ValueError, match=f"estimator name '{name}' is a built-in method"):
+            register_estimator(name)(plane)
+    assert get_estimator("gaussian").mutual_information is not None  # still the built-in
+    try:
+        register_estimator("test_own_twice")(plane)
+        register_estimator("test_own_twice", outputs={"extra": ("an extra value", "1")})(plane)
+        assert get_estimator("test_own_twice").outputs == {"extra": ("an extra value", "1")}
+    finally:
+        ESTIMATORS.pop("test_own_twice", None)
+
+
 @pytest.mark.parametrize("method", ["binning", "kde", "renyi", "ksg", "compression"])
 def test_bad_arrays_are_rejected(method):
     x, t, y = RNG.normal(size=(50, 3)), RNG.normal(size=(50, 2)), RNG.integers(0, 2, 50)

@@ -118,7 +118,7 @@ def test_own_network_through_every_stage(tmp_path):
     state = archive.weights(0, 3)
     np.testing.assert_array_equal(state["head.weight"], model.head.weight.detach().numpy())
 
-    entries = {**DEFAULT_ESTIMATORS, "gaussian": {"method": "gaussian"}}
+    entries = {**DEFAULT_ESTIMATORS, "own_gaussian": {"method": "own_gaussian"}}
     assert estimate_archive(path, EstimatorsConfig(estimators=entries), scheduler="synchronous") == 0
     ds = xr.open_zarr(tmp_path / "tower" / "estimates.zarr").load()
     assert bool(ds.done.all()) and np.isfinite(ds.I_XT).all() and np.isfinite(ds.I_TY).all()
@@ -127,15 +127,15 @@ def test_own_network_through_every_stage(tmp_path):
     index = archive.split_index("test")
     direct = gaussian_information_plane(archive.inputs[index], archive.activations(0, "stem", 2)[index],
                                         archive.labels[index], calls_before=2)
-    cell = ds.sel(estimator="gaussian", seed=0, split="test", epoch=2, layer="stem")
+    cell = ds.sel(estimator="own_gaussian", seed=0, split="test", epoch=2, layer="stem")
     assert float(cell.I_XT) == direct["I_XT"] and float(cell.I_TY) == direct["I_TY"]
-    np.testing.assert_array_equal(ds.calls.sel(estimator="gaussian", seed=0, split="all", layer="head"),
+    np.testing.assert_array_equal(ds.calls.sel(estimator="own_gaussian", seed=0, split="all", layer="head"),
                                   [1, 2, 3, 4])
     assert ds.attrs["output_layer"] == "head"
 
     proc = run_stage("figures", "--archive", str(path), "--figures", str(tmp_path / "figures"))
     out = tmp_path / "figures" / "tower"
-    for name in ("training", "gradients", "plane_gaussian_test", "plane_ksg_all", "comparison", "fisher"):
+    for name in ("training", "gradients", "plane_own_gaussian_test", "plane_ksg_all", "comparison", "fisher"):
         assert (out / f"{name}.png").exists(), (name, proc.stdout)
     assert "tower" in (out / "index.html").read_text()
 

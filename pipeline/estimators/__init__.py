@@ -119,6 +119,7 @@ class Estimator:
 
 
 ESTIMATORS: dict[str, Estimator] = {}
+BUILTIN_METHODS: tuple[str, ...] = ()  # set once the built-ins below are registered
 
 
 def register_estimator(name: str, *, outputs: dict[str, tuple[str, str]] | None = None,
@@ -131,6 +132,9 @@ def register_estimator(name: str, *, outputs: dict[str, tuple[str, str]] | None 
     def add(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
         if ":" in name:
             raise ValueError(f"estimator name {name!r} may not hold ':' (entry points do)")
+        if name in BUILTIN_METHODS:  # a silent replacement would change every config naming it
+            raise ValueError(f"estimator name {name!r} is a built-in method; register yours under "
+                             f"another name (built-ins: {', '.join(BUILTIN_METHODS)})")
         estimator = Estimator(name, fn, mutual_information, dict(outputs or {}), dict(carry or {}), chained,
                               dict(domains or {}), **uncertainty)
         ESTIMATORS[name] = estimator
@@ -187,7 +191,7 @@ register_estimator("compression", mutual_information=compression_mutual_informat
 register_estimator("variational", mutual_information=variational_mutual_information,
                    domains=BUILTIN["variational"], schemes=("subsample",),
                    cost=500.0)(variational_information_plane)
-METHODS = tuple(ESTIMATORS)
+METHODS = BUILTIN_METHODS = tuple(ESTIMATORS)
 
 
 def _function(method: str, kind: str) -> Callable[..., Any]:
@@ -231,5 +235,6 @@ def mutual_information(a: np.ndarray, b: np.ndarray, method: str, **params: Any)
 
 
 __all__ = ["information_plane", "mutual_information", "parameters", "check_parameters", "METHODS",
+           "BUILTIN_METHODS",
            "Estimator", "ESTIMATORS", "register_estimator", "get_estimator", "ParameterError", "as_labels",
            "as_samples"]
