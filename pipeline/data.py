@@ -200,6 +200,9 @@ def torchvision_dataset(cfg: DataConfig) -> SplitData:
     return SplitData(x_tr[i_tr], y_tr[i_tr], i_tr, x_te[i_te], y_te[i_te], i_te + len(y_tr), n_classes=10)
 
 
+DATASETS.seal()  # the built-ins above: a user's register_dataset picks another name
+
+
 def load_dataset(cfg: DataConfig) -> SplitData:
     """The dataset of `cfg`: a registered name, or the function `cfg.factory` names."""
     name = cfg.factory or cfg.dataset

@@ -151,6 +151,9 @@ def vgg16(input_shape: tuple[int, ...], n_classes: int, cfg: ModelConfig) -> Blo
     return BlockNetwork(blocks)
 
 
+MODELS.seal()  # the built-ins above: a user's register_model picks another name
+
+
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """The network of `cfg` (a registered name or `cfg.factory`) for inputs of `input_shape`."""
     factory = MODELS.get(cfg.factory or cfg.architecture)

@@ -49,14 +49,22 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, Callable[..., Any]] = {}
+        self._builtin: frozenset[str] = frozenset()
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:
             if ":" in name:
                 raise RegistryError(f"{self.kind} name {name!r} may not hold ':' (entry points do)")
+            if name in self._builtin:  # a silent replacement would change every config naming it
+                raise RegistryError(f"{self.kind} name {name!r} is a built-in one; register yours under "
+                                    f"another name (built-ins: {', '.join(sorted(self._builtin))})")
             self._items[name] = fn
             return fn
         return add
+
+    def seal(self) -> None:
+        """Mark every name registered so far as built-in: registering it again is refused."""
+        self._builtin = frozenset(self._items)
 
     def get(self, name: str) -> Callable[..., Any]:
         if ":" in name:

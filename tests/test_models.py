@@ -61,3 +61,26 @@ def test_noise_only_in_training_mode():
 def test_images_of_the_wrong_size_are_refused():
     with pytest.raises(ValueError, match="expects 28x28"):
         build_model(ModelConfig(architecture="mnist_cnn"), (1, 32, 32), 10)
+
+
+@pytest.mark.parametrize("kind", ["model", "dataset"])
+def test_a_builtin_model_or_dataset_name_cannot_be_registered_over(kind):
+    from pipeline.data import DATASETS
+    from pipeline.models import MODELS
+    from pipeline.registry import RegistryError
+
+    registry = MODELS if kind == "model" else DATASETS
+    builtin = {"model": ["mlp", "mnist_cnn", "vgg16"],
+               "dataset": ["szt", "synthetic", "mnist", "cifar10"]}[kind]
+    original = {name: registry.get(name) for name in builtin}
+    for name in builtin:
+        with pytest.raises(RegistryError, match=f"{kind} name '{name}' is a built-in one"):
+            registry.register(name)(lambda *args: None)
+        assert registry.get(name) is original[name]
+    own = f"test_own_{kind}"
+    try:  # an own name may be registered again (a notebook cell run twice)
+        registry.register(own)(len)
+        registry.register(own)(abs)
+        assert registry.get(own) is abs
+    finally:
+        registry._items.pop(own, None)
