@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 import types
 import typing
@@ -311,8 +312,20 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     return cfg
 
 
+# A run's name is a folder under the runs directory and an estimator entry's name is part of
+# figure file names: neither may hold a path separator or start with a dot.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_name(key: str, name: str) -> None:
+    if not NAME.fullmatch(name):
+        raise ConfigError(f"{key}: {name!r} is not a valid name; use letters, digits and _ . + - "
+                          "(starting with a letter or digit)")
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Cross-field checks that types alone cannot express."""
+    check_name("name", cfg.name)
     if not cfg.seeds:
         raise ConfigError("seeds: give at least one seed")
     if len(set(cfg.seeds)) != len(cfg.seeds):
@@ -360,6 +373,7 @@ def validate_estimate(estimate: EstimateConfig, estimators: dict[str, dict[str, 
         raise ConfigError(f"estimate.splits: {list(estimate.splits)} must name distinct splits "
                           "('all' is every recorded sample)")
     for entry, table in estimators.items():
+        check_name(f"estimators.{entry}", entry)
         if "method" not in table:
             raise ConfigError(f"estimators.{entry}.method: required key is missing")
         from pipeline.estimators import ParameterError, check_parameters, get_estimator  # late: torch

@@ -29,6 +29,9 @@ ONE_SEED = ["--set", "seeds=[0]", "--set", "train.threads_per_seed=1", "--set", 
     ("estimators.renyi.alpha=0", "estimators.renyi.alpha: must be a number > 0, got 0"),
     ("train.lr=-1", "train.lr: must be positive, got -1.0"),
     ("model.widths=[4,0]", "model.widths: every width must be at least 1, got [4, 0]"),
+    ("name='../elsewhere'", "name: '../elsewhere' is not a valid name; use letters, digits and _ . + -"),
+    ("estimators.a/b.method='binning'", "estimators.a/b: 'a/b' is not a valid name"),
+    ("name='.hidden'", "name: '.hidden' is not a valid name"),
 ])
 def test_invalid_values_are_refused_at_load(override, message):
     from pipeline.config import ConfigError, load_config
