@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline.archive import ArchiveError, ArchiveReader
 from pipeline.cluster import make_client, start_worker_server
 from pipeline.config import ConfigError, EstimateConfig, EstimatorsConfig, ExperimentConfig, validate_estimate
-from pipeline.estimators import get_estimator
+from pipeline.estimators import get_estimator, plane_defaults
 from pipeline.provenance import provenance
 from pipeline.results import (
     CELL_DIMS,
@@ -42,6 +42,7 @@ from pipeline.results import (
     belongs_to,
     cell_variables,
     changed_entries,
+    compared_parameters,
     lost_blocks,
     merge_into,
     open_results,
@@ -284,14 +285,24 @@ def _unmark_unusable(old, entries: dict[str, dict[str, Any]], results_path: Path
 
 
 def note_changed_entries(old, target) -> None:
-    """Say which entries' done cells are replaced because their table (parameters or cell
-    options) differs from the one the store holds them for: they are computed again."""
+    """Say which entries' done cells are replaced because their parameters (defaults included)
+    or cell options differ from those the store holds them for: they are computed again."""
+    key = compared_parameters(old, target)
     for name in changed_entries(old, target):
-        was, now = (str(ds.parameters.sel(estimator=name).values) for ds in (old, target))
+        was, now = (json.loads(str(ds[key].sel(estimator=name).values)) for ds in (old, target))
+        changes = ", ".join(f"{k} {json.dumps(was.get(k, '(unset)'))} -> {json.dumps(now.get(k, '(unset)'))}"
+                            for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
         done = int(old["done"].sel(estimator=name).sum())
+        scope = " (parameters with their defaults)" if key == "resolved_parameters" else " (its table)"
         if done:
-            print(f"note: recomputing {name}: its table is now {now}, its {done} stored cells were "
-                  f"computed with {was}; give the new table another entry name to keep both")
+            print(f"note: recomputing the {done} stored cells of {name}: {changes}{scope}; give the "
+                  "new table another entry name to keep both")
+
+
+def resolved_table(table: dict[str, Any]) -> dict[str, Any]:
+    """An entry's table with every parameter of its method and every cell option filled in."""
+    params, options = split_options(table)
+    return {"method": table["method"], **plane_defaults(table["method"]), **params, **options}
 
 
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
@@ -310,7 +321,8 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
              "versions": json.dumps(prov["versions"]), "git_revision": prov["git_revision"]}
     if "training_hash" in archive.attrs:
         attrs["archive_training_hash"] = archive.attrs["training_hash"]
-    target = template(entries, archive.seeds, splits, epochs, archive.layers, widths, attrs, outputs)
+    target = template(entries, archive.seeds, splits, epochs, archive.layers, widths, attrs, outputs,
+                      {name: resolved_table(table) for name, table in entries.items()})
     old = open_results(paths.results)
     if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
         raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
@@ -324,7 +336,8 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")
     if old is None or lost or any(not old[dim].equals(target[dim]) for dim in CELL_DIMS) or \
-            not old.parameters.equals(target.parameters) or \
+            not old.parameters.equals(target.parameters) or "resolved_parameters" not in old.coords or \
+            not old.resolved_parameters.equals(target.resolved_parameters) or \
             set(cell_variables(old)) != set(cell_variables(target)):
         write_store(target, paths.results)
     return target, committed

@@ -26,7 +26,8 @@ from scipy.special import stdtrit
 
 from pipeline.errors import KnownFailure
 
-RESULTS_SCHEMA_VERSION = "1.3"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals; 1.3: flags
+RESULTS_SCHEMA_VERSION = "1.4"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals; 1.3: flags;
+# 1.4: resolved_parameters (every parameter with its default filled in)
 CELL_DIMS = ("estimator", "seed", "split", "epoch", "layer")
 CELL_VARIABLES = {  # every store has these; estimators declare more (Estimator.outputs)
     "I_XT": ("I(X;T)", "bits"),
@@ -49,8 +50,10 @@ def cell_variables(ds: xr.Dataset) -> list[str]:
 
 def template(estimators: dict[str, dict[str, Any]], seeds: list[int], splits: list[str],
              epochs: np.ndarray, layers: list[str], layer_widths: list[int],
-             attrs: dict[str, Any], outputs: dict[str, tuple[str, str]] | None = None) -> xr.Dataset:
-    """An all-NaN Dataset with every cell not done; `outputs` adds the estimators' variables."""
+             attrs: dict[str, Any], outputs: dict[str, tuple[str, str]] | None = None,
+             resolved: dict[str, dict[str, Any]] | None = None) -> xr.Dataset:
+    """An all-NaN Dataset with every cell not done; `outputs` adds the estimators' variables and
+    `resolved` each entry's table with every default filled in (`resolved_parameters`)."""
     shape = (len(estimators), len(seeds), len(splits), len(epochs), len(layers))
     coords = {
         "estimator": list(estimators), "seed": np.asarray(seeds, dtype=np.int64),
@@ -59,6 +62,9 @@ def template(estimators: dict[str, dict[str, Any]], seeds: list[int], splits: li
         "method": ("estimator", [table["method"] for table in estimators.values()]),
         "parameters": ("estimator", [json.dumps(table, sort_keys=True) for table in estimators.values()]),
     }
+    if resolved is not None:
+        coords["resolved_parameters"] = ("estimator", [json.dumps(resolved[name], sort_keys=True, default=str)
+                                                       for name in estimators])
     data = {}
     for name, (long_name, units) in {**CELL_VARIABLES, **(outputs or {})}.items():
         data[name] = xr.Variable(CELL_DIMS, np.full(shape, np.nan),
@@ -170,11 +176,20 @@ def belongs_to(attrs: dict[str, Any], identity: str, training_hash: str | None) 
     return attrs.get("archive_training_hash") == training_hash
 
 
+def compared_parameters(old: xr.Dataset, target: xr.Dataset) -> str:
+    """The coordinate two stores' entries are compared by: every parameter with its default
+    (so a changed default recomputes the cells), or the tables where a store predates that."""
+    both = "resolved_parameters" in old.coords and "resolved_parameters" in target.coords
+    return "resolved_parameters" if both else "parameters"
+
+
 def changed_entries(old: xr.Dataset, target: xr.Dataset) -> list[str]:
-    """Entries of both stores whose table (parameters and cell options) differs."""
+    """Entries of both stores whose parameters (defaults included where both stores hold them)
+    or cell options differ."""
+    key = compared_parameters(old, target)
     both = [e for e in target.estimator.values if e in old.estimator.values]
-    return [str(e) for e in both if str(old.parameters.sel(estimator=e).values) !=
-            str(target.parameters.sel(estimator=e).values)]
+    return [str(e) for e in both if str(old[key].sel(estimator=e).values) !=
+            str(target[key].sel(estimator=e).values)]
 
 
 def merge_into(target: xr.Dataset, old: xr.Dataset | None) -> xr.Dataset:

@@ -506,7 +506,51 @@ def test_an_entry_whose_table_changed_is_recomputed_and_said_so(runs, capsys):
     assert estimate(config(**changed), runs, scheduler="synchronous",
                     selection=Selection(only=("binning_10",), seeds=(0,), splits=("all",))) == 0
     said = capsys.readouterr().out
-    assert ('note: recomputing binning_10: its table is now {"method": "binning", "n_bins": 3}, its 12 '
-            'stored cells were computed with {"method": "binning", "n_bins": 10}') in said
+    assert ('note: recomputing the 12 stored cells of binning_10: n_bins 10 -> 3 (parameters with their '
+            'defaults)') in said
     values = load(runs).I_XT.sel(estimator="binning_10", seed=0, split="all")
     assert float(values.max()) <= np.log2(3 ** 6) + 1e-9  # 3 bins a unit: at most 3^6 patterns in dense1
+
+
+def test_a_changed_default_recomputes_the_entry_and_a_store_without_defaults_keeps_its_cells(runs, capsys):
+    """The store holds every parameter with its default (`resolved_parameters`): when a method's
+    default changes (here a registered estimator's), its cells are computed again. A store
+    written before it held them (schema 1.3) keeps its cells and gains the coordinate."""
+    from pipeline.estimators import ESTIMATORS as REGISTERED
+    from pipeline.estimators import register_estimator
+    from pipeline.results import write_store
+
+    def constant(value):
+        def plane(x, t, y, scale=value):
+            return {"I_XT": scale, "I_TY": scale}
+        return plane
+
+    selection = Selection(seeds=(0,), splits=("all",))
+    try:
+        register_estimator("test_scaled")(constant(1.0))
+        assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
+                        selection=selection) == 0
+        stored = load(runs)
+        assert '"scale": 1.0' in str(stored.resolved_parameters.sel(estimator="own").values)
+        assert float(stored.I_XT.sel(estimator="own", seed=0, split="all").max()) == 1.0
+        capsys.readouterr()
+        register_estimator("test_scaled")(constant(2.0))  # the same table, another default
+        assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
+                        selection=selection) == 0
+        assert "note: recomputing the 12 stored cells of own: scale 1.0 -> 2.0 (parameters with their " \
+               "defaults)" in capsys.readouterr().out
+        cells = load(runs).I_XT.sel(estimator="own", seed=0, split="all")
+        assert float(cells.min()) == float(cells.max()) == 2.0
+
+        older = load(runs).drop_vars("resolved_parameters")  # as schema 1.3 wrote it
+        older.attrs["schema_version"] = "1.3"
+        write_store(older, runs / "tiny" / "estimates.zarr")
+        register_estimator("test_scaled")(constant(3.0))  # unknowable for that store: kept
+        assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
+                        selection=selection) == 0
+        assert "recomputing" not in capsys.readouterr().out
+        again = load(runs)
+        assert float(again.I_XT.sel(estimator="own", seed=0, split="all").max()) == 2.0
+        assert '"scale": 3.0' in str(again.resolved_parameters.sel(estimator="own").values)
+    finally:
+        REGISTERED.pop("test_scaled", None)

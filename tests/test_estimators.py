@@ -696,6 +696,15 @@ def test_unknown_method_and_parameter_list_the_valid_ones():
         information_plane(x, t, y, "kde", bound="middle")
 
 
+def test_plane_defaults_are_what_a_call_runs_with():
+    """The stage stores these with each entry: a function's own defaults, or for one taking
+    **params (variational) the defaults of the function it hands them to."""
+    from pipeline.estimators import plane_defaults
+    assert plane_defaults("binning") == parameters("binning") and plane_defaults("binning")["n_bins"] == 30
+    assert plane_defaults("variational") == parameters("variational", "mutual_information")
+    assert plane_defaults("variational")["bound"] == "smile"
+
+
 def test_a_builtin_name_cannot_be_registered_over_and_an_own_name_can_be_again():
     from pipeline.estimators import ESTIMATORS, get_estimator, register_estimator
 

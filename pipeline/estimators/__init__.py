@@ -209,6 +209,18 @@ def parameters(method: str, kind: str = "information_plane") -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty}
 
 
+def plane_defaults(method: str) -> dict[str, Any]:
+    """The defaults a call of `method`'s information-plane function runs with: its keyword
+    defaults, or where it takes **params and hands them on (variational), those of its
+    mutual_information function."""
+    estimator = get_estimator(method)
+    hands_on = any(p.kind is inspect.Parameter.VAR_KEYWORD
+                   for p in inspect.signature(estimator.information_plane).parameters.values())
+    if hands_on and estimator.mutual_information is not None:
+        return {**parameters(method, "mutual_information"), **parameters(method)}
+    return parameters(method)
+
+
 def check_parameters(method: str, params: dict[str, Any], kind: str = "information_plane") -> None:
     signature = inspect.signature(_function(method, kind))
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
@@ -234,7 +246,8 @@ def mutual_information(a: np.ndarray, b: np.ndarray, method: str, **params: Any)
     return float(_function(method, "mutual_information")(a, b, **params))
 
 
-__all__ = ["information_plane", "mutual_information", "parameters", "check_parameters", "METHODS",
+__all__ = ["information_plane", "mutual_information", "parameters", "plane_defaults", "check_parameters",
+           "METHODS",
            "BUILTIN_METHODS",
            "Estimator", "ESTIMATORS", "register_estimator", "get_estimator", "ParameterError", "as_labels",
            "as_samples"]
