@@ -209,6 +209,8 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     if not archive.seeds:
         raise ArchiveError(f"{paths.archive} holds no seed yet: let training commit a snapshot")
     entries = dict(settings.estimators) or DEFAULT_ESTIMATORS
+    if scheduler_file is None and scheduler in (None, "synchronous"):  # the tasks run on this machine
+        check_devices_here(entries)
     splits, notes = usable_splits(archive, settings.estimate)
     selection.check(list(entries), archive.seeds, splits, paths.archive, archive.name)
     lock = lock_file(paths.run_dir, "estimates", wait=False, error=ResultsError,
@@ -219,6 +221,21 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
                          scheduler_file, netcdf, selection)
     finally:
         os.close(lock)
+
+
+def check_devices_here(entries: dict[str, dict[str, Any]]) -> None:
+    """One line before any work for an entry asking for a CUDA device on a machine without one
+    (each of its tasks would otherwise fail with torch's message after its retries). A cluster
+    reached by address is not checked: its workers may have GPUs this machine lacks."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for name, table in entries.items():
+        if str(table.get("device", "cpu")).startswith("cuda"):
+            raise ConfigError(f"estimators.{name}.device: {table['device']!r}, but this machine has no CUDA "
+                              "device; set device = \"cpu\", or run on a Dask cluster whose workers have "
+                              "GPUs (--scheduler ADDRESS)")
 
 
 def usable_splits(archive: ArchiveReader, settings: EstimateConfig) -> tuple[list[str], list[str]]:

@@ -279,6 +279,17 @@ def test_an_interrupted_store_swap_is_finished(tmp_path):
     assert not (tmp_path / "estimates.zarr.partial").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
+def test_an_entry_asking_for_cuda_on_a_machine_without_one_is_one_line(run):
+    before = sorted(p.name for p in (run / "tiny" / "estimates.zarr").iterdir())
+    proc = stage("estimate", run, "--set", "estimators.kde_upper.device='cuda'", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("error: estimators.kde_upper.device: 'cuda', but this machine has no CUDA "
+                                   'device; set device = "cpu", or run on a Dask cluster whose workers '
+                                   "have GPUs (--scheduler ADDRESS)")
+    assert sorted(p.name for p in (run / "tiny" / "estimates.zarr").iterdir()) == before
+
+
 # ---------------------------------------------------------------- cluster connections
 @pytest.mark.slow
 def test_a_scheduler_that_cannot_be_reached_is_one_line(run):
