@@ -247,7 +247,6 @@ def mutual_information(a: np.ndarray, b: np.ndarray, method: str, **params: Any)
 
 
 __all__ = ["information_plane", "mutual_information", "parameters", "plane_defaults", "check_parameters",
-           "METHODS",
-           "BUILTIN_METHODS",
+           "METHODS", "BUILTIN_METHODS",
            "Estimator", "ESTIMATORS", "register_estimator", "get_estimator", "ParameterError", "as_labels",
            "as_samples"]
