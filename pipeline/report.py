@@ -59,8 +59,11 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     results = _results(paths, archive, messages, wanted or [])
     if results is not None:
         _results_figures(results, archive, out, saved, messages, intervals, stop)
+    # every parameter with its default where the store holds them (schema 1.4), else the tables
+    resolved = results is not None and "resolved_parameters" in results.coords
+    key = "resolved_parameters" if resolved else "parameters"
     estimators = {} if results is None else {
-        str(e): str(results.parameters.sel(estimator=e).values) for e in results.estimator.values}
+        str(e): str(results[key].sel(estimator=e).values) for e in results.estimator.values}
     attrs = {} if results is None else {k: v for k, v in results.attrs.items() if k != MASKED}
     attrs["archive_provenance"] = archive.attrs.get("provenance")
     summary = None if results is None else findings.run_summary(results)

@@ -245,6 +245,10 @@ def test_figures_from_partial_results(runs, tmp_path):
     assert "estimator broken: every value is NaN" in report
     # the DPI holds in every cell of this entry: a sentence in the report instead of a figure
     assert "binning_10 (all): the data-processing inequality holds in every cell" in report
+    # the entry's parameters with the defaults its table leaves out (the store's resolved_parameters)
+    entries = report.split("<h2 id='entries'>")[1].split("<h2")[0]
+    assert "<td>n_bins</td><td>10</td>" in entries and "<td>range</td><td>fixed</td>" in entries
+    assert "<td>uncertainty</td><td>none</td>" in entries
     for name in ("plane_binning_10_all", "plane_binning_10_test", "comparison",
                  "mi_vs_epoch_binning_10", "fisher"):
         assert (out / f"{name}.png").stat().st_size > 3000, name
