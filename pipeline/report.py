@@ -21,7 +21,7 @@ from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
 from pipeline.interactive import interactive_sections, write_plotly_js
 from pipeline.report_html import write_report
-from pipeline.results import MASKED, ResultsError, belongs_to, masked, open_results
+from pipeline.results import MASKED, ResultsError, belongs_to, masked, open_results, parameters_key
 from pipeline.runs import RunPaths
 
 
@@ -59,11 +59,9 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     results = _results(paths, archive, messages, wanted or [])
     if results is not None:
         _results_figures(results, archive, out, saved, messages, intervals, stop)
-    # every parameter with its default where the store holds them (schema 1.4), else the tables
-    resolved = results is not None and "resolved_parameters" in results.coords
-    key = "resolved_parameters" if resolved else "parameters"
-    estimators = {} if results is None else {
-        str(e): str(results[key].sel(estimator=e).values) for e in results.estimator.values}
+    estimators = {} if results is None else {  # every parameter with its default, where stored
+        str(e): str(params) for e, params in zip(results.estimator.values,
+                                                 results[parameters_key(results)].values, strict=True)}
     attrs = {} if results is None else {k: v for k, v in results.attrs.items() if k != MASKED}
     attrs["archive_provenance"] = archive.attrs.get("provenance")
     summary = None if results is None else findings.run_summary(results)

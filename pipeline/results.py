@@ -176,10 +176,16 @@ def belongs_to(attrs: dict[str, Any], identity: str, training_hash: str | None) 
     return attrs.get("archive_training_hash") == training_hash
 
 
+def parameters_key(ds: xr.Dataset) -> str:
+    """The coordinate holding a store's entry parameters most fully: every parameter with its
+    default (`resolved_parameters`), or the tables where the store predates that (schema < 1.4)."""
+    return "resolved_parameters" if "resolved_parameters" in ds.coords else "parameters"
+
+
 def compared_parameters(old: xr.Dataset, target: xr.Dataset) -> str:
-    """The coordinate two stores' entries are compared by: every parameter with its default
-    (so a changed default recomputes the cells), or the tables where a store predates that."""
-    both = "resolved_parameters" in old.coords and "resolved_parameters" in target.coords
+    """The coordinate two stores' entries are compared by: the fuller one where both hold it (so a
+    changed default recomputes the cells), else the tables."""
+    both = parameters_key(old) == parameters_key(target) == "resolved_parameters"
     return "resolved_parameters" if both else "parameters"
 
 

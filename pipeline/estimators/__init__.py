@@ -209,21 +209,22 @@ def parameters(method: str, kind: str = "information_plane") -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty}
 
 
+def _takes_any_keyword(fn: Callable[..., Any]) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
 def plane_defaults(method: str) -> dict[str, Any]:
     """The defaults a call of `method`'s information-plane function runs with: its keyword
     defaults, or where it takes **params and hands them on (variational), those of its
     mutual_information function."""
     estimator = get_estimator(method)
-    hands_on = any(p.kind is inspect.Parameter.VAR_KEYWORD
-                   for p in inspect.signature(estimator.information_plane).parameters.values())
-    if hands_on and estimator.mutual_information is not None:
+    if _takes_any_keyword(estimator.information_plane) and estimator.mutual_information is not None:
         return {**parameters(method, "mutual_information"), **parameters(method)}
     return parameters(method)
 
 
 def check_parameters(method: str, params: dict[str, Any], kind: str = "information_plane") -> None:
-    signature = inspect.signature(_function(method, kind))
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+    if _takes_any_keyword(_function(method, kind)):
         return  # a function taking **params checks them itself
     valid = parameters(method, kind)
     unknown = sorted(set(params) - set(valid))
