@@ -415,6 +415,8 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         print(f"nothing to do: {paths.results} has every{selected} cell of {len(entries)} estimator(s) x "
               f"{len(archive.seeds)} seed(s) x {len(target.split)} split(s) x {target.sizes['epoch']} "
               f"epoch(s) x {len(archive.layers)} layer(s)")
+        if netcdf:  # the store is complete: its export is still asked for
+            export_netcdf(paths.results)
         return 0
     print(f"estimating {archive.name}: {len(tasks)} tasks ({n_cells} cells) + {len(fisher_tasks)} "
           f"Fisher tasks -> {paths.results}", flush=True)
