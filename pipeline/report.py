@@ -136,7 +136,11 @@ def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wante
                         "run `make estimate`")
     present = [e for e in results.estimator.values if not np.isnan(results.I_XT.sel(estimator=e)).all()]
     for e in results.estimator.values:
-        if e not in present:
+        if e in present:
+            continue
+        if "done" in results and not results.done.sel(estimator=e).any():  # `--only` left it out
+            messages.append(f"estimator {e}: no cell computed yet (`make estimate` computes them); skipped")
+        else:
             messages.append(f"estimator {e}: every value is NaN (see the store's `warnings`); skipped")
     return results.sel(estimator=present)
 

@@ -283,9 +283,14 @@ def test_several_archives_in_one_call(trained, tmp_path):
 PARTIAL = Selection(only=("binning_10",), seeds=(1,), splits=("test",), every=2)
 
 
-def test_only_seeds_every_restrict_a_run_and_a_full_run_completes_it(runs, capsys):
+def test_only_seeds_every_restrict_a_run_and_a_full_run_completes_it(runs, capsys, tmp_path):
+    from pipeline.report import main as figures
+
     estimate(config(), runs, scheduler="synchronous", selection=PARTIAL)
     part = load(runs)
+    figures(config(), runs, tmp_path)  # the entry `--only` left out is not yet computed, not NaN
+    report = (tmp_path / "tiny" / "index.html").read_text()
+    assert "estimator renyi: no cell computed yet" in report and "every value is NaN" not in report
     n_epochs = part.sizes["epoch"]
     rows = [r for r in range(n_epochs) if r % 2 == 0 or r == n_epochs - 1]
     expected = np.zeros(part.done.shape, dtype=bool)
