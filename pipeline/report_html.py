@@ -28,16 +28,16 @@ CAPTIONS = {  # figure name prefix: (what it shows, how to read it)
                "trained; thin lines join the layers of one snapshot.",
                "Moving right: the layer carries more about the input; up: more about the label. A "
                "late move to the left is what the literature calls compression. Grey bars: 90% "
-               "intervals of the seed mean (or one seed's own interval); grey floors: the shuffle "
-               "baselines, values within them are estimator bias; hollow markers: saturated values, "
-               "near H(X) or H(Y), which carry no dynamics."),
+               "intervals of the seed mean (or one seed's own interval), cut where they reach below "
+               "zero; grey floors: the shuffle baselines, values within them are estimator bias; "
+               "hollow markers: saturated values, near H(X) or H(Y), which carry no dynamics."),
     "dpi_": ("Cells where the data-processing inequality I(X;T_l) >= I(X;T_l+1) fails for the seed "
              "mean, per adjacent layer pair (rows) and snapshot (columns).",
              "A deterministic network cannot gain information about X in deeper layers: red cells "
              "are estimator artefacts (noise, binning or kernel choices), not properties of the "
              "network."),
     "mi_vs_epoch_": ("I(X;T) (left) and I(T;Y) (right) of every layer against epochs trained, mean "
-                     "over seeds with its 90% interval as a band.",
+                     "over seeds with its 90% interval as a band (cut where it reaches below zero).",
                      "Fitting shows as rising curves, compression as I(X;T) falling while I(T;Y) "
                      "holds; a band wider than a change means the change is within the noise."),
     "comparison": ("Every estimator entry and split as one small information plane.",

@@ -194,6 +194,26 @@ def test_points_carry_the_seed_interval_and_the_null_floor():
     assert "shuffle baseline (train)" in labels
 
 
+def test_an_interval_reaching_below_zero_is_cut_by_the_axis_not_drawn_shorter():
+    from matplotlib.collections import LineCollection
+
+    ds = synthetic_results()
+    ty = ds["I_TY"].loc[{"estimator": "binning_30", "split": "train"}]
+    ty[0] = 0.05  # seed 0
+    ty[1] = 1.0  # seed 1: the 2-seed t interval of the mean 0.525 reaches 0.525 - 3.0 bits
+    plane = F.information_plane_figure(ds, "binning_30", "train")
+    ax = plane.axes[0]
+    low, high = ax.get_ylim()
+    assert -0.04 * high - 1e-9 <= low < 0  # the axis starts just below zero bits
+    vertical = [c for c in ax.collections if isinstance(c, LineCollection)][1].get_segments()
+    assert min(seg[:, 1].min() for seg in vertical) == pytest.approx(0.525 - 2.9990, abs=1e-3)
+    band = F.mi_vs_epoch_figure(ds, "binning_30").axes[1]
+    low, high = band.get_ylim()
+    assert -0.04 * high - 1e-9 <= low < 0
+    ds["I_TY"][:] = -0.5  # means below zero (a bias-corrected estimator): the axis shows them
+    assert F.mi_vs_epoch_figure(ds, "binning_30").axes[1].get_ylim()[0] < -0.5
+
+
 def test_one_epoch_convention_and_titles_in_words():
     """Every time axis is in epochs trained (0 = before training); no raw JSON in any title."""
     ds = synthetic_results()
