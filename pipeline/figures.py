@@ -93,18 +93,21 @@ def saturation_limits(n_samples: int, labels: np.ndarray) -> tuple[float, float]
     return float(np.log2(n_samples)), entropy_of_counts(np.bincount(labels))
 
 
-def start_near_zero(ax, which: str, lowest: float) -> None:
-    """Start axis `which` ("x" or "y") just below 0 bits or the lowest mean drawn, if lower.
+def keep_in_view(ax, which: str, means: np.ndarray, ceiling: float | None = None) -> None:
+    """Let axis `which` ("x" or "y") run from just below 0 bits (or the lowest mean) to just
+    above `ceiling` (or the highest mean), where intervals reach further.
 
-    No MI lies below zero, yet the t interval of a 2-seed mean (quantile 6.3) often reaches far
-    below it and would squeeze the curves into a strip; the axis cuts such an interval instead.
+    No MI lies below zero, and a plug-in value cannot pass its ceiling (log2 of the samples,
+    H(Y)), yet the t interval of a 2-seed mean (quantile 6.3) often reaches far past both and
+    would squeeze the points into a strip; the axis cuts such an interval instead.
     """
     get, set_ = (ax.get_xlim, ax.set_xlim) if which == "x" else (ax.get_ylim, ax.set_ylim)
     low, high = get()
-    floor = min(0.0, lowest) if np.isfinite(lowest) else 0.0
-    start = floor - 0.04 * max(high - floor, 1e-9)
-    if low < start:
-        set_(start, high)
+    finite = np.asarray(means)[np.isfinite(means)]
+    floor = min(0.0, float(finite.min())) if finite.size else 0.0
+    top = None if ceiling is None else max(ceiling, float(finite.max()) if finite.size else ceiling)
+    margin = 0.04 * max((high if top is None else top) - floor, 1e-9)
+    set_(max(low, floor - margin), high if top is None else min(high, top + margin))
 
 
 def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layers: list[str],
@@ -136,8 +139,8 @@ def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layer
         xlo, xhi, ylo, yhi = (np.ravel(a) for a in intervals)
         ax.hlines(i_ty.ravel(), xlo, xhi, colors="0.55", lw=0.5, alpha=0.7, zorder=1)
         ax.vlines(i_xt.ravel(), ylo, yhi, colors="0.55", lw=0.5, alpha=0.7, zorder=1)
-        start_near_zero(ax, "x", float(np.nanmin(i_xt, initial=np.inf)))
-        start_near_zero(ax, "y", float(np.nanmin(i_ty, initial=np.inf)))
+        keep_in_view(ax, "x", i_xt, None if limits is None else limits[0])
+        keep_in_view(ax, "y", i_ty, None if limits is None else limits[1])
     if mark_epoch is not None and mark_epoch in epochs:
         row = int(np.flatnonzero(epochs == mark_epoch)[0])
         ax.plot(i_xt[row], i_ty[row], "-", color="crimson", lw=1.2)
@@ -310,7 +313,7 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
                              else str(layer))
                 axes[v].fill_between(epochs[finite], line.lo.values[finite], line.hi.values[finite],
                                      color=colours(l), alpha=0.15, lw=0)
-            start_near_zero(axes[v], "y", float(np.nanmin(band["mean"].values, initial=np.inf)))
+            keep_in_view(axes[v], "y", band["mean"].values)
         epoch_axis(axes[v])
         axes[v].set_ylabel(f"{QUANTITY[variable]} (bits)")
     axes[1].legend(ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))

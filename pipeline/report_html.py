@@ -28,9 +28,10 @@ CAPTIONS = {  # figure name prefix: (what it shows, how to read it)
                "trained; thin lines join the layers of one snapshot.",
                "Moving right: the layer carries more about the input; up: more about the label. A "
                "late move to the left is what the literature calls compression. Grey bars: 90% "
-               "intervals of the seed mean (or one seed's own interval), cut where they reach below "
-               "zero; grey floors: the shuffle baselines, values within them are estimator bias; "
-               "hollow markers: saturated values, near H(X) or H(Y), which carry no dynamics."),
+               "intervals of the seed mean (or one seed's own interval), cut by the axes below zero "
+               "and past log2 of the samples or H(Y); grey floors: the shuffle baselines, values "
+               "within them are estimator bias; hollow markers: saturated values, near H(X) or "
+               "H(Y), which carry no dynamics."),
     "dpi_": ("Cells where the data-processing inequality I(X;T_l) >= I(X;T_l+1) fails for the seed "
              "mean, per adjacent layer pair (rows) and snapshot (columns).",
              "A deterministic network cannot gain information about X in deeper layers: red cells "

@@ -201,10 +201,10 @@ def test_an_interval_reaching_below_zero_is_cut_by_the_axis_not_drawn_shorter():
     ty = ds["I_TY"].loc[{"estimator": "binning_30", "split": "train"}]
     ty[0] = 0.05  # seed 0
     ty[1] = 1.0  # seed 1: the 2-seed t interval of the mean 0.525 reaches 0.525 - 3.0 bits
-    plane = F.information_plane_figure(ds, "binning_30", "train")
+    plane = F.information_plane_figure(ds, "binning_30", "train", limits=(3.5, 1.2))
     ax = plane.axes[0]
-    low, high = ax.get_ylim()
-    assert -0.04 * high - 1e-9 <= low < 0  # the axis starts just below zero bits
+    low, high = ax.get_ylim()  # from just below zero bits to just above the ceiling H(Y)
+    assert (low, high) == pytest.approx((-0.04 * 1.2, 1.04 * 1.2))
     vertical = [c for c in ax.collections if isinstance(c, LineCollection)][1].get_segments()
     assert min(seg[:, 1].min() for seg in vertical) == pytest.approx(0.525 - 2.9990, abs=1e-3)
     band = F.mi_vs_epoch_figure(ds, "binning_30").axes[1]
@@ -212,6 +212,9 @@ def test_an_interval_reaching_below_zero_is_cut_by_the_axis_not_drawn_shorter():
     assert -0.04 * high - 1e-9 <= low < 0
     ds["I_TY"][:] = -0.5  # means below zero (a bias-corrected estimator): the axis shows them
     assert F.mi_vs_epoch_figure(ds, "binning_30").axes[1].get_ylim()[0] < -0.5
+    ds["I_XT"][:] = 4.0  # means past the ceiling log2(n) = 3.5 (KSG can pass it): shown too
+    wide = F.information_plane_figure(ds, "binning_30", "train", limits=(3.5, 1.2))
+    assert wide.axes[0].get_xlim()[1] > 4.0
 
 
 def test_one_epoch_convention_and_titles_in_words():
