@@ -445,8 +445,11 @@ def fisher_figure(results: xr.Dataset) -> Figure:
 
 
 def save(fig: Figure, out_dir: Path, name: str, saved: list[str]) -> None:
-    for ext in ("png", "pdf"):
-        fig.savefig(out_dir / f"{name}.{ext}", dpi=130, metadata={"CreationDate": None}
-                    if ext == "pdf" else None)
+    """PNG and PDF; the PDF embeds its fonts as TrueType (the style's `pdf.fonttype`, read when
+    saving): journals refuse matplotlib's default Type 3 fonts."""
+    with plt.rc_context(STYLE):
+        for ext in ("png", "pdf"):
+            fig.savefig(out_dir / f"{name}.{ext}", dpi=130, metadata={"CreationDate": None}
+                        if ext == "pdf" else None)
     plt.close(fig)
     saved.append(name)

@@ -42,6 +42,8 @@ def test_information_plane_figure(tmp_path, intervals):
     saved = []
     F.save(fig, tmp_path, "plane", saved)
     assert (tmp_path / "plane.png").stat().st_size > 5000 and (tmp_path / "plane.pdf").stat().st_size > 1000
+    pdf = (tmp_path / "plane.pdf").read_bytes()  # fonts embedded as TrueType (Type 42), no Type 3
+    assert b"/Subtype /CIDFontType2" in pdf and b"/Type3" not in pdf
     ax = fig.axes[0]
     assert ax.get_xlabel() == "I(X;T) (bits)" and ax.get_ylabel() == "I(T;Y) (bits)"
     # titles in words with the main parameter; one epoch convention on the colour bar
