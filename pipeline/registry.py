@@ -43,6 +43,16 @@ def resolve_entry_point(spec: str) -> Callable[..., Any]:
     return obj
 
 
+def check_new_name(kind: str, name: str, builtin: frozenset[str] | tuple[str, ...]) -> None:
+    """Refuse a name to register: one holding ':' (entry points do) or a built-in one, whose
+    silent replacement would change every config naming it."""
+    if ":" in name:
+        raise RegistryError(f"{kind} name {name!r} may not hold ':' (entry points do)")
+    if name in builtin:
+        raise RegistryError(f"{kind} name {name!r} is a built-in one; register yours under another "
+                            f"name (built-ins: {', '.join(sorted(builtin))})")
+
+
 class Registry:
     """Name -> callable, with `register` as a decorator and entry points as a fallback."""
 
@@ -53,11 +63,7 @@ class Registry:
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def add(fn: Callable[..., Any]) -> Callable[..., Any]:
-            if ":" in name:
-                raise RegistryError(f"{self.kind} name {name!r} may not hold ':' (entry points do)")
-            if name in self._builtin:  # a silent replacement would change every config naming it
-                raise RegistryError(f"{self.kind} name {name!r} is a built-in one; register yours under "
-                                    f"another name (built-ins: {', '.join(sorted(self._builtin))})")
+            check_new_name(self.kind, name, self._builtin)
             self._items[name] = fn
             return fn
         return add

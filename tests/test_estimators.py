@@ -712,7 +712,7 @@ def test_a_builtin_name_cannot_be_registered_over_and_an_own_name_can_be_again()
         return {"I_XT": 1.0, "I_TY": 2.0}
 
     for name in METHODS:
-        with pytest.raises(ValueError, match=f"estimator name '{name}' is a built-in method"):
+        with pytest.raises(ValueError, match=f"estimator name '{name}' is a built-in one"):
             register_estimator(name)(plane)
     assert get_estimator("gaussian").mutual_information is not None  # still the built-in
     try:

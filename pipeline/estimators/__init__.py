@@ -41,7 +41,7 @@ from pipeline.estimators.kde import kde_information_plane, kde_information_plane
 from pipeline.estimators.knn import ksg_biased, ksg_mutual_information
 from pipeline.estimators.renyi import renyi_information_plane, renyi_mutual_information
 from pipeline.estimators.variational import variational_information_plane, variational_mutual_information
-from pipeline.registry import resolve_entry_point
+from pipeline.registry import check_new_name, resolve_entry_point
 
 
 def ksg_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, k: int = 5,
@@ -130,11 +130,7 @@ def register_estimator(name: str, *, outputs: dict[str, tuple[str, str]] | None 
     """Decorator: register an information-plane function `(x, t, y, **params) -> {"I_XT", "I_TY",
     ...}` under `name`, so `method = name` in a config runs it like the built-ins."""
     def add(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
-        if ":" in name:
-            raise ValueError(f"estimator name {name!r} may not hold ':' (entry points do)")
-        if name in BUILTIN_METHODS:  # a silent replacement would change every config naming it
-            raise ValueError(f"estimator name {name!r} is a built-in method; register yours under "
-                             f"another name (built-ins: {', '.join(BUILTIN_METHODS)})")
+        check_new_name("estimator", name, BUILTIN_METHODS)
         estimator = Estimator(name, fn, mutual_information, dict(outputs or {}), dict(carry or {}), chained,
                               dict(domains or {}), **uncertainty)
         ESTIMATORS[name] = estimator
