@@ -70,12 +70,12 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str,
     band = seed_mean(results.sel(estimator=estimator, split=split), "I_XT")
     peak, final = band.isel(epoch=band["mean"].fillna(-np.inf).argmax("epoch")), band.isel(
         epoch=fd.last_valid_index(band["mean"]))
-    called = fd.compresses(results, estimator, split)
+    called = [fd.compresses(results, estimator, split, rule) for rule in ("held_out", "interval")]
     saturated = fd.saturated_at_both_ends(results, estimator, split)
     rows = [[str(layer), f"{float(phase.peak_epoch_mean.sel(layer=layer)):.0f}",
              f"{float(phase.drop_mean.sel(layer=layer)):.3f} +- {float(phase.drop_std.sel(layer=layer)):.3f}",
              _interval(peak.sel(layer=layer)), _interval(final.sel(layer=layer)),
-             _called(called, saturated, layer)] for layer in results.layer.values]
+             *(_called(c, saturated, layer) for c in called)] for layer in results.layer.values]
     out = fd.output_information(results, estimator, archive.labels, split)
     cfg = _config(archive)
     seeds, snapshots = _coverage(results, estimator, split)
@@ -84,7 +84,8 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str,
             f"`{results.parameters.sel(estimator=estimator).values}`, split `{split}`.\n\n"
             + table(["layer", "epoch of max I(X;T) (mean over seeds)", "drop max -> end (bits, mean +- sd)",
                      "I(X;T) at the peak of the seed mean [90% interval]",
-                     "I(X;T) at the end [90% interval]", "compresses beyond the interval"], rows)
+                     "I(X;T) at the end [90% interval]", "compresses beyond the noise (held-out peak)",
+                     "beyond the interval at the seed mean's peak"], rows)
             + f"\n\nOutput layer: final I(T;Y) = {out['final_mean']:.4f} +- {out['final_std']:.4f} bits "
             f"against H(Y) = {out['H_Y']:.4f} bits.\n\n"
             + "\n".join(_copy(figures, name, [f"plane_{estimator}_{split}", "training"])))
@@ -121,14 +122,14 @@ def comparison_section(runs: Path, figures: Path, name: str, split: str = "all")
     results, _ = _load(runs, name)
     if results is None:
         return _absent(f"run `{name}`", runs)
-    shares = {rule: fd.compression_table(results, split, rule) for rule in fd.RULES}
+    shares = {rule: fd.compression_table(results, split, rule) for rule in fd.COMPRESSION_RULES}
     rows = []
     for e in results.estimator.values:
         seeds, snapshots = _coverage(results, e, split)
         if not seeds:
             continue
         verdicts = []
-        for rule in fd.RULES:
+        for rule in fd.COMPRESSION_RULES:
             layers = fd.compresses(results, e, split, rule)
             share = shares[rule][e]
             open_ = _layers_where(layers, np.isnan)
@@ -141,7 +142,8 @@ def comparison_section(runs: Path, figures: Path, name: str, split: str = "all")
     return (f"Run `{name}`, split `{split}`.\n\n"
             + table(["entry", "parameters", "seeds", "snapshots",
                      "hidden layers compressing beyond the noise (90% interval of the seed mean at "
-                     "the peak above the one at the end; undetermined: saturated at both ends)",
+                     "the held-out peak above the one at the end; undetermined: saturated at both ends)",
+                     "the same at the seed mean's own peak",
                      "hidden layers compressing by the 5% rule (mean over seeds drops > 5% of its peak)",
                      "DPI holds (cells)"], rows)
             + "\n\n" + "\n".join(_copy(figures, name, ["comparison"])))
@@ -261,13 +263,14 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
     for split in results.split.values:
         out = fd.output_information(results, estimator, archive.labels, str(split))
         phase = fd.compression_phase(results, estimator, str(split))
-        called = {rule: fd.compresses(results, estimator, str(split), rule) for rule in fd.RULES}
+        called = {rule: fd.compresses(results, estimator, str(split), rule) for rule in fd.COMPRESSION_RULES}
         saturated = fd.saturated_at_both_ends(results, estimator, str(split))
         hidden = fd.hidden_layers(results)
         rows.append([str(split), f"{out['final_mean']:.3f} +- {out['final_std']:.3f}",
                      f"{fd.dpi_share(results, estimator, str(split)):.0%}",
                      ", ".join(f"{layer}: {float(phase.drop_mean.sel(layer=layer)):.3f} "
-                               f"({_called(called['interval'], saturated, layer)}; 5% rule: "
+                               f"({_called(called['held_out'], saturated, layer)}; at the seed "
+                               f"mean's peak: {_called(called['interval'], saturated, layer)}; 5% rule: "
                                f"{'yes' if called['fraction'].sel(layer=layer) == 1 else 'no'})"
                                for layer in hidden)])
     history = [archive.history(seed)["loss_test"] for seed in archive.seeds]
@@ -279,7 +282,8 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
             f"`{estimator}` `{json.dumps(params)}`.\n\n"
             + table(["split", f"final I(T;Y) of {fd.output_layer(results)} (bits)", "DPI holds (cells)",
                      "drop of I(X;T) from peak to end per hidden layer (bits; compresses beyond the 90% "
-                     "interval of the seed mean?; by the 5% rule?)"], rows)
+                     "interval of the seed mean at the held-out peak?; at the seed mean's own peak?; by "
+                     "the 5% rule?)"], rows)
             + f"\n\nLabel-kernel entropy of a batch of {batch}: {np.mean(batch_entropy):.3f} bits (mean "
             "of 200 batches). Early stopping (minimum test loss): epoch "
             f"{stop}; compression onset (epoch of max I(X;T), train, mean over seeds): "

@@ -2,7 +2,7 @@
 
     python -m benchmarks.run [--only SECTION,...]
     # sections: train, speed, memory, estimators, images, gpu, stage, paper, accuracy, limits, bottleneck,
-    # uncertainty, variational, ksg_bias, families
+    # uncertainty, compression_rule, variational, ksg_bias, families
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -395,7 +395,8 @@ def _bench_stage() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="train,speed,memory,estimators,images,gpu,stage,paper,accuracy,"
-                                          "limits,bottleneck,uncertainty,variational,ksg_bias,families")
+                                          "limits,bottleneck,uncertainty,compression_rule,variational,ksg_bias,"
+                                          "families")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -428,6 +429,9 @@ def main() -> None:
     if "uncertainty" in sections:
         from benchmarks.uncertainty import main as uncertainty
         uncertainty()
+    if "compression_rule" in sections:
+        from benchmarks.compression_rule import main as compression_rule
+        compression_rule()
     if "variational" in sections:
         from benchmarks.variational import main as variational
         variational()

@@ -250,7 +250,7 @@ def test_report_opens_with_the_findings_summary(tmp_path):
     ds["I_XT"].loc[{"estimator": "binning_30", "layer": "dense1"}] = np.linspace(4, 2, 5)[None, None, :]
     summary = run_summary(ds)
     rows = {(r["entry"], r["split"], r["layer"]): r for r in summary["layers"]}
-    assert rows["binning_30", "train", "dense1"]["interval"] == 1.0  # 4 -> 2 bits, both seeds
+    assert rows["binning_30", "train", "dense1"]["beyond_noise"] == 1.0  # 4 -> 2 bits, both seeds
     assert rows["binning_30", "train", "dense1"]["drop_mean"] == pytest.approx(2.0)
     assert {"split": "train", "layer": "dense1", "compress": ["binning_30"], "do_not": ["renyi"]} in \
         summary["disagreements"]

@@ -178,6 +178,38 @@ def test_compresses_only_beyond_the_interval():
         fd.compresses(quiet, "binning_30", rule="5%")
 
 
+def test_held_out_peak_is_read_on_the_snapshot_after_the_best_of_every_other_one():
+    # candidates: snapshots 0, 2, 4 (every other before the last); the best is 4, read at 5
+    assert fd.held_out_peak(np.array([0.0, 5.0, 1.0, 2.0, 3.0, 9.0, 1.0])) == 5
+    # snapshots without a value are skipped: valid 0, 2, 3, 5, 6; candidates 0 and 3; read at 5
+    assert fd.held_out_peak(np.array([1.0, np.nan, 4.0, 2.0, np.nan, 3.0, 0.0])) == 5
+    assert fd.held_out_peak(np.array([1.0, np.nan, 2.0])) == -1  # fewer than 3 snapshots
+
+
+def curves_as_layers(curves):
+    """A store whose hidden layers are `curves` (seed, epoch, curve); one output layer after."""
+    n_seeds, n_epochs, n = curves.shape
+    layers = [f"h{i}" for i in range(n)] + ["out"]
+    ds = template({"e": {"method": "binning"}}, list(range(n_seeds)), ["all"], np.arange(n_epochs),
+                  layers, [2] * len(layers), {})
+    ds["I_XT"][0, :, 0, :, :n] = curves
+    ds["I_TY"][:] = 0.5
+    ds["done"][:] = True
+    return ds
+
+
+def test_held_out_rule_keeps_false_calls_at_the_nominal_level_on_flat_noisy_curves():
+    # 4 seeds, 92 snapshots: a plateau with noise fresh at every snapshot (sd 1 bit)
+    rng = np.random.default_rng(7)
+    flat = curves_as_layers(3.0 + rng.standard_normal((4, 92, 300)))
+    held_out, at_peak = (float(fd.compresses(flat, "e", rule=r).mean()) for r in ("held_out", "interval"))
+    assert held_out <= 0.05  # one-sided 5% at most
+    assert at_peak > 2 * held_out + 0.05  # the highest snapshot's own noise, counted as a drop
+    drop = np.linspace(0, 3, 92)[None, :, None]
+    falling = curves_as_layers(3.0 - drop + 0.2 * rng.standard_normal((4, 92, 50)))
+    assert float(fd.compresses(falling, "e").mean()) == 1.0  # a clear drop is still called
+
+
 def test_a_drop_within_the_saturated_band_is_not_called():
     quiet = noisy_seeds(0.1)
     assert fd.compresses(quiet, "binning_30").values.tolist() == [1.0, 1.0]  # a store without flags
