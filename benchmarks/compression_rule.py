@@ -1,6 +1,6 @@
-"""How often `pipeline.findings.compresses` calls compression: `make bench` section compression_rule.
+"""How often `compresses` and `phase_counts` call compression: `make bench` section compression_rule.
 
-    python -m benchmarks.compression_rule [--only curves,default]   # about 10 s and 2 min
+    python -m benchmarks.compression_rule [--only curves,phases,default]   # 10 s, 1 min, 2 min
 
 Seed-mean I(X;T) curves of known shape over 92 snapshots (as many as the default run keeps):
 a rise of 3 bits over the first 30 snapshots, then a plateau (no compression: every call is a
@@ -11,6 +11,10 @@ each epoch), a per-seed offset of sd 1 plus independent noise of sd 1 (seeds tha
 whole), and AR(1) noise with correlation 0.9 between neighbouring snapshots (slow wandering).
 Every rule of `compresses` (90% intervals; 5% of the peak) on 2, 4 and 8 seeds, each cell
 from independent curves. Nothing here was tuned: the rules are measured as they are.
+
+`phases`: `count_phases` on curves with 0 to 3 true phases (flat; a rise; a rise and a fall;
+rise, fall, rise) under calibrated 90% intervals, for 1, 2 and 3 consecutive snapshots
+(`persist`) asked to lie beyond the turning point's interval, at 92 and 274 snapshots.
 
 `default`: the default config (`configs/szt_tanh.toml`) trained and estimated by its stages, as
 `make all` runs them, and every rule's verdict per entry and hidden layer.
@@ -24,7 +28,7 @@ import tempfile
 import numpy as np
 
 from benchmarks.common import DOCS, machine, stage_seconds, table, write_section
-from pipeline.findings import COMPRESSION_RULES, compresses
+from pipeline.findings import COMPRESSION_RULES, compresses, count_phases
 from pipeline.provenance import git_revision
 from pipeline.results import template
 
@@ -85,6 +89,58 @@ def measure(seed: int = 0) -> list[list[object]]:
     return rows
 
 
+PHASE_SHAPES = {  # name: (true phase count, curve over snapshot fraction u in [0, 1])
+    "flat": (0, lambda u: np.zeros_like(u)),
+    "rise": (1, lambda u: 6 * np.minimum(u / 0.33, 1)),
+    "rise, fall": (2, lambda u: np.where(u < 0.33, 6 * u / 0.33, 6 - 4 * (u - 0.33) / 0.67)),
+    "rise, fall, rise": (3, lambda u: np.where(u < 0.33, 6 * u / 0.33, np.where(
+        u < 0.66, 6 - 4 * (u - 0.33) / 0.33, 2 + 4 * (u - 0.66) / 0.34))),
+}
+PERSISTS = (1, 2, 3)
+
+
+def phase_row(shape: str, kind: str, snapshots: int, rng: np.random.Generator) -> list[object]:
+    """For one curve shape and noise: per `persist`, the share of curves whose phase count is
+    the true one and the mean count, with calibrated 90% intervals (value +- 1.645 sd)."""
+    truth, curve = PHASE_SHAPES[shape]
+    values = curve(np.linspace(0, 1, snapshots))[None, :, None] + noise(rng, (1, snapshots, REPEATS), kind)
+    row: list[object] = [shape, kind, snapshots]
+    for persist in PERSISTS:
+        counts = np.array([count_phases(v, lo=v - 1.645, hi=v + 1.645, persist=persist)
+                           for v in values[0].T])
+        row.append(f"{np.mean(counts == truth):.0%} ({counts.mean():.2f})")
+    return row
+
+
+RULE_CURVES = 4000  # flat curves the choice of `persist` reads: its share's sd is below 0.4%
+
+
+def false_phase_shares(rng: np.random.Generator) -> dict[int, float]:
+    """Per `persist`: the share of flat curves (92 snapshots, independent noise, calibrated
+    90% intervals) in which `count_phases` finds any phase."""
+    flat = rng.standard_normal((RULE_CURVES, 92))
+    return {p: float(np.mean([count_phases(v, lo=v - 1.645, hi=v + 1.645, persist=p) > 0 for v in flat]))
+            for p in PERSISTS}
+
+
+def phases_section() -> None:
+    rng = np.random.default_rng(1)
+    shares = false_phase_shares(rng)
+    chosen = next(p for p in PERSISTS if shares[p] <= 0.05)
+    rows = [phase_row(shape, kind, snapshots, rng) for snapshots in (92, 274)
+            for kind in ("independent", "AR(1) 0.9") for shape in PHASE_SHAPES]
+    body = (f"Command: `python -m benchmarks.compression_rule --only phases`; `count_phases` with "
+            f"intervals of +-1.645 noise sd (calibrated 90%), noise sd 1, curves of 6 bits' range, "
+            f"{REPEATS} curves a row. Rule: the fewest consecutive snapshots (`persist`) for which at "
+            f"most 5% of {RULE_CURVES} flat curves (92 snapshots, independent noise) show any phase: "
+            + ", ".join(f"persist {p}: {v:.1%}" for p, v in shares.items())
+            + f", so {chosen}; the rows below were not used to choose it; {stamp()}.\n\n"
+            + table(["shape", "noise", "snapshots",
+                     *(f"persist {p}: share with the true count (mean count)" for p in PERSISTS)], rows))
+    write_section(DOCS / "estimators.md", "phase-rule", body)
+    print(body)
+
+
 def stamp() -> str:
     return f"commit {git_revision()}; {datetime.date.today().isoformat()}; {machine()}"
 
@@ -132,9 +188,11 @@ def default_section() -> None:
     print(body)
 
 
-def main(only: tuple[str, ...] = ("curves", "default")) -> None:
+def main(only: tuple[str, ...] = ("curves", "phases", "default")) -> None:
     if "curves" in only:
         curves_section()
+    if "phases" in only:
+        phases_section()
     if "default" in only:
         default_section()
 
@@ -143,5 +201,5 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="curves,default", help="any of curves, default")
+    parser.add_argument("--only", default="curves,phases,default", help="any of curves, phases, default")
     main(tuple(parser.parse_args().only.split(",")))

@@ -124,16 +124,35 @@ def test_phase_counts_by_the_cells_intervals():
     ds = results_with([1, 3, 2, 4, 3.5, 5]).assign_coords(split=["test"])
     # dense1 (3x the curve: 3, 9, 6, 12, 10.5, 15) falls by 3 and by 1.5: half-widths 0.5 see
     # five phases; with half-widths 1 the 1.5 fall lies within the noise: three (up, down, up)
-    assert fd.phase_counts(with_cell_intervals(ds, 0.5), "binning_30", "test").sel(
-        seed=0, layer="dense1") == 5
-    assert fd.phase_counts(with_cell_intervals(ds, 1.0), "binning_30", "test").sel(
-        seed=0, layer="dense1") == 3
+    one = {"seed": 0, "layer": "dense1"}
+    assert fd.phase_counts(with_cell_intervals(ds, 0.5), "binning_30", "test", persist=1).sel(one) == 5
+    assert fd.phase_counts(with_cell_intervals(ds, 1.0), "binning_30", "test", persist=1).sel(one) == 3
+    # by default a move must hold on 3 snapshots: only the rise does (6 -> 12 -> 10.5 -> 15 all
+    # above the first point's interval); a one-snapshot dip is not a phase
+    counts = fd.phase_counts(with_cell_intervals(ds, 0.5), "binning_30", "test")
+    assert counts.sel(one) == 1 and counts.attrs["persist"] == 3
 
 
 def test_count_phases_with_intervals():
     curve = np.array([0, 1, 2, 1.5, 2.5])
     assert fd.count_phases(curve, lo=curve - 0.1, hi=curve + 0.1) == 3
     assert fd.count_phases(curve, lo=curve - 0.3, hi=curve + 0.3) == 1  # the 0.5 fall is noise
+
+
+def test_a_phase_must_hold_on_persist_consecutive_points():
+    rise_dip_rise = np.array([0, 2, 4, 4, 4, 1, 4, 4, 4, 4])  # one low point after the rise
+    rise_fall = np.array([0, 2, 4, 4, 4, 1, 1, 1, 1, 1])  # the fall holds
+    half = 0.5
+    for persist, dip, fall in ((1, 3, 2), (2, 1, 2), (3, 1, 2)):
+        assert fd.count_phases(rise_dip_rise, lo=rise_dip_rise - half, hi=rise_dip_rise + half,
+                               persist=persist) == dip
+        assert fd.count_phases(rise_fall, lo=rise_fall - half, hi=rise_fall + half, persist=persist) == fall
+    # flat noise under calibrated 90% intervals: persistence keeps false phases rare
+    rng = np.random.default_rng(3)
+    flat = rng.standard_normal((200, 92))
+    any_phase = [np.mean([fd.count_phases(v, lo=v - 1.645, hi=v + 1.645, persist=p) > 0 for v in flat])
+                 for p in (1, 3)]
+    assert any_phase[1] <= 0.05 < 0.3 < any_phase[0]
 
 
 def test_seed_mean_t_interval_and_single_seed_cell_interval():
