@@ -165,12 +165,14 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
               for variable in ("I_XT", "I_TY") for t in thresholds}
     for variable in ("I_XT", "I_TY"):
         counts[variable, "interval"] = fd.phase_counts(results, estimator, split, variable)
+        counts[variable, "single"] = fd.phase_counts(results, estimator, split, variable, persist=1)
 
     def phases(variable: str, layer: str) -> str:
-        # beyond the cells' intervals, then per threshold: the counts of every seed (comma-separated)
+        # beyond the cells' intervals (held 3 snapshots, then on single ones), then per
+        # threshold: the counts of every seed (comma-separated)
         return " / ".join(",".join("-" if np.isnan(v) else str(int(v))
                                    for v in counts[variable, t].sel(layer=layer).values)
-                          for t in ("interval", *thresholds))
+                          for t in ("interval", "single", *thresholds))
 
     phase = fd.compression_phase(results, estimator, split)
     sel = results.sel(estimator=estimator, split=split).mean("seed")
@@ -187,11 +189,14 @@ def phases_section(runs: Path, figures: Path, name: str, estimator: str = "compr
             f"accuracy {float(history['accuracy_test'][-1]):.3f}.\n\n"
             + table(["layer", "I(X;T) first -> max -> last (bits)", "I(T;Y) first -> last (bits)",
                      "epoch of max I(X;T)",
-                     "phases in I(X;T) beyond the interval / at 2% / 5% / 10%",
-                     "phases in I(T;Y) beyond the interval / at 2% / 5% / 10%"], rows)
+                     "phases in I(X;T) beyond the interval, held 3 snapshots / on single ones / at 2% / "
+                     "5% / 10%",
+                     "phases in I(T;Y) beyond the interval, held 3 snapshots / on single ones / at 2% / "
+                     "5% / 10%"], rows)
             + "\n\nPhases: `pipeline.findings.phase_counts(results, estimator, split, variable)`: "
-            "a move in one direction since the last turning point that leaves the cells' own 90% "
-            "intervals starts a new phase (`-`: the entry stores no intervals); with "
+            "a move in one direction since the last turning point whose points leave the turning "
+            "point's 90% interval (the cells' own) on 3 consecutive snapshots starts a new phase "
+            "(`persist=1`: on single snapshots; `-`: the entry stores no intervals); with "
             "`rule=\"fraction\"`, a move of at least `min_change` (2%, 5% or 10% of the curve's range)."
             "\n\n"
             + "\n".join(_copy(figures, name, [f"mi_vs_epoch_{estimator}", f"plane_{estimator}_{split}"])))

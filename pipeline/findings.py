@@ -189,6 +189,8 @@ def count_phases(series: np.ndarray, min_change: float = 0.02, lo: np.ndarray | 
     many points dips past any fixed margin somewhere: `persist` > 1 asks the move to hold
     (docs/estimators.md, "How often each rule calls compression").
     """
+    if persist < 1:
+        raise ValueError(f"persist must be at least 1, got {persist}")
     values = np.asarray(series, dtype=float)
     if lo is None or hi is None:
         finite = values[np.isfinite(values)]

@@ -153,6 +153,8 @@ def test_a_phase_must_hold_on_persist_consecutive_points():
     any_phase = [np.mean([fd.count_phases(v, lo=v - 1.645, hi=v + 1.645, persist=p) > 0 for v in flat])
                  for p in (1, 3)]
     assert any_phase[1] <= 0.05 < 0.3 < any_phase[0]
+    with pytest.raises(ValueError, match="persist"):
+        fd.count_phases(rise_fall, persist=0)
 
 
 def test_seed_mean_t_interval_and_single_seed_cell_interval():
