@@ -55,7 +55,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check pipeline stages tests benchmarks examples
 
-# The seven experiments of docs/results.md exactly as run there (about 3 h on 2 cores; the MNIST
+# The seven experiments of docs/results.md exactly as run there (about 75 min on 2 cores; the MNIST
 # runs read the official MNIST test set from DATA), then
 # `make findings` writes every number and copies every figure into docs/results.md. KDE and the
 # estimator comparison run on part of the cells (see configs/szt_*_paper.toml).
