@@ -217,8 +217,11 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
                      busy=f"another `make estimate` is writing {paths.run_dir}; wait for it to finish "
                      "(results are kept) and run again")
     try:
-        return _estimate(archive, paths, entries, settings.estimate, splits, notes, scheduler,
-                         scheduler_file, netcdf, selection)
+        code = _estimate(archive, paths, entries, settings.estimate, splits, notes, scheduler,
+                         scheduler_file, selection)
+        if netcdf:  # a store that had nothing left to compute is exported too
+            export_netcdf(paths.results)
+        return code
     finally:
         os.close(lock)
 
@@ -396,8 +399,7 @@ def count_flags(counts: dict[tuple[str, str], list[int]], entry: str, values: di
 
 def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
               settings: EstimateConfig, splits: list[str], notes: list[str],
-              scheduler: str | None, scheduler_file: str | None, netcdf: bool,
-              selection: Selection) -> int:
+              scheduler: str | None, scheduler_file: str | None, selection: Selection) -> int:
     started = time.perf_counter()  # the stage's own time: store, plan, cluster, tasks, writes
     target, committed = _prepare_store(archive, paths, entries, splits)
     tasks = plan(target, entries, committed, selection)
@@ -415,8 +417,6 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         print(f"nothing to do: {paths.results} has every{selected} cell of {len(entries)} estimator(s) x "
               f"{len(archive.seeds)} seed(s) x {len(target.split)} split(s) x {target.sizes['epoch']} "
               f"epoch(s) x {len(archive.layers)} layer(s)")
-        if netcdf:  # the store is complete: its export is still asked for
-            export_netcdf(paths.results)
         return 0
     print(f"estimating {archive.name}: {len(tasks)} tasks ({n_cells} cells) + {len(fisher_tasks)} "
           f"Fisher tasks -> {paths.results}", flush=True)
@@ -456,8 +456,6 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
         zarr.consolidate_metadata(str(paths.results))
     print(line)
-    if netcdf:
-        export_netcdf(paths.results)
     for failure in failures:
         print(f"error: {failure}")
     return 1 if failures else 0
