@@ -32,7 +32,8 @@ from pipeline.config import ArchiveConfig
 from pipeline.data import SplitData
 from pipeline.errors import KnownFailure
 
-SCHEMA_VERSION = "1.1"  # 1.1: self-describing root (layers, output layer, splits, parts, model)
+SCHEMA_VERSION = "1.2"  # 1.1: self-describing root (layers, output layer, splits, parts, model);
+# 1.2: each seed records its training sessions (torch version, threads, device)
 SPLITS = ("train", "test")  # the built-in runs' split names, codes 0 and 1
 HISTORY_VARIABLES = ("loss_train", "loss_test", "accuracy_train", "accuracy_test")
 CHUNK_BYTES = 64 * 2**20  # split an epoch's activations over samples beyond this size
@@ -327,6 +328,13 @@ class SeedWriter:
     def committed(self) -> int:
         return int(self.group.attrs["committed_snapshots"])
 
+    def add_session(self, environment: dict[str, Any]) -> None:
+        """Append one training session (its environment, from `committed` snapshots on) to the
+        seed's `sessions` attribute. Call it before the session's writer process starts."""
+        sessions = list(self.group.attrs.get("sessions", []))
+        update_attributes(self.group, {"sessions": [*sessions, {**environment,
+                                                                "after_snapshots": self.committed}]})
+
     @property
     def committed_epochs(self) -> list[int]:
         return list(self.group.attrs.get("snapshot_epochs", []))
@@ -620,8 +628,17 @@ class ArchiveReader:
         for seed in self.seeds:
             a = self.seed_status(seed)
             lines.append(f"  seed {seed}: {a['committed_snapshots']} snapshots, status "
-                         f"{a['status']} {a['message']}".rstrip())
+                         f"{a['status']} {a['message']}".rstrip() + _sessions_text(a.get("sessions", [])))
         return "\n".join(lines)
+
+
+def _sessions_text(sessions: list[dict[str, Any]]) -> str:
+    """'; trained in 2 sessions: torch 2.x, 1 thread(s), cpu; ...' (empty when not recorded)."""
+    if not sessions:
+        return ""
+    kinds = dict.fromkeys(f"torch {s.get('torch')}, {s.get('torch_threads')} thread(s), {s.get('device')}"
+                          for s in sessions)
+    return f"; trained in {len(sessions)} session(s): {'; '.join(kinds)}"
 
 
 def remove_litter(path: Path) -> list[Path]:

@@ -7,6 +7,10 @@ import importlib.metadata
 import platform
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "zarr", "xarray", "dask", "distributed")
 
@@ -37,6 +41,26 @@ def git_revision(paths: tuple[str, ...] = ()) -> str:
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def training_environment(device: str | torch.device = "cpu") -> dict[str, object]:
+    """What decides whether a seed's training repeats bit for bit: torch's version, its thread
+    count (float reductions are summed in another order with another count), the device and
+    the determinism switches. Recorded once per training session of each seed."""
+    import torch  # here, not at the top: the estimate and figure stages need no torch for provenance
+
+    device = torch.device(device)
+    env: dict[str, object] = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host": platform.node(), "machine": platform.machine(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+        env["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+    return env
 
 
 def provenance() -> dict[str, object]:

@@ -53,7 +53,7 @@ from pipeline.archive import (
 )
 from pipeline.errors import KnownFailure
 from pipeline.models import state_arrays
-from pipeline.provenance import provenance
+from pipeline.provenance import provenance, training_environment
 from pipeline.runs import RunPaths
 from pipeline.writer import Commit, WriterProcess, lock_seed
 
@@ -389,6 +389,8 @@ class Recorder:
         os.close(lock_seed(self.paths.seed_checkpoints(self.seed), "writer", wait=True))
         seed_writer = SeedWriter(self.paths.archive, self.seed)
         self.status = seed_writer.status
+        if not self.finished:  # before this session's writer process exists: no other writer
+            seed_writer.add_session(training_environment(_model_device(model)))
         self._epochs = seed_writer.committed_epochs[:seed_writer.committed]
         self._history: dict[int, dict[str, float]] = {}
         self._history_through = seed_writer.history_through
@@ -548,6 +550,10 @@ class Recorder:
             self._writer = WriterProcess(self.paths.archive, self.seed,
                                          self.paths.seed_checkpoints(self.seed), _nbytes(commit))
         self._writer.submit(commit)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _nbytes(commit: Commit) -> int:

@@ -186,6 +186,29 @@ def test_snapshots_already_committed_are_skipped_and_a_changed_recording_is_refu
             rec.snapshot(0, acc=1.0)
 
 
+def test_each_training_session_records_its_threads_and_device(tmp_path):
+    """What a bitwise repeat depends on is kept per seed: one entry per session that trained."""
+    path = tmp_path / "run" / "archive.zarr"
+    x, threads = torch.from_numpy(blobs(40)[0]), torch.get_num_threads()
+    model = Tower()
+    try:
+        torch.set_num_threads(1)
+        with Recorder(path, model, LAYERS, x) as rec:
+            rec.snapshot(0)
+            rec.close("training")
+        torch.set_num_threads(2)
+        with Recorder(path, model, LAYERS, x) as rec:
+            rec.snapshot(1)
+    finally:
+        torch.set_num_threads(threads)
+    Recorder(path, model, LAYERS, x).close()  # a finished seed trains no more: no session
+    sessions = ArchiveReader(path).seed_status(0)["sessions"]
+    assert [(s["after_snapshots"], s["torch_threads"], s["device"]) for s in sessions] == [
+        (0, 1, "cpu"), (1, 2, "cpu")]
+    assert all(s["torch"] == torch.__version__ for s in sessions)
+    assert "trained in 2 session(s): torch" in ArchiveReader(path).describe()
+
+
 # ---------------------------------------------------------------- a killed user script resumes
 USER_SCRIPT = """
 import sys, time, torch
