@@ -70,12 +70,11 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str,
     band = seed_mean(results.sel(estimator=estimator, split=split), "I_XT")
     peak, final = band.isel(epoch=band["mean"].fillna(-np.inf).argmax("epoch")), band.isel(
         epoch=fd.last_valid_index(band["mean"]))
-    called = [fd.compresses(results, estimator, split, rule) for rule in ("held_out", "interval")]
-    saturated = fd.saturated_at_both_ends(results, estimator, split)
+    verdicts = [_verdict_words(results, estimator, split, rule) for rule in ("held_out", "interval")]
     rows = [[str(layer), f"{float(phase.peak_epoch_mean.sel(layer=layer)):.0f}",
              f"{float(phase.drop_mean.sel(layer=layer)):.3f} +- {float(phase.drop_std.sel(layer=layer)):.3f}",
              _interval(peak.sel(layer=layer)), _interval(final.sel(layer=layer)),
-             *(_called(c, saturated, layer) for c in called)] for layer in results.layer.values]
+             *(words(layer) for words in verdicts)] for layer in results.layer.values]
     out = fd.output_information(results, estimator, archive.labels, split)
     cfg = _config(archive)
     seeds, snapshots = _coverage(results, estimator, split)
@@ -95,6 +94,13 @@ def compression_section(runs: Path, figures: Path, name: str, estimator: str,
 def _interval(band) -> str:
     """'mean [lo, hi]' of one cell of `pipeline.results.seed_mean`."""
     return f"{float(band['mean']):.3f} [{float(band.lo):.3f}, {float(band.hi):.3f}]"
+
+
+def _verdict_words(results, estimator: str, split: str, rule: str):
+    """layer -> the verdict of `fd.compresses` under `rule`, in words."""
+    called = fd.compresses(results, estimator, split, rule)
+    saturated = fd.saturated_at_both_ends(results, estimator, split, rule)
+    return lambda layer: _called(called, saturated, layer)
 
 
 def _called(called, saturated, layer) -> str:
@@ -268,15 +274,15 @@ def renyi_mlp_section(runs: Path, figures: Path, name: str, estimator: str = "re
     for split in results.split.values:
         out = fd.output_information(results, estimator, archive.labels, str(split))
         phase = fd.compression_phase(results, estimator, str(split))
-        called = {rule: fd.compresses(results, estimator, str(split), rule) for rule in fd.COMPRESSION_RULES}
-        saturated = fd.saturated_at_both_ends(results, estimator, str(split))
+        held_out, at_peak = (_verdict_words(results, estimator, str(split), rule)
+                             for rule in ("held_out", "interval"))
+        fraction = fd.compresses(results, estimator, str(split), "fraction")
         hidden = fd.hidden_layers(results)
         rows.append([str(split), f"{out['final_mean']:.3f} +- {out['final_std']:.3f}",
                      f"{fd.dpi_share(results, estimator, str(split)):.0%}",
                      ", ".join(f"{layer}: {float(phase.drop_mean.sel(layer=layer)):.3f} "
-                               f"({_called(called['held_out'], saturated, layer)}; at the seed "
-                               f"mean's peak: {_called(called['interval'], saturated, layer)}; 5% rule: "
-                               f"{'yes' if called['fraction'].sel(layer=layer) == 1 else 'no'})"
+                               f"({held_out(layer)}; at the seed mean's peak: {at_peak(layer)}; 5% rule: "
+                               f"{'yes' if fraction.sel(layer=layer) == 1 else 'no'})"
                                for layer in hidden)])
     history = [archive.history(seed)["loss_test"] for seed in archive.seeds]
     stop = int(np.nanargmin(np.mean([h[: min(map(len, history))] for h in history], axis=0)))

@@ -133,36 +133,45 @@ def compresses(results: xr.Dataset, estimator: str, split: str = "all", rule: st
     if rule not in COMPRESSION_RULES:
         raise ValueError(f"rule must be one of {COMPRESSION_RULES}, got {rule!r}")
     band = seed_mean(_valid(results).sel(estimator=estimator, split=split), "I_XT", confidence)
-    peak_index = band["mean"].fillna(-np.inf).argmax("epoch")
-    final_index = last_valid_index(band["mean"])
+    peak_index, final_index = compared_indices(band["mean"], rule)
     at = lambda name, index: band[name].isel(epoch=index)  # noqa: E731
     if rule == "fraction":
         peak, final = at("mean", peak_index), at("mean", final_index)
         called = ((peak - final) > min_drop * peak.where(peak > 0)).astype(float)
     else:
-        if rule == "held_out":
-            peak_index = xr.apply_ufunc(held_out_peak, band["mean"], input_core_dims=[["epoch"]],
-                                        vectorize=True)
         lo, hi = at("lo", peak_index.clip(0)), at("hi", final_index)
         called = (lo > hi).astype(float).where(np.isfinite(lo) & np.isfinite(hi) & (peak_index >= 0))
-        called = called.where(~saturated_at_both_ends(results, estimator, split))
+        called = called.where(~saturated_at_both_ends(results, estimator, split, rule))
     called = called.where(np.isfinite(band["mean"]).any("epoch"))
     called.attrs = {"estimator": estimator, "split": split, "rule": rule, "min_drop": min_drop,
                     "confidence": confidence}
     return called.sel(layer=hidden_layers(results))
 
 
-def saturated_at_both_ends(results: xr.Dataset, estimator: str, split: str = "all") -> xr.DataArray:
+def compared_indices(mean: xr.DataArray, rule: str = "held_out") -> tuple[xr.DataArray, xr.DataArray]:
+    """The epoch indices whose values `compresses` compares under `rule`, per layer: the peak
+    (for "held_out" the snapshot after the peak located on every other one, -1 where there are
+    too few; otherwise the argmax of `mean`) and the last epoch holding a value."""
+    if rule == "held_out":
+        peak = xr.apply_ufunc(held_out_peak, mean, input_core_dims=[["epoch"]], vectorize=True)
+    else:
+        peak = mean.fillna(-np.inf).argmax("epoch")
+    return peak, last_valid_index(mean)
+
+
+def saturated_at_both_ends(results: xr.Dataset, estimator: str, split: str = "all",
+                           rule: str = "held_out") -> xr.DataArray:
     """Per layer: every seed holding a value has its I(X;T) flagged saturated (`I_XT_saturated`)
-    both at the peak of the seed mean and at its last epoch (False for a store without flags)."""
+    at both epochs `compresses` compares under `rule` (`compared_indices`; False for a store
+    without flags)."""
     cells = _valid(results).sel(estimator=estimator, split=split)
-    mean = cells.I_XT.mean("seed")
+    mean = seed_mean(cells, "I_XT")["mean"]
     if "I_XT_saturated" not in cells:
         return xr.zeros_like(mean.isel(epoch=0), dtype=bool)
     flags = cells.I_XT_saturated.where(np.isfinite(cells.I_XT))
     every_seed = (flags.fillna(1) == 1).all("seed") & flags.notnull().any("seed")
-    return (every_seed.isel(epoch=mean.fillna(-np.inf).argmax("epoch"))
-            & every_seed.isel(epoch=last_valid_index(mean)))
+    peak, final = compared_indices(mean, rule)
+    return every_seed.isel(epoch=peak.clip(0)) & every_seed.isel(epoch=final)
 
 
 def compression_table(results: xr.Dataset, split: str = "all", rule: str = "held_out",
@@ -261,8 +270,10 @@ def early_stopping_vs_compression(results: xr.Dataset, estimator: str, loss_test
 def run_summary(results: xr.Dataset) -> dict[str, object]:
     """What the report opens with, per estimator entry and split holding values.
 
-    `layers`: per (entry, split, hidden layer) the compression verdicts (interval rule, NaN
-    when undetermined; 5% rule) and the drop from the peak (mean and std over seeds); `entries`:
+    `layers`: per (entry, split, hidden layer) the compression verdicts (the default held-out
+    interval rule, NaN when undetermined, `saturated` True where that is because the cells are
+    saturated at both compared epochs; 5% rule) and the drop from the peak (mean and std over
+    seeds); `entries`:
     per (entry, split) the share of cells where the DPI holds, where values saturate (from the
     stored flags; NaN without them), that the estimator distrusts, and whose I(X;T) and I(T;Y)
     do not clear their shuffle baselines (`at_null_share`; NaN without baselines);
@@ -278,11 +289,13 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
                 continue
             phase = compression_phase(ds, e, split)
             noise, fraction = compresses(ds, e, split), compresses(ds, e, split, rule="fraction")
+            saturated = saturated_at_both_ends(ds, e, split)
             for layer in noise.layer.values:
                 verdict = float(noise.sel(layer=layer))
                 decided = fraction if np.isnan(verdict) else noise
                 calls.setdefault((split, str(layer)), {})[e] = bool(decided.sel(layer=layer))
                 layers.append({"entry": e, "split": split, "layer": str(layer), "beyond_noise": verdict,
+                               "saturated": bool(saturated.sel(layer=layer)),
                                "fraction": float(fraction.sel(layer=layer)),
                                "drop_mean": float(phase.drop_mean.sel(layer=layer)),
                                "drop_std": float(phase.drop_std.sel(layer=layer))})

@@ -113,7 +113,9 @@ def _rows(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _verdict(value: float) -> str:
+def _verdict(value: float, saturated: bool = False) -> str:
+    if saturated:
+        return "undetermined (saturated at the peak and the end)"
     return "undetermined (no interval)" if math.isnan(value) else ("yes" if value else "no")
 
 
@@ -139,7 +141,8 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
                  "peak.</p>")
     parts.append(_rows(["entry", "split", "layer", "compresses beyond the noise", "5% rule",
                         "drop from the peak (bits, mean ± sd over seeds)"],
-                       [[r["entry"], r["split"], r["layer"], _verdict(r["beyond_noise"]),
+                       [[r["entry"], r["split"], r["layer"],
+                         _verdict(r["beyond_noise"], r.get("saturated", False)),
                          _verdict(r["fraction"]), f"{r['drop_mean']:.3f} ± {r['drop_std']:.3f}"]
                         for r in summary["layers"]]))
     parts.append(_rows(["entry", "split", "DPI holds (share of cells)", "saturated cells (share)",

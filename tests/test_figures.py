@@ -248,9 +248,14 @@ def test_report_opens_with_the_findings_summary(tmp_path):
 
     ds = synthetic_results()
     ds["I_XT"].loc[{"estimator": "binning_30", "layer": "dense1"}] = np.linspace(4, 2, 5)[None, None, :]
+    ds["I_XT_saturated"], ds["I_TY_saturated"] = xr.zeros_like(ds.I_XT), xr.zeros_like(ds.I_TY)
+    ds["I_XT_saturated"].loc[{"estimator": "binning_30", "split": "test", "layer": "dense2"}] = 1.0
     summary = run_summary(ds)
     rows = {(r["entry"], r["split"], r["layer"]): r for r in summary["layers"]}
     assert rows["binning_30", "train", "dense1"]["beyond_noise"] == 1.0  # 4 -> 2 bits, both seeds
+    saturated = rows["binning_30", "test", "dense2"]
+    assert saturated["saturated"] and np.isnan(saturated["beyond_noise"])
+    assert not rows["binning_30", "train", "dense2"]["saturated"]
     assert rows["binning_30", "train", "dense1"]["drop_mean"] == pytest.approx(2.0)
     assert {"split": "train", "layer": "dense1", "compress": ["binning_30"], "do_not": ["renyi"]} in \
         summary["disagreements"]
@@ -260,6 +265,7 @@ def test_report_opens_with_the_findings_summary(tmp_path):
     text = report.read_text()
     assert text.index("Findings summary") < text.index("Contents") < text.index("<figure")
     assert "test 0.875" in text and "renyi do not" in text
+    assert text.count("undetermined (saturated at the peak and the end)") == 1
     assert "not above their shuffle baseline" in text and "no baseline / no baseline" in text
     assert "<td>n_bins</td><td>30</td>" in text and "<td>train.lr</td><td>0.1</td>" in text
     assert "The information plane" in text and "\\\"" not in text  # captions; no escaped JSON

@@ -232,16 +232,25 @@ def test_held_out_rule_keeps_false_calls_at_the_nominal_level_on_flat_noisy_curv
 
 
 def test_a_drop_within_the_saturated_band_is_not_called():
+    # the seed mean peaks at epoch 2 (index 2); the held-out rule locates it among indices 0, 2, 4
+    # and reads the snapshot after it, epoch 5: each rule looks at the flags of its own two epochs
     quiet = noisy_seeds(0.1)
     assert fd.compresses(quiet, "binning_30").values.tolist() == [1.0, 1.0]  # a store without flags
     quiet["I_XT_saturated"] = quiet.I_XT * 0.0
-    quiet["I_XT_saturated"].loc[{"layer": "dense1", "epoch": 2}] = 1.0  # the peak only: decided
-    assert fd.compresses(quiet, "binning_30").values.tolist() == [1.0, 1.0]
-    quiet["I_XT_saturated"].loc[{"layer": "dense1", "epoch": 20}] = 1.0  # peak and end, every seed
+    flags = quiet["I_XT_saturated"]
+    flags.loc[{"layer": "dense1", "epoch": 2}] = 1.0  # the peak only: decided
+    for rule in ("held_out", "interval"):
+        assert fd.compresses(quiet, "binning_30", rule=rule).values.tolist() == [1.0, 1.0]
+    flags.loc[{"layer": "dense1", "epoch": 20}] = 1.0  # the seed mean's peak and the end, every seed
+    assert np.isnan(fd.compresses(quiet, "binning_30", rule="interval").sel(layer="dense1"))
+    assert fd.compresses(quiet, "binning_30").sel(layer="dense1") == 1.0  # epoch 5 is not flagged
+    flags.loc[{"layer": "dense1", "epoch": 5}] = 1.0  # now the held-out rule's epochs are flagged too
     assert np.isnan(fd.compresses(quiet, "binning_30").sel(layer="dense1"))
     assert fd.compresses(quiet, "binning_30").sel(layer="dense2") == 1.0
-    quiet["I_XT_saturated"][0, 0, 0, -1, 0] = 0.0  # one seed below the band at the end: decided
-    assert fd.compresses(quiet, "binning_30").sel(layer="dense1") == 1.0
+    assert fd.saturated_at_both_ends(quiet, "binning_30").values.tolist() == [True, False, False]
+    flags[0, 0, 0, -1, 0] = 0.0  # one seed below the band at the end: decided
+    for rule in ("held_out", "interval"):
+        assert fd.compresses(quiet, "binning_30", rule=rule).sel(layer="dense1") == 1.0
     # the 5% rule is the papers' as it stands: it does not look at the flags
     quiet["I_XT_saturated"][:] = 1.0
     assert fd.compresses(quiet, "binning_30", rule="fraction").values.tolist() == [1.0, 1.0]
