@@ -278,7 +278,8 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
     stored flags; NaN without them), that the estimator distrusts, and whose I(X;T) and I(T;Y)
     do not clear their shuffle baselines (`at_null_share`; NaN without baselines);
     `disagreements`: per (split, hidden layer) the entries that call compression and those that
-    do not, where both exist.
+    do not, where both exist (each entry by its verdict beyond the noise, by the 5% rule where
+    that is undetermined).
     """
     ds = _valid(results)
     layers, entries, calls = [], [], {}

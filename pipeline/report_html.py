@@ -155,7 +155,8 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
                          f"{_share(r.get('at_null_ty', math.nan), 'no baseline')}"]
                         for r in summary["entries"]]))
     if summary["disagreements"]:
-        parts.append("<p>Entries disagree on compression in: " + "; ".join(
+        parts.append("<p>Entries disagree on compression (beyond the noise; by the 5% rule where "
+                     "that is undetermined) in: " + "; ".join(
             f"{html.escape(d['layer'])} ({html.escape(d['split'])}): {', '.join(d['compress'])} "
             f"compress, {', '.join(d['do_not'])} do not" for d in summary["disagreements"]) + ".</p>")
     else:
