@@ -627,18 +627,29 @@ class ArchiveReader:
                  f"  layers: {', '.join(f'{k}{list(v)}' for k, v in self.layer_shapes.items())}"]
         for seed in self.seeds:
             a = self.seed_status(seed)
+            sessions = a.get("sessions", [])
             lines.append(f"  seed {seed}: {a['committed_snapshots']} snapshots, status "
-                         f"{a['status']} {a['message']}".rstrip() + _sessions_text(a.get("sessions", [])))
+                         f"{a['status']} {a['message']}".rstrip()
+                         + (f"; trained in {len(sessions)} session(s): "
+                            + "; ".join(dict.fromkeys(map(_environment, sessions))) if sessions else ""))
         return "\n".join(lines)
 
+    def training_environments(self) -> dict[str, list[int]]:
+        """Each environment seeds were trained in ('torch 2.x, 1 thread(s), cpu on host') -> those
+        seeds, from their `sessions` (empty for seeds trained before schema 1.2)."""
+        out: dict[str, list[int]] = {}
+        for seed in self.seeds:
+            for session in self.seed_status(seed).get("sessions", []):
+                seeds = out.setdefault(f"{_environment(session)} on {session.get('host')}", [])
+                if seed not in seeds:
+                    seeds.append(seed)
+        return out
 
-def _sessions_text(sessions: list[dict[str, Any]]) -> str:
-    """'; trained in 2 sessions: torch 2.x, 1 thread(s), cpu; ...' (empty when not recorded)."""
-    if not sessions:
-        return ""
-    kinds = dict.fromkeys(f"torch {s.get('torch')}, {s.get('torch_threads')} thread(s), {s.get('device')}"
-                          for s in sessions)
-    return f"; trained in {len(sessions)} session(s): {'; '.join(kinds)}"
+
+def _environment(session: dict[str, Any]) -> str:
+    """One training session's environment in words: torch version, threads, device (and GPU)."""
+    device = f"{session.get('device')} ({session['gpu']})" if "gpu" in session else session.get("device")
+    return f"torch {session.get('torch')}, {session.get('torch_threads')} thread(s), {device}"
 
 
 def remove_litter(path: Path) -> list[Path]:

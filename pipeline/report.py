@@ -64,6 +64,7 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
                                                  results[parameters_key(results)].values, strict=True)}
     attrs = {} if results is None else {k: v for k, v in results.attrs.items() if k != MASKED}
     attrs["archive_provenance"] = archive.attrs.get("provenance")
+    attrs["training_environments"] = archive.training_environments() or "not recorded (archive schema < 1.2)"
     summary = None if results is None else findings.run_summary(results)
     interactive = {} if results is None else interactive_sections(results)
     if interactive:

@@ -113,10 +113,9 @@ def _rows(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _verdict(value: float, saturated: bool = False) -> str:
-    if saturated:
-        return "undetermined (saturated at the peak and the end)"
-    return "undetermined (no interval)" if math.isnan(value) else ("yes" if value else "no")
+def _verdict(value: float, why: str) -> str:
+    """A `compresses` verdict in words; `why` it is undetermined where it is (NaN)."""
+    return f"undetermined ({why})" if math.isnan(value) else ("yes" if value else "no")
 
 
 def _share(value: float, missing: str) -> str:
@@ -142,8 +141,9 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
     parts.append(_rows(["entry", "split", "layer", "compresses beyond the noise", "5% rule",
                         "drop from the peak (bits, mean ± sd over seeds)"],
                        [[r["entry"], r["split"], r["layer"],
-                         _verdict(r["beyond_noise"], r.get("saturated", False)),
-                         _verdict(r["fraction"]), f"{r['drop_mean']:.3f} ± {r['drop_std']:.3f}"]
+                         _verdict(r["beyond_noise"], "saturated at the peak and the end"
+                                  if r.get("saturated") else "no interval"),
+                         _verdict(r["fraction"], "no values"), f"{r['drop_mean']:.3f} ± {r['drop_std']:.3f}"]
                         for r in summary["layers"]]))
     parts.append(_rows(["entry", "split", "DPI holds (share of cells)", "saturated cells (share)",
                         "cells its estimator distrusts (share; docs/estimators.md, Diagnostics)",

@@ -137,7 +137,8 @@ def test_own_network_through_every_stage(tmp_path):
     out = tmp_path / "figures" / "tower"
     for name in ("training", "gradients", "plane_own_gaussian_test", "plane_ksg_all", "comparison", "fisher"):
         assert (out / f"{name}.png").exists(), (name, proc.stdout)
-    assert "tower" in (out / "index.html").read_text()
+    html = (out / "index.html").read_text()
+    assert "tower" in html and "training_environments" in html and "thread(s), cpu on" in html
 
 
 @pytest.mark.slow
@@ -207,6 +208,9 @@ def test_each_training_session_records_its_threads_and_device(tmp_path):
         (0, 1, "cpu"), (1, 2, "cpu")]
     assert all(s["torch"] == torch.__version__ for s in sessions)
     assert "trained in 2 session(s): torch" in ArchiveReader(path).describe()
+    environments = ArchiveReader(path).training_environments()
+    assert sorted(environments.values()) == [[0], [0]]
+    assert [key.split(", ")[1] for key in environments] == ["1 thread(s)", "2 thread(s)"]
 
 
 # ---------------------------------------------------------------- a killed user script resumes
