@@ -13,9 +13,13 @@ from pipeline.archive import ArchiveReader
 from pipeline.results import verify_results
 
 
+def is_results_store(path: Path) -> bool:
+    return (Path(path) / "done").is_dir()  # every results store has the `done` mask; archives never
+
+
 def verify(path: str | Path) -> list[str]:
-    """Damage found in an archive or a results store (told apart by their root attributes)."""
+    """Damage found in an archive or a results store (told apart by the `done` mask)."""
     path = Path(path)
-    if (path / "done").is_dir():  # every results store has the `done` mask; archives never
+    if is_results_store(path):
         return verify_results(path)
     return ArchiveReader(path).verify()

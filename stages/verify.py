@@ -1,5 +1,8 @@
 """Check a run's archive and results store end to end against what their commits wrote.
 
+A sound archive is then described: its layers, and per seed its snapshots, status and the
+environments (torch version, threads, device) of the sessions that trained it.
+
     python -m stages.verify --config configs/szt_tanh.toml      # or: make verify
     python -m stages.verify --archive runs/mine/archive.zarr     # and the estimates.zarr beside it
     python -m stages.verify path/to/archive.zarr path/to/estimates.zarr
@@ -8,10 +11,11 @@
 import sys
 from pathlib import Path
 
+from pipeline.archive import ArchiveReader
 from pipeline.cli import DEFAULT_CONFIG, base_parser, guarded
 from pipeline.config import load_config
 from pipeline.runs import RunPaths
-from pipeline.verify import verify
+from pipeline.verify import is_results_store, verify
 
 
 def cli() -> None:
@@ -29,7 +33,12 @@ def cli() -> None:
         for line in damage:
             print(f"damaged: {line}", file=sys.stderr)
         print(f"{len(damage)} problem(s) in {', '.join(map(str, paths))}")
-        return 2 if damage else 0
+        if damage:
+            return 2
+        for path in paths:  # what a sound archive holds: seeds, snapshots, training environments
+            if not is_results_store(path):
+                print(ArchiveReader(path).describe())
+        return 0
     guarded(body)
 
 

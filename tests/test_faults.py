@@ -170,7 +170,9 @@ def test_a_results_cell_whose_data_is_gone_is_not_done(run):
     assert "3 tasks (12 cells)" in proc.stdout  # that block's three layers, nothing else
     after = xr.open_zarr(store).load()
     np.testing.assert_array_equal(after.I_XT.values, before.I_XT.values)
-    assert stage("verify", run).returncode == 0
+    proc = stage("verify", run)
+    assert proc.returncode == 0 and "0 problem(s)" in proc.stdout
+    assert "seed 0: 4 snapshots, status finished; trained in 1 session(s): torch" in proc.stdout
 
 
 @pytest.mark.slow
