@@ -330,7 +330,7 @@ class SeedWriter:
 
     def add_session(self, environment: dict[str, Any]) -> None:
         """Append one training session (its environment, from `committed` snapshots on) to the
-        seed's `sessions` attribute. Call it before the session's writer process starts."""
+        seed's `sessions` attribute. Call it while no writer process of the seed runs."""
         sessions = list(self.group.attrs.get("sessions", []))
         update_attributes(self.group, {"sessions": [*sessions, {**environment,
                                                                 "after_snapshots": self.committed}]})

@@ -388,9 +388,7 @@ class Recorder:
         # A killed script's writer may still be finishing a commit: read the state after it.
         os.close(lock_seed(self.paths.seed_checkpoints(self.seed), "writer", wait=True))
         seed_writer = SeedWriter(self.paths.archive, self.seed)
-        self.status = seed_writer.status
-        if not self.finished:  # before this session's writer process exists: no other writer
-            seed_writer.add_session(training_environment(_model_device(model)))
+        self.status, self._seed_writer = seed_writer.status, seed_writer
         self._epochs = seed_writer.committed_epochs[:seed_writer.committed]
         self._history: dict[int, dict[str, float]] = {}
         self._history_through = seed_writer.history_through
@@ -546,7 +544,8 @@ class Recorder:
         commit.history = {var: rows[var] for var in used} if used else {}
         commit.history_first, commit.history_through = first, max(through, self._history_through)
         self._history_through = commit.history_through
-        if self._writer is None:
+        if self._writer is None:  # the session's first commit: its environment, before any writer runs
+            self._seed_writer.add_session(training_environment(_model_device(self.model)))
             self._writer = WriterProcess(self.paths.archive, self.seed,
                                          self.paths.seed_checkpoints(self.seed), _nbytes(commit))
         self._writer.submit(commit)

@@ -193,8 +193,8 @@ def test_each_training_session_records_its_threads_and_device(tmp_path):
     x, threads = torch.from_numpy(blobs(40)[0]), torch.get_num_threads()
     model = Tower()
     try:
-        torch.set_num_threads(1)
         with Recorder(path, model, LAYERS, x) as rec:
+            torch.set_num_threads(1)  # what the session's first commit runs with is recorded
             rec.snapshot(0)
             rec.close("training")
         torch.set_num_threads(2)
