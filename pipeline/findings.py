@@ -132,7 +132,8 @@ def compresses(results: xr.Dataset, estimator: str, split: str = "all", rule: st
     """
     if rule not in COMPRESSION_RULES:
         raise ValueError(f"rule must be one of {COMPRESSION_RULES}, got {rule!r}")
-    band = seed_mean(_valid(results).sel(estimator=estimator, split=split), "I_XT", confidence)
+    cells = _valid(results).sel(estimator=estimator, split=split)
+    band = seed_mean(cells, "I_XT", confidence)
     peak_index, final_index = compared_indices(band["mean"], rule)
     at = lambda name, index: band[name].isel(epoch=index)  # noqa: E731
     if rule == "fraction":
@@ -141,7 +142,7 @@ def compresses(results: xr.Dataset, estimator: str, split: str = "all", rule: st
     else:
         lo, hi = at("lo", peak_index.clip(0)), at("hi", final_index)
         called = (lo > hi).astype(float).where(np.isfinite(lo) & np.isfinite(hi) & (peak_index >= 0))
-        called = called.where(~saturated_at_both_ends(results, estimator, split, rule))
+        called = called.where(~_saturated_at(cells, peak_index, final_index))
     called = called.where(np.isfinite(band["mean"]).any("epoch"))
     called.attrs = {"estimator": estimator, "split": split, "rule": rule, "min_drop": min_drop,
                     "confidence": confidence}
@@ -165,12 +166,16 @@ def saturated_at_both_ends(results: xr.Dataset, estimator: str, split: str = "al
     at both epochs `compresses` compares under `rule` (`compared_indices`; False for a store
     without flags)."""
     cells = _valid(results).sel(estimator=estimator, split=split)
-    mean = seed_mean(cells, "I_XT")["mean"]
+    return _saturated_at(cells, *compared_indices(cells.I_XT.mean("seed"), rule))
+
+
+def _saturated_at(cells: xr.Dataset, peak: xr.DataArray, final: xr.DataArray) -> xr.DataArray:
+    """Per layer: every seed holding a value is flagged saturated at epoch index `peak` (-1 read
+    as 0) and at `final`; False for cells without flags."""
     if "I_XT_saturated" not in cells:
-        return xr.zeros_like(mean.isel(epoch=0), dtype=bool)
+        return xr.zeros_like(peak, dtype=bool)
     flags = cells.I_XT_saturated.where(np.isfinite(cells.I_XT))
     every_seed = (flags.fillna(1) == 1).all("seed") & flags.notnull().any("seed")
-    peak, final = compared_indices(mean, rule)
     return every_seed.isel(epoch=peak.clip(0)) & every_seed.isel(epoch=final)
 
 
