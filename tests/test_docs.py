@@ -143,3 +143,24 @@ def test_the_estimator_config_the_readme_shows_loads(tmp_path):
         (tmp_path / "estimators.toml").write_text(block)
         config = load_estimators_config(tmp_path / "estimators.toml")
         assert config.estimators  # every key of the snippet passed the loader's checks
+
+
+def test_every_docs_section_the_code_and_docs_name_exists():
+    """`docs/x.md ("Section")` and `section "Section"` in docstrings, comments and docs name a
+    heading of the docs (its beginning: "Diagnostics" for "Diagnostics: cells ...")."""
+    headings = [line.lstrip("#").strip().lower() for path in DOCS for line in path.read_text().splitlines()
+                if line.startswith("#")]
+    code = [path for folder in ("pipeline", "stages", "benchmarks", "examples")
+            for path in (ROOT / folder).rglob("*.py")]
+    sources = [*DOCS, *code, *(ROOT / "configs").glob("*.toml")]
+    named, stale = 0, []
+    for path in sources:
+        text = re.sub(r"\s+", " ", path.read_text())
+        for match in re.finditer(r'(?:\.md\b[^"]{0,25}|\bsections? )\(?"([A-Z][^"]{4,90})"'
+                                 r'(?:\s*(?:and|,)\s*"([A-Z][^"]{4,90})")?', text):
+            for section in filter(None, match.groups()):
+                named += 1
+                if not any(h.startswith(section.lower().rstrip(".")) for h in headings):
+                    stale.append(f"{path.relative_to(ROOT)}: no section {section!r} in the docs")
+    assert named >= 15
+    assert not stale, "\n".join(stale)
