@@ -32,7 +32,7 @@ from tqdm import tqdm
 from pipeline.archive import ArchiveError, ArchiveReader
 from pipeline.cluster import make_client, start_worker_server
 from pipeline.config import ConfigError, EstimateConfig, EstimatorsConfig, ExperimentConfig, validate_estimate
-from pipeline.estimators import get_estimator, plane_defaults
+from pipeline.estimators import BUILTIN_METHODS, Estimator, get_estimator, plane_defaults
 from pipeline.provenance import provenance
 from pipeline.results import (
     CELL_DIMS,
@@ -46,6 +46,7 @@ from pipeline.results import (
     lost_blocks,
     merge_into,
     open_results,
+    parameters_key,
     recover,
     template,
     write_store,
@@ -59,6 +60,7 @@ from pipeline.tasks import (
     entry_variables,
     run_batch,
     run_fisher_task,
+    unloadable,
 )
 from pipeline.uncertainty import row_entropy, saturation_flags, split_options
 from pipeline.writer import lock_file
@@ -129,8 +131,8 @@ def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray
     epochs = ds.epoch.values
     chosen_rows = selection.rows(len(epochs))
     for e, name in enumerate(ds.estimator.values):
-        if not selection.takes(entry=name):
-            continue
+        if name not in entries or not selection.takes(entry=name):
+            continue  # an entry the store keeps from an earlier config
         table = entries[name]
         definition = get_estimator(table["method"])
         chain = definition.is_chain(split_options(table)[0])
@@ -298,8 +300,10 @@ def _unmark_unusable(old, entries: dict[str, dict[str, Any]], results_path: Path
             derive.append(str(name))
     lost = lost_blocks(results_path, old)
     for e, s, p in lost:
-        print(f"note: results of {old.estimator.values[e]}, seed {old.seed.values[s]}, split "
-              f"{old.split.values[p]} are marked done but their files are gone: recomputing them")
+        name = str(old.estimator.values[e])
+        then = "recomputing them" if name in entries else f"name {name} in the config to recompute them"
+        print(f"note: results of {name}, seed {old.seed.values[s]}, split "
+              f"{old.split.values[p]} are marked done but their files are gone: {then}")
         old["done"][e, s, p] = False
     return derive, lost
 
@@ -325,6 +329,22 @@ def resolved_table(table: dict[str, Any]) -> dict[str, Any]:
     return {"method": table["method"], **plane_defaults(table["method"]), **params, **options}
 
 
+def kept_entries(old, entries: dict[str, dict[str, Any]]) -> tuple[dict, dict, dict]:
+    """The entries of a store that this run's `entries` lack, kept as stored and not computed in
+    this run: their tables, their resolved tables, and every variable the store holds (name ->
+    (long name, units)). A config that leaves an entry out never deletes its results."""
+    names = [str(name) for name in old.estimator.values if str(name) not in entries]
+    if not names:
+        return {}, {}, {}
+    print(f"note: keeping the stored cells of {', '.join(names)}: not among this run's entries, "
+          "so not computed now (name them in the config to extend them)")
+    table = lambda key, name: json.loads(str(old[key].sel(estimator=name).values))  # noqa: E731
+    variables = {name: (old[name].attrs.get("long_name", name), old[name].attrs.get("units", "1"))
+                 for name in cell_variables(old)}
+    return ({name: table("parameters", name) for name in names},
+            {name: table(parameters_key(old), name) for name in names}, variables)
+
+
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
                    splits: list[str]):
     """The results template merged with the done cells of an existing store, written if new."""
@@ -332,7 +352,11 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     committed = {seed: archive.committed_epochs(seed) for seed in archive.seeds}
     epochs = np.unique(np.concatenate(list(committed.values())))
     widths = [int(np.prod(archive.layer_shapes[name])) for name in archive.layers]
-    outputs = {}
+    old = open_results(paths.results)
+    if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
+        raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
+                           "to recompute from the current archive")
+    kept, kept_resolved, outputs = kept_entries(old, entries) if old is not None else ({}, {}, {})
     for table in entries.values():
         outputs.update(entry_variables(get_estimator(table["method"]), split_options(table)[1]))
     prov = provenance()
@@ -341,12 +365,9 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
              "versions": json.dumps(prov["versions"]), "git_revision": prov["git_revision"]}
     if "training_hash" in archive.attrs:
         attrs["archive_training_hash"] = archive.attrs["training_hash"]
-    target = template(entries, archive.seeds, splits, epochs, archive.layers, widths, attrs, outputs,
-                      {name: resolved_table(table) for name, table in entries.items()})
-    old = open_results(paths.results)
-    if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
-        raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
-                           "to recompute from the current archive")
+    resolved = {**{name: resolved_table(table) for name, table in entries.items()}, **kept_resolved}
+    target = template({**entries, **kept}, archive.seeds, splits, epochs, archive.layers, widths, attrs,
+                      outputs, resolved)
     derive, lost = _unmark_unusable(old, entries, paths.results) if old is not None else ([], [])
     if old is not None:
         note_changed_entries(old, target)
@@ -501,6 +522,7 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
             return failures
         from distributed import as_completed
 
+        check_workers_load(client, [unit.tasks[0].definition for unit in units])
         # longest first: a long chain started last keeps one worker busy while the others idle
         futures = {client.submit(run_batch, path, unit, key=unit.key, retries=settings.retries,
                                  pure=False, priority=round(unit.cost)): len(unit.tasks) for unit in units}
@@ -522,6 +544,25 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def check_workers_load(client, definitions: list[Estimator]) -> None:
+    """One line, before any task, for an estimator of one's own that the workers cannot load (its
+    module is importable here but not there). Sent inside a task, it would fail to deserialize in
+    the worker's connection, where no task error reaches the stage: the run would wait forever."""
+    own = {d.name: d for d in definitions if d.name not in BUILTIN_METHODS}
+    if not own:
+        return
+    import cloudpickle  # as Dask ships them: a script's functions by value, a module's by name
+
+    problems = client.submit(unloadable, {name: cloudpickle.dumps(d) for name, d in own.items()},
+                             pure=False).result()
+    if problems:
+        method, why = next(iter(problems.items()))
+        raise ConfigError(f"the Dask workers cannot load estimator method {method!r} ({why}): make its "
+                          f"module {own[method].information_plane.__module__!r} importable where they run "
+                          "(installed, or on their PYTHONPATH), or define the function in the script that "
+                          "runs the stage")
 
 
 def export_netcdf(results_path: Path) -> Path:

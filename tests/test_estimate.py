@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from pipeline.config import ConfigError
 from pipeline.estimate import Selection
 from pipeline.estimate import main as estimate
 from pipeline.results import ResultsError
@@ -145,6 +146,45 @@ def test_adding_an_entry_computes_only_its_cells_and_rerun_does_nothing(runs, ca
     estimate(config(**changed), runs, scheduler="synchronous")
     assert "estimating tiny: 12 tasks (48 cells) + 0 Fisher tasks" in capsys.readouterr().out
     assert "history" in after.attrs and after.attrs["archive_training_hash"]
+
+
+def test_an_entry_left_out_of_a_later_config_keeps_its_cells(runs, capsys):
+    estimate(config(), runs, scheduler="synchronous")
+    before = load(runs)
+    capsys.readouterr()
+    only_binning_3 = {"binning_3": {"method": "binning", "n_bins": 3}}
+    estimate(config(**only_binning_3), runs, scheduler="synchronous")
+    out = capsys.readouterr().out
+    assert "keeping the stored cells of binning_10, renyi" in out
+    assert "estimating tiny: 12 tasks (48 cells)" in out  # binning_3 alone
+    after = load(runs)
+    assert list(after.estimator.values) == ["binning_3", "binning_10", "renyi"] and bool(after.done.all())
+    kept = ["binning_10", "renyi"]
+    for name in ("I_XT", "I_TY", "sigma_t"):  # renyi's own output too
+        np.testing.assert_array_equal(after[name].sel(estimator=kept), before[name].sel(estimator=kept))
+    assert after.resolved_parameters.sel(estimator="renyi").item() == before.resolved_parameters.sel(
+        estimator="renyi").item()
+    estimate(config(), runs, scheduler="synchronous")  # the first config again: nothing to compute
+    assert "nothing to do" in capsys.readouterr().out
+
+
+LONELY = """
+from pipeline.estimators import register_estimator
+
+@register_estimator("lonely")
+def lonely_plane(x, t, y):
+    return {"I_XT": 0.0, "I_TY": 0.0}
+"""
+
+
+def test_an_estimator_the_workers_cannot_import_is_one_clear_error_not_a_hang(runs, tmp_path, monkeypatch):
+    (tmp_path / "lonely_mi.py").write_text(LONELY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import lonely_mi  # noqa: F401 - registers "lonely" here, in the client only
+    monkeypatch.undo()  # the workers start without the folder on their path
+    with pytest.raises(ConfigError, match="method 'lonely' .*No module named 'lonely_mi'"):
+        estimate(config(lonely={"method": "lonely"}), runs)  # the default local cluster
+    assert not load(runs).done.sel(estimator="lonely").any()
 
 
 def test_kill_and_resume_equals_uninterrupted(runs, tmp_path):
