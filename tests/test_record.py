@@ -347,18 +347,35 @@ method = "binning"
 
 # ---------------------------------------------------------------- the worked example
 @pytest.mark.slow
-def test_worked_example_draws_an_information_plane_in_under_30_lines(tmp_path):
+def test_worked_examples_record_a_network_and_add_an_own_estimator(tmp_path):
     source = (ROOT / "examples" / "own_network.py").read_text()
     body = source.split('"""', 2)[2].split('if __name__ == "__main__":')[0]
     code = [line for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert len(code) < 30, len(code)
     sys.path.insert(0, str(ROOT / "examples"))
     try:
+        from own_estimator import check_on_known_patterns
         from own_network import main
     finally:
         sys.path.remove(str(ROOT / "examples"))
-    main(str(tmp_path / "runs" / "own_network" / "archive.zarr"), epochs=3, figures=str(tmp_path / "figures"))
+    archive = str(tmp_path / "runs" / "own_network" / "archive.zarr")
+    main(archive, epochs=3, figures=str(tmp_path / "figures"))
     ds = xr.open_zarr(tmp_path / "runs" / "own_network" / "estimates.zarr").load()
     assert list(ds.layer.values) == ["1", "4", "5"] and bool(ds.done.all())
     assert ds.attrs["output_layer"] == "5" and list(ds.estimator.values) == ["binning", "kde"]
     assert (tmp_path / "figures" / "own_network" / "plane_kde_all.png").exists()
+
+    # the second example: its estimator on exact patterns, then added beside the stored entries
+    check = check_on_known_patterns()
+    assert check["I_XT"] == pytest.approx(3.0, abs=1e-12) and check["I_TY"] == pytest.approx(0.5, abs=1e-12)
+    proc = subprocess.run([sys.executable, "examples/own_estimator.py", "--archive", archive, "--figures",
+                           str(tmp_path / "figures")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "keeping the stored cells of binning, kde" in proc.stdout
+    both = xr.open_zarr(tmp_path / "runs" / "own_network" / "estimates.zarr").load()
+    assert sorted(both.estimator.values) == ["binning", "equal_mass_4", "kde"] and bool(both.done.all())
+    kept = ["binning", "kde"]
+    assert both.I_XT.sel(estimator=kept).equals(ds.I_XT.sel(estimator=kept))  # not lost, not recomputed
+    own = both.sel(estimator="equal_mass_4", split="all")
+    assert bool((own.I_XT_lo <= own.I_XT_hi).all()) and bool(np.isfinite(own.I_TY_null).all())
+    assert (tmp_path / "figures" / "own_network" / "plane_equal_mass_4_all.png").exists()
