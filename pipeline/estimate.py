@@ -46,7 +46,6 @@ from pipeline.results import (
     lost_blocks,
     merge_into,
     open_results,
-    parameters_key,
     recover,
     template,
     write_store,
@@ -338,11 +337,22 @@ def kept_entries(old, entries: dict[str, dict[str, Any]]) -> tuple[dict, dict, d
         return {}, {}, {}
     print(f"note: keeping the stored cells of {', '.join(names)}: not among this run's entries, "
           "so not computed now (name them in the config to extend them)")
-    table = lambda key, name: json.loads(str(old[key].sel(estimator=name).values))  # noqa: E731
+    tables = {name: json.loads(str(old.parameters.sel(estimator=name).values)) for name in names}
     variables = {name: (old[name].attrs.get("long_name", name), old[name].attrs.get("units", "1"))
                  for name in cell_variables(old)}
-    return ({name: table("parameters", name) for name in names},
-            {name: table(parameters_key(old), name) for name in names}, variables)
+    return tables, {name: _stored_resolution(old, name, tables[name]) for name in names}, variables
+
+
+def _stored_resolution(old, name: str, table: dict[str, Any]) -> dict[str, Any]:
+    """A kept entry's resolved table as stored; for a store older than 1.4 (tables only), its
+    table resolved with this infoplane's defaults, as such a store's named entries are (the table
+    itself where its method is not registered in this process)."""
+    if "resolved_parameters" in old.coords:
+        return json.loads(str(old.resolved_parameters.sel(estimator=name).values))
+    try:
+        return resolved_table(table)
+    except ValueError:  # an unknown method or entry point (RegistryError is one)
+        return table
 
 
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],

@@ -607,5 +607,16 @@ def test_a_changed_default_recomputes_the_entry_and_a_store_without_defaults_kee
         again = load(runs)
         assert float(again.I_XT.sel(estimator="own", seed=0, split="all").max()) == 2.0
         assert '"scale": 3.0' in str(again.resolved_parameters.sel(estimator="own").values)
+
+        # such a store's entry left out of a run is resolved as named ones are: named again, kept
+        write_store(older, runs / "tiny" / "estimates.zarr")
+        capsys.readouterr()
+        assert estimate(config(binning_3={"method": "binning", "n_bins": 3}), runs, scheduler="synchronous",
+                        selection=selection) == 0
+        assert "keeping the stored cells of own" in capsys.readouterr().out
+        assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
+                        selection=selection) == 0
+        assert "recomputing" not in capsys.readouterr().out
+        assert float(load(runs).I_XT.sel(estimator="own", seed=0, split="all").max()) == 2.0
     finally:
         REGISTERED.pop("test_scaled", None)
