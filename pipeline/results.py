@@ -228,7 +228,9 @@ def write_store(ds: xr.Dataset, path: Path) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
-        ds.to_zarr(partial, mode="w", encoding=_encoding(ds), zarr_format=3, consolidated=False)
+        # the done cells' chunks copied in go to disk even where every value is NaN (no labels)
+        ds.to_zarr(partial, mode="w", encoding=_encoding(ds), zarr_format=3, consolidated=False,
+                   write_empty_chunks=True)
     backup = path.with_name(path.name + ".old")
     if path.exists():
         shutil.rmtree(backup, ignore_errors=True)
@@ -286,8 +288,11 @@ class ResultsWriter:
 
     def __init__(self, path: Path, ds: xr.Dataset,
                  tasks_per_chunk: dict[tuple[str, int, str], int] | None = None):
-        self.root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
-        self.arrays = dict(self.root.arrays())  # opened once: each lookup by name reads its metadata
+        # Every written chunk goes to disk, NaN ones too: a missing chunk then means lost data.
+        # zarr reads this setting when an array is opened, so it is set around the opening.
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            self.root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+            self.arrays = dict(self.root.arrays())  # opened once: a lookup by name reads metadata
         self.index = {dim: {v.item() if hasattr(v, "item") else v: i
                             for i, v in enumerate(ds[dim].values)} for dim in CELL_DIMS}
         self.remaining = dict(tasks_per_chunk or {})
@@ -334,10 +339,8 @@ class ResultsWriter:
 
     def _write_chunk(self, key: tuple[str, int, str], chunk: dict[str, np.ndarray]) -> None:
         e, s, p = self._position(key)
-        # Every written chunk goes to disk, NaN ones too: a missing chunk then means lost data.
-        with zarr.config.set({"array.write_empty_chunks": True}):
-            for name in [n for n in chunk if n != "done"] + ["done"]:
-                self.arrays[name][e, s, p] = chunk[name]
+        for name in [n for n in chunk if n != "done"] + ["done"]:  # values first, then done
+            self.arrays[name][e, s, p] = chunk[name]
 
     def write_fisher(self, seed: int, epochs: list[int], layers: list[str], traces: np.ndarray) -> None:
         s = self.index["seed"][seed]

@@ -34,7 +34,7 @@ H(X) of the recorded input rows (log2 of their number when all differ, as on SZT
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -87,7 +87,7 @@ def cell_estimate(estimator, x: np.ndarray, t: np.ndarray, y: np.ndarray, params
                   input_entropy: float | None = None) -> dict[str, float]:
     """The estimator's outputs on one cell, with its interval, shuffle baseline and saturation.
     `input_entropy`: H(X) of the input rows in bits, when the caller knows it (else counted)."""
-    out = dict(estimator.information_plane(x, t, y, **params))
+    out = checked_plane(estimator, estimator.information_plane(x, t, y, **params))
     scheme = options["uncertainty"]
     if scheme in RESAMPLING or options["null"]:  # the cell's rows drawn again
         rows = rows_estimate(estimator, x, t, y, params)
@@ -106,6 +106,21 @@ def cell_estimate(estimator, x: np.ndarray, t: np.ndarray, y: np.ndarray, params
         input_entropy = row_entropy(x)
     out.update(saturation(estimator, out, input_entropy, y, params))
     return out
+
+
+def checked_plane(estimator, out: Any) -> dict[str, float]:
+    """An information-plane function's result, refused (TypeError: the task fails, its cells stay
+    to compute once the function is mended) unless it is a mapping holding I_XT, I_TY and every
+    output the estimator declares; values it returns beyond those are not stored."""
+    if not isinstance(out, Mapping):
+        raise TypeError(f"estimator {estimator.name!r} returned {type(out).__name__}, not a dict "
+                        "{'I_XT': bits, 'I_TY': bits, ...}")
+    missing = [name for name in ("I_XT", "I_TY", *estimator.outputs) if name not in out]
+    if missing:
+        returned = ", ".join(map(str, out)) or "nothing"
+        raise TypeError(f"estimator {estimator.name!r} returned no {', '.join(missing)} (it returned "
+                        f"{returned}): return I_XT, I_TY and each declared output")
+    return dict(out)
 
 
 def rows_estimate(estimator, x, t, y, params: dict[str, Any]) -> Callable[..., dict[str, float]]:

@@ -1,6 +1,7 @@
 """The estimate stage on a tiny archive: Dask clusters, incremental work, kills, bad input."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -166,6 +167,44 @@ def test_an_entry_left_out_of_a_later_config_keeps_its_cells(runs, capsys):
         estimator="renyi").item()
     estimate(config(), runs, scheduler="synchronous")  # the first config again: nothing to compute
     assert "nothing to do" in capsys.readouterr().out
+
+
+def test_cells_whose_values_are_all_nan_stay_done_across_runs(runs, capsys):
+    """An entry whose I_TY is NaN in every cell (as for an archive without labels) has its chunks
+    on disk, written by the stage and copied by a store rewrite: later runs neither take them for
+    lost nor compute them again."""
+    from pipeline.estimators import ESTIMATORS as REGISTERED
+    from pipeline.estimators import register_estimator
+
+    register_estimator("test_no_ty")(lambda x, t, y: {"I_XT": 1.0, "I_TY": float("nan")})
+    try:
+        no_ty, other = {"no_ty": {"method": "test_no_ty"}}, {"binning_3": {"method": "binning", "n_bins": 3}}
+        for entries in (no_ty, other, no_ty):  # the second run rewrites the store, adding binning_3
+            assert estimate(config(**entries), runs, scheduler="synchronous") == 0
+        out = capsys.readouterr().out
+        assert "files are gone" not in out and out.count("nothing to do") == 1
+        assert bool(load(runs).done.sel(estimator="no_ty").all())
+    finally:
+        REGISTERED.pop("test_no_ty", None)
+
+
+@pytest.mark.parametrize("returned, message", [
+    ({"I_XT": 1.0}, "returned no I_TY, calls (it returned I_XT)"),
+    ({"I_XT": 1.0, "I_TY": 0.5}, "returned no calls (it returned I_XT, I_TY)"),  # a declared output
+    (1.0, "returned float, not a dict"),
+])
+def test_an_estimator_returning_less_than_it_declares_fails_and_leaves_its_cells_to_compute(
+        runs, returned, message):
+    from pipeline.estimators import ESTIMATORS as REGISTERED
+    from pipeline.estimators import register_estimator
+
+    register_estimator("test_short", outputs={"calls": ("calls", "1")})(lambda x, t, y: returned)
+    try:
+        with pytest.raises(TypeError, match=re.escape(f"estimator 'test_short' {message}")):
+            estimate(config(short={"method": "test_short"}), runs, scheduler="synchronous")
+        assert not load(runs).done.sel(estimator="short").any()  # mended, a rerun computes them
+    finally:
+        REGISTERED.pop("test_short", None)
 
 
 LONELY = """
