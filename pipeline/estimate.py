@@ -192,8 +192,9 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     """Compute every missing cell of the results store beside an archive; returns an exit code.
 
     `settings` holds the [estimate] and [estimators.*] tables (default: every method with its
-    papers' parameters); `estimators` alone replaces the entries, e.g.
-    `estimators={"binning": {"method": "binning", "n_bins": 30}}`.
+    papers' parameters); `estimators` alone replaces the entries this run computes, e.g.
+    `estimators={"binning": {"method": "binning", "n_bins": 30}}`. Entries the store already
+    holds and this run leaves out keep their cells.
 
     `scheduler="synchronous"` runs the tasks in this process, one after another (reference
     results, debugging); otherwise a Dask cluster does. A `selection` restricts this run to part
