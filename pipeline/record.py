@@ -306,6 +306,29 @@ def _metrics(values: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def class_codes(labels: np.ndarray, n: int) -> np.ndarray:
+    """The labels as int64 class codes 0..K-1, one per input; refused where a cast would record
+    something else (fractions, NaN) or where the estimators could not count them (negatives)."""
+    if labels.shape != (n,):
+        raise RecordError(f"labels: expected shape ({n},), one per input, got {labels.shape}; pass "
+                          "class codes, not one-hot rows or probabilities")
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all():
+            raise RecordError(f"labels: {int((~np.isfinite(labels)).sum())} are NaN or infinite; "
+                              "pass one class code per input")
+        if (labels != np.round(labels)).any():
+            raise RecordError(f"labels: {int((labels != np.round(labels)).sum())} are not whole numbers "
+                              f"(e.g. {labels[labels != np.round(labels)][0]}); pass class codes, not "
+                              "probabilities")
+    elif labels.dtype.kind not in "biu":
+        raise RecordError(f"labels: dtype {labels.dtype}; pass integer class codes 0..K-1")
+    codes = labels.astype(np.int64)
+    if (codes < 0).any():
+        raise RecordError(f"labels: {int((codes < 0).sum())} are negative (smallest {codes.min()}); pass "
+                          "class codes 0..K-1, e.g. np.unique(labels, return_inverse=True)[1]")
+    return codes
+
+
 def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any,
                    splits: dict[str, Any] | None, name: str, *, select: dict[str, int | str] | None = None,
                    output_layer: str | None = None, epochs: Sequence[int] = (), n_epochs: int = 0,
@@ -316,9 +339,7 @@ def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any
     layout = layer_layout(model, layers, next(iter(_batches(inputs, 2))), select)
     stored = _as_array(inputs[0] if isinstance(inputs, tuple) else inputs)
     n = len(stored)
-    labels = None if labels is None else _as_array(labels).astype(np.int64)
-    if labels is not None and labels.shape != (n,):
-        raise RecordError(f"labels: expected shape ({n},), one per input, got {labels.shape}")
+    labels = None if labels is None else class_codes(_as_array(labels), n)
     codes, split_names = split_codes(n, splits)
     index = np.arange(n) if dataset_index is None else _as_array(dataset_index).astype(np.int64)
     return ArchiveSpec(

@@ -187,6 +187,22 @@ def test_snapshots_already_committed_are_skipped_and_a_changed_recording_is_refu
             rec.snapshot(0, acc=1.0)
 
 
+@pytest.mark.parametrize("labels, message", [
+    (np.tile([0.5, 1.0], 20), "labels: 20 are not whole numbers \\(e.g. 0.5\\)"),
+    (np.tile([np.nan, 1.0], 20), "labels: 20 are NaN or infinite"),
+    (np.tile([-1, 1], 20), "labels: 20 are negative \\(smallest -1\\); pass class codes 0..K-1"),
+    (np.eye(2)[np.tile([0, 1], 20)], "labels: expected shape \\(40,\\), one per input, got \\(40, 2\\)"),
+    (np.array(["cat", "dog"] * 20), "labels: dtype <U3; pass integer class codes"),
+])
+def test_labels_a_cast_would_change_are_refused_in_one_line(tmp_path, labels, message):
+    x = torch.from_numpy(blobs(40)[0])
+    with pytest.raises(RecordError, match=message):
+        Recorder(tmp_path / "run" / "archive.zarr", Tower(), LAYERS, x, labels=labels)
+    whole = Recorder(tmp_path / "ok" / "archive.zarr", Tower(), LAYERS, x, labels=np.tile([0.0, 2.0], 20))
+    whole.close()  # whole-number floats are class codes
+    assert ArchiveReader(tmp_path / "ok" / "archive.zarr").labels.tolist() == [0, 2] * 20
+
+
 def test_each_training_session_records_its_threads_and_device(tmp_path):
     """What a bitwise repeat depends on is kept per seed: one entry per session that trained."""
     path = tmp_path / "run" / "archive.zarr"
