@@ -277,6 +277,25 @@ def _as_array(values: Any) -> np.ndarray:
     return np.asarray(values)
 
 
+def sample_indices(what: str, index: np.ndarray, n: int) -> np.ndarray:
+    """Positions 0..n-1 of the probe samples from indices or a boolean mask of length n; refused
+    where they would select other samples than meant (fractions, negatives, beyond n)."""
+    if index.dtype.kind == "b":
+        if index.shape != (n,):
+            raise RecordError(f"{what}: a boolean mask must have one entry per input ({n}), got "
+                              f"{index.shape}")
+        return np.flatnonzero(index)
+    index = index.reshape(-1)
+    if (index.dtype.kind == "f" and (index != np.round(index)).any()) or index.dtype.kind not in "iuf":
+        raise RecordError(f"{what}: pass integer positions 0..{n - 1} or a boolean mask, got {index.dtype}"
+                          + (" with fractions" if index.dtype.kind == "f" else ""))
+    index = index.astype(np.int64)
+    if index.size and (index.min() < 0 or index.max() >= n):
+        raise RecordError(f"{what}: positions must lie in 0..{n - 1} (one per probe input), got "
+                          f"{index.min()}..{index.max()}")
+    return index
+
+
 def split_codes(n: int, splits: dict[str, Any] | None) -> tuple[np.ndarray, tuple[str, ...]]:
     """One code per sample from `{name: indices}`; the splits must partition the samples."""
     if not splits:
@@ -285,7 +304,7 @@ def split_codes(n: int, splits: dict[str, Any] | None) -> tuple[np.ndarray, tupl
         raise RecordError("splits: 'all' is reserved (it means every recorded sample)")
     codes = np.full(n, -1, dtype=np.int8)
     for code, (name, index) in enumerate(splits.items()):
-        index = _as_array(index).astype(np.int64)
+        index = sample_indices(f"splits[{name!r}]", _as_array(index), n)
         if (codes[index] >= 0).any():
             raise RecordError(f"splits: samples of {name!r} are also in another split")
         codes[index] = code
@@ -342,6 +361,9 @@ def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any
     labels = None if labels is None else class_codes(_as_array(labels), n)
     codes, split_names = split_codes(n, splits)
     index = np.arange(n) if dataset_index is None else _as_array(dataset_index).astype(np.int64)
+    if index.shape != (n,):
+        raise RecordError(f"dataset_index: expected shape ({n},), each input's index in its dataset, got "
+                          f"{index.shape}")
     return ArchiveSpec(
         name=name, inputs=stored, labels=labels, split=codes, split_names=split_names,
         dataset_index=index, layers=tuple(layout), output_layer=output_layer or layers[-1],

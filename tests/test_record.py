@@ -203,6 +203,23 @@ def test_labels_a_cast_would_change_are_refused_in_one_line(tmp_path, labels, me
     assert ArchiveReader(tmp_path / "ok" / "archive.zarr").labels.tolist() == [0, 2] * 20
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"splits": {"train": range(30), "test": range(30, 45)}}, "splits\\['test'\\]: positions must lie in 0"),
+    ({"splits": {"train": range(39), "test": [-1]}}, "splits\\['test'\\]: positions must lie in 0..39"),
+    ({"splits": {"train": np.arange(30) + 0.5, "test": range(30, 40)}}, "float64 with fractions"),
+    ({"splits": {"train": np.ones(30, dtype=bool)}}, "a boolean mask must have one entry per input \\(40\\)"),
+    ({"dataset_index": np.arange(10)}, "dataset_index: expected shape \\(40,\\)"),
+])
+def test_splits_and_indices_that_would_select_other_samples_are_refused(tmp_path, options, message):
+    x = torch.from_numpy(blobs(40)[0])
+    with pytest.raises(RecordError, match=message):
+        Recorder(tmp_path / "run" / "archive.zarr", Tower(), LAYERS, x, **options)
+    masks = {"train": np.arange(40) < 30, "test": np.arange(40) >= 30}  # boolean masks are splits
+    Recorder(tmp_path / "ok" / "archive.zarr", Tower(), LAYERS, x, splits=masks).close()
+    reader = ArchiveReader(tmp_path / "ok" / "archive.zarr")
+    assert reader.split_index("test").tolist() == list(range(30, 40))
+
+
 def test_each_training_session_records_its_threads_and_device(tmp_path):
     """What a bitwise repeat depends on is kept per seed: one entry per session that trained."""
     path = tmp_path / "run" / "archive.zarr"
