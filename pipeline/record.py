@@ -348,6 +348,16 @@ def class_codes(labels: np.ndarray, n: int) -> np.ndarray:
     return codes
 
 
+def epoch_number(epoch: Any) -> int:
+    """A snapshot's or history row's epoch as an int; refused unless a whole number >= 0 (the
+    history holds one row per epoch: number sub-epoch snapshots by steps instead)."""
+    value = float(epoch)
+    if not value.is_integer() or value < 0:
+        raise RecordError(f"epoch {epoch!r}: epochs are whole numbers counted from 0 (one history row "
+                          "each); number snapshots taken within an epoch by steps instead")
+    return int(value)
+
+
 def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any,
                    splits: dict[str, Any] | None, name: str, *, select: dict[str, int | str] | None = None,
                    output_layer: str | None = None, epochs: Sequence[int] = (), n_epochs: int = 0,
@@ -490,12 +500,19 @@ class Recorder:
 
     def log(self, epoch: int, **metrics: float) -> None:
         """History of one epoch (loss_train, loss_test, accuracy_train, accuracy_test)."""
+        epoch = epoch_number(epoch)
         if epoch > self._history_through:
             self._history.setdefault(int(epoch), {}).update(_metrics(metrics))
 
     def snapshot(self, epoch: int, **metrics: float) -> bool:
-        """Record every layer on the probe inputs at `epoch`; False if already committed."""
+        """Record every layer on the probe inputs at `epoch`; False if already committed (or
+        before the last committed epoch: snapshots are stored in increasing epochs)."""
+        epoch = epoch_number(epoch)
         if self.finished or (self._epochs and epoch <= self._epochs[-1]):
+            if epoch not in self._epochs and not self.finished:
+                warnings.warn(f"snapshot at epoch {epoch} not recorded: it comes before the last "
+                              f"recorded epoch {self._epochs[-1]}; snapshots are stored in increasing "
+                              "epochs", stacklevel=2)
             return False
         if metrics:
             self.log(epoch, **metrics)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -218,6 +219,24 @@ def test_splits_and_indices_that_would_select_other_samples_are_refused(tmp_path
     Recorder(tmp_path / "ok" / "archive.zarr", Tower(), LAYERS, x, splits=masks).close()
     reader = ArchiveReader(tmp_path / "ok" / "archive.zarr")
     assert reader.split_index("test").tolist() == list(range(30, 40))
+
+
+def test_snapshot_epochs_are_whole_increasing_numbers(tmp_path):
+    """A fractional or negative epoch is refused in one line before anything is stored; an epoch
+    before the last recorded one is not recorded, with a warning unless it was recorded before
+    (a rerun script); 2.0 is epoch 2."""
+    path = tmp_path / "run" / "archive.zarr"
+    with Recorder(path, Tower(), LAYERS, torch.from_numpy(blobs(40)[0])) as rec:
+        for bad in (0.5, -1):
+            with pytest.raises(RecordError, match=f"epoch {bad}: epochs are whole numbers counted from 0"):
+                rec.snapshot(bad)
+        assert rec.snapshot(0) and rec.snapshot(2.0) and rec.snapshot(np.int64(5))
+        with pytest.warns(UserWarning, match="snapshot at epoch 3 not recorded: it comes before"):
+            assert not rec.snapshot(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not rec.snapshot(2)  # recorded before: silent, as when a script is rerun
+    assert ArchiveReader(path).committed_epochs(0).tolist() == [0, 2, 5]
 
 
 def test_each_training_session_records_its_threads_and_device(tmp_path):
