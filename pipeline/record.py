@@ -358,6 +358,24 @@ def epoch_number(epoch: Any) -> int:
     return int(value)
 
 
+def check_probe_inputs(inputs: Any) -> None:
+    """One line for probe inputs the Recorder cannot pass through the model as they are: not a
+    tensor or array (a list, a DataLoader), parts of unequal length, or NaN/inf values."""
+    parts = inputs if isinstance(inputs, tuple) else (inputs,)
+    for part in parts:
+        if not isinstance(part, torch.Tensor | np.ndarray):
+            raise RecordError(f"inputs: pass the probe samples as one tensor or array (a tuple of them "
+                              f"for a forward of several arguments), got {type(part).__name__}; e.g. "
+                              "torch.cat([x for x, _ in loader])")
+        values = _as_array(part)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise RecordError(f"inputs: {int((~np.isfinite(values)).sum())} values are NaN or infinite; "
+                              "the probe inputs must be finite")
+    if len({len(part) for part in parts}) > 1:
+        raise RecordError(f"inputs: the tuple's parts hold {[len(part) for part in parts]} samples; "
+                          "each needs one row per probe sample")
+
+
 def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any,
                    splits: dict[str, Any] | None, name: str, *, select: dict[str, int | str] | None = None,
                    output_layer: str | None = None, epochs: Sequence[int] = (), n_epochs: int = 0,
@@ -365,6 +383,7 @@ def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any
                    dataset_index: Any = None, model_spec: dict[str, Any] | None = None,
                    extra: dict[str, Any] | None = None) -> ArchiveSpec:
     """The archive root of a recording (see Recorder for the arguments), from one probe pass."""
+    check_probe_inputs(inputs)
     layout = layer_layout(model, layers, next(iter(_batches(inputs, 2))), select)
     stored = _as_array(inputs[0] if isinstance(inputs, tuple) else inputs)
     n = len(stored)

@@ -221,6 +221,19 @@ def test_splits_and_indices_that_would_select_other_samples_are_refused(tmp_path
     assert reader.split_index("test").tolist() == list(range(30, 40))
 
 
+@pytest.mark.parametrize("make_inputs, message", [
+    (lambda x: list(x), "inputs: pass the probe samples as one tensor or array .* got list"),
+    (lambda x: torch.utils.data.DataLoader(x, batch_size=8), "got DataLoader; e.g. torch.cat"),
+    (lambda x: torch.where(x > 0.9, torch.nan, x), "inputs: [0-9]+ values are NaN or infinite"),
+    (lambda x: (x, x[:10]), "inputs: the tuple's parts hold \\[40, 10\\] samples"),
+])
+def test_probe_inputs_the_recorder_cannot_pass_are_refused_in_one_line(tmp_path, make_inputs, message):
+    x = torch.from_numpy(blobs(40)[0])
+    with pytest.raises(RecordError, match=message):
+        Recorder(tmp_path / "run" / "archive.zarr", Tower(), LAYERS, make_inputs(x))
+    assert not (tmp_path / "run" / "archive.zarr").exists()
+
+
 def test_snapshot_epochs_are_whole_increasing_numbers(tmp_path):
     """A fractional or negative epoch is refused in one line before anything is stored; an epoch
     before the last recorded one is not recorded, with a warning unless it was recorded before
