@@ -387,12 +387,24 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
         fill_saturation(target, archive, name, entries[name])
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")
+        target.attrs["warnings"] = old.attrs.get("warnings", "[]")
     if old is None or lost or any(not old[dim].equals(target[dim]) for dim in CELL_DIMS) or \
             not old.parameters.equals(target.parameters) or "resolved_parameters" not in old.coords or \
             not old.resolved_parameters.equals(target.resolved_parameters) or \
             set(cell_variables(old)) != set(cell_variables(target)):
         write_store(target, paths.results)
     return target, committed
+
+
+MAX_WARNINGS = 200  # NaN messages a store keeps, the latest
+
+
+def earlier_warnings(stored: str, tasks: list[Task]) -> list[str]:
+    """The store's NaN messages ("<entry> seed <s> <split> epoch <e> <layer>: <reason>") of cells
+    this run does not compute again; those it computes get this run's messages instead."""
+    redone = {f"{t.estimator} seed {t.seed} {t.split} epoch {epoch} {t.layer}"
+              for t in tasks for epoch in t.epochs}
+    return [message for message in json.loads(stored) if message.split(": ", 1)[0] not in redone]
 
 
 def nan_summary(messages: list[str]) -> str:
@@ -483,7 +495,8 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
     line = (f"{stamp} estimate: {len(tasks)} tasks, {n_cells} cells, {len(fisher_tasks)} Fisher "
             f"tasks in {elapsed:.1f}s, {len(failures)} failed (git {target.attrs['git_revision']})")
     history = "\n".join(filter(None, [target.attrs.get("history", ""), line]))
-    writer.set_attrs(history=history, warnings=json.dumps(messages[-200:]))
+    listed = [*earlier_warnings(target.attrs.get("warnings", "[]"), tasks), *messages]
+    writer.set_attrs(history=history, warnings=json.dumps(listed[-MAX_WARNINGS:]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
         zarr.consolidate_metadata(str(paths.results))

@@ -133,12 +133,18 @@ def batch_tasks(tasks: Sequence[Task]) -> list[TaskBatch]:
 
 def _cell(task: Task, x: np.ndarray, t: np.ndarray, y: np.ndarray, params: dict[str, Any], h_x: float,
           epoch: int, messages: list[str]) -> dict[str, float]:
-    """One cell of a task; a ValueError becomes NaN plus a warning."""
+    """One cell of a task; a ValueError becomes NaN plus a warning, and so does a NaN or infinite
+    I_XT or I_TY the estimator returns without saying why."""
+    where = f"{task.estimator} seed {task.seed} {task.split} epoch {epoch} {task.layer}"
     try:
-        return cell_estimate(task.definition, x, t, y, params, task.options, input_entropy=h_x)
+        out = cell_estimate(task.definition, x, t, y, params, task.options, input_entropy=h_x)
     except ValueError as err:
-        messages.append(f"{task.estimator} seed {task.seed} {task.split} epoch {epoch} {task.layer}: {err}")
+        messages.append(f"{where}: {err}")
         return {"I_XT": np.nan, "I_TY": np.nan}
+    odd = [f"{name} = {out[name]}" for name in ("I_XT", "I_TY") if not np.isfinite(float(out[name]))]
+    if odd:
+        messages.append(f"{where}: the estimator returned {', '.join(odd)}")
+    return out
 
 
 def _result(task: Task, cells: list[dict[str, float]], messages: list[str], labelled: bool) -> dict[str, Any]:

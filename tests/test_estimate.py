@@ -183,7 +183,11 @@ def test_cells_whose_values_are_all_nan_stay_done_across_runs(runs, capsys):
             assert estimate(config(**entries), runs, scheduler="synchronous") == 0
         out = capsys.readouterr().out
         assert "files are gone" not in out and out.count("nothing to do") == 1
-        assert bool(load(runs).done.sel(estimator="no_ty").all())
+        stored = load(runs)
+        assert bool(stored.done.sel(estimator="no_ty").all())
+        # a NaN the estimator gives no reason for is still listed, with where it came from
+        assert re.search(r"no_ty seed 0 all epoch \d+ \S+: the estimator returned I_TY = nan",
+                         stored.attrs["warnings"])
     finally:
         REGISTERED.pop("test_no_ty", None)
 
