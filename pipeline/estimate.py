@@ -402,8 +402,7 @@ MAX_WARNINGS = 200  # NaN messages a store keeps, the latest
 def earlier_warnings(stored: str, tasks: list[Task]) -> list[str]:
     """The store's NaN messages ("<entry> seed <s> <split> epoch <e> <layer>: <reason>") of cells
     this run does not compute again; those it computes get this run's messages instead."""
-    redone = {f"{t.estimator} seed {t.seed} {t.split} epoch {epoch} {t.layer}"
-              for t in tasks for epoch in t.epochs}
+    redone = {t.cell_label(epoch) for t in tasks for epoch in t.epochs}
     return [message for message in json.loads(stored) if message.split(": ", 1)[0] not in redone]
 
 

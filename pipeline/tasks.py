@@ -57,6 +57,10 @@ class Task:
     epochs: tuple[int, ...]
     carried: tuple[tuple[str, float], ...] = ()
 
+    def cell_label(self, epoch: int) -> str:
+        """How the store's warnings name a cell: "<entry> seed <s> <split> epoch <e> <layer>"."""
+        return f"{self.estimator} seed {self.seed} {self.split} epoch {epoch} {self.layer}"
+
     @property
     def key(self) -> str:
         span = f"{self.epochs[0]}-{self.epochs[-1]}-{len(self.epochs)}"
@@ -135,7 +139,7 @@ def _cell(task: Task, x: np.ndarray, t: np.ndarray, y: np.ndarray, params: dict[
           epoch: int, messages: list[str]) -> dict[str, float]:
     """One cell of a task; a ValueError becomes NaN plus a warning, and so does a NaN or infinite
     I_XT or I_TY the estimator returns without saying why."""
-    where = f"{task.estimator} seed {task.seed} {task.split} epoch {epoch} {task.layer}"
+    where = task.cell_label(epoch)
     try:
         out = cell_estimate(task.definition, x, t, y, params, task.options, input_entropy=h_x)
     except ValueError as err:
