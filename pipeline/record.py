@@ -277,6 +277,11 @@ def _as_array(values: Any) -> np.ndarray:
     return np.asarray(values)
 
 
+def _fractions(values: np.ndarray) -> np.ndarray:
+    """Where float `values` are not whole numbers (a cast to int would change them)."""
+    return (values != np.round(values)) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+
+
 def sample_indices(what: str, index: np.ndarray, n: int) -> np.ndarray:
     """Positions 0..n-1 of the probe samples from indices or a boolean mask of length n; refused
     where they would select other samples than meant (fractions, negatives, beyond n)."""
@@ -286,7 +291,7 @@ def sample_indices(what: str, index: np.ndarray, n: int) -> np.ndarray:
                               f"{index.shape}")
         return np.flatnonzero(index)
     index = index.reshape(-1)
-    if (index.dtype.kind == "f" and (index != np.round(index)).any()) or index.dtype.kind not in "iuf":
+    if _fractions(index).any() or index.dtype.kind not in "iuf":
         raise RecordError(f"{what}: pass integer positions 0..{n - 1} or a boolean mask, got {index.dtype}"
                           + (" with fractions" if index.dtype.kind == "f" else ""))
     index = index.astype(np.int64)
@@ -335,10 +340,10 @@ def class_codes(labels: np.ndarray, n: int) -> np.ndarray:
         if not np.isfinite(labels).all():
             raise RecordError(f"labels: {int((~np.isfinite(labels)).sum())} are NaN or infinite; "
                               "pass one class code per input")
-        if (labels != np.round(labels)).any():
-            raise RecordError(f"labels: {int((labels != np.round(labels)).sum())} are not whole numbers "
-                              f"(e.g. {labels[labels != np.round(labels)][0]}); pass class codes, not "
-                              "probabilities")
+        fractional = _fractions(labels)
+        if fractional.any():
+            raise RecordError(f"labels: {int(fractional.sum())} are not whole numbers (e.g. "
+                              f"{labels[fractional][0]}); pass class codes, not probabilities")
     elif labels.dtype.kind not in "biu":
         raise RecordError(f"labels: dtype {labels.dtype}; pass integer class codes 0..K-1")
     codes = labels.astype(np.int64)
@@ -521,7 +526,7 @@ class Recorder:
         """History of one epoch (loss_train, loss_test, accuracy_train, accuracy_test)."""
         epoch = epoch_number(epoch)
         if epoch > self._history_through:
-            self._history.setdefault(int(epoch), {}).update(_metrics(metrics))
+            self._history.setdefault(epoch, {}).update(_metrics(metrics))
 
     def snapshot(self, epoch: int, **metrics: float) -> bool:
         """Record every layer on the probe inputs at `epoch`; False if already committed (or
@@ -547,7 +552,7 @@ class Recorder:
             grads = self.gradients.result(self.layers)
             self.gradients.reset()
         index = len(self._epochs)
-        self._epochs.append(int(epoch))
+        self._epochs.append(epoch)
         self._submit(Commit(index + 1, -1, 0, {}, snapshot_index=index, activations=acts,
                             weights=weights, grad_mean=grads[0], grad_std=grads[1],
                             checkpoint=self._checkpoint(epoch, index), snapshot_epochs=list(self._epochs)),
