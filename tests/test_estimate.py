@@ -53,6 +53,21 @@ def load(runs):
     return xr.open_zarr(runs / "tiny" / "estimates.zarr", consolidated=False).load()
 
 
+@pytest.fixture
+def register():
+    """register(name, fn, **declarations): an estimator registered for this test only."""
+    from pipeline.estimators import ESTIMATORS, register_estimator
+
+    names = []
+
+    def add(name, fn, **declarations):
+        names.append(name)
+        return register_estimator(name, **declarations)(fn)
+    yield add
+    for name in names:
+        ESTIMATORS.pop(name, None)
+
+
 def test_local_cluster_equals_synchronous(runs, tmp_path):
     shutil.copytree(runs, tmp_path / "sync")
     assert estimate(config(), runs) == 0
@@ -169,29 +184,23 @@ def test_an_entry_left_out_of_a_later_config_keeps_its_cells(runs, capsys):
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_cells_whose_values_are_all_nan_stay_done_across_runs(runs, capsys):
+def test_cells_whose_values_are_all_nan_stay_done_across_runs(runs, capsys, register):
     """An entry whose I_TY is NaN in every cell (as for an archive without labels) has its chunks
     on disk, written by the stage and copied by a store rewrite: later runs neither take them for
     lost nor compute them again."""
-    from pipeline.estimators import ESTIMATORS as REGISTERED
-    from pipeline.estimators import register_estimator
-
-    register_estimator("test_no_ty")(lambda x, t, y: {"I_XT": 1.0, "I_TY": float("nan")})
-    try:
-        no_ty, other = {"no_ty": {"method": "test_no_ty"}}, {"binning_3": {"method": "binning", "n_bins": 3}}
-        with pytest.warns(UserWarning, match="NaN stored in 48 cell"):
-            assert estimate(config(**no_ty), runs, scheduler="synchronous") == 0
-        for entries in (other, no_ty):  # the first rewrites the store, adding binning_3
-            assert estimate(config(**entries), runs, scheduler="synchronous") == 0
-        out = capsys.readouterr().out
-        assert "files are gone" not in out and out.count("nothing to do") == 1
-        stored = load(runs)
-        assert bool(stored.done.sel(estimator="no_ty").all())
-        # a NaN the estimator gives no reason for is still listed, with where it came from
-        assert re.search(r"no_ty seed 0 all epoch \d+ \S+: the estimator returned I_TY = nan",
-                         stored.attrs["warnings"])
-    finally:
-        REGISTERED.pop("test_no_ty", None)
+    register("test_no_ty", lambda x, t, y: {"I_XT": 1.0, "I_TY": float("nan")})
+    no_ty, other = {"no_ty": {"method": "test_no_ty"}}, {"binning_3": {"method": "binning", "n_bins": 3}}
+    with pytest.warns(UserWarning, match="NaN stored in 48 cell"):
+        assert estimate(config(**no_ty), runs, scheduler="synchronous") == 0
+    for entries in (other, no_ty):  # the first rewrites the store, adding binning_3
+        assert estimate(config(**entries), runs, scheduler="synchronous") == 0
+    out = capsys.readouterr().out
+    assert "files are gone" not in out and out.count("nothing to do") == 1
+    stored = load(runs)
+    assert bool(stored.done.sel(estimator="no_ty").all())
+    # a NaN the estimator gives no reason for is still listed, with where it came from
+    assert re.search(r"no_ty seed 0 all epoch \d+ \S+: the estimator returned I_TY = nan",
+                     stored.attrs["warnings"])
 
 
 @pytest.mark.parametrize("returned, message", [
@@ -200,17 +209,11 @@ def test_cells_whose_values_are_all_nan_stay_done_across_runs(runs, capsys):
     (1.0, "returned float, not a dict"),
 ])
 def test_an_estimator_returning_less_than_it_declares_fails_and_leaves_its_cells_to_compute(
-        runs, returned, message):
-    from pipeline.estimators import ESTIMATORS as REGISTERED
-    from pipeline.estimators import register_estimator
-
-    register_estimator("test_short", outputs={"calls": ("calls", "1")})(lambda x, t, y: returned)
-    try:
-        with pytest.raises(TypeError, match=re.escape(f"estimator 'test_short' {message}")):
-            estimate(config(short={"method": "test_short"}), runs, scheduler="synchronous")
-        assert not load(runs).done.sel(estimator="short").any()  # mended, a rerun computes them
-    finally:
-        REGISTERED.pop("test_short", None)
+        runs, register, returned, message):
+    register("test_short", lambda x, t, y: returned, outputs={"calls": ("calls", "1")})
+    with pytest.raises(TypeError, match=re.escape(f"estimator 'test_short' {message}")):
+        estimate(config(short={"method": "test_short"}), runs, scheduler="synchronous")
+    assert not load(runs).done.sel(estimator="short").any()  # mended, a rerun computes them
 
 
 LONELY = """
@@ -612,12 +615,11 @@ def test_an_entry_whose_table_changed_is_recomputed_and_said_so(runs, capsys):
     assert float(values.max()) <= np.log2(3 ** 6) + 1e-9  # 3 bins a unit: at most 3^6 patterns in dense1
 
 
-def test_a_changed_default_recomputes_the_entry_and_a_store_without_defaults_keeps_its_cells(runs, capsys):
+def test_a_changed_default_recomputes_the_entry_and_a_store_without_defaults_keeps_its_cells(
+        runs, capsys, register):
     """The store holds every parameter with its default (`resolved_parameters`): when a method's
     default changes (here a registered estimator's), its cells are computed again. A store
     written before it held them (schema 1.3) keeps its cells and gains the coordinate."""
-    from pipeline.estimators import ESTIMATORS as REGISTERED
-    from pipeline.estimators import register_estimator
     from pipeline.results import write_store
 
     def constant(value):
@@ -626,42 +628,39 @@ def test_a_changed_default_recomputes_the_entry_and_a_store_without_defaults_kee
         return plane
 
     selection = Selection(seeds=(0,), splits=("all",))
-    try:
-        register_estimator("test_scaled")(constant(1.0))
-        assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
-                        selection=selection) == 0
-        stored = load(runs)
-        assert '"scale": 1.0' in str(stored.resolved_parameters.sel(estimator="own").values)
-        assert float(stored.I_XT.sel(estimator="own", seed=0, split="all").max()) == 1.0
-        capsys.readouterr()
-        register_estimator("test_scaled")(constant(2.0))  # the same table, another default
-        assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
-                        selection=selection) == 0
-        assert "note: recomputing the 12 stored cells of own: scale 1.0 -> 2.0 (parameters with their " \
-               "defaults)" in capsys.readouterr().out
-        cells = load(runs).I_XT.sel(estimator="own", seed=0, split="all")
-        assert float(cells.min()) == float(cells.max()) == 2.0
+    register("test_scaled", constant(1.0))
+    assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
+                    selection=selection) == 0
+    stored = load(runs)
+    assert '"scale": 1.0' in str(stored.resolved_parameters.sel(estimator="own").values)
+    assert float(stored.I_XT.sel(estimator="own", seed=0, split="all").max()) == 1.0
+    capsys.readouterr()
+    register("test_scaled", constant(2.0))  # the same table, another default
+    assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
+                    selection=selection) == 0
+    assert "note: recomputing the 12 stored cells of own: scale 1.0 -> 2.0 (parameters with their " \
+           "defaults)" in capsys.readouterr().out
+    cells = load(runs).I_XT.sel(estimator="own", seed=0, split="all")
+    assert float(cells.min()) == float(cells.max()) == 2.0
 
-        older = load(runs).drop_vars("resolved_parameters")  # as schema 1.3 wrote it
-        older.attrs["schema_version"] = "1.3"
-        write_store(older, runs / "tiny" / "estimates.zarr")
-        register_estimator("test_scaled")(constant(3.0))  # unknowable for that store: kept
-        assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
-                        selection=selection) == 0
-        assert "recomputing" not in capsys.readouterr().out
-        again = load(runs)
-        assert float(again.I_XT.sel(estimator="own", seed=0, split="all").max()) == 2.0
-        assert '"scale": 3.0' in str(again.resolved_parameters.sel(estimator="own").values)
+    older = load(runs).drop_vars("resolved_parameters")  # as schema 1.3 wrote it
+    older.attrs["schema_version"] = "1.3"
+    write_store(older, runs / "tiny" / "estimates.zarr")
+    register("test_scaled", constant(3.0))  # unknowable for that store: kept
+    assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
+                    selection=selection) == 0
+    assert "recomputing" not in capsys.readouterr().out
+    again = load(runs)
+    assert float(again.I_XT.sel(estimator="own", seed=0, split="all").max()) == 2.0
+    assert '"scale": 3.0' in str(again.resolved_parameters.sel(estimator="own").values)
 
-        # such a store's entry left out of a run is resolved as named ones are: named again, kept
-        write_store(older, runs / "tiny" / "estimates.zarr")
-        capsys.readouterr()
-        assert estimate(config(binning_3={"method": "binning", "n_bins": 3}), runs, scheduler="synchronous",
-                        selection=selection) == 0
-        assert "keeping the stored cells of own" in capsys.readouterr().out
-        assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
-                        selection=selection) == 0
-        assert "recomputing" not in capsys.readouterr().out
-        assert float(load(runs).I_XT.sel(estimator="own", seed=0, split="all").max()) == 2.0
-    finally:
-        REGISTERED.pop("test_scaled", None)
+    # such a store's entry left out of a run is resolved as named ones are: named again, kept
+    write_store(older, runs / "tiny" / "estimates.zarr")
+    capsys.readouterr()
+    assert estimate(config(binning_3={"method": "binning", "n_bins": 3}), runs, scheduler="synchronous",
+                    selection=selection) == 0
+    assert "keeping the stored cells of own" in capsys.readouterr().out
+    assert estimate(config(own={"method": "test_scaled"}), runs, scheduler="synchronous",
+                    selection=selection) == 0
+    assert "recomputing" not in capsys.readouterr().out
+    assert float(load(runs).I_XT.sel(estimator="own", seed=0, split="all").max()) == 2.0
