@@ -100,3 +100,75 @@ def _connect(client_class, scheduler: str | None, scheduler_file: str | None):
         raise ConfigError(f"cannot reach the Dask {where} within {CONNECT_TIMEOUT_S} s ({type(err).__name__}"
                           f": {str(err).splitlines()[0] if str(err) else 'no answer'}): check the address "
                           "(tcp://host:8786) and that the scheduler runs") from None
+
+
+# What a worker's answers are compared on: a difference in any of these can change a stored number.
+COMPARED_CODE = ("git_revision", "infoplane", "python", "torch", "numpy", "scipy")
+
+
+def _worker_probe():
+    """The function `check_workers` runs on every worker. Made here, nested, so that cloudpickle
+    ships it by value: it must reach a worker that cannot import `pipeline`, and say so there."""
+
+    def probe(payloads: dict[str, bytes]) -> dict[str, Any]:
+        import importlib
+
+        try:
+            importlib.import_module("pipeline.tasks")
+        except Exception as err:  # noqa: BLE001 - whatever stops the import is the answer
+            return {"import": f"{type(err).__name__}: {err}"}
+        import cloudpickle
+
+        from pipeline.provenance import git_revision, package_versions
+
+        unloadable = {}
+        for method, payload in payloads.items():
+            try:
+                cloudpickle.loads(payload)
+            except Exception as err:  # noqa: BLE001
+                unloadable[method] = f"{type(err).__name__}: {err}"
+        return {"import": None, "unloadable": unloadable,
+                "code": {"git_revision": git_revision(), **package_versions()}}
+
+    return probe
+
+
+def code_here() -> dict[str, str]:
+    """What `check_workers` compares the workers' code with: this process's."""
+    from pipeline.provenance import git_revision, package_versions
+
+    return {"git_revision": git_revision(), **package_versions()}
+
+
+def check_workers(client, own: dict[str, Any], where: str) -> list[str]:
+    """Before any task: every worker of `client` imports the task code and loads the estimators
+    of one's own (`own`: method -> definition). Either failing is one ConfigError line; sent in
+    a task instead, it fails to deserialize inside the worker's connection, where no task error
+    reaches the stage, and the run waits forever. Returns one line per worker that runs other
+    code than this process (another infoplane commit or numeric package version), for the stage
+    to warn with. Waits for a first worker where the scheduler has none yet, saying so."""
+    import cloudpickle  # as Dask ships them: a script's functions by value, a module's by name
+
+    if not client.scheduler_info().get("workers"):
+        print(f"waiting for a first worker at {where}", flush=True)
+        client.wait_for_workers(1)
+    answers = client.run(_worker_probe(), {name: cloudpickle.dumps(d) for name, d in own.items()})
+    here, differing = code_here(), []
+    for worker, answer in sorted(answers.items()):
+        if answer["import"]:
+            raise ConfigError(f"the Dask worker {worker} cannot import infoplane's task code "
+                              f"({answer['import']}): install infoplane in the workers' environment, the "
+                              "same commit as here (pip install -e <this checkout>, or the same wheel)")
+        if answer["unloadable"]:
+            method, why = next(iter(answer["unloadable"].items()))
+            raise ConfigError(f"the Dask worker {worker} cannot load estimator method {method!r} ({why}): "
+                              f"make its module {own[method].information_plane.__module__!r} importable "
+                              "where the workers run (installed, or on their PYTHONPATH), or define the "
+                              "function in the script that runs the stage")
+        changed = [f"{key} {answer['code'].get(key)} (here {here[key]})" for key in COMPARED_CODE
+                   if answer["code"].get(key) != here[key]]
+        if changed:
+            differing.append(f"the Dask worker {worker} runs other code than this process: "
+                             f"{', '.join(changed)}; its cells may differ from this process's, whose "
+                             "versions the store records")
+    return differing

@@ -30,9 +30,9 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.archive import ArchiveError, ArchiveReader
-from pipeline.cluster import make_client, start_worker_server
+from pipeline.cluster import check_workers, make_client, start_worker_server
 from pipeline.config import ConfigError, EstimateConfig, EstimatorsConfig, ExperimentConfig, validate_estimate
-from pipeline.estimators import BUILTIN_METHODS, Estimator, get_estimator, plane_defaults
+from pipeline.estimators import BUILTIN_METHODS, get_estimator, plane_defaults
 from pipeline.provenance import provenance
 from pipeline.results import (
     CELL_DIMS,
@@ -59,7 +59,6 @@ from pipeline.tasks import (
     entry_variables,
     run_batch,
     run_fisher_task,
-    unloadable,
 )
 from pipeline.uncertainty import row_entropy, saturation_flags, split_options
 from pipeline.writer import lock_file
@@ -528,8 +527,7 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
     returns the failures (tasks that failed after their retries)."""
     client = cluster = None
     if scheduler != "synchronous":  # connect first: its messages come before the bar
-        client, cluster = make_client(scheduler, scheduler_file, settings.n_workers)
-        print(f"dask dashboard: {client.dashboard_link}", flush=True)
+        client, cluster = _checked_client(settings, tasks, scheduler, scheduler_file)
     bar = _progress(len(tasks) + len(fisher_tasks), desc)
     failures: list[str] = []
     try:  # the bar is closed before any error line, so that line is the last one printed
@@ -545,7 +543,6 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
             return failures
         from distributed import as_completed
 
-        check_workers_load(client, [unit.tasks[0].definition for unit in units])
         # longest first: a long chain started last keeps one worker busy while the others idle
         futures = {client.submit(run_batch, path, unit, key=unit.key, retries=settings.retries,
                                  pure=False, priority=round(unit.cost)): len(unit.tasks) for unit in units}
@@ -563,29 +560,32 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
         return failures
     finally:
         bar.close()
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        _close(client, cluster)
 
 
-def check_workers_load(client, definitions: list[Estimator]) -> None:
-    """One line, before any task, for an estimator of one's own that the workers cannot load (its
-    module is importable here but not there). Sent inside a task, it would fail to deserialize in
-    the worker's connection, where no task error reaches the stage: the run would wait forever."""
-    own = {d.name: d for d in definitions if d.name not in BUILTIN_METHODS}
-    if not own:
-        return
-    import cloudpickle  # as Dask ships them: a script's functions by value, a module's by name
+def _checked_client(settings: EstimateConfig, tasks: list[Task], scheduler: str | None,
+                    scheduler_file: str | None):
+    """The run's client and its own cluster (None on an existing one), once every worker has
+    shown it can run the tasks (`check_workers`); warns of workers that run other code."""
+    client, cluster = make_client(scheduler, scheduler_file, settings.n_workers)
+    print(f"dask dashboard: {client.dashboard_link}", flush=True)
+    definitions = {task.definition.name: task.definition for task in tasks}
+    own = {name: d for name, d in definitions.items() if name not in BUILTIN_METHODS}
+    try:
+        differing = check_workers(client, own, scheduler or scheduler_file or "the local cluster")
+    except BaseException:
+        _close(client, cluster)
+        raise
+    for line in differing:
+        warnings.warn(line, stacklevel=1)
+    return client, cluster
 
-    problems = client.submit(unloadable, {name: cloudpickle.dumps(d) for name, d in own.items()},
-                             pure=False).result()
-    if problems:
-        method, why = next(iter(problems.items()))
-        raise ConfigError(f"the Dask workers cannot load estimator method {method!r} ({why}): make its "
-                          f"module {own[method].information_plane.__module__!r} importable where they run "
-                          "(installed, or on their PYTHONPATH), or define the function in the script that "
-                          "runs the stage")
+
+def _close(client, cluster) -> None:
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 def export_netcdf(results_path: Path) -> Path:

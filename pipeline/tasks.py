@@ -178,19 +178,6 @@ def run_task(archive_path: str, task: Task) -> dict[str, Any]:
     return _result(task, cells, messages, archive.labels is not None)
 
 
-def unloadable(payloads: dict[str, bytes]) -> dict[str, str]:
-    """Runs on a worker: the estimators (method -> cloudpickle bytes) it cannot load, with why."""
-    import cloudpickle
-
-    problems = {}
-    for method, payload in payloads.items():
-        try:
-            cloudpickle.loads(payload)
-        except Exception as err:  # noqa: BLE001 - whatever stops the load is the answer
-            problems[method] = f"{type(err).__name__}: {err}"
-    return problems
-
-
 def run_batch(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
     """Compute a unit's tasks (runs on a worker): one task by `run_task`; tasks of one batch key
     by reading each epoch once, then calling the estimator's batched form on every (parameters,

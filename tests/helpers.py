@@ -30,11 +30,12 @@ def tiny_config(**overrides: object) -> ExperimentConfig:
     return config_from_dict(data)
 
 
-def run_stage(stage: str, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+def run_stage(stage: str, *args: str, check: bool = True, timeout: float = 600,
+              **kwargs) -> subprocess.CompletedProcess:
     """Run `python -m stages.<stage>` from the project root, capturing output."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600, **kwargs)
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc

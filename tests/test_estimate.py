@@ -1,5 +1,6 @@
 """The estimate stage on a tiny archive: Dask clusters, incremental work, kills, bad input."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -118,30 +119,73 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_external_scheduler_and_workers(runs, tmp_path):
+# a worker whose Python cannot import `pipeline` (the project is not installed where it runs)
+WORKER_WITHOUT_INFOPLANE = ("import sys; sys.modules['pipeline'] = None; "
+                            "from distributed.cli.dask_worker import main; main()")
+
+
+@contextlib.contextmanager
+def external_cluster(workers: int = 2, without_infoplane: int = 0):
+    """The address of a `dask scheduler` with `workers` plain `dask worker`s and
+    `without_infoplane` more that cannot import the project, each its own process."""
     port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([f"{bin_dir}/dask", "scheduler", "--host", "127.0.0.1", "--port",
-                               str(port), "--no-dashboard"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)]
+    quiet = {"env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+             "start_new_session": True}
+    worker, args = [f"{bin_dir}/dask", "worker"], [address, "--nthreads", "1", "--no-dashboard"]
+    without = [sys.executable, "-c", WORKER_WITHOUT_INFOPLANE, *args, "--no-nanny"]
+    procs = [subprocess.Popen([f"{bin_dir}/dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], **quiet)]
     try:
         time.sleep(3)
-        for _ in range(2):
-            procs.append(subprocess.Popen([f"{bin_dir}/dask", "worker", f"tcp://127.0.0.1:{port}",
-                                           "--nthreads", "1", "--no-dashboard"], env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True))
+        procs += [subprocess.Popen([*worker, *args], **quiet) for _ in range(workers)]
+        procs += [subprocess.Popen(without, **quiet, cwd=bin_dir) for _ in range(without_infoplane)]
         time.sleep(4)
-        assert estimate(config(), runs, scheduler=f"tcp://127.0.0.1:{port}") == 0
+        yield address
     finally:
         for proc in procs:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_external_scheduler_and_workers(runs, tmp_path):
+    with external_cluster() as address:
+        assert estimate(config(), runs, scheduler=address) == 0
     shutil.copytree(runs.parent / "runs", tmp_path / "sync", dirs_exist_ok=True)
     shutil.rmtree(tmp_path / "sync" / "tiny" / "estimates.zarr")
     estimate(config(), tmp_path / "sync", scheduler="synchronous")
     np.testing.assert_array_equal(load(runs).I_XT.values, load(tmp_path / "sync").I_XT.values)
+
+
+def test_a_worker_without_infoplane_is_one_clear_error_not_a_hang(runs):
+    # sent its first task, such a worker fails to deserialize it in its connection and leaves
+    # the cluster: no task error reaches the stage, which would wait for ever for another worker
+    with external_cluster(workers=0, without_infoplane=1) as address:
+        proc = run_stage("estimate", "--config", str(TINY), "--runs", str(runs), "--scheduler", address,
+                         check=False, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: the Dask worker tcp://\S+ cannot import infoplane's task code "
+                        r"\(ModuleNotFoundError: .*pipeline.*\): install infoplane in the workers' "
+                        r"environment, .*", last), last
+    assert not load(runs).done.any()
+
+
+def test_workers_that_run_other_code_are_named_in_a_warning(monkeypatch):
+    from distributed import Client, LocalCluster
+
+    from pipeline import cluster as cluster_module
+
+    here = cluster_module.code_here()
+    other = {**here, "git_revision": "0" * 40, "numpy": "0.1"}
+    monkeypatch.setattr(cluster_module, "code_here", lambda: other)
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as local, Client(local) as client:
+        lines = cluster_module.check_workers(client, {}, "the local cluster")
+    assert len(lines) == 1
+    assert f"git_revision {here['git_revision']} (here {'0' * 40})" in lines[0]
+    assert f"numpy {here['numpy']} (here 0.1)" in lines[0] and "torch" not in lines[0]
 
 
 def test_adding_an_entry_computes_only_its_cells_and_rerun_does_nothing(runs, capsys):
