@@ -41,10 +41,11 @@ def _epoch_norm(epochs: np.ndarray) -> SymLogNorm:
     return SymLogNorm(linthresh=1.0, vmin=0.0, vmax=max(1.0, float(epochs.max())), base=10)
 
 
-def epoch_axis(ax) -> None:
-    """The x axis in epochs trained: linear from 0 to 1, logarithmic beyond."""
+def epoch_axis(ax, epochs: np.ndarray | None = None) -> None:
+    """The x axis in epochs trained: linear from 0 to 1, logarithmic beyond; up to the last of
+    `epochs` where given (at least 1, so that one snapshot at epoch 0 still has an axis)."""
     ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, max(1.0, float(np.max(epochs))) if epochs is not None and len(epochs) else None)
     ax.set_xlabel(EPOCH_LABEL)
 
 
@@ -240,10 +241,16 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
     return fig
 
 
-def plane_views(results: xr.Dataset) -> list[tuple[str, str]]:
-    """(entry, split) pairs that hold values, entries in store order."""
+def views_with(results: xr.Dataset, *variables: str) -> list[tuple[str, str]]:
+    """(entry, split) pairs that hold values of every one of `variables`, entries in store order
+    (an archive without labels has I(X;T) and no I(T;Y))."""
     return [(str(e), str(s)) for e in results.estimator.values for s in results.split.values
-            if np.isfinite(results.I_XT.sel(estimator=e, split=s)).any()]
+            if all(np.isfinite(results[v].sel(estimator=e, split=s)).any() for v in variables)]
+
+
+def plane_views(results: xr.Dataset) -> list[tuple[str, str]]:
+    """(entry, split) pairs that can be drawn as a plane: with values of both I(X;T) and I(T;Y)."""
+    return views_with(results, "I_XT", "I_TY")
 
 
 @styled
@@ -287,7 +294,9 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
 def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 0.9) -> Figure:
     """I(X;T) and I(T;Y) against epoch per layer (mean over seeds, its interval as a band); one
     line style per split; the shuffle baselines, when stored, as a grey floor."""
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 2.8))
+    variables = [v for v in ("I_XT", "I_TY") if views_with(results.sel(estimator=[estimator]), v)] or ["I_XT"]
+    fig, axes = plt.subplots(1, len(variables), figsize=(7.0, 2.8), squeeze=False)
+    axes = axes[0]
     epochs = results.epoch.values
     styles = {"all": "-", "train": "-", "test": "--"}
     n_layers = results.sizes["layer"]
@@ -296,27 +305,28 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
                lambda l: plt.get_cmap("viridis")(l / max(n_layers - 1, 1)))
     splits = [str(s) for s in results.split.values
               if np.isfinite(results.I_XT.sel(estimator=estimator, split=s)).any()]
-    for v, variable in enumerate(("I_XT", "I_TY")):
+    for v, variable in enumerate(variables):
         for split in splits:
             sel = results.sel(estimator=estimator, split=split)
             band = seed_mean(sel, variable, confidence)
             if f"{variable}_null" in sel:
                 floor = sel[f"{variable}_null"].mean("seed").max("layer").values
                 shown = np.isfinite(floor)
-                axes[v].fill_between(epochs[shown], 0, floor[shown], color="0.88", lw=0,
-                                     label=f"shuffle baseline ({split})")
+                if shown.any():
+                    axes[v].fill_between(epochs[shown], 0, floor[shown], color="0.88", lw=0,
+                                         label=f"shuffle baseline ({split})")
             for l, layer in enumerate(results.layer.values):
                 line = band.sel(layer=layer)
                 finite = np.isfinite(line["mean"].values)  # epochs left out of a partial estimate
                 axes[v].plot(epochs[finite], line["mean"].values[finite], styles.get(split, ":"),
                              color=colours(l), lw=1, label=f"{layer} ({split})" if len(splits) > 1
-                             else str(layer))
+                             else str(layer), marker="o" if finite.sum() == 1 else None, ms=3)
                 axes[v].fill_between(epochs[finite], line.lo.values[finite], line.hi.values[finite],
                                      color=colours(l), alpha=0.15, lw=0)
             keep_in_view(axes[v], "y", band["mean"].values)
-        epoch_axis(axes[v])
+        epoch_axis(axes[v], epochs)
         axes[v].set_ylabel(f"{QUANTITY[variable]} (bits)")
-    axes[1].legend(ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
+    axes[-1].legend(ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
     lines = ("solid: training samples, dashed: test samples" if "test" in splits and len(splits) > 1
              else SPLIT_WORDS.get(splits[0], splits[0]) if splits else "no values")
     n_seeds = max((_held(results, estimator, split).sizes["seed"] for split in splits), default=0)
@@ -376,10 +386,11 @@ def training_figure(histories: list[dict[str, np.ndarray]]) -> tuple[Figure, int
         for split in ("train", "test"):
             finite = np.isfinite(mean[f"{metric}_{split}"])  # a recording may log some epochs only
             if finite.any():
-                ax.plot(epochs[finite], mean[f"{metric}_{split}"][finite], label=split)
+                ax.plot(epochs[finite], mean[f"{metric}_{split}"][finite], label=split,
+                        marker="o" if finite.sum() == 1 else None, ms=3)
         if stop is not None:
             ax.axvline(stop, color="crimson", lw=0.8, ls="--", label=f"early stopping (epoch {stop})")
-        epoch_axis(ax)
+        epoch_axis(ax, epochs)
         ax.set_ylabel(label)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -435,8 +446,9 @@ def fisher_figure(results: xr.Dataset) -> Figure:
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
     trace = results.fisher_trace.mean("seed")
     for layer in results.layer.values:
-        ax.plot(results.epoch.values, trace.sel(layer=layer), label=str(layer))
-    epoch_axis(ax)
+        ax.plot(results.epoch.values, trace.sel(layer=layer), label=str(layer),
+                marker="o" if results.sizes["epoch"] == 1 else None, ms=3)
+    epoch_axis(ax, results.epoch.values)
     ax.set(yscale="log", ylabel="trace of the Fisher information",
            title="information in the weights (Achille et al.), mean over seeds")
     ax.legend(ncol=2 if results.sizes["layer"] > 8 else 1)

@@ -17,7 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from pipeline.figures import EPOCH_LABEL, SPLIT_WORDS, entry_label, plane_bands, plane_views
+from pipeline.figures import EPOCH_LABEL, SPLIT_WORDS, entry_label, plane_bands, plane_views, views_with
 
 LEGEND = {"orientation": "h", "y": -0.15, "x": 0}  # below the axes: the colour bar keeps the right
 HOVER = ("<b>%{fullData.name}</b>, epoch %{customdata[0]}<br>I(X;T) %{x:.3f} bits "
@@ -66,8 +66,9 @@ def planes_figure(results: xr.Dataset) -> go.Figure:
 
 
 def curves_figure(results: xr.Dataset, variable: str = "I_XT") -> go.Figure:
-    """`variable` against epochs trained, one trace per layer and view, with the same menu."""
-    views = plane_views(results)
+    """`variable` against epochs trained, one trace per layer and view that holds it, with a
+    menu of those views."""
+    views = views_with(results, variable)
     layers = [str(name) for name in results.layer.values]
     fig = go.Figure()
     quantity = {"I_XT": "I(X;T)", "I_TY": "I(T;Y)"}[variable]
@@ -104,10 +105,12 @@ def _epoch_colourbar(epochs: np.ndarray) -> dict:
 
 def interactive_sections(results: xr.Dataset) -> dict[str, str]:
     """HTML <div>s (no script tag of the library: the report loads plotly.min.js once)."""
-    if not plane_views(results):
-        return {}
-    figures = {"planes": planes_figure(results), "curves": curves_figure(results, "I_XT"),
-               "curves_ty": curves_figure(results, "I_TY")}
+    figures = {}
+    if plane_views(results):
+        figures["planes"] = planes_figure(results)
+    for name, variable in (("curves", "I_XT"), ("curves_ty", "I_TY")):
+        if views_with(results, variable):
+            figures[name] = curves_figure(results, variable)
     return {name: fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"interactive-{name}")
             for name, fig in figures.items()}
 

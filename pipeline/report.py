@@ -157,6 +157,10 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
                 messages.append(f"estimator {estimator}: no values on split {split} (estimated "
                                 "on part of the cells); its plane is not drawn")
                 continue
+            if (estimator, split) not in F.plane_views(results):
+                messages.append(f"estimator {estimator} ({split}): no I(T;Y) values (an archive without "
+                                "labels); no plane, I(X;T) against epochs only")
+                continue
             index = archive.split_index(str(split))
             limits = F.saturation_limits(len(index), archive.split_labels(index))
             fig = F.information_plane_figure(results, estimator, split, limits, intervals, stop, ib)
@@ -167,7 +171,7 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
                 messages.append(f"estimator {estimator} ({split}): the data-processing inequality "
                                 "holds in every cell of the seed mean; no DPI figure")
         F.save(F.mi_vs_epoch_figure(results, estimator), out, f"mi_vs_epoch_{estimator}", saved)
-    if results.sizes["estimator"]:
+    if F.plane_views(results):
         F.save(F.comparison_figure(results), out, "comparison", saved)
     if "fisher_trace" in results and not np.isnan(results.fisher_trace).all():
         F.save(F.fisher_figure(results), out, "fisher", saved)

@@ -37,8 +37,9 @@ CAPTIONS = {  # figure name prefix: (what it shows, how to read it)
              "A deterministic network cannot gain information about X in deeper layers: red cells "
              "are estimator artefacts (noise, binning or kernel choices), not properties of the "
              "network."),
-    "mi_vs_epoch_": ("I(X;T) (left) and I(T;Y) (right) of every layer against epochs trained, mean "
-                     "over seeds with its 90% interval as a band (cut where it reaches below zero).",
+    "mi_vs_epoch_": ("I(X;T) (left) and I(T;Y) (right; absent for an archive without labels) of "
+                     "every layer against epochs trained, mean over seeds with its 90% interval as a "
+                     "band (cut where it reaches below zero).",
                      "Fitting shows as rising curves, compression as I(X;T) falling while I(T;Y) "
                      "holds; a band wider than a change means the change is within the noise."),
     "comparison": ("Every estimator entry and split as one small information plane.",

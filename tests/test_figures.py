@@ -242,6 +242,41 @@ def test_one_epoch_convention_and_titles_in_words():
     assert [t.get_text() for t in comparison.legends[0].get_texts()] == LAYERS
 
 
+def test_results_without_labels_draw_i_xt_alone_and_no_plane(tmp_path):
+    """An archive without labels stores I(T;Y) as NaN: no plane can be drawn, I(X;T) still can."""
+    from types import SimpleNamespace
+
+    from pipeline.interactive import interactive_sections
+    from pipeline.report import _results_figures
+
+    ds = synthetic_results()
+    ds["I_TY"][:] = np.nan
+    ds["I_TY_null"] = xr.full_like(ds.I_TY, np.nan)
+    assert F.plane_views(ds) == [] and len(F.views_with(ds, "I_XT")) == 4
+    fig = F.mi_vs_epoch_figure(ds, "renyi")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["I(X;T) (bits)"]
+    lines = fig.axes[0].get_lines()
+    means = ds.I_XT.sel(estimator="renyi", split="train", layer="dense1").mean("seed").values
+    np.testing.assert_allclose(lines[0].get_ydata(), means)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert not any("baseline" in label for label in labels)  # no floor where every baseline is NaN
+    assert sorted(interactive_sections(ds)) == ["curves"]
+    saved, messages = [], []
+    _results_figures(ds, SimpleNamespace(config=None), tmp_path, saved, messages, False, None)
+    assert saved == ["mi_vs_epoch_binning_30", "mi_vs_epoch_renyi", "fisher"]
+    assert "estimator renyi (test): no I(T;Y) values (an archive without labels); no plane, I(X;T) " \
+        "against epochs only" in messages
+
+
+def test_one_snapshot_is_drawn_as_points_on_an_axis_from_zero_to_one():
+    ds = synthetic_results().isel(epoch=[0])
+    fig = F.mi_vs_epoch_figure(ds, "binning_30")
+    for ax in fig.axes:
+        assert ax.get_xlim() == (0.0, 1.0)
+        assert all(line.get_marker() == "o" and len(line.get_xdata()) == 1 for line in ax.get_lines())
+    assert F.fisher_figure(ds).axes[0].get_lines()[0].get_marker() == "o"
+
+
 def test_report_opens_with_the_findings_summary(tmp_path):
     from pipeline.findings import run_summary
     from pipeline.report_html import write_report
