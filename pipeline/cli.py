@@ -6,7 +6,9 @@ import argparse
 import errno
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.errors import KnownFailure
@@ -32,8 +34,22 @@ def base_parser(description: str, several_configs: bool = False,
     return parser
 
 
+PACKAGE = Path(__file__).resolve().parent
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning the pipeline gives, as a stage prints it: `warning: <message>`; Python's own
+    form adds the file, line and source of the `warnings.warn` call, which tell a user nothing.
+    Warnings from other packages keep Python's form."""
+    ours = issubclass(category, UserWarning) and PACKAGE in Path(filename).resolve().parents
+    python = warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(f"warning: {message}\n" if ours else python)
+
+
 def guarded(body: Callable[[], int]) -> None:
-    """Run `body` and exit with its code; known failures print one line and exit 2."""
+    """Run `body` and exit with its code; known failures print one line and exit 2, the
+    pipeline's warnings one `warning:` line each."""
+    warnings.showwarning = show_warning
     try:
         code = body()
     except KeyboardInterrupt:

@@ -49,6 +49,20 @@ def test_an_invalid_value_ends_the_stage_in_one_line_before_anything_is_written(
     assert not any(tmp_path.iterdir())  # nothing was written
 
 
+def test_a_stage_prints_the_pipelines_warnings_as_one_line_each(capsys):
+    import warnings
+
+    from pipeline import cli
+
+    here = str(cli.PACKAGE / "estimate.py")
+    cli.show_warning(UserWarning("cells flagged by their estimator:\n  ksg: 2 cells"), UserWarning, here, 490)
+    cli.show_warning(FutureWarning("a library changes"), FutureWarning, "/elsewhere/lib.py", 7)
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: cells flagged by their estimator:", "  ksg: 2 cells",
+        "/elsewhere/lib.py:7: FutureWarning: a library changes"]
+    assert warnings.showwarning is not cli.show_warning  # set by a stage's `guarded` only
+
+
 def test_the_stages_import_only_what_they_use():
     """The train stage starts without xarray or scipy.stats, the estimate stage without
     scipy.stats: seconds of every run (`pipeline.errors` lets the CLI name errors without them).
