@@ -86,7 +86,25 @@ PLANE_TITLE_CHARS = 62  # characters of a title line that fit above a 4.6-inch p
 
 def plane_title(results: xr.Dataset, estimator: str, split: str, n_seeds: int) -> str:
     seeds = "1 seed" if n_seeds == 1 else f"mean of {n_seeds} seeds"
-    return f"{entry_label(results, estimator)}; {SPLIT_WORDS.get(split, split)}; {seeds}"
+    return (f"{entry_label(results, estimator)}; {SPLIT_WORDS.get(split, split)}; {seeds}"
+            f"{fewer_seeds(results, estimator, split)}")
+
+
+def fewer_seeds(results: xr.Dataset, estimator: str, split: str) -> str:
+    """" (2 at epochs 30-40)" where some snapshots hold fewer seeds than the others (seeds
+    recorded for different numbers of epochs), so that no title claims a mean of more seeds
+    than a point has; empty where every snapshot has them all."""
+    sel = _held(results, estimator, split)
+    counts = np.isfinite(sel.I_XT).any("layer").sum("seed").values
+    epochs = sel.epoch.values
+    parts = []
+    for count in sorted(set(counts[counts < counts.max()].tolist()), reverse=True):
+        at = np.flatnonzero(counts == count)
+        contiguous = at[-1] - at[0] == len(at) - 1 and len(at) > 2
+        where = (f"{epochs[at[0]]}-{epochs[at[-1]]}" if contiguous else
+                 ", ".join(str(e) for e in epochs[at][:4]) + (", ..." if len(at) > 4 else ""))
+        parts.append(f"{count} at epoch{'s' if len(at) > 1 else ''} {where}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def saturation_limits(n_samples: int, labels: np.ndarray) -> tuple[float, float]:
@@ -107,7 +125,9 @@ def keep_in_view(ax, which: str, means: np.ndarray, ceiling: float | None = None
     finite = np.asarray(means)[np.isfinite(means)]
     floor = min(0.0, float(finite.min())) if finite.size else 0.0
     top = None if ceiling is None else max(ceiling, float(finite.max()) if finite.size else ceiling)
-    margin = 0.04 * max((high if top is None else top) - floor, 1e-9)
+    # a margin of the span shown, not of the ceiling: points far below it (7.6 bits of 200
+    # samples against a layer's 0.6) would otherwise get an axis reaching far below zero
+    margin = 0.04 * max((high if top is None else min(high, top)) - floor, 1e-9)
     set_(max(low, floor - margin), high if top is None else min(high, top + margin))
 
 
@@ -290,6 +310,20 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
     return fig
 
 
+LINE_STYLES = [("-", "solid"), ("--", "dashed"), (":", "dotted"), ("-.", "dash-dotted")]
+
+
+def split_styles(splits: list[str]) -> dict[str, tuple[str, str]]:
+    """(matplotlib line style, its name) per split: training samples solid, test dashed, all
+    dotted when shown beside them; other splits take the styles left, in order."""
+    preferred = {"train": 0, "test": 1, "all": 2 if len(splits) > 1 else 0}
+    styles = {s: LINE_STYLES[preferred[s]] for s in splits if s in preferred}
+    free = [style for style in LINE_STYLES if style not in styles.values()] or LINE_STYLES
+    others = [s for s in splits if s not in styles]
+    styles.update({s: free[i % len(free)] for i, s in enumerate(others)})
+    return styles
+
+
 @styled
 def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 0.9) -> Figure:
     """I(X;T) and I(T;Y) against epoch per layer (mean over seeds, its interval as a band); one
@@ -298,13 +332,13 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
     fig, axes = plt.subplots(1, len(variables), figsize=(7.0, 2.8), squeeze=False)
     axes = axes[0]
     epochs = results.epoch.values
-    styles = {"all": "-", "train": "-", "test": "--"}
     n_layers = results.sizes["layer"]
     # tab10 repeats after ten layers (VGG-16 records 16): a sequential map then, input side dark
     colours = (plt.get_cmap("tab10") if n_layers <= 10 else
                lambda l: plt.get_cmap("viridis")(l / max(n_layers - 1, 1)))
     splits = [str(s) for s in results.split.values
               if np.isfinite(results.I_XT.sel(estimator=estimator, split=s)).any()]
+    styles = split_styles(splits)
     for v, variable in enumerate(variables):
         for split in splits:
             sel = results.sel(estimator=estimator, split=split)
@@ -318,7 +352,7 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
             for l, layer in enumerate(results.layer.values):
                 line = band.sel(layer=layer)
                 finite = np.isfinite(line["mean"].values)  # epochs left out of a partial estimate
-                axes[v].plot(epochs[finite], line["mean"].values[finite], styles.get(split, ":"),
+                axes[v].plot(epochs[finite], line["mean"].values[finite], styles[split][0],
                              color=colours(l), lw=1, label=f"{layer} ({split})" if len(splits) > 1
                              else str(layer), marker="o" if finite.sum() == 1 else None, ms=3)
                 axes[v].fill_between(epochs[finite], line.lo.values[finite], line.hi.values[finite],
@@ -327,12 +361,14 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
         epoch_axis(axes[v], epochs)
         axes[v].set_ylabel(f"{QUANTITY[variable]} (bits)")
     axes[-1].legend(ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
-    lines = ("solid: training samples, dashed: test samples" if "test" in splits and len(splits) > 1
+    lines = (", ".join(f"{styles[s][1]}: {SPLIT_WORDS.get(s, s)}" for s in splits) if len(splits) > 1
              else SPLIT_WORDS.get(splits[0], splits[0]) if splits else "no values")
     n_seeds = max((_held(results, estimator, split).sizes["seed"] for split in splits), default=0)
-    band = (f"mean of {n_seeds} seeds, band: its {confidence:.0%} interval (t over seeds)" if n_seeds >= 2
-            else f"1 seed, band: the cells' own {confidence:.0%} intervals (where stored)")
-    fig.suptitle(f"{entry_label(results, estimator)}\n{lines}; {band}")
+    fewer = fewer_seeds(results, estimator, splits[0]) if splits else ""
+    band = (f"mean of {n_seeds} seeds{fewer}, band: its {confidence:.0%} interval (t over seeds)"
+            if n_seeds >= 2 else f"1 seed, band: the cells' own {confidence:.0%} intervals (where stored)")
+    # about 100 characters of the title fit across the 7-inch figure: wrap the rest
+    fig.suptitle(f"{entry_label(results, estimator)}\n{textwrap.fill(f'{lines}; {band}', 100)}")
     fig.tight_layout()
     return fig
 

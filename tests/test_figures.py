@@ -78,10 +78,36 @@ def test_plane_titles_fit_the_figure():
 def test_mi_vs_epoch_says_which_band_it_draws():
     """Two seeds: the t interval of their mean; one seed: the cells' own intervals."""
     ds = synthetic_results()
-    two = F.mi_vs_epoch_figure(ds, "binning_30")._suptitle.get_text()
-    one = F.mi_vs_epoch_figure(ds.isel(seed=[0]), "binning_30")._suptitle.get_text()
+    two = F.mi_vs_epoch_figure(ds, "binning_30")._suptitle.get_text().replace("\n", " ")
+    one = F.mi_vs_epoch_figure(ds.isel(seed=[0]), "binning_30")._suptitle.get_text().replace("\n", " ")
     assert two.endswith("mean of 2 seeds, band: its 90% interval (t over seeds)")
     assert one.endswith("1 seed, band: the cells' own 90% intervals (where stored)")
+
+
+def test_each_split_has_its_own_line_style_named_in_the_title():
+    three = xr.concat([synthetic_results().sel(split=["train"]).assign_coords(split=["all"]),
+                       synthetic_results()], dim="split")
+    fig = F.mi_vs_epoch_figure(three, "binning_30")
+    assert fig._suptitle.get_text().split("\n")[1].startswith(
+        "dotted: all samples, solid: training samples, dashed: test samples;")
+    styles = {line.get_label(): line.get_linestyle() for line in fig.axes[0].get_lines()}
+    assert [styles[f"dense1 ({split})"] for split in ("all", "train", "test")] == [":", "-", "--"]
+    assert F.split_styles(["all"]) == {"all": ("-", "solid")}
+    assert F.split_styles(["train", "val", "test"])["val"] == (":", "dotted")
+
+
+def test_titles_say_where_a_point_holds_fewer_seeds():
+    """A seed recorded for fewer epochs: the titles say which points are means of fewer seeds."""
+    ds = synthetic_results()
+    for name in ("I_XT", "I_TY"):
+        ds[name].loc[{"seed": 1, "epoch": [10, 30]}] = np.nan
+    plane = F.information_plane_figure(ds, "binning_30", "train").axes[0].get_title()
+    assert "; mean of 2 seeds (1 at epochs 10, 30)" in plane.replace("\n", " ")
+    title = F.mi_vs_epoch_figure(ds, "renyi")._suptitle.get_text().replace("\n", " ")
+    assert "mean of 2 seeds (1 at epochs 10, 30), band" in title
+    ds["I_XT"].loc[{"seed": 1, "epoch": 3}] = np.nan
+    assert F.fewer_seeds(ds, "renyi", "test") == " (1 at epochs 3-30)"
+    assert F.fewer_seeds(synthetic_results(), "renyi", "test") == ""
 
 
 def test_saturation_limits():
@@ -217,6 +243,11 @@ def test_an_interval_reaching_below_zero_is_cut_by_the_axis_not_drawn_shorter():
     ds["I_XT"][:] = 4.0  # means past the ceiling log2(n) = 3.5 (KSG can pass it): shown too
     wide = F.information_plane_figure(ds, "binning_30", "train", limits=(3.5, 1.2))
     assert wide.axes[0].get_xlim()[1] > 4.0
+    ds = synthetic_results()  # points far below their ceiling (log2 n = 12 bits): the margin
+    xt = ds["I_XT"].loc[{"estimator": "binning_30", "split": "train"}]  # below zero is one of
+    xt[0], xt[1] = 0.05, 1.0  # the span shown, not of the ceiling
+    low, high = F.information_plane_figure(ds, "binning_30", "train", limits=(12.0, 1.2)).axes[0].get_xlim()
+    assert 0.525 + 2.999 < high < 12 and low == pytest.approx(-0.04 * high)
 
 
 def test_one_epoch_convention_and_titles_in_words():
