@@ -330,6 +330,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("seeds: give at least one seed")
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError("seeds: duplicate seeds")
+    if min(cfg.seeds) < 0:  # numpy's generators take none, and the archive names groups seed_<n>
+        raise ConfigError(f"seeds: must be whole numbers >= 0, got {min(cfg.seeds)}")
     if cfg.train.n_epochs < 1:
         raise ConfigError("train.n_epochs: must be at least 1")
     if cfg.train.batch_size < 1:

@@ -363,6 +363,15 @@ def epoch_number(epoch: Any) -> int:
     return int(value)
 
 
+def seed_number(seed: Any) -> int:
+    """The seed an archive group is named by (seed_<n>); refused unless a whole number >= 0."""
+    value = float(seed)
+    if not value.is_integer() or value < 0 or isinstance(seed, bool):
+        raise RecordError(f"seed {seed!r}: seeds are whole numbers >= 0 (the archive stores each as "
+                          "group seed_<n>)")
+    return int(value)
+
+
 def check_probe_inputs(inputs: Any) -> None:
     """One line for probe inputs the Recorder cannot pass through the model as they are: not a
     tensor or array (a list, a DataLoader), parts of unequal length, or NaN/inf values."""
@@ -440,7 +449,7 @@ class Recorder:
                  extra: dict[str, Any] | None = None, batch_size: int = PROBE_BATCH,
                  nonfinite: str = "stop"):
         self.paths = RunPaths.from_archive(path)
-        self.model, self.seed, self.select = model, int(seed), dict(select or {})
+        self.model, self.seed, self.select = model, seed_number(seed), dict(select or {})
         self.optimizer, self.generators, self.batch_size = optimizer, list(generators), batch_size
         self.inputs = inputs
         self.layers = match_layers(model, layers)

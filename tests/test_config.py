@@ -31,6 +31,7 @@ def test_required_configs_are_shipped():
         ('name = "x"\n[archive]\nstore_weights = 1\n', "archive.store_weights: expected true or false"),
         ('[train]\nn_epochs = 3\n', "name: required key is missing"),
         ('name = "x"\nseeds = []\n', "seeds: give at least one seed"),
+        ('name = "x"\nseeds = [0, -1]\n', "seeds: must be whole numbers >= 0, got -1"),
         ('name = "x"\n[archive]\nsnapshots = "list"\n', "archive.epochs: required"),
         ('name = "x"\n[estimators.a]\nbins = 3\n', "estimators.a.method: required"),
         ('name = "x"\n[train\n', "not valid TOML"),

@@ -252,6 +252,14 @@ def test_snapshot_epochs_are_whole_increasing_numbers(tmp_path):
     assert ArchiveReader(path).committed_epochs(0).tolist() == [0, 2, 5]
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_a_seed_the_archive_cannot_name_is_refused_before_anything_is_written(tmp_path, seed):
+    path = tmp_path / "run" / "archive.zarr"
+    with pytest.raises(RecordError, match=f"seed {seed!r}: seeds are whole numbers >= 0"):
+        Recorder(path, Tower(), LAYERS, torch.from_numpy(blobs(40)[0]), seed=seed)
+    assert not (tmp_path / "run").exists()
+
+
 def test_each_training_session_records_its_threads_and_device(tmp_path):
     """What a bitwise repeat depends on is kept per seed: one entry per session that trained."""
     path = tmp_path / "run" / "archive.zarr"
