@@ -353,23 +353,33 @@ def class_codes(labels: np.ndarray, n: int) -> np.ndarray:
     return codes
 
 
+def _whole_number(value: Any) -> int | None:
+    """`value` as an int where it is a whole number >= 0 (2.0 is 2), else None (a bool or a
+    string too: either means a mistake in the calling script)."""
+    if isinstance(value, bool | str | bytes):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() and number >= 0 else None
+
+
 def epoch_number(epoch: Any) -> int:
     """A snapshot's or history row's epoch as an int; refused unless a whole number >= 0 (the
     history holds one row per epoch: number sub-epoch snapshots by steps instead)."""
-    value = float(epoch)
-    if not value.is_integer() or value < 0:
+    if (number := _whole_number(epoch)) is None:
         raise RecordError(f"epoch {epoch!r}: epochs are whole numbers counted from 0 (one history row "
                           "each); number snapshots taken within an epoch by steps instead")
-    return int(value)
+    return number
 
 
 def seed_number(seed: Any) -> int:
     """The seed an archive group is named by (seed_<n>); refused unless a whole number >= 0."""
-    value = float(seed)
-    if not value.is_integer() or value < 0 or isinstance(seed, bool):
+    if (number := _whole_number(seed)) is None:
         raise RecordError(f"seed {seed!r}: seeds are whole numbers >= 0 (the archive stores each as "
                           "group seed_<n>)")
-    return int(value)
+    return number
 
 
 def check_probe_inputs(inputs: Any) -> None:

@@ -164,7 +164,9 @@ def test_archive_without_optional_parts_through_every_stage(tmp_path):
     assert np.isfinite(ds.I_XT.sel(estimator="binning_30")).all() and np.isnan(ds.I_TY).all()
     proc = run_stage("figures", "--archive", str(path), "--figures", str(tmp_path / "figures"))
     assert "no training history" in proc.stdout and "no gradient statistics" in proc.stdout
-    assert (tmp_path / "figures" / "bare" / "plane_binning_30_all.png").exists()
+    assert "estimator binning_30 (all): no I(T;Y) values (an archive without labels); no plane" in proc.stdout
+    assert (tmp_path / "figures" / "bare" / "mi_vs_epoch_binning_30.png").exists()
+    assert not list((tmp_path / "figures" / "bare").glob("plane_*")), "a plane with no I(T;Y) to draw"
 
 
 def test_snapshots_already_committed_are_skipped_and_a_changed_recording_is_refused(tmp_path):
@@ -240,8 +242,8 @@ def test_snapshot_epochs_are_whole_increasing_numbers(tmp_path):
     (a rerun script); 2.0 is epoch 2."""
     path = tmp_path / "run" / "archive.zarr"
     with Recorder(path, Tower(), LAYERS, torch.from_numpy(blobs(40)[0])) as rec:
-        for bad in (0.5, -1):
-            with pytest.raises(RecordError, match=f"epoch {bad}: epochs are whole numbers counted from 0"):
+        for bad in (0.5, -1, "1"):
+            with pytest.raises(RecordError, match=f"epoch {bad!r}: epochs are whole numbers counted from 0"):
                 rec.snapshot(bad)
         assert rec.snapshot(0) and rec.snapshot(2.0) and rec.snapshot(np.int64(5))
         with pytest.warns(UserWarning, match="snapshot at epoch 3 not recorded: it comes before"):
@@ -252,7 +254,7 @@ def test_snapshot_epochs_are_whole_increasing_numbers(tmp_path):
     assert ArchiveReader(path).committed_epochs(0).tolist() == [0, 2, 5]
 
 
-@pytest.mark.parametrize("seed", [-1, 1.5, True])
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
 def test_a_seed_the_archive_cannot_name_is_refused_before_anything_is_written(tmp_path, seed):
     path = tmp_path / "run" / "archive.zarr"
     with pytest.raises(RecordError, match=f"seed {seed!r}: seeds are whole numbers >= 0"):
