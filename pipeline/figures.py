@@ -283,16 +283,18 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",
                              figsize=(7.0, 0.4 + 2.2 * rows))
-    sc = None
+    sc, any_saturated = None, False
     for ax, (estimator, split) in zip(axes.flat, panels, strict=False):
         i_xt, i_ty, bands, epochs, n_seeds = _plane_arrays(results, estimator, split)
         if np.isnan(i_xt).all():
             ax.text(0.5, 0.5, "no values", ha="center", transform=ax.transAxes)
             continue
         draw_floors(ax, results, estimator, split)
-        sc, _ = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits, bands)
-        # a panel is about 45 characters wide at this size: longer labels run into the next
-        label = textwrap.fill(entry_label(results, estimator), 45)
+        sc, saturated = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits, bands,
+                                   flags=saturation_flags(results, estimator, split))
+        any_saturated |= saturated
+        # a panel is about 40 characters wide at this size: longer labels run into the next
+        label = textwrap.fill(entry_label(results, estimator), 40)
         ax.set_title(f"{label}\n{SPLIT_WORDS.get(split, split)}, {n_seeds} seed(s), {len(epochs)} epochs",
                      fontsize=6.5)
         ax.set_xlabel("I(X;T) (bits)", fontsize=7)
@@ -306,7 +308,8 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
         fig.legend(*zip(*keep, strict=True), loc="outside lower center", ncol=min(8, len(keep)))
     if sc is not None:
         fig.colorbar(sc, ax=axes, label=EPOCH_LABEL, shrink=0.6)
-    fig.suptitle("Every estimator entry, each panel on its own ranges (mean over seeds, 90% intervals)")
+    fig.suptitle("Every estimator entry, each panel on its own ranges (mean over seeds, 90% intervals)"
+                 + ("\nhollow: saturated (near H(X) or H(Y))" if any_saturated else ""))
     return fig
 
 

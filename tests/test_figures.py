@@ -174,14 +174,16 @@ def test_partial_entries_are_drawn_from_their_cells():
     np.testing.assert_array_equal(i_xt, ds.I_XT.sel(estimator="renyi", split="train", seed=0,
                                                     epoch=[0, 3, 30]).values)
     fig = F.comparison_figure(partial)
-    assert ("matrix Renyi, widths 8.0 (input), alignment\n(layer)\ntraining samples, 1 seed(s), 3 epochs"
-            in [ax.get_title() for ax in fig.axes])  # wrapped at 45 characters
+    assert ("matrix Renyi, widths 8.0 (input),\nalignment (layer)\ntraining samples, 1 seed(s), 3 epochs"
+            in [ax.get_title() for ax in fig.axes])  # wrapped at 40 characters
     ds["done"].loc[{"split": "test"}] = False  # a split estimated by no entry gets no column
     titles = [ax.get_title() for ax in F.comparison_figure(masked(ds)).axes]
     assert titles and not any("test samples" in t for t in titles)
 
 
 def test_stored_saturation_flags_decide_the_hollow_points():
+    from matplotlib.collections import PathCollection
+
     from pipeline.uncertainty import OUTPUTS
 
     ds = synthetic_results()
@@ -193,6 +195,11 @@ def test_stored_saturation_flags_decide_the_hollow_points():
     fig = F.information_plane_figure(ds, "binning_30", "train", limits=(0.0, 0.0))  # limits ignored
     hollow = [c for c in fig.axes[0].collections if len(c.get_facecolors()) == 0]
     assert len(hollow[0].get_offsets()) == len(EPOCHS)
+    comparison = F.comparison_figure(ds)  # the same flags in every panel, named in the title
+    for ax in comparison.axes[:4]:  # markers only: the interval bars have no face either
+        hollow = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_facecolors()) == 0]
+        assert [len(c.get_offsets()) for c in hollow] == [len(EPOCHS)]
+    assert comparison._suptitle.get_text().endswith("\nhollow: saturated (near H(X) or H(Y))")
 
 
 def test_points_carry_the_seed_interval_and_the_null_floor():
