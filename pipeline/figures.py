@@ -327,6 +327,37 @@ def split_styles(splits: list[str]) -> dict[str, tuple[str, str]]:
     return styles
 
 
+def layer_colours(n_layers: int):
+    """A colour per layer index: tab10, or past ten layers (VGG-16 records 16), where tab10
+    repeats, a sequential map with the input side dark."""
+    if n_layers <= 10:
+        return plt.get_cmap("tab10")
+    return lambda l: plt.get_cmap("viridis")(l / max(n_layers - 1, 1))
+
+
+def draw_curves(ax, sel: xr.Dataset, variable: str, style: str, label: str, colours,
+                confidence: float = 0.9) -> np.ndarray:
+    """One entry and split of `variable` against epochs: each layer's seed mean as a line in
+    `style` with its interval as a band, the shuffle baseline (when stored) as a grey floor;
+    returns the means drawn. `label` formats a layer's legend entry."""
+    epochs = sel.epoch.values
+    band = seed_mean(sel, variable, confidence)
+    if f"{variable}_null" in sel:
+        floor = sel[f"{variable}_null"].mean("seed").max("layer").values
+        shown = np.isfinite(floor)
+        if shown.any():
+            ax.fill_between(epochs[shown], 0, floor[shown], color="0.88", lw=0,
+                            label=label.format(layer="shuffle baseline"))
+    for l, layer in enumerate(sel.layer.values):
+        line = band.sel(layer=layer)
+        finite = np.isfinite(line["mean"].values)  # epochs left out of a partial estimate
+        ax.plot(epochs[finite], line["mean"].values[finite], style, color=colours(l), lw=1,
+                label=label.format(layer=layer), marker="o" if finite.sum() == 1 else None, ms=3)
+        ax.fill_between(epochs[finite], line.lo.values[finite], line.hi.values[finite],
+                        color=colours(l), alpha=0.15, lw=0)
+    return band["mean"].values
+
+
 @styled
 def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 0.9) -> Figure:
     """I(X;T) and I(T;Y) against epoch per layer (mean over seeds, its interval as a band); one
@@ -334,36 +365,19 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
     variables = [v for v in ("I_XT", "I_TY") if views_with(results.sel(estimator=[estimator]), v)] or ["I_XT"]
     fig, axes = plt.subplots(1, len(variables), figsize=(7.0, 2.8), squeeze=False)
     axes = axes[0]
-    epochs = results.epoch.values
-    n_layers = results.sizes["layer"]
-    # tab10 repeats after ten layers (VGG-16 records 16): a sequential map then, input side dark
-    colours = (plt.get_cmap("tab10") if n_layers <= 10 else
-               lambda l: plt.get_cmap("viridis")(l / max(n_layers - 1, 1)))
+    colours = layer_colours(results.sizes["layer"])
     splits = [str(s) for s in results.split.values
               if np.isfinite(results.I_XT.sel(estimator=estimator, split=s)).any()]
     styles = split_styles(splits)
-    for v, variable in enumerate(variables):
-        for split in splits:
-            sel = results.sel(estimator=estimator, split=split)
-            band = seed_mean(sel, variable, confidence)
-            if f"{variable}_null" in sel:
-                floor = sel[f"{variable}_null"].mean("seed").max("layer").values
-                shown = np.isfinite(floor)
-                if shown.any():
-                    axes[v].fill_between(epochs[shown], 0, floor[shown], color="0.88", lw=0,
-                                         label=f"shuffle baseline ({split})")
-            for l, layer in enumerate(results.layer.values):
-                line = band.sel(layer=layer)
-                finite = np.isfinite(line["mean"].values)  # epochs left out of a partial estimate
-                axes[v].plot(epochs[finite], line["mean"].values[finite], styles[split][0],
-                             color=colours(l), lw=1, label=f"{layer} ({split})" if len(splits) > 1
-                             else str(layer), marker="o" if finite.sum() == 1 else None, ms=3)
-                axes[v].fill_between(epochs[finite], line.lo.values[finite], line.hi.values[finite],
-                                     color=colours(l), alpha=0.15, lw=0)
-            keep_in_view(axes[v], "y", band["mean"].values)
-        epoch_axis(axes[v], epochs)
-        axes[v].set_ylabel(f"{QUANTITY[variable]} (bits)")
-    axes[-1].legend(ncol=2 if n_layers > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
+    for ax, variable in zip(axes, variables, strict=True):
+        means = [draw_curves(ax, results.sel(estimator=estimator, split=split), variable, styles[split][0],
+                             f"{{layer}} ({split})" if len(splits) > 1 else "{layer}", colours, confidence)
+                 for split in splits]
+        if means:  # set once, from every split's means: set per split, it cut the later ones
+            keep_in_view(ax, "y", np.concatenate([m.ravel() for m in means]))
+        epoch_axis(ax, results.epoch.values)
+        ax.set_ylabel(f"{QUANTITY[variable]} (bits)")
+    axes[-1].legend(ncol=2 if results.sizes["layer"] > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
     lines = (", ".join(f"{styles[s][1]}: {SPLIT_WORDS.get(s, s)}" for s in splits) if len(splits) > 1
              else SPLIT_WORDS.get(splits[0], splits[0]) if splits else "no values")
     n_seeds = max((_held(results, estimator, split).sizes["seed"] for split in splits), default=0)

@@ -110,6 +110,17 @@ def test_titles_say_where_a_point_holds_fewer_seeds():
     assert F.fewer_seeds(synthetic_results(), "renyi", "test") == ""
 
 
+def test_every_splits_curves_lie_within_the_axis():
+    """The axis is set once from every split's means: one set from the first split alone cut
+    the curves of the others, drawn after it."""
+    ds = synthetic_results()
+    ds["I_XT"].loc[{"split": "test"}] = ds.I_XT.sel(split="train").values + 5.0
+    ax = F.mi_vs_epoch_figure(ds, "binning_30").axes[0]
+    low, high = ax.get_ylim()
+    for line in ax.get_lines():
+        assert low <= line.get_ydata().min() and line.get_ydata().max() <= high, line.get_label()
+
+
 def test_saturation_limits():
     assert F.saturation_limits(4096, np.array([0, 1] * 8)) == (12.0, 1.0)
 
