@@ -42,7 +42,8 @@ CAPTIONS = {  # figure name prefix: (what it shows, how to read it)
                      "band (cut where it reaches below zero).",
                      "Fitting shows as rising curves, compression as I(X;T) falling while I(T;Y) "
                      "holds; a band wider than a change means the change is within the noise."),
-    "comparison": ("Every estimator entry and split as one small information plane.",
+    "comparison": ("Every estimator entry and split as one small information plane; hollow markers: "
+                   "saturated values, as in the planes.",
                    "Each panel has its own ranges: compare the shapes of the trajectories, not the "
                    "numbers across panels; entries disagree where the shapes differ."),
     "training": ("Loss and accuracy on the training and test samples against epochs trained, mean "
