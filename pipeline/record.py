@@ -271,9 +271,16 @@ class GradientStats:
         return mean, std
 
 
+NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
 def _as_array(values: Any) -> np.ndarray:
+    """A tensor or array as numpy; floats numpy has no type for (bfloat16, float8) as float32."""
     if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
+        values = values.detach()
+        if values.is_floating_point() and values.dtype not in NUMPY_FLOATS:
+            values = values.float()
+        return values.cpu().numpy()
     return np.asarray(values)
 
 

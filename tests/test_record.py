@@ -262,6 +262,28 @@ def test_a_seed_the_archive_cannot_name_is_refused_before_anything_is_written(tm
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bfloat16_network_and_autocast_layers_are_recorded_as_float32(tmp_path):
+    """numpy has no bfloat16: inputs and layer outputs in it (a bf16 model, torch.autocast) are
+    stored as float32, the values themselves unchanged."""
+    x = torch.from_numpy(blobs(40)[0])
+    model = Tower().to(torch.bfloat16)
+    path = tmp_path / "bf16" / "archive.zarr"
+    with Recorder(path, model, LAYERS, x.to(torch.bfloat16)) as rec:
+        rec.snapshot(0)
+    archive = ArchiveReader(path)
+    assert archive.inputs.dtype == np.float32
+    np.testing.assert_array_equal(archive.inputs, x.to(torch.bfloat16).float().numpy())
+    captured = capture(model, x.to(torch.bfloat16), LAYERS)
+    for layer in archive.layers:
+        np.testing.assert_array_equal(archive.activations(0, layer, 0), captured[layer])
+    model = Tower()
+    with torch.autocast("cpu", dtype=torch.bfloat16), Recorder(tmp_path / "amp" / "archive.zarr", model,
+                                                                LAYERS, x) as rec:
+        rec.snapshot(0)
+    stored = ArchiveReader(tmp_path / "amp" / "archive.zarr").activations(0, LAYERS[0], 0)
+    assert stored.dtype == np.float32 and np.isfinite(stored).all()
+
+
 def test_each_training_session_records_its_threads_and_device(tmp_path):
     """What a bitwise repeat depends on is kept per seed: one entry per session that trained."""
     path = tmp_path / "run" / "archive.zarr"
