@@ -51,6 +51,7 @@ from pipeline.archive import (
     create_archive,
     prepare_for_writing,
 )
+from pipeline.arrays import as_numpy
 from pipeline.errors import KnownFailure
 from pipeline.models import state_arrays
 from pipeline.provenance import provenance, training_environment
@@ -271,19 +272,6 @@ class GradientStats:
         return mean, std
 
 
-NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
-
-
-def _as_array(values: Any) -> np.ndarray:
-    """A tensor or array as numpy; floats numpy has no type for (bfloat16, float8) as float32."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach()
-        if values.is_floating_point() and values.dtype not in NUMPY_FLOATS:
-            values = values.float()
-        return values.cpu().numpy()
-    return np.asarray(values)
-
-
 def _fractions(values: np.ndarray) -> np.ndarray:
     """Where float `values` are not whole numbers (a cast to int would change them)."""
     return (values != np.round(values)) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
@@ -316,7 +304,7 @@ def split_codes(n: int, splits: dict[str, Any] | None) -> tuple[np.ndarray, tupl
         raise RecordError("splits: 'all' is reserved (it means every recorded sample)")
     codes = np.full(n, -1, dtype=np.int8)
     for code, (name, index) in enumerate(splits.items()):
-        index = sample_indices(f"splits[{name!r}]", _as_array(index), n)
+        index = sample_indices(f"splits[{name!r}]", as_numpy(index), n)
         if (codes[index] >= 0).any():
             raise RecordError(f"splits: samples of {name!r} are also in another split")
         codes[index] = code
@@ -398,7 +386,7 @@ def check_probe_inputs(inputs: Any) -> None:
             raise RecordError(f"inputs: pass the probe samples as one tensor or array (a tuple of them "
                               f"for a forward of several arguments), got {type(part).__name__}; e.g. "
                               "torch.cat([x for x, _ in loader])")
-        values = _as_array(part)
+        values = as_numpy(part)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise RecordError(f"inputs: {int((~np.isfinite(values)).sum())} values are NaN or infinite; "
                               "the probe inputs must be finite")
@@ -416,11 +404,11 @@ def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any
     """The archive root of a recording (see Recorder for the arguments), from one probe pass."""
     check_probe_inputs(inputs)
     layout = layer_layout(model, layers, next(iter(_batches(inputs, 2))), select)
-    stored = _as_array(inputs[0] if isinstance(inputs, tuple) else inputs)
+    stored = as_numpy(inputs[0] if isinstance(inputs, tuple) else inputs)
     n = len(stored)
-    labels = None if labels is None else class_codes(_as_array(labels), n)
+    labels = None if labels is None else class_codes(as_numpy(labels), n)
     codes, split_names = split_codes(n, splits)
-    index = np.arange(n) if dataset_index is None else _as_array(dataset_index).astype(np.int64)
+    index = np.arange(n) if dataset_index is None else as_numpy(dataset_index).astype(np.int64)
     if index.shape != (n,):
         raise RecordError(f"dataset_index: expected shape ({n},), each input's index in its dataset, got "
                           f"{index.shape}")

@@ -28,6 +28,22 @@ def distinct_inputs(n, d=12, seed=0):
 
 
 # ---------------------------------------------------------------- binning
+def test_torch_tensors_give_what_their_numpy_arrays_give():
+    """Tensors (a bfloat16 one too, which numpy has no type for) are read as their values."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    t = np.tanh(x @ rng.normal(size=(4, 3))).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    for method in ("binning", "kde", "ksg", "gaussian"):
+        expected = information_plane(x, t, y, method)
+        got = information_plane(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y), method)
+        assert got == expected, method
+    t16 = torch.from_numpy(t).to(torch.bfloat16)
+    assert information_plane(x, t16, y, "binning") == information_plane(x, t16.float().numpy(), y, "binning")
+    assert mutual_information(torch.from_numpy(t), torch.from_numpy(y), "ksg") == \
+        mutual_information(t, y, "ksg")
+
+
 def test_binning_hand_computed():
     x = distinct_inputs(4)
     t = np.array([[-0.9], [-0.8], [0.5], [0.9]])

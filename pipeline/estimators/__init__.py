@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.arrays import as_numpy
 from pipeline.estimators._common import as_labels, as_samples, is_discrete, same_length
 from pipeline.estimators.binning import (
     binning_information_plane,
@@ -234,13 +235,13 @@ def information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, method: str,
                       **params: Any) -> dict[str, float]:
     """I(X;T) and I(T;Y) in bits for one layer; some methods add spreads and widths."""
     check_parameters(method, params)
-    return get_estimator(method).information_plane(x, t, y, **params)
+    return get_estimator(method).information_plane(as_numpy(x), as_numpy(t), as_numpy(y), **params)
 
 
 def mutual_information(a: np.ndarray, b: np.ndarray, method: str, **params: Any) -> float:
     """I(A;B) in bits; a 1-D integer `b` means discrete labels."""
     check_parameters(method, params, kind="mutual_information")
-    return float(_function(method, "mutual_information")(a, b, **params))
+    return float(_function(method, "mutual_information")(as_numpy(a), as_numpy(b), **params))
 
 
 __all__ = ["information_plane", "mutual_information", "parameters", "plane_defaults", "check_parameters",
