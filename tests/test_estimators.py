@@ -958,6 +958,15 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @needs_gpu
+def test_cuda_tensors_give_what_their_numpy_arrays_give():
+    x = distinct_inputs(300)
+    t = np.tanh(x @ RNG.normal(size=(12, 5)))
+    y = RNG.integers(0, 2, 300)
+    on_gpu = [torch.from_numpy(a).cuda() for a in (x, t, y)]
+    assert information_plane(*on_gpu, "binning") == information_plane(x, t, y, "binning")
+
+
+@needs_gpu
 @pytest.mark.parametrize("method, params", [
     ("renyi", {"n_batches": 3}), ("kde", {}), ("kde", {"bound": "lower"}), ("ksg", {}),
     ("compression", {}),
