@@ -88,15 +88,20 @@ def nonfinite_problems(acts: dict[str, np.ndarray], float16: bool) -> list[str]:
     return problems
 
 
-def match_layers(model: nn.Module, patterns: Sequence[str]) -> list[str]:
-    """Module names matching `patterns` (exact or glob), in `named_modules()` order."""
+def match_layers(model: nn.Module, patterns: Sequence[str] | str) -> list[str]:
+    """Module names matching `patterns` (exact or glob; one string is one pattern), in
+    `named_modules()` order."""
     names = [name for name, _ in model.named_modules() if name]
+    listed = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not patterns:
+        raise RecordError("layers: name at least one module to record (exact or glob, e.g. "
+                          f"['features.*']); modules are {listed}")
     chosen = set()
     for pattern in patterns:
         hits = [n for n in names if _glob(pattern.split("."), n.split("."))]
         if not hits:
-            raise RecordError(f"layer pattern {pattern!r} matches no module; modules are "
-                              + ", ".join(names[:40]) + (" ..." if len(names) > 40 else ""))
+            raise RecordError(f"layer pattern {pattern!r} matches no module; modules are {listed}")
         chosen.update(hits)
     return [n for n in names if n in chosen]
 

@@ -37,6 +37,9 @@ def test_layer_patterns_match_module_names_by_segment():
     assert match_layers(model, ["head", "stem"]) == ["stem", "head"]  # model order, not pattern order
     with pytest.raises(RecordError, match="'nope' matches no module; modules are stem, stem.0"):
         match_layers(model, ["nope"])
+    assert match_layers(model, "stem.*") == ["stem.0", "stem.1"]  # one string is one pattern
+    with pytest.raises(RecordError, match=r"layers: name at least one module to record .*modules are stem"):
+        match_layers(model, [])
 
 
 def test_tuple_outputs_record_their_first_element_or_the_selected_one():
