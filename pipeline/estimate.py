@@ -15,6 +15,7 @@ a kill loses only the tasks in flight, and a rerun computes exactly the cells no
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 import os
 import time
@@ -79,14 +80,17 @@ class Selection:
     """The part of the cells one run computes; the default is all of them.
 
     `only` names estimator entries ("fisher" for the Fisher traces), `seeds` and `splits`
-    restrict those dims, and `every` keeps every k-th epoch row of the store and its last. The
-    cells left out stay not done, and a later run computes them.
+    restrict those dims, `layers` (names or shell-style patterns, `conv*`) the layers of the
+    estimator entries (the Fisher traces take every layer in one pass), and `every` keeps every
+    k-th epoch row of the store and its last. The cells left out stay not done, and a later run
+    computes them.
     """
 
     only: tuple[str, ...] | None = None
     seeds: tuple[int, ...] | None = None
     splits: tuple[str, ...] | None = None
     every: int = 1
+    layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -97,8 +101,12 @@ class Selection:
         return self == Selection()
 
     def check(self, entries: Sequence[str], seeds: Sequence[int], splits: Sequence[str],
-              archive_path: Path, config_name: str) -> None:
+              archive_path: Path, config_name: str, layers: Sequence[str] = ()) -> None:
         """One ConfigError naming what the run's config and archive do not have."""
+        if self.layers is not None and (unknown := [p for p in self.layers
+                                                    if not any(fnmatch.fnmatchcase(n, p) for n in layers)]):
+            raise ConfigError(f"--layers {unknown} match no layer of {archive_path} (it records "
+                              f"{list(layers)})")
         if self.only is not None and (unknown := sorted(set(self.only) - set(entries) - {"fisher"})):
             raise ConfigError(f"--only names unknown estimator entries {unknown}; the config "
                               f"{config_name} has {sorted(entries)} (and 'fisher')")
@@ -108,11 +116,14 @@ class Selection:
             raise ConfigError(f"--splits {unknown} are not among the config's estimate.splits "
                               f"{list(splits)}")
 
-    def takes(self, entry: str | None = None, seed: int | None = None, split: str | None = None) -> bool:
-        """Whether the named entry, seed and split (those given) are selected."""
+    def takes(self, entry: str | None = None, seed: int | None = None, split: str | None = None,
+              layer: str | None = None) -> bool:
+        """Whether the named entry, seed, split and layer (those given) are selected."""
         return ((entry is None or self.only is None or entry in self.only)
                 and (seed is None or self.seeds is None or int(seed) in self.seeds)
-                and (split is None or self.splits is None or split in self.splits))
+                and (split is None or self.splits is None or split in self.splits)
+                and (layer is None or self.layers is None
+                     or any(fnmatch.fnmatchcase(str(layer), p) for p in self.layers)))
 
     def rows(self, n_epochs: int) -> np.ndarray:
         """Mask of the store's epoch rows this run computes: every k-th and the last."""
@@ -143,7 +154,7 @@ def plan(ds, entries: dict[str, dict[str, Any]], committed: dict[int, np.ndarray
                     continue
                 for l, layer in enumerate(ds.layer.values):
                     missing = available & ~done[e, s, p, :, l]
-                    if not missing.any():
+                    if not missing.any() or not selection.takes(layer=layer):
                         continue
                     rows, carried = np.flatnonzero(missing), ()
                     if chain:
@@ -213,7 +224,7 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     if scheduler_file is None and scheduler in (None, "synchronous"):  # the tasks run on this machine
         check_devices_here(entries)
     splits, notes = usable_splits(archive, settings.estimate)
-    selection.check(list(entries), archive.seeds, splits, paths.archive, archive.name)
+    selection.check(list(entries), archive.seeds, splits, paths.archive, archive.name, archive.layers)
     lock = lock_file(paths.run_dir, "estimates", wait=False, error=ResultsError,
                      busy=f"another `make estimate` is writing {paths.run_dir}; wait for it to finish "
                      "(results are kept) and run again")

@@ -4,7 +4,7 @@
     python -m stages.estimate --config configs/szt_tanh.toml configs/szt_relu.toml   # several
     python -m stages.estimate --config configs/tiny.toml --scheduler synchronous     # no Dask
     python -m stages.estimate --config configs/szt_relu.toml --only kde_upper_1e-1 --seeds 0 1 \
-        --splits all --every 4                                   # part of the cells
+        --splits all --every 4 --layers 'dense*'                 # part of the cells
     python -m stages.estimate --archive runs/mine/archive.zarr [--config estimators.toml]
 """
 
@@ -25,6 +25,9 @@ def cli() -> None:
     parser.add_argument("--splits", nargs="+", default=None, help="compute only these splits")
     parser.add_argument("--every", type=int, default=1, metavar="K",
                         help="compute only every K-th snapshot (and the last)")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                        help="compute only these layers (names or patterns, e.g. 'conv*'; the Fisher "
+                             "traces take every layer)")
     args = parser.parse_args()
     options = {"scheduler": args.scheduler, "scheduler_file": args.scheduler_file, "netcdf": args.netcdf}
     if args.scheduler is None and args.scheduler_file is None:
@@ -33,7 +36,8 @@ def cli() -> None:
 
     def selection() -> Selection:
         return Selection(only=args.only and tuple(args.only), seeds=args.seeds and tuple(args.seeds),
-                         splits=args.splits and tuple(args.splits), every=args.every)
+                         splits=args.splits and tuple(args.splits), every=args.every,
+                         layers=args.layers and tuple(args.layers))
 
     if args.archive:  # the config, if any, holds [estimate] and [estimators.*] tables
         def on_archive() -> int:

@@ -440,7 +440,19 @@ def test_only_seeds_every_restrict_a_run_and_a_full_run_completes_it(runs, capsy
                                   full.I_XT.isel(estimator=0, seed=1, split=1, epoch=rows).values)
 
 
+def test_layers_restrict_a_run_by_name_or_pattern(runs):
+    selection = Selection(only=("binning_10",), layers=("dense*",))
+    estimate(config(), runs, scheduler="synchronous", selection=selection)
+    done = load(runs).done.sel(estimator="binning_10")
+    assert bool(done.sel(layer=["dense1", "dense2"]).all()) and not bool(done.sel(layer="softmax").any())
+    estimate(config(), runs, scheduler="synchronous", selection=Selection(layers=("softmax",)))
+    full = load(runs)
+    assert bool(full.done.sel(layer="softmax").all()) and not bool(full.done.sel(estimator="renyi",
+                                                                                   layer="dense1").any())
+
+
 @pytest.mark.parametrize("selection, message", [
+    ({"layers": ("conv*", "dense1")}, "--layers ['conv*'] match no layer of"),
     ({"only": ("binning_7",)}, "unknown estimator entries ['binning_7']"),
     ({"seeds": (5,)}, "--seeds [5] are not in"),
     ({"every": 0}, "--every must be a positive"),
