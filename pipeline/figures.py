@@ -155,7 +155,8 @@ def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layer
         if hollow.any():
             ax.scatter(i_xt[hollow, l], i_ty[hollow, l], s=16, marker=marker, facecolors="none",
                        edgecolors=cmap(norm(epochs[hollow])), linewidths=0.8)
-        ax.scatter([], [], marker=marker, color="0.35", s=14, label=str(name))
+        if np.isfinite(i_xt[:, l]).any():  # a layer left out of a partial run gets no entry
+            ax.scatter([], [], marker=marker, color="0.35", s=14, label=str(name))
     if intervals is not None:  # lo..hi as drawn; a bootstrap interval need not hold its point
         xlo, xhi, ylo, yhi = (np.ravel(a) for a in intervals)
         ax.hlines(i_ty.ravel(), xlo, xhi, colors="0.55", lw=0.5, alpha=0.7, zorder=1)

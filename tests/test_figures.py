@@ -121,6 +121,14 @@ def test_every_splits_curves_lie_within_the_axis():
         assert low <= line.get_ydata().min() and line.get_ydata().max() <= high, line.get_label()
 
 
+def test_a_layer_without_values_has_no_legend_entry():
+    ds = synthetic_results()  # as after `make estimate ARGS="--layers 'dense*'"`
+    for name in ("I_XT", "I_TY"):
+        ds[name].loc[{"layer": "softmax"}] = np.nan
+    ax = F.information_plane_figure(ds, "binning_30", "train").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense1", "dense2"]
+
+
 def test_saturation_limits():
     assert F.saturation_limits(4096, np.array([0, 1] * 8)) == (12.0, 1.0)
 
