@@ -42,6 +42,11 @@ def test_torch_tensors_give_what_their_numpy_arrays_give():
     assert information_plane(x, t16, y, "binning") == information_plane(x, t16.float().numpy(), y, "binning")
     assert mutual_information(torch.from_numpy(t), torch.from_numpy(y), "ksg") == \
         mutual_information(t, y, "ksg")
+    with pytest.raises(ValueError, match=r"got shape \(200,\) dtype float32; its values are whole numbers: "
+                                         r"pass y.astype\(int\)"):
+        information_plane(x, t, torch.from_numpy(y).float(), "binning")
+    with pytest.raises(ValueError, match=r"dtype float64$"):  # fractions: no cast to suggest
+        information_plane(x, t, y + 0.5, "binning")
 
 
 def test_binning_hand_computed():

@@ -91,8 +91,10 @@ def as_labels(y: np.ndarray, name: str = "y") -> np.ndarray:
     """1-D integer labels -> int64 codes 0..K-1."""
     arr = np.asarray(y)
     if arr.ndim != 1 or arr.dtype.kind not in "biu":
+        whole = arr.dtype.kind == "f" and bool(np.isfinite(arr).all()) and bool((arr == np.round(arr)).all())
         raise ValueError(f"{name} must be a 1-D integer label array, got shape {arr.shape} "
-                         f"dtype {arr.dtype}")
+                         f"dtype {arr.dtype}" + (f"; its values are whole numbers: pass {name}.astype(int)"
+                                                 if whole and arr.ndim == 1 else ""))
     return np.unique(arr, return_inverse=True)[1].astype(np.int64)
 
 
