@@ -486,6 +486,7 @@ class Recorder:
         seed_writer = SeedWriter(self.paths.archive, self.seed)
         self.status, self._seed_writer = seed_writer.status, seed_writer
         self._epochs = seed_writer.committed_epochs[:seed_writer.committed]
+        self._warned_finished = False
         self._history: dict[int, dict[str, float]] = {}
         self._history_through = seed_writer.history_through
         self._closed = False
@@ -551,11 +552,7 @@ class Recorder:
         """Record every layer on the probe inputs at `epoch`; False if already committed (or
         before the last committed epoch: snapshots are stored in increasing epochs)."""
         epoch = epoch_number(epoch)
-        if self.finished or (self._epochs and epoch <= self._epochs[-1]):
-            if epoch not in self._epochs and not self.finished:
-                warnings.warn(f"snapshot at epoch {epoch} not recorded: it comes before the last "
-                              f"recorded epoch {self._epochs[-1]}; snapshots are stored in increasing "
-                              "epochs", stacklevel=2)
+        if self._not_recorded(epoch):
             return False
         if metrics:
             self.log(epoch, **metrics)
@@ -576,6 +573,25 @@ class Recorder:
                             weights=weights, grad_mean=grads[0], grad_std=grads[1],
                             checkpoint=self._checkpoint(epoch, index), snapshot_epochs=list(self._epochs)),
                      epoch)
+        return True
+
+    def _not_recorded(self, epoch: int) -> bool:
+        """Whether `snapshot(epoch)` records nothing: an epoch recorded before (a rerun script,
+        silent), one before the last recorded, or any epoch of a closed seed (each warned)."""
+        if epoch in self._epochs:
+            return True
+        if not self.finished and not (self._epochs and epoch < self._epochs[-1]):
+            return False
+        if not self.finished:
+            warnings.warn(f"snapshot at epoch {epoch} not recorded: it comes before the last recorded "
+                          f"epoch {self._epochs[-1]}; snapshots are stored in increasing epochs",
+                          stacklevel=3)
+        elif not self._warned_finished:  # once: a longer rerun would warn at every new epoch
+            self._warned_finished = True
+            last = self._epochs[-1] if self._epochs else "none"
+            warnings.warn(f"snapshot at epoch {epoch} not recorded: seed {self.seed} of {self.paths.archive} "
+                          f"is {self.status} (closed after epoch {last}) and is never extended; record "
+                          "more epochs as another seed or into another archive", stacklevel=3)
         return True
 
     def _check_finite(self, epoch: int, acts: dict[str, np.ndarray]) -> None:

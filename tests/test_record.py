@@ -287,6 +287,27 @@ def test_a_bfloat16_network_and_autocast_layers_are_recorded_as_float32(tmp_path
     assert stored.dtype == np.float32 and np.isfinite(stored).all()
 
 
+def test_a_finished_seed_says_once_that_it_records_no_more_epochs(tmp_path):
+    """A script rerun with more epochs: the seed's recording was closed, so nothing is added;
+    a warning says so once instead of every new epoch returning False in silence."""
+    path = tmp_path / "run" / "archive.zarr"
+    x = torch.from_numpy(blobs(40)[0])
+    with Recorder(path, Tower(), LAYERS, x) as rec:
+        rec.snapshot(0), rec.snapshot(1)
+    with Recorder(path, Tower(), LAYERS, x) as rec:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not rec.snapshot(0) and not rec.snapshot(1)  # recorded before: silent
+        with pytest.warns(UserWarning, match=r"epoch 2 not recorded: seed 0 of .* is finished \(closed "
+                                             r"after epoch 1\) and is never extended; record more epochs as "
+                                             r"another seed or into another archive"):
+            assert not rec.snapshot(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not rec.snapshot(3)  # said once
+    assert ArchiveReader(path).committed_epochs(0).tolist() == [0, 1]
+
+
 def test_each_training_session_records_its_threads_and_device(tmp_path):
     """What a bitwise repeat depends on is kept per seed: one entry per session that trained."""
     path = tmp_path / "run" / "archive.zarr"
