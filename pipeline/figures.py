@@ -302,9 +302,10 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
         ax.set_ylabel("I(T;Y) (bits)", fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    layer_names = [str(name) for name in results.layer.values]
-    keep = [(h, lab) for h, lab in zip(handles, labels, strict=True) if lab in layer_names]
+    shown = {}  # every panel's layer markers: a partial run may leave a layer out of some
+    for ax in axes.flat:
+        shown.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    keep = [(shown[name], name) for name in map(str, results.layer.values) if name in shown]
     if keep:
         fig.legend(*zip(*keep, strict=True), loc="outside lower center", ncol=min(8, len(keep)))
     if sc is not None:

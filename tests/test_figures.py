@@ -122,11 +122,13 @@ def test_every_splits_curves_lie_within_the_axis():
 
 
 def test_a_layer_without_values_has_no_legend_entry():
-    ds = synthetic_results()  # as after `make estimate ARGS="--layers 'dense*'"`
+    ds = synthetic_results()  # as after `make estimate ARGS="--only binning_30 --layers 'dense*'"`
     for name in ("I_XT", "I_TY"):
-        ds[name].loc[{"layer": "softmax"}] = np.nan
+        ds[name].loc[{"estimator": "binning_30", "layer": "softmax"}] = np.nan
     ax = F.information_plane_figure(ds, "binning_30", "train").axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dense1", "dense2"]
+    comparison = F.comparison_figure(ds)  # softmax is left out of the first entry only
+    assert [t.get_text() for t in comparison.legends[0].get_texts()] == LAYERS
 
 
 def test_saturation_limits():
