@@ -292,18 +292,24 @@ def load_estimators_config(path: str | Path, overrides: list[str] | None = None)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found; write one with [estimators.<entry>] tables")
     try:
-        data = apply_overrides(tomllib.loads(path.read_text()), list(overrides or []))
+        data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from err
     try:
-        if "name" in data:  # a whole experiment config
-            cfg = config_from_dict(data)
-            return EstimatorsConfig(cfg.estimate, cfg.estimators)
-        out = from_dict(EstimatorsConfig, data)
-        validate_estimate(out.estimate, out.estimators)
-        return out
+        return estimators_config(data, overrides)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def estimators_config(data: dict[str, Any], overrides: list[str] | None = None) -> EstimatorsConfig:
+    """`load_estimators_config` of tables already read (`--set` overrides applied to them)."""
+    data = apply_overrides(data, list(overrides or []))
+    if "name" in data:  # a whole experiment config
+        cfg = config_from_dict(data)
+        return EstimatorsConfig(cfg.estimate, cfg.estimators)
+    out = from_dict(EstimatorsConfig, data)
+    validate_estimate(out.estimate, out.estimators)
+    return out
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:

@@ -14,6 +14,7 @@ a kill loses only the tasks in flight, and a rerun computes exactly the cells no
 
 from __future__ import annotations
 
+import copy
 import datetime
 import fnmatch
 import json
@@ -32,7 +33,15 @@ from tqdm import tqdm
 
 from pipeline.archive import ArchiveError, ArchiveReader
 from pipeline.cluster import check_workers, make_client, start_worker_server
-from pipeline.config import ConfigError, EstimateConfig, EstimatorsConfig, ExperimentConfig, validate_estimate
+from pipeline.config import (
+    ConfigError,
+    EstimateConfig,
+    EstimatorsConfig,
+    ExperimentConfig,
+    estimators_config,
+    load_estimators_config,
+    validate_estimate,
+)
 from pipeline.estimators import BUILTIN_METHODS, get_estimator, plane_defaults
 from pipeline.provenance import provenance
 from pipeline.results import (
@@ -236,6 +245,17 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
         return code
     finally:
         os.close(lock)
+
+
+def archive_settings(config: str | Path | None, overrides: list[str]) -> EstimatorsConfig | None:
+    """What `--archive` runs with: the `[estimate]` and `[estimators.*]` tables of `config`, or
+    without one the default entries (`DEFAULT_ESTIMATORS`); `--set` overrides apply to either.
+    None where there is neither a config nor an override: `estimate_archive`'s defaults."""
+    if config is not None:
+        return load_estimators_config(config, overrides)
+    if not overrides:
+        return None
+    return estimators_config({"estimators": copy.deepcopy(DEFAULT_ESTIMATORS)}, overrides)
 
 
 def check_devices_here(entries: dict[str, dict[str, Any]]) -> None:

@@ -10,7 +10,7 @@
 
 from pipeline.cli import base_parser, guarded, run_stage
 from pipeline.cluster import start_worker_server
-from pipeline.config import load_config, load_estimators_config
+from pipeline.config import load_config
 
 
 def cli() -> None:
@@ -32,7 +32,7 @@ def cli() -> None:
     options = {"scheduler": args.scheduler, "scheduler_file": args.scheduler_file, "netcdf": args.netcdf}
     if args.scheduler is None and args.scheduler_file is None:
         start_worker_server()  # the workers' import of the task code runs beside this process's
-    from pipeline.estimate import Selection, estimate_archive, main
+    from pipeline.estimate import Selection, archive_settings, estimate_archive, main
 
     def selection() -> Selection:
         return Selection(only=args.only and tuple(args.only), seeds=args.seeds and tuple(args.seeds),
@@ -41,7 +41,7 @@ def cli() -> None:
 
     if args.archive:  # the config, if any, holds [estimate] and [estimators.*] tables
         def on_archive() -> int:
-            settings = (load_estimators_config(args.config[0], args.overrides) if args.config else None)
+            settings = archive_settings(args.config[0] if args.config else None, args.overrides)
             return estimate_archive(args.archive, settings, selection=selection(), **options)
         guarded(on_archive)
 

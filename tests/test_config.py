@@ -69,3 +69,20 @@ def test_config_is_frozen_and_hash_ignores_estimators_and_parallelism():
     c = load_config(TINY, ["train.lr=0.5"])
     d = load_config(TINY, ["seeds=[7]"])
     assert a.training_hash() == b.training_hash() == d.training_hash() != c.training_hash()
+
+
+def test_set_overrides_apply_to_the_default_entries_of_an_archive_run():
+    """`--archive A --set estimators.kde_upper.noise_variance=0.01` without `--config`: the
+    override changes that default entry (it used to be dropped in silence)."""
+    from pipeline.config import ConfigError
+    from pipeline.estimate import DEFAULT_ESTIMATORS, archive_settings
+
+    assert archive_settings(None, []) is None
+    settings = archive_settings(None, ["estimators.kde_upper.noise_variance=0.01", "estimate.splits=['all']"])
+    assert settings.estimators["kde_upper"]["noise_variance"] == 0.01 and settings.estimate.splits == ("all",)
+    assert {k: v for k, v in settings.estimators.items() if k != "kde_upper"} == \
+        {k: v for k, v in DEFAULT_ESTIMATORS.items() if k != "kde_upper"}
+    assert DEFAULT_ESTIMATORS["kde_upper"].get("noise_variance") != 0.01  # the defaults left as they were
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        archive_settings(None, ["estimators.kde_upper.noise_varianc=0.01"])
+
