@@ -34,6 +34,17 @@ def base_parser(description: str, several_configs: bool = False,
     return parser
 
 
+def refuse_with_archive(args: argparse.Namespace, stage: str) -> None:
+    """`--config` and `--set` mean nothing to a stage given `--archive`, which reads the archive
+    and its results as stored: one line and exit 2, rather than leaving them out in silence."""
+    given = [flag for flag, value in (("--config", args.config), ("--set", args.overrides)) if value]
+    if args.archive and given:
+        print(f"error: {stage} --archive reads the archive and its results as stored: "
+              f"{' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply there; leave "
+              f"{'it' if len(given) == 1 else 'them'} out", file=sys.stderr)
+        sys.exit(2)
+
+
 PACKAGE = Path(__file__).resolve().parent
 
 

@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; the library leaves the backend to its caller
 
-from pipeline.cli import base_parser, guarded, run_stage  # noqa: E402
+from pipeline.cli import base_parser, guarded, refuse_with_archive, run_stage  # noqa: E402
 from pipeline.report import main, report_archive  # noqa: E402
 
 
@@ -18,6 +18,7 @@ def cli() -> None:
     parser.add_argument("--no-intervals", dest="intervals", action="store_false",
                         help="leave out the 90%% intervals of the points (seed t or the cells' own)")
     args = parser.parse_args()
+    refuse_with_archive(args, "figures")
     if args.archive:
         guarded(lambda: report_archive(args.archive, args.figures, args.intervals))
     run_stage(lambda a, cfg: main(cfg, a.runs, a.figures, a.intervals), args)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.archive import ArchiveReader
-from pipeline.cli import DEFAULT_CONFIG, base_parser, guarded
+from pipeline.cli import DEFAULT_CONFIG, base_parser, guarded, refuse_with_archive
 from pipeline.config import load_config
 from pipeline.runs import RunPaths
 from pipeline.verify import is_results_store, verify
@@ -22,6 +22,7 @@ def cli() -> None:
     parser = base_parser(__doc__.splitlines()[0], archive=True)
     parser.add_argument("paths", nargs="*", type=Path, help="archive.zarr or estimates.zarr folders")
     args = parser.parse_args()
+    refuse_with_archive(args, "verify")
 
     def body() -> int:
         paths = list(args.paths)

@@ -63,6 +63,14 @@ def test_a_stage_prints_the_pipelines_warnings_as_one_line_each(capsys):
     assert warnings.showwarning is not cli.show_warning  # set by a stage's `guarded` only
 
 
+@pytest.mark.parametrize("stage", ["figures", "verify"])
+def test_config_or_set_beside_archive_is_refused_not_ignored(tmp_path, stage):
+    proc = run_stage(stage, "--archive", str(tmp_path / "a.zarr"), "--set", "train.lr=1", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: {stage} --archive reads the archive and its results as stored: "
+                                   "--set does not apply there; leave it out")
+
+
 def test_the_stages_import_only_what_they_use():
     """The train stage starts without xarray or scipy.stats, the estimate stage without
     scipy.stats: seconds of every run (`pipeline.errors` lets the CLI name errors without them).
