@@ -40,6 +40,10 @@ def cli() -> None:
                          layers=args.layers and tuple(args.layers))
 
     if args.archive:  # the config, if any, holds [estimate] and [estimators.*] tables
+        if args.config and len(args.config) > 1:
+            parser.exit(2, f"error: --archive takes one --config of estimator tables, got "
+                           f"{len(args.config)}: merge their [estimators.*] tables into one file\n")
+
         def on_archive() -> int:
             settings = archive_settings(args.config[0] if args.config else None, args.overrides)
             return estimate_archive(args.archive, settings, selection=selection(), **options)

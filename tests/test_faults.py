@@ -71,6 +71,14 @@ def test_config_or_set_beside_archive_is_refused_not_ignored(tmp_path, stage):
                                    "--set does not apply there; leave it out")
 
 
+def test_an_archive_run_takes_one_config_of_estimator_tables(tmp_path):
+    proc = run_stage("estimate", "--archive", str(tmp_path / "a.zarr"), "--config", str(TINY), str(TINY),
+                     check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: --archive takes one --config of estimator tables, got 2: merge their [estimators.*] "
+        "tables into one file")
+
+
 def test_the_stages_import_only_what_they_use():
     """The train stage starts without xarray or scipy.stats, the estimate stage without
     scipy.stats: seconds of every run (`pipeline.errors` lets the CLI name errors without them).
