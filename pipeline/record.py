@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import io
+import json
 import math
 import os
 import shutil
@@ -52,8 +53,9 @@ from pipeline.archive import (
     prepare_for_writing,
 )
 from pipeline.arrays import as_numpy
+from pipeline.config import NAME
 from pipeline.errors import KnownFailure
-from pipeline.models import state_arrays
+from pipeline.models import MODELS, state_arrays
 from pipeline.provenance import provenance, training_environment
 from pipeline.runs import RunPaths
 from pipeline.writer import Commit, WriterProcess, lock_seed
@@ -382,6 +384,36 @@ def seed_number(seed: Any) -> int:
     return number
 
 
+def check_options(layers: list[str], *, output_layer: str | None, activation_dtype: str, nonfinite: str,
+                  select: dict[str, Any], batch_size: Any, name: str | None, extra: dict[str, Any] | None,
+                  model_spec: dict[str, Any] | None) -> None:
+    """One RecordError line for a Recorder option it would otherwise trip on later (at a
+    snapshot, at the archive's commit, in the estimate stage) or store without effect."""
+    if output_layer is not None and output_layer not in layers:
+        raise RecordError(f"output_layer {output_layer!r} is not among the recorded layers {layers}")
+    if activation_dtype not in ("float32", "float16"):
+        raise RecordError(f"activation_dtype: 'float32' or 'float16', got {activation_dtype!r}")
+    if nonfinite not in ("stop", "warn"):
+        raise RecordError(f"nonfinite: 'stop' or 'warn', got {nonfinite!r}")
+    if unknown := sorted(set(select) - set(layers)):
+        raise RecordError(f"select: {unknown} are not among the recorded layers {layers}")
+    if _whole_number(batch_size) in (None, 0):
+        raise RecordError(f"batch_size: the probe samples per forward pass, a whole number >= 1, got "
+                          f"{batch_size!r}")
+    if name is not None and not NAME.fullmatch(str(name)):  # the run's name, as a config's is checked
+        raise RecordError(f"name: {name!r} is not a valid name; use letters, digits and _ . + - "
+                          "(starting with a letter or digit)")
+    try:
+        json.dumps(extra or {})
+    except TypeError as err:
+        raise RecordError(f"extra: values must be JSON (numbers, strings, lists, dicts): {err}") from None
+    if model_spec is not None:
+        try:
+            MODELS.get(str(model_spec.get("factory", "")))
+        except KnownFailure as err:
+            raise RecordError(f"model_spec: {err}") from None
+
+
 def check_probe_inputs(inputs: Any) -> None:
     """One line for probe inputs the Recorder cannot pass through the model as they are: not a
     tensor or array (a list, a DataLoader), parts of unequal length, or NaN/inf values."""
@@ -463,13 +495,10 @@ class Recorder:
         self.optimizer, self.generators, self.batch_size = optimizer, list(generators), batch_size
         self.inputs = inputs
         self.layers = match_layers(model, layers)
-        if output_layer is not None and output_layer not in self.layers:
-            raise RecordError(f"output_layer {output_layer!r} is not among the recorded layers {self.layers}")
-        if activation_dtype not in ("float32", "float16"):
-            raise RecordError(f"activation_dtype: 'float32' or 'float16', got {activation_dtype!r}")
+        check_options(self.layers, output_layer=output_layer, activation_dtype=activation_dtype,
+                      nonfinite=nonfinite, select=self.select, batch_size=batch_size, name=name,
+                      extra=extra, model_spec=model_spec)
         self.float16 = activation_dtype == "float16"
-        if nonfinite not in ("stop", "warn"):
-            raise RecordError(f"nonfinite: 'stop' or 'warn', got {nonfinite!r}")
         self.nonfinite, self._warned = nonfinite, False
         self.spec = recording_spec(
             model, self.layers, inputs, labels, splits, name or self.paths.name, select=self.select,

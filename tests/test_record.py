@@ -308,6 +308,21 @@ def test_a_finished_seed_says_once_that_it_records_no_more_epochs(tmp_path):
     assert ArchiveReader(path).committed_epochs(0).tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"batch_size": 0}, "batch_size: the probe samples per forward pass, a whole number >= 1, got 0"),
+    ({"batch_size": -5}, "batch_size: .* got -5"),
+    ({"select": {"nope": 1}}, r"select: \['nope'\] are not among the recorded layers"),
+    ({"name": "../elsewhere"}, "name: '../elsewhere' is not a valid name"),
+    ({"extra": {"when": object()}}, "extra: values must be JSON .*not JSON serializable"),
+    ({"model_spec": {"factory": "nope"}}, "model_spec: unknown model 'nope'; registered: mlp"),
+    ({"model_spec": {"factory": "tests.own_models:absent"}}, "model_spec: entry point .* has no 'absent'"),
+])
+def test_recorder_options_it_would_trip_on_later_are_refused_at_once(tmp_path, option, message):
+    with pytest.raises(RecordError, match=message):
+        Recorder(tmp_path / "run" / "archive.zarr", Tower(), LAYERS, torch.from_numpy(blobs(40)[0]), **option)
+    assert not (tmp_path / "run").exists()
+
+
 def test_each_training_session_records_its_threads_and_device(tmp_path):
     """What a bitwise repeat depends on is kept per seed: one entry per session that trained."""
     path = tmp_path / "run" / "archive.zarr"
