@@ -53,7 +53,7 @@ from pipeline.archive import (
     prepare_for_writing,
 )
 from pipeline.arrays import as_numpy
-from pipeline.config import NAME
+from pipeline.config import ConfigError, check_name
 from pipeline.errors import KnownFailure
 from pipeline.models import MODELS, state_arrays
 from pipeline.provenance import provenance, training_environment
@@ -400,9 +400,11 @@ def check_options(layers: list[str], *, output_layer: str | None, activation_dty
     if _whole_number(batch_size) in (None, 0):
         raise RecordError(f"batch_size: the probe samples per forward pass, a whole number >= 1, got "
                           f"{batch_size!r}")
-    if name is not None and not NAME.fullmatch(str(name)):  # the run's name, as a config's is checked
-        raise RecordError(f"name: {name!r} is not a valid name; use letters, digits and _ . + - "
-                          "(starting with a letter or digit)")
+    if name is not None:  # the run's name, checked as a config's is
+        try:
+            check_name("name", str(name))
+        except ConfigError as err:
+            raise RecordError(str(err)) from None
     try:
         json.dumps(extra or {})
     except TypeError as err:
@@ -609,19 +611,21 @@ class Recorder:
         silent), one before the last recorded, or any epoch of a closed seed (each warned)."""
         if epoch in self._epochs:
             return True
-        if not self.finished and not (self._epochs and epoch < self._epochs[-1]):
-            return False
-        if not self.finished:
+        if self.finished:
+            if not self._warned_finished:  # once: a longer rerun would warn at every new epoch
+                self._warned_finished = True
+                last = self._epochs[-1] if self._epochs else "none"
+                warnings.warn(f"snapshot at epoch {epoch} not recorded: seed {self.seed} of "
+                              f"{self.paths.archive} is {self.status} (closed after epoch {last}) and is "
+                              "never extended; record more epochs as another seed or into another archive",
+                              stacklevel=3)
+            return True
+        if self._epochs and epoch < self._epochs[-1]:
             warnings.warn(f"snapshot at epoch {epoch} not recorded: it comes before the last recorded "
                           f"epoch {self._epochs[-1]}; snapshots are stored in increasing epochs",
                           stacklevel=3)
-        elif not self._warned_finished:  # once: a longer rerun would warn at every new epoch
-            self._warned_finished = True
-            last = self._epochs[-1] if self._epochs else "none"
-            warnings.warn(f"snapshot at epoch {epoch} not recorded: seed {self.seed} of {self.paths.archive} "
-                          f"is {self.status} (closed after epoch {last}) and is never extended; record "
-                          "more epochs as another seed or into another archive", stacklevel=3)
-        return True
+            return True
+        return False
 
     def _check_finite(self, epoch: int, acts: dict[str, np.ndarray]) -> None:
         problems = nonfinite_problems(acts, self.float16)
