@@ -119,7 +119,7 @@ def _worker_probe():
             return {"import": f"{type(err).__name__}: {err}"}
         import cloudpickle
 
-        from pipeline.provenance import git_revision, package_versions
+        from pipeline.cluster import code_here  # by name there: pipeline imports on this worker
 
         unloadable = {}
         for method, payload in payloads.items():
@@ -127,14 +127,14 @@ def _worker_probe():
                 cloudpickle.loads(payload)
             except Exception as err:  # noqa: BLE001
                 unloadable[method] = f"{type(err).__name__}: {err}"
-        return {"import": None, "unloadable": unloadable,
-                "code": {"git_revision": git_revision(), **package_versions()}}
+        return {"import": None, "unloadable": unloadable, "code": code_here()}
 
     return probe
 
 
 def code_here() -> dict[str, str]:
-    """What `check_workers` compares the workers' code with: this process's."""
+    """The code a process runs, as `check_workers` compares it: infoplane's commit and the
+    package versions (`pipeline.provenance`)."""
     from pipeline.provenance import git_revision, package_versions
 
     return {"git_revision": git_revision(), **package_versions()}

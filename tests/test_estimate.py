@@ -181,7 +181,9 @@ def test_workers_that_run_other_code_are_named_in_a_warning(monkeypatch):
     here = cluster_module.code_here()
     other = {**here, "git_revision": "0" * 40, "numpy": "0.1"}
     monkeypatch.setattr(cluster_module, "code_here", lambda: other)
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as local, Client(local) as client:
+    # a worker process of its own: it answers with the code it imports, not with this patch
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as local, \
+            Client(local) as client:
         lines = cluster_module.check_workers(client, {}, "the local cluster")
     assert len(lines) == 1
     assert f"git_revision {here['git_revision']} (here {'0' * 40})" in lines[0]
