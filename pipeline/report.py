@@ -151,13 +151,14 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
     """Planes, DPI and MI-vs-epoch per estimator entry, the comparison and the Fisher traces."""
     config = archive.config or {}
     ib = szt_ib_curve() if config.get("data", {}).get("dataset") == "szt" else None
+    planes = F.plane_views(results)
     for estimator in results.estimator.values:
         for split in results.split.values:
             if np.isnan(results.I_XT.sel(estimator=estimator, split=split)).all():
                 messages.append(f"estimator {estimator}: no values on split {split} (estimated "
                                 "on part of the cells); its plane is not drawn")
                 continue
-            if (estimator, split) not in F.plane_views(results):
+            if (estimator, split) not in planes:
                 messages.append(f"estimator {estimator} ({split}): no I(T;Y) values (an archive without "
                                 "labels); no plane, I(X;T) against epochs only")
                 continue
@@ -171,7 +172,7 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
                 messages.append(f"estimator {estimator} ({split}): the data-processing inequality "
                                 "holds in every cell of the seed mean; no DPI figure")
         F.save(F.mi_vs_epoch_figure(results, estimator), out, f"mi_vs_epoch_{estimator}", saved)
-    if F.plane_views(results):
+    if planes:
         F.save(F.comparison_figure(results), out, "comparison", saved)
     if "fisher_trace" in results and not np.isnan(results.fisher_trace).all():
         F.save(F.fisher_figure(results), out, "fisher", saved)
