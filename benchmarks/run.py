@@ -1,8 +1,8 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
     python -m benchmarks.run [--only SECTION,...]
-    # sections: train, speed, memory, estimators, images, gpu, stage, paper, accuracy, limits, bottleneck,
-    # uncertainty, compression_rule, variational, ksg_bias, families
+    # sections: train, recording, speed, memory, estimators, images, gpu, stage, paper, accuracy, limits,
+    # bottleneck, uncertainty, compression_rule, variational, ksg_bias, families
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -394,12 +394,15 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,speed,memory,estimators,images,gpu,stage,paper,accuracy,"
-                                          "limits,bottleneck,uncertainty,compression_rule,variational,ksg_bias,"
+    parser.add_argument("--only", default="train,recording,speed,memory,estimators,images,gpu,stage,paper,"
+                                          "accuracy,limits,bottleneck,uncertainty,compression_rule,variational,ksg_bias,"
                                           "families")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
+    if "recording" in sections:
+        from benchmarks.recording import main as recording
+        recording()
     if "speed" in sections:
         from benchmarks.speed import speed
         speed()

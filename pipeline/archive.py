@@ -347,14 +347,16 @@ class SeedWriter:
     def status(self) -> str:
         return str(self.group.attrs["status"])
 
-    def write_snapshot(self, index: int, activations: dict[str, np.ndarray],
-                       weights: dict[str, np.ndarray], grad_mean: np.ndarray | None,
+    def write_rows(self, index: int, layer: str, start: int, values: np.ndarray) -> None:
+        """Rows `start:start + len(values)` of `layer`'s snapshot `index` (uncommitted until
+        `commit` raises the commit point past it)."""
+        _fit(self.group["activations"][layer], index)[index, start:start + len(values)] = values
+
+    def write_snapshot(self, index: int, weights: dict[str, np.ndarray], grad_mean: np.ndarray | None,
                        grad_std: np.ndarray | None) -> dict[str, list[int]]:
-        """Write one snapshot's rows; returns the files written (see `integrity`)."""
-        written = []
-        for layer, values in activations.items():
-            written.append(_fit(self.group["activations"][layer], index))
-            written[-1][index] = values
+        """Write the rest of one snapshot after its activation rows (`write_rows`); returns the
+        files of the whole snapshot (see `integrity`)."""
+        written = [_fit(array, index) for _, array in self.group["activations"].arrays()]
         if "weights" in self.group and weights:
             written.append(_fit(self.group["weights"], index))
             written[-1][index] = flatten_weights(weights)

@@ -18,8 +18,9 @@ is the output layer unless `output_layer=` names another. Each layer's parameter
 statistics and Fisher information) are those of the modules that run after the previous
 recorded layer and up to it, in the probe pass's execution order.
 
-Snapshots go through the archive's writer process (pipeline.writer): a snapshot is committed
-after all its chunks, the history rows and, when an `optimizer` is given, a resume checkpoint.
+Snapshots go through the archive's writer process (pipeline.writer), a chunk at a time as the
+probe pass runs (pipeline.snapshot_stream): a snapshot is committed after all its chunks, the
+history rows and, when an `optimizer` is given, a resume checkpoint.
 A restarted script resumes: `rec.resume()` restores model, optimizer and RNG states and returns
 the last committed epoch, and `rec.snapshot` on an epoch already committed does nothing.
 """
@@ -34,7 +35,7 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from pipeline.errors import KnownFailure
 from pipeline.models import MODELS, state_arrays
 from pipeline.provenance import provenance, training_environment
 from pipeline.runs import RunPaths
+from pipeline.snapshot_stream import SnapshotStream
 from pipeline.writer import Commit, WriterProcess, lock_seed
 
 PROBE_BATCH = 2048
@@ -71,23 +73,6 @@ class RecordError(KnownFailure, ValueError):
 class NonFiniteActivations(RecordError):
     """A snapshot's layer holds NaN or inf (or values beyond float16's range when archived in
     float16): storing it would give every estimator garbage."""
-
-
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-
-def nonfinite_problems(acts: dict[str, np.ndarray], float16: bool) -> list[str]:
-    """Per layer with a problem: how many values are non-finite or would overflow float16."""
-    problems = []
-    for name, values in acts.items():
-        finite = np.isfinite(values)
-        bad = int(values.size - finite.sum())
-        over = int((np.abs(values[finite]) > FLOAT16_MAX).sum()) if float16 else 0
-        if bad or over:
-            what = [f"{bad} NaN/inf"] if bad else []
-            what += [f"{over} beyond float16's range {FLOAT16_MAX:g}"] if over else []
-            problems.append(f"layer {name}: {' and '.join(what)} of {values.size} values")
-    return problems
 
 
 def match_layers(model: nn.Module, patterns: Sequence[str] | str) -> list[str]:
@@ -223,20 +208,30 @@ def _batches(inputs: Any, size: int) -> Iterable[Any]:
                else inputs[start:start + size])
 
 
+def probe_pass(model: nn.Module, inputs: Any, layers: list[str], select: dict[str, int | str] | None,
+               batch_size: int, take: Callable[[dict[str, np.ndarray]], None]) -> None:
+    """Run `inputs` through `model` in evaluation mode, batch by batch, handing `take` each
+    batch's layer outputs as float32 numpy arrays. The model's mode is restored afterwards."""
+    hooks = _Hooks(model, layers, select or {})
+    with _probing(model, hooks):
+        for batch in _batches(inputs, batch_size):
+            hooks.outputs.clear()  # one output per module and batch
+            _forward(model, batch)
+            take({name: hooks.outputs[name].float().cpu().numpy() for name in layers})
+
+
 def capture(model: nn.Module, inputs: Any, layers: list[str], select: dict[str, int | str] | None = None,
             batch_size: int = PROBE_BATCH) -> dict[str, np.ndarray]:
     """Every layer's output for `inputs` in evaluation mode, as float32 numpy arrays.
 
     The model's training mode is restored afterwards; nothing else about it changes.
     """
-    hooks = _Hooks(model, layers, select or {})
     parts: dict[str, list[np.ndarray]] = {name: [] for name in layers}
-    with _probing(model, hooks):
-        for batch in _batches(inputs, batch_size):
-            hooks.outputs.clear()  # one output per module and batch
-            _forward(model, batch)
-            for name in layers:
-                parts[name].append(hooks.outputs[name].float().cpu().numpy())
+
+    def take(outputs: dict[str, np.ndarray]) -> None:
+        for name in layers:
+            parts[name].append(outputs[name])
+    probe_pass(model, inputs, layers, select, batch_size, take)
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
@@ -520,6 +515,8 @@ class Recorder:
         self._warned_finished = False
         self._history: dict[int, dict[str, float]] = {}
         self._history_through = seed_writer.history_through
+        activations = seed_writer.group["activations"]
+        self._chunk_rows = {layer: activations[layer].chunks[1] for layer in self.layers}
         self._closed = False
 
     # -- set-up -----------------------------------------------------------------------------
@@ -587,22 +584,18 @@ class Recorder:
             return False
         if metrics:
             self.log(epoch, **metrics)
-        acts = capture(self.model, self.inputs, self.layers, self.select, self.batch_size)
-        self._check_finite(epoch, acts)
-        if self.float16:
-            with np.errstate(over="ignore"):  # reported by _check_finite (stop or one warning)
-                acts = {k: v.astype(np.float16) for k, v in acts.items()}
+        index = len(self._epochs)
+        self._check_finite(epoch, self._stream_activations(index))
         weights = ({k: v.detach().float().cpu().numpy().copy() for k, v in state_arrays(self.model).items()}
                    if self.spec.weights else {})
         grads = (None, None)
         if self.gradients is not None:
             grads = self.gradients.result(self.layers)
             self.gradients.reset()
-        index = len(self._epochs)
         self._epochs.append(epoch)
-        self._submit(Commit(index + 1, -1, 0, {}, snapshot_index=index, activations=acts,
-                            weights=weights, grad_mean=grads[0], grad_std=grads[1],
-                            checkpoint=self._checkpoint(epoch, index), snapshot_epochs=list(self._epochs)),
+        self._submit(Commit(index + 1, -1, 0, {}, snapshot_index=index, weights=weights,
+                            grad_mean=grads[0], grad_std=grads[1], checkpoint=self._checkpoint(epoch, index),
+                            snapshot_epochs=list(self._epochs)),
                      epoch)
         return True
 
@@ -627,8 +620,16 @@ class Recorder:
             return True
         return False
 
-    def _check_finite(self, epoch: int, acts: dict[str, np.ndarray]) -> None:
-        problems = nonfinite_problems(acts, self.float16)
+    def _stream_activations(self, index: int) -> list[str]:
+        """The probe pass, handed to the writer a chunk at a time as snapshot `index`'s rows;
+        returns its non-finite problems (pipeline.snapshot_stream)."""
+        writer = self._open_writer()
+        stream = SnapshotStream(index, self._chunk_rows, self.float16, writer.submit)
+        probe_pass(self.model, self.inputs, self.layers, self.select, self.batch_size, stream.add)
+        return stream.finish()
+
+    def _check_finite(self, epoch: int, problems: list[str]) -> None:
+        """Apply the `nonfinite` policy; a stopped snapshot's rows stay uncommitted, unseen."""
         if not problems:
             return
         text = f"epoch {epoch}: " + "; ".join(problems)
@@ -696,17 +697,24 @@ class Recorder:
         commit.history = {var: rows[var] for var in used} if used else {}
         commit.history_first, commit.history_through = first, max(through, self._history_through)
         self._history_through = commit.history_through
-        if self._writer is None:  # the session's first commit: its environment, before any writer runs
+        self._open_writer().submit(commit)
+
+    def _open_writer(self) -> WriterProcess:
+        if self._writer is None:  # the session's environment, before any writer runs
             self._seed_writer.add_session(training_environment(_model_device(self.model)))
             self._writer = WriterProcess(self.paths.archive, self.seed,
-                                         self.paths.seed_checkpoints(self.seed), _nbytes(commit))
-        self._writer.submit(commit)
+                                         self.paths.seed_checkpoints(self.seed), self._largest_item())
+        return self._writer
+
+    def _largest_item(self) -> int:
+        """Bytes of the largest item queued to the writer: a chunk of a layer, or a commit with
+        the parameters (twice with a checkpoint: weights and state dict)."""
+        itemsize = 2 if self.float16 else 4
+        chunks = [rows * itemsize * math.prod(layer.shape)
+                  for layer, rows in zip(self.spec.layers, self._chunk_rows.values(), strict=True)]
+        parameters = 4 * sum(math.prod(shape) for shape in self.spec.parameters.values())
+        return max(*chunks, parameters * (bool(self.spec.weights) + (self.optimizer is not None)))
 
 
 def _model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def _nbytes(commit: Commit) -> int:
-    arrays = [*commit.activations.values(), *commit.weights.values()]
-    return sum(a.nbytes for a in arrays) + len(commit.checkpoint)

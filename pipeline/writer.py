@@ -33,13 +33,23 @@ class Commit:
     history: dict[str, np.ndarray]
     status: str = "training"
     message: str = ""
-    snapshot_index: int | None = None
-    activations: dict[str, np.ndarray] = field(default_factory=dict)
+    snapshot_index: int | None = None  # its activations came before it as SnapshotRows
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     grad_mean: np.ndarray | None = None
     grad_std: np.ndarray | None = None
     checkpoint: bytes = b""
     snapshot_epochs: list[int] | None = None  # the seed's committed epochs after this commit
+
+
+@dataclass
+class SnapshotRows:
+    """Rows `start:start + len(values)` of one layer's snapshot `index`, written before the
+    Commit of that snapshot (pipeline.snapshot_stream): invisible to readers until it lands."""
+
+    index: int
+    layer: str
+    start: int
+    values: np.ndarray
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
@@ -49,12 +59,12 @@ def atomic_write(path: Path, payload: bytes) -> None:
 
 
 def apply_commit(writer: SeedWriter, ckpt_dir: Path, commit: Commit) -> None:
-    """Snapshot data, then history rows, then the resume checkpoint, then the commit point."""
+    """Snapshot data (after its activation rows), then history rows, then the resume checkpoint,
+    then the commit point."""
     index = commit.snapshot_index
     files = None
     if index is not None:
-        files = writer.write_snapshot(index, commit.activations, commit.weights, commit.grad_mean,
-                                      commit.grad_std)
+        files = writer.write_snapshot(index, commit.weights, commit.grad_mean, commit.grad_std)
         if commit.checkpoint:
             atomic_write(ckpt_dir / f"snapshot_{index}.pt", commit.checkpoint)
     writer.write_history(commit.history_first, commit.history)
@@ -91,14 +101,17 @@ def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocess
         writer = SeedWriter(Path(archive_path), seed)
         while True:
             try:
-                commit = jobs.get(timeout=1.0)
+                item = jobs.get(timeout=1.0)
             except queue.Empty:
                 if os.getppid() != parent:
                     return
                 continue
-            if commit is None or os.getppid() != parent:  # orphaned: never commit for the dead
+            if item is None or os.getppid() != parent:  # orphaned: never commit for the dead
                 return
-            apply_commit(writer, Path(ckpt_dir), commit)
+            if isinstance(item, SnapshotRows):
+                writer.write_rows(item.index, item.layer, item.start, item.values)
+            else:
+                apply_commit(writer, Path(ckpt_dir), item)
     except OSError as err:  # disk full, read-only or vanished storage: say so, and the fix
         errors.put(f"{err.strerror or err} ({err.filename or archive_path}): free space or make the "
                    "folder writable, then run the same command again; committed snapshots are kept")
@@ -128,15 +141,16 @@ def _main_module_hidden():
 
 
 class WriterProcess:
-    """Owns the writer process of one seed. `submit` queues a Commit; `close` drains and joins."""
+    """Owns the writer process of one seed. `submit` queues snapshot rows or a Commit; `close`
+    drains and joins. `item_bytes`: the largest item's size, which bounds the queue's length."""
 
-    def __init__(self, archive_path: Path, seed: int, ckpt_dir: Path, snapshot_bytes: int,
+    def __init__(self, archive_path: Path, seed: int, ckpt_dir: Path, item_bytes: int,
                  max_pending_bytes: int = 256 * 2**20):
         # Wait for an orphaned writer of a killed trainer to exit before starting ours.
         os.close(lock_seed(ckpt_dir, "writer", wait=True))
         context = multiprocessing.get_context("spawn")
         # Early log-spaced snapshots come every epoch: absorb that burst, bounded in bytes.
-        self._jobs = context.Queue(max(2, max_pending_bytes // max(snapshot_bytes, 1)))
+        self._jobs = context.Queue(max(2, max_pending_bytes // max(item_bytes, 1)))
         self._errors = context.Queue()
         self._process = context.Process(
             target=_writer_main, name=f"archive-writer-{seed}", daemon=False,
@@ -144,7 +158,7 @@ class WriterProcess:
         with _main_module_hidden():
             self._process.start()
 
-    def submit(self, commit: Commit) -> None:
+    def submit(self, commit: Commit | SnapshotRows) -> None:
         self._put(commit)
 
     def close(self) -> None:
@@ -154,7 +168,7 @@ class WriterProcess:
             self._process.join(timeout=1.0)
         self._raise(finished=True)
 
-    def _put(self, item: Commit | None) -> None:
+    def _put(self, item: Commit | SnapshotRows | None) -> None:
         # Bounded waits only: a writer that died leaves a full queue nobody will ever read.
         while True:
             self._raise()

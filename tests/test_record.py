@@ -12,14 +12,17 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import zarr
 from torch import nn
 
 from pipeline.archive import ArchiveError, ArchiveReader
 from pipeline.config import EstimatorsConfig
 from pipeline.estimate import DEFAULT_ESTIMATORS, estimate_archive
 from pipeline.estimators import information_plane
-from pipeline.record import Recorder, RecordError, capture, layer_layout, match_layers
+from pipeline.record import NonFiniteActivations, Recorder, RecordError, capture, layer_layout, match_layers
 from pipeline.report import report_archive
+from pipeline.verify import verify
+from pipeline.writer import SnapshotRows, WriterProcess
 from tests.helpers import ROOT, TINY, assert_same_arrays, group_arrays, run_stage, tiny_config
 from tests.own_models import Tower, blobs, gaussian_information_plane
 
@@ -79,6 +82,65 @@ def test_capture_restores_the_training_mode():
     model = Tower().train()
     capture(model, torch.from_numpy(blobs(4)[0]), ["head"])
     assert model.training
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_snapshots_spanning_many_chunks_are_streamed_whole(tmp_path, monkeypatch, dtype):
+    """Chunks of 7 samples of `stem` (3000 bytes), probe batches of 16: each batch ends inside
+    a chunk, and each chunk is handed over as soon as it is full; the stored snapshot is exact."""
+    monkeypatch.setattr("pipeline.archive.CHUNK_BYTES", 3000)
+    handed = []  # (snapshot, layer, first row, rows) of every block the trainer hands over
+    submit = WriterProcess.submit
+
+    def noting_submit(self, item):
+        if isinstance(item, SnapshotRows):
+            handed.append((item.index, item.layer, item.start, len(item.values)))
+        submit(self, item)
+    monkeypatch.setattr(WriterProcess, "submit", noting_submit)
+    x = torch.from_numpy(blobs(240)[0])
+    model, path = Tower(), tmp_path / "archive.zarr"
+    expected = {}
+    with Recorder(path, model, LAYERS, x, activation_dtype=dtype, batch_size=16) as rec:
+        for epoch in range(2):
+            with torch.no_grad():
+                model.head.weight.add_(1.0)  # another state per snapshot
+            rec.snapshot(epoch)
+            expected[epoch] = capture(model, x, LAYERS)
+    archive = ArchiveReader(path)
+    stem = zarr.open_group(str(path), mode="r")["seed_0/activations/stem"]
+    rows = 3000 // (108 * np.dtype(dtype).itemsize)
+    assert stem.chunks[1] == rows
+    blocks = [(first, min(rows, 240 - first)) for first in range(0, 240, rows)]
+    assert [h[2:] for h in handed if h[:2] == (1, "stem")] == blocks
+    for epoch, layers in expected.items():
+        for layer, values in layers.items():
+            np.testing.assert_array_equal(archive.activations(0, layer, epoch), values.astype(dtype))
+    # the commit records every chunk file of the snapshot, so a damaged one is found
+    files = zarr.open_group(str(path), mode="r")["seed_0"].attrs["integrity"]["snapshots"]["1"]
+    assert len([f for f in files if f.startswith("activations/stem/")]) == -(-240 // stem.chunks[1])
+    assert verify(path) == []
+
+
+def test_a_stopped_snapshots_rows_are_never_read_and_the_next_one_replaces_them(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.archive.CHUNK_BYTES", 3000)
+    x = torch.from_numpy(blobs(240)[0])
+    model, path = Tower(), tmp_path / "archive.zarr"
+    with Recorder(path, model, LAYERS, x, batch_size=16) as rec:
+        rec.snapshot(0)
+        saved = model.head.bias.detach().clone()
+        with torch.no_grad():
+            model.head.bias[0] = float("nan")
+        with pytest.raises(NonFiniteActivations, match="epoch 1: layer head: 240 NaN/inf of 720 values"):
+            rec.snapshot(1)  # every layer's rows were handed over before the count was known
+        with torch.no_grad():
+            model.head.bias.copy_(saved + 1)
+        rec.snapshot(2)
+        expected = capture(model, x, LAYERS)
+    archive = ArchiveReader(path)
+    assert archive.committed_epochs(0).tolist() == [0, 2]
+    for layer in LAYERS:
+        np.testing.assert_array_equal(archive.activations(0, layer, 2), expected[layer])
+    assert verify(path) == []
 
 
 # ---------------------------------------------------------------- a hand-written loop, every stage
