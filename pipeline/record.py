@@ -146,7 +146,9 @@ class _Hooks:
             if name in self.outputs:
                 raise RecordError(f"module {name!r} ran twice in one forward pass; record a module "
                                   "that runs once (e.g. its parent block)")
-            self.outputs[name] = _select(name, output, key).detach()
+            # a float32 copy on the CPU, taken now: a later in-place module (ReLU(inplace=True),
+            # a shortcut's `+=`) would otherwise change the values before they are read
+            self.outputs[name] = _select(name, output, key).detach().to("cpu", torch.float32, copy=True)
             self.events.append(("layer", name))
         return hook
 
@@ -217,7 +219,7 @@ def probe_pass(model: nn.Module, inputs: Any, layers: list[str], select: dict[st
         for batch in _batches(inputs, batch_size):
             hooks.outputs.clear()  # one output per module and batch
             _forward(model, batch)
-            take({name: hooks.outputs[name].float().cpu().numpy() for name in layers})
+            take({name: hooks.outputs[name].numpy() for name in layers})
 
 
 def capture(model: nn.Module, inputs: Any, layers: list[str], select: dict[str, int | str] | None = None,

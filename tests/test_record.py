@@ -78,6 +78,20 @@ def test_each_layer_owns_the_parameters_run_since_the_previous_layer():
     assert layout["head"].parameters == ("head.weight", "head.bias")
 
 
+def test_a_layer_is_recorded_as_it_left_its_module_not_as_later_in_place_modules_left_it():
+    """torchvision's networks apply ReLU(inplace=True) to a conv's or batch norm's output, and
+    ResNet blocks add the shortcut in place: the hook must keep its own copy."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+    x = torch.randn(50, 4)
+    with torch.no_grad():  # batch by batch as the probe pass runs: the same kernels, bit for bit
+        before_relu = torch.cat([model[0](batch) for batch in x.split(16)]).numpy()
+    assert (before_relu < 0).any()
+    recorded = capture(model, x, ["0", "1"], batch_size=16)
+    np.testing.assert_array_equal(recorded["0"], before_relu)
+    np.testing.assert_array_equal(recorded["1"], np.maximum(before_relu, 0))
+
+
 def test_capture_restores_the_training_mode():
     model = Tower().train()
     capture(model, torch.from_numpy(blobs(4)[0]), ["head"])
