@@ -64,26 +64,34 @@ class SnapshotStream:
             if self.float16:
                 with np.errstate(over="ignore"):  # counted above; the policy decides
                     values = values.astype(np.float16)
-            self._pending[layer].append(values)
-            self._hand_over(layer, final=False)
+            self._cut(layer, values)
 
     def finish(self) -> list[str]:
         """Hand over every layer's last rows; returns one line per layer holding values it
         should not (empty when all are finite)."""
-        for layer in self._pending:
-            self._hand_over(layer, final=True)
+        for layer, pending in self._pending.items():
+            if pending:
+                self._send(layer, np.concatenate(pending))
+                pending.clear()
         return [describe_nonfinite(layer, bad, over, size)
                 for layer, (bad, over, size) in self._counts.items() if bad or over]
 
-    def _hand_over(self, layer: str, final: bool) -> None:
+    def _cut(self, layer: str, values: np.ndarray) -> None:
+        """Complete the chunk the earlier batches began, send the batch's whole chunks as views
+        of it (no copy of the batch), and keep the rest (less than a chunk, copied)."""
         pending, rows = self._pending[layer], self.chunk_rows[layer]
-        held = sum(len(block) for block in pending)
-        if held < rows and not (final and held):
+        first = rows - sum(len(part) for part in pending)  # rows that complete the open chunk
+        if len(values) < first:
+            pending.append(values)
             return
-        block = pending[0] if len(pending) == 1 else np.concatenate(pending)
-        cut = len(block) if final else len(block) - len(block) % rows
-        for start in range(0, cut, rows):
-            self.submit(SnapshotRows(self.index, layer, self._start[layer], block[start:start + rows]))
-            self._start[layer] += len(block[start:start + rows])
-        # a copy: a view would keep the whole concatenated block alive until the next hand-over
-        self._pending[layer] = [block[cut:].copy()] if cut < len(block) else []
+        self._send(layer, np.concatenate([*pending, values[:first]]) if pending else values[:first])
+        pending.clear()
+        end = first + (len(values) - first) // rows * rows
+        for start in range(first, end, rows):
+            self._send(layer, values[start:start + rows])
+        if end < len(values):  # a copy: a view would keep the whole batch alive
+            pending.append(values[end:].copy())
+
+    def _send(self, layer: str, block: np.ndarray) -> None:
+        self.submit(SnapshotRows(self.index, layer, self._start[layer], block))
+        self._start[layer] += len(block)

@@ -98,10 +98,11 @@ def test_capture_restores_the_training_mode():
     assert model.training
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_snapshots_spanning_many_chunks_are_streamed_whole(tmp_path, monkeypatch, dtype):
-    """Chunks of 7 samples of `stem` (3000 bytes), probe batches of 16: each batch ends inside
-    a chunk, and each chunk is handed over as soon as it is full; the stored snapshot is exact."""
+@pytest.mark.parametrize(("dtype", "batch"), [("float32", 16), ("float16", 4)])
+def test_snapshots_spanning_many_chunks_are_streamed_whole(tmp_path, monkeypatch, dtype, batch):
+    """Chunks of 3000 bytes of `stem` (7 samples in float32, 13 in float16), probe batches of 16
+    or 4: batches end inside chunks, span several, or several fill one; each chunk is handed over
+    as soon as it is full, and the stored snapshot is exact."""
     monkeypatch.setattr("pipeline.archive.CHUNK_BYTES", 3000)
     handed = []  # (snapshot, layer, first row, rows) of every block the trainer hands over
     submit = WriterProcess.submit
@@ -114,12 +115,12 @@ def test_snapshots_spanning_many_chunks_are_streamed_whole(tmp_path, monkeypatch
     x = torch.from_numpy(blobs(240)[0])
     model, path = Tower(), tmp_path / "archive.zarr"
     expected = {}
-    with Recorder(path, model, LAYERS, x, activation_dtype=dtype, batch_size=16) as rec:
+    with Recorder(path, model, LAYERS, x, activation_dtype=dtype, batch_size=batch) as rec:
         for epoch in range(2):
             with torch.no_grad():
                 model.head.weight.add_(1.0)  # another state per snapshot
             rec.snapshot(epoch)
-            expected[epoch] = capture(model, x, LAYERS)
+            expected[epoch] = capture(model, x, LAYERS, batch_size=batch)  # the same kernels
     archive = ArchiveReader(path)
     stem = zarr.open_group(str(path), mode="r")["seed_0/activations/stem"]
     rows = 3000 // (108 * np.dtype(dtype).itemsize)
