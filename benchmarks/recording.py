@@ -1,7 +1,7 @@
 """Memory and time of recording large snapshots: the Recorder against a plain loop (`make bench`
 section recording).
 
-    python -m benchmarks.recording [--samples 2000,4000,8000]
+    python -m benchmarks.recording [--samples 2000,4000,8000,16000]
 
 Each case runs in a fresh process: a convolutional layer of 64 x 32 x 32 float32 units on n
 probe images (n x 256 KiB a snapshot) and the model's 10 outputs, two snapshots. The plain loop
@@ -65,7 +65,7 @@ def run_case(n: int, how: str) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(samples: tuple[int, ...] = (2000, 4000, 8000)) -> None:
+def main(samples: tuple[int, ...] = (2000, 4000, 8000, 16000)) -> None:
     rows = []
     for n in samples:
         snapshot_mb = n * 64 * 32 * 32 * 4 / 2**20
@@ -78,11 +78,13 @@ def main(samples: tuple[int, ...] = (2000, 4000, 8000)) -> None:
         print(rows[-1], flush=True)
     body = (f"Command: `python -m benchmarks.recording` (or `make bench`, section recording); two "
             "snapshots of a 64 x 32 x 32 convolution and a 10-unit head on n probe images, probe "
-            "batch 2048, in a fresh process each. Extra memory: the process's peak resident memory "
-            "above its memory once the model and inputs exist (MB); the Recorder's writer process "
-            "in brackets (its whole peak). The plain loop captures each snapshot whole and writes "
-            f"it into zarr in the same process. Commit {git_revision(paths=('pipeline',))}; "
-            f"{machine()}.\n\n"
+            "batch 2048, in a fresh process each, one after the other with no training between "
+            "them, so the Recorder's seconds include waiting at the end for its writer to drain "
+            "(in a training loop the writer works while training goes on). Extra memory: the "
+            "process's peak resident memory above its memory once the model and inputs exist (MB); "
+            "the Recorder's writer process in brackets (its whole peak). The plain loop captures "
+            "each snapshot whole and writes it into zarr in the same process. Commit "
+            f"{git_revision(paths=('pipeline',))}; {machine()}.\n\n"
             + table(["n", "snapshot (MB)", "Recorder: extra memory (MB)", "plain loop: extra memory (MB)",
                      "ratio", "Recorder (s)", "plain loop (s)", "ratio"], rows))
     write_section(DOCS / "benchmarks.md", "recording", body)
@@ -91,5 +93,5 @@ def main(samples: tuple[int, ...] = (2000, 4000, 8000)) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", default="2000,4000,8000")
+    parser.add_argument("--samples", default="2000,4000,8000,16000")
     main(tuple(int(n) for n in parser.parse_args().samples.split(",")))
