@@ -35,7 +35,8 @@ n, how = {n}, {how!r}
 torch.manual_seed(0)
 model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 32 * 32, 10))
 x, y = torch.randn(n, 3, 32, 32), np.arange(n) % 10
-folder = tempfile.mkdtemp()
+scratch = tempfile.TemporaryDirectory()  # removed at exit, failed or not: snapshots take GBs
+folder = scratch.name
 base = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
