@@ -709,8 +709,9 @@ class Recorder:
         return self._writer
 
     def _largest_item(self) -> int:
-        """Bytes of the largest item queued to the writer: a chunk of a layer, or a commit with
-        the parameters (twice with a checkpoint: weights and state dict)."""
+        """Bytes of the largest item queued to the writer, which bounds its queue's length: a
+        chunk of a layer, or a commit, counted as the parameters' size for its weights (when
+        recorded) and again for its checkpoint (with an optimizer)."""
         itemsize = 2 if self.float16 else 4
         chunks = [rows * itemsize * math.prod(layer.shape)
                   for layer, rows in zip(self.spec.layers, self._chunk_rows.values(), strict=True)]

@@ -53,14 +53,12 @@ class SnapshotStream:
         self.index, self.chunk_rows, self.float16, self.submit = index, chunk_rows, float16, submit
         self._pending: dict[str, list[np.ndarray]] = {layer: [] for layer in chunk_rows}
         self._start = dict.fromkeys(chunk_rows, 0)  # first sample not yet handed over
-        self._counts = {layer: [0, 0, 0] for layer in chunk_rows}  # NaN/inf, over float16, size
+        self._counts = {layer: np.zeros(3, np.int64) for layer in chunk_rows}  # NaN/inf, > float16, all
 
     def add(self, outputs: dict[str, np.ndarray]) -> None:
         """One probe batch: every layer's output rows, float32."""
         for layer, values in outputs.items():
-            bad, over = nonfinite_counts(values, self.float16)
-            counts = self._counts[layer]
-            counts[0], counts[1], counts[2] = counts[0] + bad, counts[1] + over, counts[2] + values.size
+            self._counts[layer] += (*nonfinite_counts(values, self.float16), values.size)
             if self.float16:
                 with np.errstate(over="ignore"):  # counted above; the policy decides
                     values = values.astype(np.float16)
