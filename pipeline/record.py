@@ -462,7 +462,8 @@ class Recorder:
     Parameters
     ----------
     path : archive.zarr path; created on first use, reopened (and checked) on resume.
-    model : the network; it is only read (probe passes in eval mode, mode restored).
+    model : the network; it is only read (probe passes in eval mode, mode restored). A
+        `torch.compile`d model is recorded through the module it wraps, under its names.
     layers : module names or globs; `select` picks an element of tuple or dict outputs.
     inputs, labels : the probe samples (tensor, array, or a tuple of tensors for several
         forward arguments) and their integer labels (None: no I(T;Y) can be estimated).
@@ -490,6 +491,7 @@ class Recorder:
                  extra: dict[str, Any] | None = None, batch_size: int = PROBE_BATCH,
                  nonfinite: str = "stop"):
         self.paths = RunPaths.from_archive(path)
+        model = uncompiled(model)
         self.model, self.seed, self.select = model, seed_number(seed), dict(select or {})
         self.optimizer, self.generators, self.batch_size = optimizer, list(generators), batch_size
         self.inputs = inputs
@@ -717,6 +719,14 @@ class Recorder:
                   for layer, rows in zip(self.spec.layers, self._chunk_rows.values(), strict=True)]
         parameters = 4 * sum(math.prod(shape) for shape in self.spec.parameters.values())
         return max(*chunks, parameters * (bool(self.spec.weights) + (self.optimizer is not None)))
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module a `torch.compile` wrapper holds (the model itself otherwise): the archive then
+    names layers and parameters as the model does, not `_orig_mod.<name>`, so a `model_spec`
+    factory's uncompiled model matches them, and the probe pass runs it eagerly."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -92,6 +92,18 @@ def test_a_layer_is_recorded_as_it_left_its_module_not_as_later_in_place_modules
     np.testing.assert_array_equal(recorded["1"], np.maximum(before_relu, 0))
 
 
+def test_a_compiled_model_is_recorded_under_the_names_of_the_model_it_wraps(tmp_path):
+    model = Tower()
+    compiled = torch.compile(model, backend="eager")  # the wrapper, without a compiler's minutes
+    x = torch.from_numpy(blobs(40)[0])
+    with Recorder(tmp_path / "archive.zarr", compiled, ["stem", "head"], x, weights=True) as rec:
+        rec.snapshot(0)
+    archive = ArchiveReader(tmp_path / "archive.zarr")
+    assert archive.layers == ["stem", "head"]
+    assert sorted(archive.weights(0, 0)) == sorted(name for name, _ in model.named_parameters())
+    np.testing.assert_array_equal(archive.activations(0, "head", 0), capture(model, x, ["head"])["head"])
+
+
 def test_capture_restores_the_training_mode():
     model = Tower().train()
     capture(model, torch.from_numpy(blobs(4)[0]), ["head"])
