@@ -11,6 +11,8 @@ coordinate, as KSG sees them).
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -59,4 +61,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

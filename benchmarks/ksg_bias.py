@@ -12,6 +12,8 @@ is `knn.KSG_RELIABLE_DIMS`, and a cell beyond it is flagged. The held-out check 
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 from scipy.special import logsumexp
 
@@ -84,4 +86,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

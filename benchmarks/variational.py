@@ -11,6 +11,7 @@ this table was first run: every case is held out. Tolerance: max(0.1 bit, 15%).
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from benchmarks.common import DOCS, machine, table, within, write_section
@@ -48,4 +49,5 @@ def main(n: int = 5000) -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()
