@@ -463,7 +463,8 @@ class Recorder:
     ----------
     path : archive.zarr path; created on first use, reopened (and checked) on resume.
     model : the network; it is only read (probe passes in eval mode, mode restored). A
-        `torch.compile`d model is recorded through the module it wraps, under its names.
+        `torch.compile`d or (Distributed)DataParallel model is recorded through the module
+        it wraps, under that module's names.
     layers : module names or globs; `select` picks an element of tuple or dict outputs.
     inputs, labels : the probe samples (tensor, array, or a tuple of tensors for several
         forward arguments) and their integer labels (None: no I(T;Y) can be estimated).
@@ -491,7 +492,7 @@ class Recorder:
                  extra: dict[str, Any] | None = None, batch_size: int = PROBE_BATCH,
                  nonfinite: str = "stop"):
         self.paths = RunPaths.from_archive(path)
-        model = uncompiled(model)
+        model = unwrapped(model)
         self.model, self.seed, self.select = model, seed_number(seed), dict(select or {})
         self.optimizer, self.generators, self.batch_size = optimizer, list(generators), batch_size
         self.inputs = inputs
@@ -721,12 +722,19 @@ class Recorder:
         return max(*chunks, parameters * (bool(self.spec.weights) + (self.optimizer is not None)))
 
 
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module a `torch.compile` wrapper holds (the model itself otherwise): the archive then
-    names layers and parameters as the model does, not `_orig_mod.<name>`, so a `model_spec`
-    factory's uncompiled model matches them, and the probe pass runs it eagerly."""
-    inner = getattr(model, "_orig_mod", None)
-    return inner if isinstance(inner, nn.Module) else model
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module a `torch.compile`, `DataParallel` or `DistributedDataParallel` wrapper holds
+    (the model itself otherwise). The archive then names layers and parameters as the model does,
+    not `_orig_mod.<name>` or `module.<name>`, so a `model_spec` factory's model matches them;
+    the probe pass runs it eagerly on its own device, with no collective a single recording rank
+    would wait on for ever."""
+    while True:
+        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -92,11 +92,13 @@ def test_a_layer_is_recorded_as_it_left_its_module_not_as_later_in_place_modules
     np.testing.assert_array_equal(recorded["1"], np.maximum(before_relu, 0))
 
 
-def test_a_compiled_model_is_recorded_under_the_names_of_the_model_it_wraps(tmp_path):
+@pytest.mark.parametrize("wrap", ["compile", "data_parallel"])
+def test_a_wrapped_model_is_recorded_under_the_names_of_the_model_it_wraps(tmp_path, wrap):
     model = Tower()
-    compiled = torch.compile(model, backend="eager")  # the wrapper, without a compiler's minutes
+    wrapped = (torch.compile(model, backend="eager")  # the wrapper, without a compiler's minutes
+               if wrap == "compile" else nn.DataParallel(torch.compile(model, backend="eager")))
     x = torch.from_numpy(blobs(40)[0])
-    with Recorder(tmp_path / "archive.zarr", compiled, ["stem", "head"], x, weights=True) as rec:
+    with Recorder(tmp_path / "archive.zarr", wrapped, ["stem", "head"], x, weights=True) as rec:
         rec.snapshot(0)
     archive = ArchiveReader(tmp_path / "archive.zarr")
     assert archive.layers == ["stem", "head"]
