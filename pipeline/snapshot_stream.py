@@ -2,8 +2,9 @@
 
 The archive stores each layer's snapshot in chunks of about `archive.CHUNK_BYTES` along the
 samples. The stream gathers each layer's probe batches until they fill one such chunk, hands that
-block to the writer process and forgets it, so the trainer holds at most one chunk per layer and
-one probe batch, whatever the number of probe samples; the writer holds the blocks queued to it.
+block to the writer process and forgets it, so besides the probe batch the trainer holds less
+than one chunk per layer, whatever the number of probe samples; the writer holds the blocks
+queued to it.
 Blocks start and end on chunk boundaries, so zarr writes whole chunks and never reads one back.
 The rows land in the snapshot's row of the arrays before its commit point is raised, so no
 reader sees them until the whole snapshot is on disk (pipeline.archive).
