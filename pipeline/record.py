@@ -715,7 +715,7 @@ class Recorder:
         """Bytes of the largest item queued to the writer, which bounds its queue's length: a
         chunk of a layer, or a commit, counted as the parameters' size for its weights (when
         recorded) and again for its checkpoint (with an optimizer)."""
-        itemsize = 2 if self.float16 else 4
+        itemsize = np.dtype(self.spec.activation_dtype).itemsize
         chunks = [rows * itemsize * math.prod(layer.shape)
                   for layer, rows in zip(self.spec.layers, self._chunk_rows.values(), strict=True)]
         parameters = 4 * sum(math.prod(shape) for shape in self.spec.parameters.values())

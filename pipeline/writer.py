@@ -158,8 +158,8 @@ class WriterProcess:
         with _main_module_hidden():
             self._process.start()
 
-    def submit(self, commit: Commit | SnapshotRows) -> None:
-        self._put(commit)
+    def submit(self, item: Commit | SnapshotRows) -> None:
+        self._put(item)
 
     def close(self) -> None:
         """Queue the end, wait for the writer to drain, and raise what it reported."""
