@@ -60,6 +60,20 @@ def machine() -> str:
             f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
 
 
+def resident_mb(key: str = "VmRSS") -> float:
+    """This process's resident memory in MB from /proc/self/status (Linux): `VmRSS` now,
+    `VmHWM` its peak since the last `reset_peak_memory`."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(key + r":\s+(\d+)", text).group(1)) / 1024
+
+
+def reset_peak_memory() -> None:
+    """Reset the kernel's resident high-water mark (`VmHWM`) to the present. ru_maxrss would not
+    do for a measurement in a fresh process: it survives fork and exec, so a child starts at its
+    parent's peak."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -22,14 +22,12 @@ from benchmarks.common import DOCS, ROOT, machine, table, write_section
 from pipeline.provenance import git_revision
 
 CASE = """
-import json, re, resource, sys, tempfile, time
+import json, resource, tempfile, time
 import numpy as np, torch, zarr
 from torch import nn
+from benchmarks.common import reset_peak_memory, resident_mb
 from pipeline.archive import CHUNK_BYTES
 from pipeline.record import Recorder, capture
-
-def status(key):
-    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
 
 n, how = {n}, {how!r}
 torch.manual_seed(0)
@@ -37,9 +35,8 @@ model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), n
 x, y = torch.randn(n, 3, 32, 32), np.arange(n) % 10
 scratch = tempfile.TemporaryDirectory()  # removed at exit, failed or not: snapshots take GBs
 folder = scratch.name
-base = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+base = resident_mb()
+reset_peak_memory()
 start = time.perf_counter()
 if how == "recorder":
     with Recorder(folder + "/archive.zarr", model, ["0", "3"], x, labels=y) as rec:
@@ -54,7 +51,7 @@ else:
                               chunks=(rows, *values.shape[1:]))[:] = values
 seconds = time.perf_counter() - start
 writer = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({{"base": base, "peak": status("VmHWM"), "writer": writer, "seconds": seconds}}))
+print(json.dumps({{"base": base, "peak": resident_mb("VmHWM"), "writer": writer, "seconds": seconds}}))
 """
 
 

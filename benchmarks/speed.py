@@ -108,25 +108,20 @@ MEMORY_CALLS = {  # name: (infoplane call, reference call or None), on arrays(n,
 
 def peak_memory(call: str, n: int) -> dict[str, float]:
     """Peak resident memory (MB) of a fresh process making one call, and its peak before it."""
-    # ru_maxrss survives fork and exec (the child would start at this process's peak): the
-    # kernel's high-water mark is reset instead (/proc/self/clear_refs, Linux) before the call
     script = f"""
-import json, re, time
+import json, time
 from benchmarks import reference as ref
+from benchmarks.common import reset_peak_memory, resident_mb
 from benchmarks.speed import arrays
 from pipeline.estimators import information_plane, mutual_information
 
-def status(key):
-    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
-
 x, t, y = arrays({n}, 10)
 information_plane(x[:100], t[:100], y[:100], 'binning')  # imports and first-call set-up
-base = status("VmRSS")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+base = resident_mb()
+reset_peak_memory()
 start = time.perf_counter()
 {call}
-print(json.dumps({{"base": base, "peak": status("VmHWM"), "seconds": time.perf_counter() - start}}))
+print(json.dumps({{"base": base, "peak": resident_mb("VmHWM"), "seconds": time.perf_counter() - start}}))
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
