@@ -8,6 +8,8 @@ ARCHIVE ?=
 DATA ?= data/datasets
 ESTIMATORS ?=
 ARGS ?=
+# test processes side by side (pytest-xdist); 2 matches CI's two cores
+TEST_WORKERS ?= 2
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -47,7 +49,7 @@ all: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check pipeline stages tests benchmarks examples
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
