@@ -106,6 +106,37 @@ def test_a_wrapped_model_is_recorded_under_the_names_of_the_model_it_wraps(tmp_p
     np.testing.assert_array_equal(archive.activations(0, "head", 0), capture(model, x, ["head"])["head"])
 
 
+@pytest.mark.slow
+def test_a_distributed_data_parallel_network_is_recorded_by_one_rank(tmp_path):
+    """examples/distributed.py: two CPU ranks (gloo) train a network with batch norm under DDP,
+    whose forward broadcasts buffers; rank 0 records while the other waits at the all-reduce."""
+    path = tmp_path / "archive.zarr"
+    proc = subprocess.run([sys.executable, "examples/distributed.py", "--archive", str(path),
+                           "--epochs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    archive = ArchiveReader(path)
+    assert archive.layers == ["2", "5", "6"] and list(archive.committed_epochs(0)) == [0, 1]
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from distributed import data, network
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    model, (x, _) = network(), data()
+    for epoch in (0, 1):  # every layer is the unwrapped network's output in the stored state
+        state = {name: torch.from_numpy(value) for name, value in archive.weights(0, epoch).items()}
+        assert sorted(state) == sorted(name for name, value in model.state_dict().items()
+                                       if value.is_floating_point())  # "1.running_mean", not "module.1..."
+        model.load_state_dict(state, strict=False)  # the batch count is not stored
+        expected = capture(model, x, ["2", "5", "6"])
+        for layer in archive.layers:
+            np.testing.assert_allclose(archive.activations(0, layer, epoch), expected[layer],
+                                       rtol=0, atol=1e-6)
+    running = [archive.weights(0, epoch)["1.running_mean"] for epoch in (0, 1)]
+    assert not np.array_equal(*running)  # trained between the snapshots
+    assert np.isfinite(archive.history(0)["loss_train"][:2]).all()
+    assert verify(path) == []
+
+
 def test_capture_restores_the_training_mode():
     model = Tower().train()
     capture(model, torch.from_numpy(blobs(4)[0]), ["head"])
