@@ -108,17 +108,17 @@ def test_a_wrapped_model_is_recorded_under_the_names_of_the_model_it_wraps(tmp_p
 
 @pytest.mark.slow
 def test_a_distributed_data_parallel_network_is_recorded_by_one_rank(tmp_path):
-    """examples/distributed.py: two CPU ranks (gloo) train a network with batch norm under DDP,
+    """examples/ddp_network.py: two CPU ranks (gloo) train a network with batch norm under DDP,
     whose forward broadcasts buffers; rank 0 records while the other waits at the all-reduce."""
     path = tmp_path / "archive.zarr"
-    proc = subprocess.run([sys.executable, "examples/distributed.py", "--archive", str(path),
+    proc = subprocess.run([sys.executable, "examples/ddp_network.py", "--archive", str(path),
                            "--epochs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     archive = ArchiveReader(path)
     assert archive.layers == ["2", "5", "6"] and list(archive.committed_epochs(0)) == [0, 1]
     sys.path.insert(0, str(ROOT / "examples"))
     try:
-        from distributed import data, network
+        from ddp_network import data, network
     finally:
         sys.path.remove(str(ROOT / "examples"))
     model, (x, _) = network(), data()

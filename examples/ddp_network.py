@@ -1,7 +1,7 @@
 """A network trained with DistributedDataParallel, recorded by one rank.
 
-    python examples/distributed.py [--archive data/runs/distributed/archive.zarr] [--ranks 2] [--epochs 6]
-    torchrun --nproc-per-node 2 examples/distributed.py     # the same, the ranks started by torchrun
+    python examples/ddp_network.py [--archive data/runs/ddp_network/archive.zarr] [--ranks 2] [--epochs 6]
+    torchrun --nproc-per-node 2 examples/ddp_network.py     # the same, the ranks started by torchrun
 
 Every rank trains on its share of the training set (CPU ranks, the gloo backend; on GPUs use
 "nccl" and move the model to the rank's device). Only rank 0 records: its Recorder runs the
@@ -45,7 +45,7 @@ def train(rank: int, ranks: int, archive: str, epochs: int) -> None:
     optimizer = torch.optim.Adam(ddp.parameters(), lr=3e-3)
     shard = torch.arange(rank, 768, ranks)[: 768 // ranks]  # as many batches on every rank
     recorder = (Recorder(archive, ddp, layers=["2", "5", "6"], inputs=x, labels=y, weights=True,
-                         splits={"train": range(768), "test": range(768, 1024)}, name="distributed")
+                         splits={"train": range(768), "test": range(768, 1024)}, name="ddp_network")
                 if rank == 0 else contextlib.nullcontext())
     with recorder as rec:
         for epoch in range(epochs):
@@ -69,7 +69,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", default="data/runs/distributed/archive.zarr")
+    parser.add_argument("--archive", default="data/runs/ddp_network/archive.zarr")
     parser.add_argument("--ranks", type=int, default=2, help="ranks to start (ignored under torchrun)")
     parser.add_argument("--epochs", type=int, default=6)
     args = parser.parse_args()
