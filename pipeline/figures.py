@@ -4,7 +4,8 @@
     from pipeline.figures import information_plane_figure       # pure: Dataset in, figure out
 
 Every plotting function takes arrays or a results Dataset and returns a matplotlib Figure; the
-stage saves each as PNG and PDF under figures/<run>/ with deterministic names, and
+stage saves each as PNG and PDF under figures/<run>/ with deterministic names
+(pipeline.figure_files, in worker processes while it draws the next), and
 pipeline.report_html writes index.html around them. Conventions: titles name the estimator in
 words with its main parameter; every time axis and colour bar is in epochs trained (0 = before
 training, linear below 1, logarithmic above); layers are told apart by marker shape.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,6 +23,7 @@ from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
 
 from pipeline.estimators._common import entropy_of_counts
+from pipeline.figure_files import STYLE
 from pipeline.results import holding_values, seed_mean
 
 CMAP = "viridis"  # perceptually uniform
@@ -33,8 +34,6 @@ SPLIT_WORDS = {"all": "all samples", "train": "training samples", "test": "test 
 # archive's snapshot epochs), on a scale linear below 1 and logarithmic above.
 EPOCH_LABEL = "epochs trained (0 = before training)"
 MARKERS = "osD^vP<>X*hpd8H"  # one per layer (cycled beyond 15)
-STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 6,
-         "xtick.labelsize": 7, "ytick.labelsize": 7, "pdf.fonttype": 42}
 
 
 def _epoch_norm(epochs: np.ndarray) -> SymLogNorm:
@@ -509,14 +508,3 @@ def fisher_figure(results: xr.Dataset) -> Figure:
     ax.legend(ncol=2 if results.sizes["layer"] > 8 else 1)
     fig.tight_layout()
     return fig
-
-
-def save(fig: Figure, out_dir: Path, name: str, saved: list[str]) -> None:
-    """PNG and PDF; the PDF embeds its fonts as TrueType (the style's `pdf.fonttype`, read when
-    saving): journals refuse matplotlib's default Type 3 fonts."""
-    with plt.rc_context(STYLE):
-        for ext in ("png", "pdf"):
-            fig.savefig(out_dir / f"{name}.{ext}", dpi=130, metadata={"CreationDate": None}
-                        if ext == "pdf" else None)
-    plt.close(fig)
-    saved.append(name)

@@ -19,6 +19,7 @@ from pipeline import figures as F
 from pipeline import findings
 from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
+from pipeline.figure_files import FigureFiles
 from pipeline.interactive import interactive_sections, write_plotly_js
 from pipeline.report_html import write_report
 from pipeline.results import MASKED, ResultsError, belongs_to, masked, open_results, parameters_key
@@ -52,13 +53,13 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
     out = paths.figures(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
-    saved: list[str] = []
     messages: list[str] = []
     archive = ArchiveReader(paths.archive)
-    stop = _archive_figures(archive, out, saved, messages)
-    results = _results(paths, archive, messages, wanted or [])
-    if results is not None:
-        _results_figures(results, archive, out, saved, messages, intervals, stop)
+    with FigureFiles(out) as files:  # written by worker processes while the next is drawn
+        stop = _archive_figures(archive, files, messages)
+        results = _results(paths, archive, messages, wanted or [])
+        if results is not None:
+            _results_figures(results, archive, files, messages, intervals, stop)
     estimators = {} if results is None else {  # every parameter with its default, where stored
         str(e): str(params) for e, params in zip(results.estimator.values,
                                                  results[parameters_key(results)].values, strict=True)}
@@ -69,11 +70,11 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     interactive = {} if results is None else interactive_sections(results)
     if interactive:
         write_plotly_js(out)
-    report = write_report(out, archive.name, saved, archive.config or _recording(archive), attrs,
+    report = write_report(out, archive.name, files.names, archive.config or _recording(archive), attrs,
                           estimators, messages, summary, final_accuracy(archive), interactive)
     for message in messages:
         print(f"note: {message}")
-    print(f"wrote {len(saved)} figures (PNG and PDF) and {report}")
+    print(f"wrote {len(files.names)} figures (PNG and PDF) and {report}")
     return 0
 
 
@@ -95,14 +96,14 @@ def _recording(archive: ArchiveReader) -> dict[str, Any]:
         "layers": {name: list(shape) for name, shape in archive.layer_shapes.items()}}
 
 
-def _archive_figures(archive: ArchiveReader, out: Path, saved: list[str], messages: list[str]) -> int | None:
+def _archive_figures(archive: ArchiveReader, files: FigureFiles, messages: list[str]) -> int | None:
     """Training curves and gradient statistics, from the archive alone; the early-stopping epoch."""
     seeds = archive.seeds
     stop = None
     histories = [h for h in map(archive.history, seeds) if np.isfinite(h["loss_train"]).any()]
     if histories:
         fig, stop = F.training_figure(histories)
-        F.save(fig, out, "training", saved)
+        files.save(fig, "training")
     else:
         messages.append("no training history in the archive (Recorder.log / snapshot(loss=...)): "
                         "no training curves")
@@ -112,7 +113,7 @@ def _archive_figures(archive: ArchiveReader, out: Path, saved: list[str], messag
         messages.append("no gradient statistics in the archive (Recorder(gradients=True) and "
                         "gradient_step()): no gradient figure")
     else:
-        F.save(F.gradients_figure(epochs, grads[0], grads[1], archive.layers), out, "gradients", saved)
+        files.save(F.gradients_figure(epochs, grads[0], grads[1], archive.layers), "gradients")
     return stop
 
 
@@ -146,7 +147,7 @@ def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wante
     return results.sel(estimator=present)
 
 
-def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str], messages: list[str],
+def _results_figures(results, archive: ArchiveReader, files: FigureFiles, messages: list[str],
                      intervals: bool, stop: int | None) -> None:
     """Planes, DPI and MI-vs-epoch per estimator entry, the comparison and the Fisher traces."""
     config = archive.config or {}
@@ -165,14 +166,14 @@ def _results_figures(results, archive: ArchiveReader, out: Path, saved: list[str
             index = archive.split_index(str(split))
             limits = F.saturation_limits(len(index), archive.split_labels(index))
             fig = F.information_plane_figure(results, estimator, split, limits, intervals, stop, ib)
-            F.save(fig, out, f"plane_{estimator}_{split}", saved)
+            files.save(fig, f"plane_{estimator}_{split}")
             if F.dpi_rate(results, estimator, split) > 0:
-                F.save(F.dpi_figure(results, estimator, split), out, f"dpi_{estimator}_{split}", saved)
+                files.save(F.dpi_figure(results, estimator, split), f"dpi_{estimator}_{split}")
             else:
                 messages.append(f"estimator {estimator} ({split}): the data-processing inequality "
                                 "holds in every cell of the seed mean; no DPI figure")
-        F.save(F.mi_vs_epoch_figure(results, estimator), out, f"mi_vs_epoch_{estimator}", saved)
+        files.save(F.mi_vs_epoch_figure(results, estimator), f"mi_vs_epoch_{estimator}")
     if planes:
-        F.save(F.comparison_figure(results), out, "comparison", saved)
+        files.save(F.comparison_figure(results), "comparison")
     if "fisher_trace" in results and not np.isnan(results.fisher_trace).all():
-        F.save(F.fisher_figure(results), out, "fisher", saved)
+        files.save(F.fisher_figure(results), "fisher")

@@ -9,18 +9,17 @@ for an orphaned writer instead of racing it.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import multiprocessing
 import os
 import queue
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.archive import ArchiveError, SeedWriter
+from pipeline.child_process import main_module_hidden
 
 
 @dataclass
@@ -121,25 +120,6 @@ def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocess
         os.close(lock)
 
 
-@contextlib.contextmanager
-def _main_module_hidden():
-    """Start a spawned child without re-importing the parent's `__main__`.
-
-    The writer runs only this module's code; re-importing a user's script in the child would run
-    its training loop a second time when the script has no `if __name__ == "__main__"` guard.
-    """
-    main = sys.modules["__main__"]
-    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
-    main.__spec__ = None
-    if "__file__" in saved:
-        del main.__file__
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(main, name, value)
-
-
 class WriterProcess:
     """Owns the writer process of one seed. `submit` queues snapshot rows or a Commit; `close`
     drains and joins. `item_bytes`: the largest item's size, which bounds the queue's length."""
@@ -155,7 +135,7 @@ class WriterProcess:
         self._process = context.Process(
             target=_writer_main, name=f"archive-writer-{seed}", daemon=False,
             args=(str(archive_path), seed, str(ckpt_dir), self._jobs, self._errors, os.getpid()))
-        with _main_module_hidden():
+        with main_module_hidden():
             self._process.start()
 
     def submit(self, item: Commit | SnapshotRows) -> None:

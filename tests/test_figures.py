@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from pipeline import figures as F
+from pipeline.figure_files import FigureFiles, save
 from pipeline.ib import ib_curve, ib_point
 from pipeline.results import template
 
@@ -39,8 +40,7 @@ def test_information_plane_figure(tmp_path, intervals):
     ds = synthetic_results()
     fig = F.information_plane_figure(ds, "binning_30", "train", limits=(3.0, 1.0), intervals=intervals,
                                      mark_epoch=3, ib=np.array([[0, 0], [1, 1], [3, 1]]))
-    saved = []
-    F.save(fig, tmp_path, "plane", saved)
+    save(fig, tmp_path, "plane")
     assert (tmp_path / "plane.png").stat().st_size > 5000 and (tmp_path / "plane.pdf").stat().st_size > 1000
     pdf = (tmp_path / "plane.pdf").read_bytes()  # fonts embedded as TrueType (Type 42), no Type 3
     assert b"/Subtype /CIDFontType2" in pdf and b"/Type3" not in pdf
@@ -143,22 +143,24 @@ def test_dpi_violation_rate():
 
 def test_every_figure_and_the_report(tmp_path):
     ds = synthetic_results()
-    saved = []
-    F.save(F.comparison_figure(ds), tmp_path, "comparison", saved)
-    F.save(F.mi_vs_epoch_figure(ds, "renyi"), tmp_path, "mi_vs_epoch_renyi", saved)
-    F.save(F.dpi_figure(ds, "renyi", "test"), tmp_path, "dpi_renyi_test", saved)
-    F.save(F.fisher_figure(ds), tmp_path, "fisher", saved)
+    files = FigureFiles(tmp_path, workers=2)  # written by two worker processes
+    files.save(F.comparison_figure(ds), "comparison")
+    files.save(F.mi_vs_epoch_figure(ds, "renyi"), "mi_vs_epoch_renyi")
+    files.save(F.dpi_figure(ds, "renyi", "test"), "dpi_renyi_test")
+    files.save(F.fisher_figure(ds), "fisher")
     history = {"loss_train": np.linspace(1, 0.1, 40), "loss_test": np.r_[np.linspace(1, 0.3, 20),
                                                                          np.linspace(0.31, 0.6, 20)],
                "accuracy_train": np.linspace(0.5, 1, 40), "accuracy_test": np.linspace(0.5, 0.9, 40)}
     fig, stop = F.training_figure([history, history])
     assert stop == 19
-    F.save(fig, tmp_path, "training", saved)
+    files.save(fig, "training")
     epochs = np.arange(0, 50, 5)
     g_mean = np.c_[np.r_[np.nan, np.full(4, 2.0), np.full(5, 0.1)], np.full(10, 1.0)]
     g_std = np.ones((10, 2))
     assert F.diffusion_onset(g_mean[1:, 0], g_std[1:, 0], epochs[1:]) == 25
-    F.save(F.gradients_figure(epochs, g_mean, g_std, ["dense1", "dense2"]), tmp_path, "gradients", saved)
+    files.save(F.gradients_figure(epochs, g_mean, g_std, ["dense1", "dense2"]), "gradients")
+    files.close()
+    saved = files.names
     from pipeline.findings import run_summary
     from pipeline.report_html import write_report
 
@@ -170,6 +172,26 @@ def test_every_figure_and_the_report(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 3000
         assert f"src='{name}.png'" in text and f"href='{name}.pdf'" in text
     assert "a note" in text and "config_name" in text
+
+
+def test_figures_written_by_workers_are_the_bytes_the_caller_would_write(tmp_path):
+    ds = synthetic_results()
+    (tmp_path / "here").mkdir()
+    (tmp_path / "workers").mkdir()
+    with FigureFiles(tmp_path / "workers", workers=1) as files:
+        files.save(F.comparison_figure(ds), "comparison")
+        files.save(F.information_plane_figure(ds, "renyi", "test", intervals=True), "plane")
+    save(F.comparison_figure(ds), tmp_path / "here", "comparison")
+    save(F.information_plane_figure(ds, "renyi", "test", intervals=True), tmp_path / "here", "plane")
+    for name in ("comparison.png", "comparison.pdf", "plane.png", "plane.pdf"):
+        assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+
+
+def test_a_figure_a_worker_cannot_write_is_the_callers_error(tmp_path):
+    files = FigureFiles(tmp_path / "missing", workers=1)
+    files.save(F.fisher_figure(synthetic_results()), "fisher")
+    with pytest.raises(FileNotFoundError, match="missing/fisher.png"):
+        files.close()
 
 
 def test_ib_picks_the_minimal_sufficient_statistic():
@@ -320,9 +342,9 @@ def test_results_without_labels_draw_i_xt_alone_and_no_plane(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert not any("baseline" in label for label in labels)  # no floor where every baseline is NaN
     assert sorted(interactive_sections(ds)) == ["curves"]
-    saved, messages = [], []
-    _results_figures(ds, SimpleNamespace(config=None), tmp_path, saved, messages, False, None)
-    assert saved == ["mi_vs_epoch_binning_30", "mi_vs_epoch_renyi", "fisher"]
+    files, messages = FigureFiles(tmp_path, workers=0), []
+    _results_figures(ds, SimpleNamespace(config=None), files, messages, False, None)
+    assert files.names == ["mi_vs_epoch_binning_30", "mi_vs_epoch_renyi", "fisher"]
     assert "estimator renyi (test): no I(T;Y) values (an archive without labels); no plane, I(X;T) " \
         "against epochs only" in messages
 
@@ -402,11 +424,11 @@ def test_report_in_a_headless_browser(tmp_path):
     if browser is None:
         pytest.skip("no Chromium or Chrome installed (apt install chromium) to render the report")
     ds = synthetic_results()
-    saved = []
-    F.save(F.information_plane_figure(ds, "binning_30", "train"), tmp_path, "plane_binning_30_train", saved)
+    save(F.information_plane_figure(ds, "binning_30", "train"), tmp_path, "plane_binning_30_train")
     write_plotly_js(tmp_path)
-    report = write_report(tmp_path, "toy", saved, {}, {}, {"binning_30": json.dumps({"method": "binning"})},
-                          [], run_summary(ds), {"test": 0.9}, interactive_sections(ds))
+    report = write_report(tmp_path, "toy", ["plane_binning_30_train"], {}, {},
+                          {"binning_30": json.dumps({"method": "binning"})}, [], run_summary(ds),
+                          {"test": 0.9}, interactive_sections(ds))
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                "--dump-dom", report.as_uri()]
     dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
