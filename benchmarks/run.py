@@ -1,8 +1,8 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
     python -m benchmarks.run [--only SECTION,...]
-    # sections: train, recording, speed, memory, estimators, images, gpu, stage, paper, accuracy, limits,
-    # bottleneck, uncertainty, compression_rule, variational, ksg_bias, families
+    # sections: train, recording, speed, memory, estimators, images, gpu, stage, figures, paper, accuracy,
+    # limits, bottleneck, uncertainty, compression_rule, variational, ksg_bias, families
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -394,9 +394,9 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,recording,speed,memory,estimators,images,gpu,stage,paper,"
-                                          "accuracy,limits,bottleneck,uncertainty,compression_rule,variational,ksg_bias,"
-                                          "families")
+    parser.add_argument("--only", default="train,recording,speed,memory,estimators,images,gpu,stage,figures,"
+                                          "paper,accuracy,limits,bottleneck,uncertainty,compression_rule,variational,"
+                                          "ksg_bias,families")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
         bench_train()
@@ -411,6 +411,9 @@ def main() -> None:
         memory()
     if "stage" in sections:
         bench_stage()
+    if "figures" in sections:
+        from benchmarks.figures import main as figures
+        figures()
     if "paper" in sections:
         from benchmarks.paper import main as paper
         paper([])
