@@ -67,16 +67,25 @@ class FigureFiles:
         self._pending: list[Future] = []
 
     def save(self, fig: Figure, name: str) -> None:
-        if self._workers == 0:
+        pickled = self._pickled(fig) if self._workers else None
+        if pickled is None:
             save(fig, self.out_dir, name)
         else:
-            pickled = pickle.dumps(fig)
             plt.close(fig)
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(self._workers, mp_context=get_context("spawn"))
             with main_module_hidden():  # a worker may start here: never rerun the caller's script
                 self._pending.append(self._pool.submit(_save_pickled, pickled, str(self.out_dir), name))
         self.names.append(name)
+
+    @staticmethod
+    def _pickled(fig: Figure) -> bytes | None:
+        """The figure pickled, or None where it holds what pickle cannot carry (a lambda tick
+        formatter of one's own): such a figure is written in this process."""
+        try:
+            return pickle.dumps(fig)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            return None
 
     def close(self) -> None:
         try:

@@ -187,6 +187,16 @@ def test_figures_written_by_workers_are_the_bytes_the_caller_would_write(tmp_pat
         assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
 
 
+def test_a_figure_pickle_cannot_carry_is_written_in_the_drawing_process(tmp_path):
+    from matplotlib.ticker import FuncFormatter
+
+    fig = F.fisher_figure(synthetic_results())
+    fig.axes[0].xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}"))
+    with FigureFiles(tmp_path, workers=1) as files:
+        files.save(fig, "fisher")
+    assert (tmp_path / "fisher.png").stat().st_size > 3000 and (tmp_path / "fisher.pdf").exists()
+
+
 def test_a_figure_a_worker_cannot_write_is_the_callers_error(tmp_path):
     files = FigureFiles(tmp_path / "missing", workers=1)
     files.save(F.fisher_figure(synthetic_results()), "fisher")
