@@ -21,6 +21,7 @@ from pipeline.archive import ArchiveReader
 from pipeline.config import ExperimentConfig
 from pipeline.figure_files import FigureFiles
 from pipeline.interactive import interactive_sections, write_plotly_js
+from pipeline.methods_text import methods_section
 from pipeline.report_html import write_report
 from pipeline.results import MASKED, ResultsError, belongs_to, masked, open_results, parameters_key
 from pipeline.runs import RunPaths
@@ -68,10 +69,11 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     attrs["training_environments"] = archive.training_environments() or "not recorded (archive schema < 1.2)"
     summary = None if results is None else findings.run_summary(results)
     interactive = {} if results is None else interactive_sections(results)
+    methods = None if results is None else _methods(results, archive, out)
     if interactive:
         write_plotly_js(out)
     report = write_report(out, archive.name, files.names, archive.config or _recording(archive), attrs,
-                          estimators, messages, summary, final_accuracy(archive), interactive)
+                          estimators, messages, summary, final_accuracy(archive), interactive, methods)
     for message in messages:
         print(f"note: {message}")
     print(f"wrote {len(files.names)} figures (PNG and PDF) and {report}")
@@ -88,6 +90,16 @@ def final_accuracy(archive: ArchiveReader) -> dict[str, float]:
         if finals:
             out[split] = float(np.mean(finals))
     return out
+
+
+def _methods(results, archive: ArchiveReader, out: Path) -> tuple[str, str]:
+    """The methods paragraph and its BibTeX, also written beside the report."""
+    samples = {str(split): len(archive.split_index(str(split))) for split in results.split.values}
+    n_classes = len(np.unique(archive.labels)) if archive.labels is not None else None
+    text, bib = methods_section(results, samples, n_classes)
+    (out / "methods.txt").write_text(text + "\n")
+    (out / "references.bib").write_text(bib)
+    return text, bib
 
 
 def _recording(archive: ArchiveReader) -> dict[str, Any]:

@@ -169,9 +169,10 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
 def write_report(out_dir: Path, run: str, figures: list[str], config: dict[str, Any],
                  results_attrs: dict[str, Any], estimators: dict[str, str], messages: list[str],
                  summary: dict[str, Any] | None = None, accuracy: dict[str, float] | None = None,
-                 interactive: dict[str, str] | None = None) -> Path:
+                 interactive: dict[str, str] | None = None, methods: tuple[str, str] | None = None) -> Path:
     """index.html: summary, contents, the interactive views (`interactive`: Plotly divs, with
-    plotly.min.js beside the file), every figure captioned, then parameters and provenance."""
+    plotly.min.js beside the file), every figure captioned, the methods paragraph and its BibTeX
+    (`methods`), then parameters and provenance."""
     script = "<script src='plotly.min.js'></script>" if interactive else ""
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>infoplane: "
              f"{html.escape(run)}</title><style>{CSS}</style>{script}</head><body>",
@@ -182,6 +183,7 @@ def write_report(out_dir: Path, run: str, figures: list[str], config: dict[str, 
     first = "<li><a href='#interactive'>interactive planes and curves</a></li>" if interactive else ""
     parts.append("<h2 id='contents'>Contents</h2><ol>" + first + "".join(
         f"<li><a href='#{html.escape(n)}'>{html.escape(n)}</a></li>" for n in figures)
+        + ("<li><a href='#methods'>methods and references</a></li>" if methods else "")
         + "<li><a href='#entries'>estimator entries</a></li><li><a href='#config'>config</a></li>"
         "<li><a href='#provenance'>provenance</a></li></ol>")
     if interactive:
@@ -194,6 +196,11 @@ def write_report(out_dir: Path, run: str, figures: list[str], config: dict[str, 
                      f"<a href='{name}.pdf'><img src='{name}.png' alt='{html.escape(name)}'></a>"
                      f"<figcaption>{_caption(name, estimators)}<p class='muted'>Vector version: "
                      f"<a href='{name}.pdf'>{html.escape(name)}.pdf</a></p></figcaption></figure>")
+    if methods:
+        parts.append("<h2 id='methods'>Methods and references</h2><p>For a paper's methods section "
+                     "(also in <a href='methods.txt'>methods.txt</a> and <a href='references.bib'>"
+                     f"references.bib</a>):</p><p>{html.escape(methods[0])}</p>"
+                     f"<pre>{html.escape(methods[1])}</pre>")
     parts.append("<h2 id='entries'>Estimator entries</h2>" + "".join(
         f"<h3>{html.escape(e)}</h3>{_table(json.loads(p))}" for e, p in estimators.items()))
     parts.append(f"<h2 id='config'>Config</h2>{_table(config, ('key', 'value'))}")

@@ -204,6 +204,43 @@ def test_a_figure_a_worker_cannot_write_is_the_callers_error(tmp_path):
         files.close()
 
 
+def test_the_methods_paragraph_names_every_entry_its_parameters_and_references():
+    from pipeline.methods_text import REFERENCES, methods_section
+
+    ds = synthetic_results()
+    resolved = {"binning_30": {"method": "binning", "n_bins": 30, "bin_size": None, "null": True,
+                               "uncertainty": "bootstrap", "n_resamples": 20, "confidence": 0.9},
+                "renyi": {"method": "renyi", "sigma_t": "alignment", "uncertainty": "batches",
+                          "confidence": 0.8, "null": False}}
+    ds = ds.assign_coords(resolved_parameters=("estimator", [json.dumps(resolved[e])
+                                                             for e in ds.estimator.values]))
+    ds.attrs["versions"] = json.dumps({"infoplane": "0.1.0", "python": "3.11.7", "torch": "2.5"})
+    ds.attrs["git_revision"] = "0123456789abcdef"
+    text, bib = methods_section(ds, {"train": 3000, "test": 1096}, 2)
+    assert text.startswith("Mutual information was estimated for each of 3 recorded layers (dense1, dense2, "
+                           "softmax) at 5 snapshot epochs (epochs 0 to 30) of 2 training seed(s), on the "
+                           "recorded samples of each split: train (3000 samples), test (1096 samples).")
+    assert ("'binning_30': binning, 30 bins [shwartzziv2017] (n_bins = 30); 90% intervals per cell by "
+            "bootstrap with 20 resamples; a shuffle baseline per cell") in text  # bin_size None: left out
+    assert ("[giraldo2015, wickstrom2019] (sigma_t = \"alignment\"); 80% intervals per cell over the "
+            "estimator's batches.") in text
+    assert "Fisher information of each layer's parameters [achille2019]" in text
+    assert "means over the 2 seeds" in text and text.endswith(
+        "(commit 0123456789ab; Python 3.11.7, torch 2.5).")
+    keys = ["shwartzziv2017", "giraldo2015", "wickstrom2019", "achille2019"]
+    assert [line.split("{")[1].rstrip(",") for line in bib.splitlines() if line.startswith("@")] == keys
+    assert bib.count("@") == 4 and all(REFERENCES[key][1]["year"] in bib for key in keys)
+
+
+def test_variational_entries_cite_their_bound_and_own_methods_cite_nothing():
+    from pipeline.methods_text import entry_references, entry_sentence
+
+    assert entry_references("variational", {"bound": "smile"}) == ["song2020"]
+    assert entry_references("variational", {"bound": "nwj"}) == ["nguyen2010", "belghazi2018"]
+    sentence = entry_sentence("mine", "pkg.mod:fn", {"method": "pkg.mod:fn", "width": 3}, "pkg.mod:fn (mine)")
+    assert sentence == "'mine': pkg.mod:fn (mine) (width = 3)."
+
+
 def test_ib_picks_the_minimal_sufficient_statistic():
     # X uniform over 4 values, Y = X mod 2: at large beta the optimal T keeps the label only:
     # I(X;T) = H(Y) = 1 bit, I(T;Y) = 1 bit (not I(X;T) = 2 bits).

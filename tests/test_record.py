@@ -1,5 +1,6 @@
 """The Recorder on a researcher's own network and loop, through every stage; archive schemas."""
 
+import html as html_module
 import os
 import shutil
 import signal
@@ -265,6 +266,11 @@ def test_own_network_through_every_stage(tmp_path):
         assert (out / f"{name}.png").exists(), (name, proc.stdout)
     html = (out / "index.html").read_text()
     assert "tower" in html and "training_environments" in html and "thread(s), cpu on" in html
+    methods = (out / "methods.txt").read_text()  # the report's methods paragraph, beside it
+    assert "'ksg': KSG, k = 5 [kraskov2004] (algorithm" in methods and "(3 classes)" in methods
+    assert "'own_gaussian': own_gaussian (own_gaussian) (" in methods
+    assert html_module.escape(methods.strip()) in html
+    assert "@article{kraskov2004," in (out / "references.bib").read_text()
 
 
 @pytest.mark.slow

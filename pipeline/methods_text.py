@@ -1,0 +1,180 @@
+"""A run's methods paragraph and its references, for a paper's methods section.
+
+    text, bibtex = methods_section(results, samples={"all": 4096}, n_classes=2)
+
+The paragraph names each estimator entry in words with its parameters and citations, the
+intervals and shuffle baselines it carries, what the figures average over, and the software
+that computed it; `references.bib` holds the cited works. The report shows both and writes them
+beside index.html (`methods.txt`, `references.bib`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+# key -> (BibTeX entry type, fields); the works the built-in methods implement
+REFERENCES: dict[str, tuple[str, dict[str, str]]] = {
+    "shwartzziv2017": ("article", {
+        "author": "Shwartz-Ziv, Ravid and Tishby, Naftali", "year": "2017",
+        "title": "Opening the Black Box of Deep Neural Networks via Information",
+        "journal": "arXiv preprint arXiv:1703.00810"}),
+    "saxe2018": ("inproceedings", {
+        "author": "Saxe, Andrew M. and Bansal, Yamini and Dapello, Joel and Advani, Madhu and "
+                  "Kolchinsky, Artemy and Tracey, Brendan D. and Cox, David D.", "year": "2018",
+        "title": "On the Information Bottleneck Theory of Deep Learning",
+        "booktitle": "International Conference on Learning Representations (ICLR)"}),
+    "kolchinsky2017": ("article", {
+        "author": "Kolchinsky, Artemy and Tracey, Brendan D.", "year": "2017",
+        "title": "Estimating Mixture Entropy with Pairwise Distances", "journal": "Entropy",
+        "volume": "19", "number": "7", "pages": "361", "doi": "10.3390/e19070361"}),
+    "giraldo2015": ("article", {
+        "author": "Sanchez Giraldo, Luis Gonzalo and Rao, Murali and Principe, Jose C.", "year": "2015",
+        "title": "Measures of Entropy From Data Using Infinitely Divisible Kernels",
+        "journal": "IEEE Transactions on Information Theory", "volume": "61", "number": "1",
+        "pages": "535--548", "doi": "10.1109/TIT.2014.2370058"}),
+    "wickstrom2019": ("article", {
+        "author": "Wickstr{\\o}m, Kristoffer and L{\\o}kse, Sigurd and Kampffmeyer, Michael and Yu, "
+                  "Shujian and Principe, Jose C. and Jenssen, Robert", "year": "2019",
+        "title": "Information Plane Analysis of Deep Neural Networks via Matrix-Based "
+                 "{R}enyi's Entropy and Tensor Kernels",
+        "journal": "arXiv preprint arXiv:1909.11396"}),
+    "kraskov2004": ("article", {
+        "author": "Kraskov, Alexander and St{\\\"o}gbauer, Harald and Grassberger, Peter", "year": "2004",
+        "title": "Estimating Mutual Information", "journal": "Physical Review E", "volume": "69",
+        "number": "6", "pages": "066138", "doi": "10.1103/PhysRevE.69.066138"}),
+    "kozachenko1987": ("article", {
+        "author": "Kozachenko, L. F. and Leonenko, N. N.", "year": "1987",
+        "title": "Sample Estimate of the Entropy of a Random Vector",
+        "journal": "Problems of Information Transmission", "volume": "23", "number": "2",
+        "pages": "95--101"}),
+    "butakov2024": ("inproceedings", {
+        "author": "Butakov, Ivan and Tolmachev, Alexander and Malanchuk, Sofia and Neopryatnaya, Anna "
+                  "and Frolov, Alexey and Andreev, Kirill", "year": "2024",
+        "title": "Information Bottleneck Analysis of Deep Neural Networks via Lossy Compression",
+        "booktitle": "International Conference on Learning Representations (ICLR)"}),
+    "ince2017": ("article", {
+        "author": "Ince, Robin A. A. and Giordano, Bruno L. and Kayser, Christoph and Rousselet, "
+                  "Guillaume A. and Gross, Joachim and Schyns, Philippe G.", "year": "2017",
+        "title": "A Statistical Framework for Neuroimaging Data Analysis Based on Mutual "
+                 "Information Estimated via a {G}aussian Copula",
+        "journal": "Human Brain Mapping", "volume": "38", "number": "3", "pages": "1541--1573",
+        "doi": "10.1002/hbm.23471"}),
+    "oord2018": ("article", {
+        "author": "van den Oord, Aaron and Li, Yazhe and Vinyals, Oriol", "year": "2018",
+        "title": "Representation Learning with Contrastive Predictive Coding",
+        "journal": "arXiv preprint arXiv:1807.03748"}),
+    "nguyen2010": ("article", {
+        "author": "Nguyen, XuanLong and Wainwright, Martin J. and Jordan, Michael I.", "year": "2010",
+        "title": "Estimating Divergence Functionals and the Likelihood Ratio by Convex Risk Minimization",
+        "journal": "IEEE Transactions on Information Theory", "volume": "56", "number": "11",
+        "pages": "5847--5861", "doi": "10.1109/TIT.2010.2068870"}),
+    "belghazi2018": ("inproceedings", {
+        "author": "Belghazi, Mohamed Ishmael and Baratin, Aristide and Rajeswar, Sai and Ozair, Sherjil "
+                  "and Bengio, Yoshua and Courville, Aaron and Hjelm, R. Devon", "year": "2018",
+        "title": "Mutual Information Neural Estimation",
+        "booktitle": "International Conference on Machine Learning (ICML)", "pages": "531--540"}),
+    "song2020": ("inproceedings", {
+        "author": "Song, Jiaming and Ermon, Stefano", "year": "2020",
+        "title": "Understanding the Limitations of Variational Mutual Information Estimators",
+        "booktitle": "International Conference on Learning Representations (ICLR)"}),
+    "achille2019": ("article", {
+        "author": "Achille, Alessandro and Paolini, Giovanni and Soatto, Stefano", "year": "2019",
+        "title": "Where is the Information in a Deep Neural Network?",
+        "journal": "arXiv preprint arXiv:1905.12213"}),
+}
+METHOD_REFERENCES = {"binning": ["shwartzziv2017"], "kde": ["kolchinsky2017", "saxe2018"],
+                     "renyi": ["giraldo2015", "wickstrom2019"], "ksg": ["kraskov2004"],
+                     "compression": ["butakov2024", "kozachenko1987", "kraskov2004"],
+                     "gaussian": ["ince2017"], "fisher": ["achille2019"]}
+BOUND_REFERENCES = {"infonce": ["oord2018"], "nwj": ["nguyen2010", "belghazi2018"], "smile": ["song2020"]}
+SHOWN = {"method", "confidence", "n_resamples", "null", "uncertainty", "device"}  # said apart or not at all
+
+
+def entry_references(method: str, params: dict[str, Any]) -> list[str]:
+    """The keys of the works an entry's method implements (none for a method of one's own)."""
+    if method == "variational":
+        return BOUND_REFERENCES.get(str(params.get("bound")), [])
+    return METHOD_REFERENCES.get(method, [])
+
+
+def _cite(keys: list[str]) -> str:
+    return f" [{', '.join(keys)}]" if keys else ""
+
+
+def entry_sentence(name: str, method: str, params: dict[str, Any], label: str) -> str:
+    """One entry in words: its label, citations, parameters, interval and shuffle baseline."""
+    shown = ", ".join(f"{key} = {json.dumps(value)}" for key, value in sorted(params.items())
+                      if key not in SHOWN and value is not None)
+    sentence = f"'{name}': {label}{_cite(entry_references(method, params))}"
+    sentence += f" ({shown})" if shown else ""
+    uncertainty = params.get("uncertainty", "none")
+    if uncertainty != "none":
+        how = ("over the estimator's batches" if uncertainty == "batches"
+               else f"by {uncertainty} with {params.get('n_resamples')} resamples")
+        sentence += f"; {100 * float(params.get('confidence', 0.9)):.0f}% intervals per cell {how}"
+    if params.get("null"):
+        sentence += "; a shuffle baseline per cell (the same estimator on shuffled pairs)"
+    return sentence + "."
+
+
+def methods_section(results: xr.Dataset, samples: dict[str, int], n_classes: int | None) -> tuple[str, str]:
+    """The methods paragraph of a results store and the BibTeX of the works it cites.
+
+    `samples`: the recorded samples of each split estimated on; `n_classes`: the labels' classes
+    (None for an archive without labels)."""
+    from pipeline.figures import entry_label
+    from pipeline.results import parameters_key
+
+    key, cited, sentences = parameters_key(results), [], []
+    for name in results.estimator.values:
+        params = json.loads(str(results[key].sel(estimator=name).values))
+        method = str(results.method.sel(estimator=name).values)
+        cited += entry_references(method, params)
+        sentences.append(entry_sentence(str(name), method, params, entry_label(results, str(name))))
+    epochs = results.epoch.values
+    splits = ", ".join(f"{split} ({samples.get(str(split), '?')} samples)" for split in results.split.values)
+    layers = [str(layer) for layer in results.layer.values]
+    text = [f"Mutual information was estimated for each of {len(layers)} recorded layers "
+            f"({', '.join(layers)}) at {len(epochs)} snapshot epochs ({_epoch_range(epochs)}) of "
+            f"{results.sizes['seed']} training seed(s), on the recorded samples of each split: {splits}. "
+            "I(X;T) pairs each layer with the network's input, I(T;Y) with the label"
+            + (f" ({n_classes} classes)." if n_classes else "; the archive holds no labels.")]
+    text.append("Estimator entries: " + " ".join(sentences))
+    if "fisher_trace" in results and np.isfinite(results.fisher_trace).any():
+        cited.append("achille2019")
+        text.append("The information in the weights is the trace of the Fisher information of each "
+                    "layer's parameters [achille2019].")
+    n_seeds = results.sizes["seed"]
+    text.append(f"Points in the figures are means over the {n_seeds} seeds with 90% t intervals over "
+                "seeds, or a single seed's value with its cell's own interval where only one seed "
+                "holds the cell." if n_seeds > 1 else "Points in the figures are the single seed's "
+                "values, with each cell's own interval where its entry computes one.")
+    text.append(_software(results.attrs))
+    return " ".join(text), bibtex(list(dict.fromkeys(cited)))
+
+
+def _epoch_range(epochs: np.ndarray) -> str:
+    return f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]} to {epochs[-1]}"
+
+
+def _software(attrs: dict[str, Any]) -> str:
+    versions = json.loads(attrs.get("versions", "{}"))
+    packages = ", ".join(f"{name} {versions[name]}" for name in ("torch", "numpy", "scipy")
+                         if name in versions)
+    return (f"Computed with infoplane {versions.get('infoplane', '?')} (commit "
+            f"{str(attrs.get('git_revision', '?'))[:12]}; Python {versions.get('python', '?')}"
+            f"{', ' + packages if packages else ''}).")
+
+
+def bibtex(keys: list[str]) -> str:
+    """BibTeX entries of `keys`, in that order."""
+    entries = []
+    for key in keys:
+        kind, fields = REFERENCES[key]
+        body = ",\n".join(f"  {field} = {{{value}}}" for field, value in fields.items())
+        entries.append(f"@{kind}{{{key},\n{body}\n}}")
+    return "\n\n".join(entries) + ("\n" if entries else "")
