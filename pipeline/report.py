@@ -56,20 +56,20 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     out.mkdir(parents=True, exist_ok=True)
     messages: list[str] = []
     archive = ArchiveReader(paths.archive)
-    with FigureFiles(out) as files:  # written by worker processes while the next is drawn
+    with FigureFiles(out) as files:  # written by worker processes while this one goes on
         stop = _archive_figures(archive, files, messages)
         results = _results(paths, archive, messages, wanted or [])
         if results is not None:
             _results_figures(results, archive, files, messages, intervals, stop)
+        summary = None if results is None else findings.run_summary(results)
+        interactive = {} if results is None else interactive_sections(results)
+        methods = None if results is None else _methods(results, archive, out)
     estimators = {} if results is None else {  # every parameter with its default, where stored
         str(e): str(params) for e, params in zip(results.estimator.values,
                                                  results[parameters_key(results)].values, strict=True)}
     attrs = {} if results is None else {k: v for k, v in results.attrs.items() if k != MASKED}
     attrs["archive_provenance"] = archive.attrs.get("provenance")
     attrs["training_environments"] = archive.training_environments() or "not recorded (archive schema < 1.2)"
-    summary = None if results is None else findings.run_summary(results)
-    interactive = {} if results is None else interactive_sections(results)
-    methods = None if results is None else _methods(results, archive, out)
     if interactive:
         write_plotly_js(out)
     report = write_report(out, archive.name, files.names, archive.config or _recording(archive), attrs,
