@@ -11,6 +11,7 @@ beside index.html (`methods.txt`, `references.bib`).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -162,12 +163,17 @@ def _epoch_range(epochs: np.ndarray) -> str:
 
 
 def _software(attrs: dict[str, Any]) -> str:
+    """The versions of the store's last run; every commit whose runs computed cells, where the
+    store's history (one line per `make estimate` run) names more than one."""
     versions = json.loads(attrs.get("versions", "{}"))
     packages = ", ".join(f"{name} {versions[name]}" for name in ("torch", "numpy", "scipy")
                          if name in versions)
-    return (f"Computed with infoplane {versions.get('infoplane', '?')} (commit "
-            f"{str(attrs.get('git_revision', '?'))[:12]}; Python {versions.get('python', '?')}"
-            f"{', ' + packages if packages else ''}).")
+    revisions = re.findall(r"\(git ([0-9a-f]+)", attrs.get("history", ""))
+    commits = list(dict.fromkeys(revision[:12] for revision in revisions))
+    commit = (f"commits {', '.join(commits)}, whose runs the store's history lists" if len(commits) > 1
+              else f"commit {str(attrs.get('git_revision', '?'))[:12]}")
+    return (f"Computed with infoplane {versions.get('infoplane', '?')} ({commit}; Python "
+            f"{versions.get('python', '?')}{', ' + packages if packages else ''}).")
 
 
 def bibtex(keys: list[str]) -> str:
