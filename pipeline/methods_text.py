@@ -122,11 +122,12 @@ def entry_sentence(name: str, method: str, params: dict[str, Any], label: str) -
     return sentence + "."
 
 
-def methods_section(results: xr.Dataset, samples: dict[str, int], n_classes: int | None) -> tuple[str, str]:
+def methods_section(results: xr.Dataset, samples: dict[str, int], n_classes: int | None,
+                    intervals: bool = True) -> tuple[str, str]:
     """The methods paragraph of a results store and the BibTeX of the works it cites.
 
     `samples`: the recorded samples of each split estimated on; `n_classes`: the labels' classes
-    (None for an archive without labels)."""
+    (None for an archive without labels); `intervals`: whether the figures draw intervals."""
     from pipeline.figures import entry_label
     from pipeline.results import parameters_key
 
@@ -149,13 +150,18 @@ def methods_section(results: xr.Dataset, samples: dict[str, int], n_classes: int
         cited.append("achille2019")
         text.append("The information in the weights is the trace of the Fisher information of each "
                     "layer's parameters [achille2019].")
-    n_seeds = results.sizes["seed"]
-    text.append(f"Points in the figures are means over the {n_seeds} seeds with 90% t intervals over "
-                "seeds, or a single seed's value with its cell's own interval where only one seed "
-                "holds the cell." if n_seeds > 1 else "Points in the figures are the single seed's "
-                "values, with each cell's own interval where its entry computes one.")
+    text.append(_points(results.sizes["seed"], intervals))
     text.append(_software(results.attrs))
     return " ".join(text), bibtex(list(dict.fromkeys(cited)))
+
+
+def _points(n_seeds: int, intervals: bool) -> str:
+    if n_seeds == 1:
+        return "Points in the figures are the single seed's values" + (
+            ", with each cell's own interval where its entry computes one." if intervals else ".")
+    return (f"Points in the figures are means over the {n_seeds} seeds" + (
+        " with 90% t intervals over seeds, or a single seed's value with its cell's own interval "
+        "where only one seed holds the cell." if intervals else " (drawn without intervals)."))
 
 
 def _epoch_range(epochs: np.ndarray) -> str:

@@ -63,7 +63,7 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
             _results_figures(results, archive, files, messages, intervals, stop)
         summary = None if results is None else findings.run_summary(results)
         interactive = {} if results is None else interactive_sections(results)
-        methods = None if results is None else _methods(results, archive, out)
+        methods = None if results is None else _methods(results, archive, out, intervals)
     estimators = {} if results is None else {  # every parameter with its default, where stored
         str(e): str(params) for e, params in zip(results.estimator.values,
                                                  results[parameters_key(results)].values, strict=True)}
@@ -92,11 +92,11 @@ def final_accuracy(archive: ArchiveReader) -> dict[str, float]:
     return out
 
 
-def _methods(results, archive: ArchiveReader, out: Path) -> tuple[str, str]:
+def _methods(results, archive: ArchiveReader, out: Path, intervals: bool) -> tuple[str, str]:
     """The methods paragraph and its BibTeX, also written beside the report."""
     samples = {str(split): len(archive.split_index(str(split))) for split in results.split.values}
     n_classes = len(np.unique(archive.labels)) if archive.labels is not None else None
-    text, bib = methods_section(results, samples, n_classes)
+    text, bib = methods_section(results, samples, n_classes, intervals)
     (out / "methods.txt").write_text(text + "\n")
     (out / "references.bib").write_text(bib)
     return text, bib

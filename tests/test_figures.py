@@ -225,13 +225,15 @@ def test_the_methods_paragraph_names_every_entry_its_parameters_and_references()
     assert ("[giraldo2015, wickstrom2019] (sigma_t = \"alignment\"); 80% intervals per cell over the "
             "estimator's batches.") in text
     assert "Fisher information of each layer's parameters [achille2019]" in text
-    assert "means over the 2 seeds" in text and text.endswith(
+    assert "means over the 2 seeds with 90% t intervals" in text and text.endswith(
         "(commit 0123456789ab; Python 3.11.7, torch 2.5).")
     ds.attrs["history"] = ("2026-01-01T00:00:00+00:00 estimate: 4 tasks, ... (git 0123456789abcdef)\n"
                            "2026-01-02T00:00:00+00:00 estimate: 2 tasks, ... (git fedcba9876543210+dirty)")
     assert methods_section(ds, {}, 2)[0].endswith(
         "(commits 0123456789ab, fedcba987654, whose runs the store's history lists; Python 3.11.7, "
         "torch 2.5).")
+    plain = methods_section(ds, {}, 2, intervals=False)[0]  # the figures of `--no-intervals`
+    assert "means over the 2 seeds (drawn without intervals)." in plain
     keys = ["shwartzziv2017", "giraldo2015", "wickstrom2019", "achille2019"]
     assert [line.split("{")[1].rstrip(",") for line in bib.splitlines() if line.startswith("@")] == keys
     assert bib.count("@") == 4 and all(REFERENCES[key][1]["year"] in bib for key in keys)
