@@ -620,10 +620,7 @@ def _close(client, cluster) -> None:
 
 
 def export_netcdf(results_path: Path) -> Path:
-    import xarray as xr
-
     target = results_path.with_suffix(".nc")
-    ds = xr.open_zarr(results_path, consolidated=False, chunks=None).load()
-    ds.to_netcdf(target)
+    open_results(results_path).to_netcdf(target)
     print(f"wrote {target}")
     return target
