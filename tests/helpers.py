@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,16 @@ from pipeline.config import ExperimentConfig, config_from_dict, load_config
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 TINY = ROOT / "configs" / "tiny.toml"
+
+
+def import_examples(*names: str) -> list:
+    """Modules of examples/ by name, imported with that folder first on sys.path only meanwhile
+    (an example's name must not shadow a package the others import)."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        return [importlib.import_module(name) for name in names]
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
 
 
 def tiny_config(**overrides: object) -> ExperimentConfig:

@@ -24,7 +24,15 @@ from pipeline.record import NonFiniteActivations, Recorder, RecordError, capture
 from pipeline.report import report_archive
 from pipeline.verify import verify
 from pipeline.writer import SnapshotRows, WriterProcess
-from tests.helpers import ROOT, TINY, assert_same_arrays, group_arrays, run_stage, tiny_config
+from tests.helpers import (
+    ROOT,
+    TINY,
+    assert_same_arrays,
+    group_arrays,
+    import_examples,
+    run_stage,
+    tiny_config,
+)
 from tests.own_models import Tower, blobs, gaussian_information_plane
 
 LAYERS = ["stem", "block.pair", "head"]
@@ -117,12 +125,8 @@ def test_a_distributed_data_parallel_network_is_recorded_by_one_rank(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     archive = ArchiveReader(path)
     assert archive.layers == ["2", "5", "6"] and list(archive.committed_epochs(0)) == [0, 1]
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        from ddp_network import data, network
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
-    model, (x, _) = network(), data()
+    [ddp_network] = import_examples("ddp_network")
+    model, (x, _) = ddp_network.network(), ddp_network.data()
     for epoch in (0, 1):  # every layer is the unwrapped network's output in the stored state
         state = {name: torch.from_numpy(value) for name, value in archive.weights(0, epoch).items()}
         assert sorted(state) == sorted(name for name, value in model.state_dict().items()
@@ -616,21 +620,16 @@ def test_worked_examples_record_a_network_and_add_an_own_estimator(tmp_path):
     body = source.split('"""', 2)[2].split('if __name__ == "__main__":')[0]
     code = [line for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert len(code) < 30, len(code)
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        from own_estimator import check_on_known_patterns
-        from own_network import main
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    own_estimator, own_network = import_examples("own_estimator", "own_network")
     archive = str(tmp_path / "runs" / "own_network" / "archive.zarr")
-    main(archive, epochs=3, figures=str(tmp_path / "figures"))
+    own_network.main(archive, epochs=3, figures=str(tmp_path / "figures"))
     ds = xr.open_zarr(tmp_path / "runs" / "own_network" / "estimates.zarr").load()
     assert list(ds.layer.values) == ["1", "4", "5"] and bool(ds.done.all())
     assert ds.attrs["output_layer"] == "5" and list(ds.estimator.values) == ["binning", "kde"]
     assert (tmp_path / "figures" / "own_network" / "plane_kde_all.png").exists()
 
     # the second example: its estimator on exact patterns, then added beside the stored entries
-    check = check_on_known_patterns()
+    check = own_estimator.check_on_known_patterns()
     assert check["I_XT"] == pytest.approx(3.0, abs=1e-12) and check["I_TY"] == pytest.approx(0.5, abs=1e-12)
     proc = subprocess.run([sys.executable, "examples/own_estimator.py", "--archive", archive, "--figures",
                            str(tmp_path / "figures")], cwd=ROOT, capture_output=True, text=True, timeout=600)
