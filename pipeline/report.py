@@ -5,7 +5,8 @@
     from pipeline.report import report_archive; report_archive("runs/mine/archive.zarr")
 
 Never trains or estimates. Missing or partial results give a message and the remaining
-figures (training curves and gradients come from the archive alone).
+figures (training curves and gradients come from the archive alone). A results store that cannot
+be read, or belongs to another archive, ends the stage with one line before any figure is written.
 """
 
 from __future__ import annotations
@@ -52,13 +53,14 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     are skipped, each with one note saying why.
     """
     paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
-    out = paths.figures(figures_dir)
-    out.mkdir(parents=True, exist_ok=True)
     messages: list[str] = []
     archive = ArchiveReader(paths.archive)
+    # an unreadable or foreign results store stops here, before a figure of the last report is replaced
+    results = _results(paths, archive, messages, wanted or [])
+    out = paths.figures(figures_dir)
+    out.mkdir(parents=True, exist_ok=True)
     with FigureFiles(out) as files:  # written by worker processes while this one goes on
         stop = _archive_figures(archive, files, messages)
-        results = _results(paths, archive, messages, wanted or [])
         if results is not None:
             _results_figures(results, archive, files, messages, intervals, stop)
         summary = None if results is None else findings.run_summary(results)
@@ -130,12 +132,9 @@ def _archive_figures(archive: ArchiveReader, files: FigureFiles, messages: list[
 
 
 def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wanted: list[str]):
-    """The results store with uncomputed cells masked, or None (and a note) when there is none."""
-    try:
-        results = open_results(paths.results)
-    except ResultsError as err:
-        messages.append(str(err))
-        return None
+    """The results store with uncomputed cells masked, or None (and a note) when there is none.
+    A store that cannot be read, or belongs to another archive, is a ResultsError."""
+    results = open_results(paths.results)
     if results is None:
         messages.append(f"no results store at {paths.results}: run `make estimate` for the "
                         "information-plane figures")
