@@ -43,7 +43,7 @@ from pipeline.config import (
     validate_estimate,
 )
 from pipeline.estimators import BUILTIN_METHODS, get_estimator, plane_defaults
-from pipeline.provenance import provenance
+from pipeline.provenance import provenance, version_changes
 from pipeline.results import (
     CELL_DIMS,
     TRUST_FLAGS,
@@ -388,7 +388,8 @@ def _stored_resolution(old, name: str, table: dict[str, Any]) -> dict[str, Any]:
 
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
                    splits: list[str]):
-    """The results template merged with the done cells of an existing store, written if new."""
+    """The results template merged with the done cells of an existing store, written if new; the
+    archive's committed epochs per seed; the packages whose versions differ from the store's."""
     recover(paths.results)
     committed = {seed: archive.committed_epochs(seed) for seed in archive.seeds}
     epochs = np.unique(np.concatenate(list(committed.values())))
@@ -418,12 +419,15 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")
         target.attrs["warnings"] = old.attrs.get("warnings", "[]")
+        changed = version_changes(json.loads(old.attrs.get("versions", "{}")), prov["versions"])
+    else:
+        changed = ""
     if old is None or lost or any(not old[dim].equals(target[dim]) for dim in CELL_DIMS) or \
             not old.parameters.equals(target.parameters) or "resolved_parameters" not in old.coords or \
             not old.resolved_parameters.equals(target.resolved_parameters) or \
             set(cell_variables(old)) != set(cell_variables(target)):
         write_store(target, paths.results)
-    return target, committed
+    return target, committed, changed
 
 
 MAX_WARNINGS = 200  # NaN messages a store keeps, the latest
@@ -474,7 +478,7 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
               settings: EstimateConfig, splits: list[str], notes: list[str],
               scheduler: str | None, scheduler_file: str | None, selection: Selection) -> int:
     started = time.perf_counter()  # the stage's own time: store, plan, cluster, tasks, writes
-    target, committed = _prepare_store(archive, paths, entries, splits)
+    target, committed, changed_versions = _prepare_store(archive, paths, entries, splits)
     tasks = plan(target, entries, committed, selection)
     fisher_note = fisher_skipped(archive, settings)
     fisher_tasks = []
@@ -521,11 +525,14 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         warnings.warn(flag_summary(flags), stacklevel=1)
     elapsed = time.perf_counter() - started
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    changed = f"; versions changed since the previous run: {changed_versions}" if changed_versions else ""
     line = (f"{stamp} estimate: {len(tasks)} tasks, {n_cells} cells, {len(fisher_tasks)} Fisher "
-            f"tasks in {elapsed:.1f}s, {len(failures)} failed (git {target.attrs['git_revision']})")
+            f"tasks in {elapsed:.1f}s, {len(failures)} failed (git {target.attrs['git_revision']}{changed})")
     history = "\n".join(filter(None, [target.attrs.get("history", ""), line]))
     listed = [*earlier_warnings(target.attrs.get("warnings", "[]"), tasks), *messages]
-    writer.set_attrs(history=history, warnings=json.dumps(listed[-MAX_WARNINGS:]))
+    # a store that was not rewritten still has the previous run's provenance at its root
+    writer.set_attrs(history=history, warnings=json.dumps(listed[-MAX_WARNINGS:]),
+                     git_revision=target.attrs["git_revision"], versions=target.attrs["versions"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
         zarr.consolidate_metadata(str(paths.results))

@@ -170,7 +170,8 @@ def _epoch_range(epochs: np.ndarray) -> str:
 
 def _software(attrs: dict[str, Any]) -> str:
     """The versions of the store's last run; every commit whose runs computed cells, where the
-    store's history (one line per `make estimate` run) names more than one."""
+    store's history (one line per `make estimate` run) names more than one, and every change of
+    package versions between its runs."""
     versions = json.loads(attrs.get("versions", "{}"))
     packages = ", ".join(f"{name} {versions[name]}" for name in ("torch", "numpy", "scipy")
                          if name in versions)
@@ -178,8 +179,11 @@ def _software(attrs: dict[str, Any]) -> str:
     commits = list(dict.fromkeys(revision[:12] for revision in revisions))
     commit = (f"commits {', '.join(commits)}, whose runs the store's history lists" if len(commits) > 1
               else f"commit {str(attrs.get('git_revision', '?'))[:12]}")
+    changes = re.findall(r"versions changed since the previous run: ([^)]*)\)", attrs.get("history", ""))
+    earlier = (" Package versions changed between the store's runs (" + "; then ".join(changes) + ")."
+               if changes else "")
     return (f"Computed with infoplane {versions.get('infoplane', '?')} ({commit}; Python "
-            f"{versions.get('python', '?')}{', ' + packages if packages else ''}).")
+            f"{versions.get('python', '?')}{', ' + packages if packages else ''}).{earlier}")
 
 
 def bibtex(keys: list[str]) -> str:

@@ -29,6 +29,12 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def version_changes(before: dict[str, str], after: dict[str, str]) -> str:
+    """The packages whose versions differ, as "torch 2.14.1 -> 2.15.0, ..." ("" when none)."""
+    return ", ".join(f"{name} {before.get(name, 'not recorded')} -> {after.get(name, 'not recorded')}"
+                     for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name))
+
+
 def git_revision(paths: tuple[str, ...] = ()) -> str:
     """HEAD of the project's checkout, with `+dirty` when it has uncommitted changes (under
     `paths` only, where given: a benchmark that writes tracked docs asks about `pipeline`)."""

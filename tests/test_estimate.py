@@ -1,6 +1,7 @@
 """The estimate stage on a tiny archive: Dask clusters, incremental work, kills, bad input."""
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -14,10 +15,12 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from pipeline.config import ConfigError
 from pipeline.estimate import Selection
 from pipeline.estimate import main as estimate
+from pipeline.provenance import git_revision
 from pipeline.results import ResultsError
 from tests.helpers import ROOT, TINY, run_stage, tiny_config
 
@@ -435,9 +438,17 @@ def test_only_seeds_every_restrict_a_run_and_a_full_run_completes_it(runs, capsy
     capsys.readouterr()
     estimate(config(), runs, scheduler="synchronous", selection=PARTIAL)
     assert "nothing to do" in capsys.readouterr().out
+    root = zarr.open_group(runs / "tiny" / "estimates.zarr", mode="r+")  # as an older install wrote it
+    versions = json.loads(root.attrs["versions"])
+    root.attrs.update({"versions": json.dumps({**versions, "torch": "0.0.1"}), "git_revision": "0" * 40})
     estimate(config(), runs, scheduler="synchronous")
     full = load(runs)
     assert bool(full.done.all()) and bool(full.fisher_done.all())
+    # the root describes the latest run (the store was extended, not rewritten); history keeps both
+    assert json.loads(full.attrs["versions"]) == versions and full.attrs["git_revision"] == git_revision()
+    changed = f"versions changed since the previous run: torch 0.0.1 -> {versions['torch']}"
+    assert full.attrs["history"].splitlines()[-1].endswith(f"(git {git_revision()}; {changed})")
+    assert "versions changed" not in full.attrs["history"].splitlines()[0]
     chosen = part.I_XT.isel(estimator=0, seed=1, split=1, epoch=rows)
     np.testing.assert_array_equal(chosen.values,
                                   full.I_XT.isel(estimator=0, seed=1, split=1, epoch=rows).values)

@@ -228,10 +228,11 @@ def test_the_methods_paragraph_names_every_entry_its_parameters_and_references()
     assert "means over the 2 seeds with 90% t intervals" in text and text.endswith(
         "(commit 0123456789ab; Python 3.11.7, torch 2.5).")
     ds.attrs["history"] = ("2026-01-01T00:00:00+00:00 estimate: 4 tasks, ... (git 0123456789abcdef)\n"
-                           "2026-01-02T00:00:00+00:00 estimate: 2 tasks, ... (git fedcba9876543210+dirty)")
+                           "2026-01-02T00:00:00+00:00 estimate: 2 tasks, ... (git fedcba9876543210+dirty; "
+                           "versions changed since the previous run: torch 2.4 -> 2.5)")
     assert methods_section(ds, {}, 2)[0].endswith(
         "(commits 0123456789ab, fedcba987654, whose runs the store's history lists; Python 3.11.7, "
-        "torch 2.5).")
+        "torch 2.5). Package versions changed between the store's runs (torch 2.4 -> 2.5).")
     plain = methods_section(ds, {}, 2, intervals=False)[0]  # the figures of `--no-intervals`
     assert "means over the 2 seeds (drawn without intervals)." in plain
     keys = ["shwartzziv2017", "giraldo2015", "wickstrom2019", "achille2019"]
