@@ -1,6 +1,6 @@
 """Figure files: each figure as PNG and PDF, written by worker processes while the caller draws.
 
-    with FigureFiles(Path("figures/run")) as files:
+    with FigureFiles(Path("figures/run"), progress="figures run") as files:  # a bar on stderr
         files.save(fig, "plane_kde_all")        # figures/run/plane_kde_all.png and .pdf
     files.names                                 # in the order saved, every file written
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from tqdm import tqdm
 
 from pipeline.child_process import main_module_hidden
 
@@ -57,26 +58,38 @@ class FigureFiles:
     ----------
     out_dir : the folder the files go to (it must exist).
     workers : writer processes (default `default_workers()`); 0 writes each figure in `save`.
+    progress : where given, a bar of that title on stderr counts the figures written; how many
+        there will be is known once the caller has drawn the last (`close`).
     """
 
-    def __init__(self, out_dir: Path, workers: int | None = None):
+    def __init__(self, out_dir: Path, workers: int | None = None, progress: str | None = None):
         self.out_dir = Path(out_dir)
         self.names: list[str] = []
         self._workers = default_workers() if workers is None else workers
         self._pool: ProcessPoolExecutor | None = None
         self._pending: list[Future] = []
+        self._bar = None if progress is None else tqdm(
+            desc=progress, unit="figure", mininterval=1.0, dynamic_ncols=True,
+            bar_format="{desc}: {n_fmt} written, more being drawn [{elapsed}]")
 
     def save(self, fig: Figure, name: str) -> None:
         pickled = self._pickled(fig) if self._workers else None
         if pickled is None:
             save(fig, self.out_dir, name)
+            self._written()
         else:
             plt.close(fig)
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(self._workers, mp_context=get_context("spawn"))
             with main_module_hidden():  # a worker may start here: never rerun the caller's script
-                self._pending.append(self._pool.submit(_save_pickled, pickled, str(self.out_dir), name))
+                future = self._pool.submit(_save_pickled, pickled, str(self.out_dir), name)
+            future.add_done_callback(lambda done: done.exception() or self._written())
+            self._pending.append(future)
         self.names.append(name)
+
+    def _written(self) -> None:
+        if self._bar is not None:
+            self._bar.update()
 
     @staticmethod
     def _pickled(fig: Figure) -> bytes | None:
@@ -88,6 +101,10 @@ class FigureFiles:
             return None
 
     def close(self) -> None:
+        if self._bar is not None:  # every figure is drawn: the bar now has its end
+            self._bar.total = len(self.names)
+            self._bar.bar_format = None  # tqdm's own: n/total, elapsed<remaining, rate
+            self._bar.refresh()
         try:
             for future in self._pending:
                 future.result()
@@ -99,6 +116,9 @@ class FigureFiles:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending = []
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def __enter__(self) -> FigureFiles:
         return self

@@ -59,7 +59,8 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     results = _results(paths, archive, messages, wanted or [])
     out = paths.figures(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with FigureFiles(out) as files:  # written by worker processes while this one goes on
+    # written by worker processes while this one goes on; a bar on stderr counts them
+    with FigureFiles(out, progress=f"figures {archive.name}") as files:
         stop = _archive_figures(archive, files, messages)
         if results is not None:
             _results_figures(results, archive, files, messages, intervals, stop)

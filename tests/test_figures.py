@@ -197,6 +197,19 @@ def test_a_figure_pickle_cannot_carry_is_written_in_the_drawing_process(tmp_path
     assert (tmp_path / "fisher.png").stat().st_size > 3000 and (tmp_path / "fisher.pdf").exists()
 
 
+def test_the_progress_bar_counts_figures_when_their_files_are_written(tmp_path, capsys):
+    from matplotlib.ticker import FuncFormatter
+
+    unpicklable = F.fisher_figure(synthetic_results())  # written in this process
+    unpicklable.axes[0].xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0f}"))
+    with FigureFiles(tmp_path, workers=1, progress="figures toy") as files:
+        files.save(F.fisher_figure(synthetic_results()), "by_worker")
+        files.save(unpicklable, "here")
+        files.save(F.fisher_figure(synthetic_results()), "by_worker_too")
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("figures toy: 100%") and "| 3/3 [" in last
+
+
 def test_a_figure_a_worker_cannot_write_is_the_callers_error(tmp_path):
     files = FigureFiles(tmp_path / "missing", workers=1)
     files.save(F.fisher_figure(synthetic_results()), "fisher")
