@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from tqdm import tqdm
 
 from pipeline.config import ArchiveConfig
 from pipeline.data import SplitData
@@ -579,23 +580,27 @@ class ArchiveReader:
                 f"retrain that seed (`make train ... --force`, or record it again) and run "
                 f"`python -m stages.verify {self.path}` to list all damage")
 
-    def verify(self) -> list[str]:
-        """Every committed chunk of every seed against its commit's record: the damage found."""
-        damage = []
+    def verify(self, progress: bool = False) -> list[str]:
+        """Every committed chunk of every seed against its commit's record: the damage found.
+        `progress`: a bar on stderr counts the bytes read."""
+        records = []  # (seed, snapshot index or None for history, file, size, CRC-32)
         for seed in self.seeds:
             attrs = self.seed_group(seed).attrs
             if "integrity" not in attrs:
                 continue  # schema 1.0 recorded nothing to verify against
             n = int(attrs["committed_snapshots"])
-            for index, files in attrs["integrity"]["snapshots"].items():
-                if int(index) >= n:
-                    continue
-                for name, (size, crc) in files.items():
-                    if problem := self._file_problem(seed, name, size, crc):
-                        damage.append(self._damage_message(seed, int(index), name, problem))
-            for name, (size, crc) in attrs["integrity"].get("history", {}).items():
+            records += [(seed, int(index), name, size, crc)
+                        for index, files in attrs["integrity"]["snapshots"].items() if int(index) < n
+                        for name, (size, crc) in files.items()]
+            records += [(seed, None, name, size, crc)
+                        for name, (size, crc) in attrs["integrity"].get("history", {}).items()]
+        damage = []
+        with tqdm(total=sum(record[3] for record in records), unit="B", unit_scale=True, mininterval=1.0,
+                  desc=f"verify {self.name}", disable=not progress, dynamic_ncols=True) as bar:
+            for seed, index, name, size, crc in records:
                 if problem := self._file_problem(seed, name, size, crc):
-                    damage.append(self._damage_message(seed, None, name, problem))
+                    damage.append(self._damage_message(seed, index, name, problem))
+                bar.update(size)
         return damage
 
     def weights(self, seed: int, epoch: int) -> dict[str, np.ndarray]:

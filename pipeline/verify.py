@@ -17,9 +17,10 @@ def is_results_store(path: Path) -> bool:
     return (Path(path) / "done").is_dir()  # every results store has the `done` mask; archives never
 
 
-def verify(path: str | Path) -> list[str]:
-    """Damage found in an archive or a results store (told apart by the `done` mask)."""
+def verify(path: str | Path, progress: bool = False) -> list[str]:
+    """Damage found in an archive or a results store (told apart by the `done` mask);
+    `progress`: a bar on stderr counts the bytes of the archive's chunks read."""
     path = Path(path)
     if is_results_store(path):
         return verify_results(path)
-    return ArchiveReader(path).verify()
+    return ArchiveReader(path).verify(progress)

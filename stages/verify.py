@@ -30,7 +30,7 @@ def cli() -> None:
             run = (RunPaths.from_archive(args.archive) if args.archive else
                    RunPaths.of(args.runs, load_config(args.config or DEFAULT_CONFIG, args.overrides).name))
             paths = [run.archive] + ([run.results] if run.results.exists() else [])
-        damage = [line for path in paths for line in verify(path)]
+        damage = [line for path in paths for line in verify(path, progress=True)]
         for line in damage:
             print(f"damaged: {line}", file=sys.stderr)
         print(f"{len(damage)} problem(s) in {', '.join(map(str, paths))}")

@@ -181,6 +181,7 @@ def test_a_deleted_activation_chunk_is_an_error_naming_it(run):
     proc = stage("verify", run, check=False)
     assert proc.returncode == 2 and "1 problem(s)" in proc.stdout
     assert "chunk seed_0/activations/dense2/c/2/0/0 (snapshot 2 of seed 0) is missing" in proc.stderr
+    assert "verify tiny: 100%" in proc.stderr  # the bar of the bytes read, the missing file's included
     shutil.rmtree(run / "tiny" / "estimates.zarr")
     proc = stage("estimate", run, "--scheduler", "synchronous", check=False)
     assert proc.returncode == 2 and "seed_0/activations/dense2/c/2/0/0" in proc.stderr
