@@ -83,7 +83,7 @@ class FigureFiles:
                 self._pool = ProcessPoolExecutor(self._workers, mp_context=get_context("spawn"))
             with main_module_hidden():  # a worker may start here: never rerun the caller's script
                 future = self._pool.submit(_save_pickled, pickled, str(self.out_dir), name)
-            future.add_done_callback(lambda done: done.exception() or self._written())
+            future.add_done_callback(lambda done: done.cancelled() or done.exception() or self._written())
             self._pending.append(future)
         self.names.append(name)
 

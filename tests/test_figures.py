@@ -210,6 +210,18 @@ def test_the_progress_bar_counts_figures_when_their_files_are_written(tmp_path, 
     assert last.startswith("figures toy: 100%") and "| 3/3 [" in last
 
 
+def test_the_callers_error_cancels_the_files_not_started_without_a_word_from_the_bar(tmp_path, capsys,
+                                                                                     caplog):
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        with FigureFiles(tmp_path, workers=1, progress="figures toy") as files:
+            for name in ("a", "b", "c", "d"):  # one worker: the later ones wait, and are cancelled
+                files.save(F.fisher_figure(synthetic_results()), name)
+            raise RuntimeError("drawing failed")
+    err = capsys.readouterr().err  # a callback's error is logged (by concurrent.futures), not raised
+    assert "Traceback" not in err and not [r for r in caplog.records if "callback" in r.getMessage()]
+    assert not (tmp_path / "d.png").exists()
+
+
 def test_a_figure_a_worker_cannot_write_is_the_callers_error(tmp_path):
     files = FigureFiles(tmp_path / "missing", workers=1)
     files.save(F.fisher_figure(synthetic_results()), "fisher")
