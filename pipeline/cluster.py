@@ -30,7 +30,7 @@ def worker_environ() -> dict[str, Any]:
     return environ
 
 
-PRELOADED = ["distributed", "pipeline.tasks"]
+PRELOADED = ["distributed", "pipeline.worker_server", "pipeline.tasks"]
 
 
 def start_worker_server() -> bool:

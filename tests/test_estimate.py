@@ -314,6 +314,26 @@ def test_kill_and_resume_equals_uninterrupted(runs, tmp_path):
         np.testing.assert_array_equal(final[name].values, ref[name].values, err_msg=name)
 
 
+def test_ctrl_c_ends_a_local_cluster_run_in_one_line(runs):
+    # slow Renyi cells, so that tasks are running on both workers when the interrupt comes
+    proc = subprocess.Popen([sys.executable, "-m", "stages.estimate", "--config", str(TINY), "--runs",
+                             str(runs), "--set", "estimators.renyi.n_batches=400", "--set",
+                             "estimate.n_workers=2"], cwd=ROOT, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stdout:  # the cluster is up once its dashboard is printed
+        if line.startswith("dask dashboard"):
+            break
+    time.sleep(1.0)
+    assert proc.poll() is None, "finished before the interrupt"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("estimate tiny")]  # less its progress bar
+    assert proc.returncode == 130
+    assert lines == ["interrupted: committed work is kept; run the same command again to resume"], err
+
+
 def _files(folder) -> int:
     """Files below `folder` (0 where it does not exist yet)."""
     return sum(len(names) for _, _, names in os.walk(folder))
