@@ -1,9 +1,13 @@
-"""Spawned child processes that run only infoplane's code, never the caller's script."""
+"""Spawned child processes that run only infoplane's code, never the caller's script, and
+end with their parent."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import threading
+import time
 
 
 @contextlib.contextmanager
@@ -24,3 +28,17 @@ def main_module_hidden():
     finally:
         for name, value in saved.items():
             setattr(main, name, value)
+
+
+def exit_with_parent(parent: int) -> None:
+    """Exit this process as soon as `parent` is gone (checked every half second), from a daemon
+    thread: the main thread may be blocked for ever, reading from a pipe it holds both ends of
+    (a queue's) what the killed parent had only half sent. `parent` is passed in, not read
+    here: the child may start after its parent died."""
+    threading.Thread(target=_exit_once_orphaned, args=(parent,), daemon=True).start()
+
+
+def _exit_once_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)

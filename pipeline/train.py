@@ -15,7 +15,7 @@ import math
 import multiprocessing
 import os
 import shutil
-import threading
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +40,7 @@ from pipeline.archive import (
     remove_litter,
     snapshot_epochs,
 )
+from pipeline.child_process import exit_with_parent
 from pipeline.config import ConfigError, ExperimentConfig
 from pipeline.data import SplitData, load_dataset
 from pipeline.models import build_model, recorded_layers
@@ -248,23 +249,36 @@ def archive_samples(archive: ArchiveReader) -> Samples:
     return Samples(archive.inputs, archive.labels, archive.dataset_index, archive.split)
 
 
+_interrupt = {"received": False, "training": False}  # this seed process's Ctrl-C state
+
+
 def _train_seed_process(args: tuple) -> SeedResult:
     cfg, seed, runs_dir, position, threads = args
-    return train_seed(cfg, seed, runs_dir, position=position, threads=threads)
+    if _interrupt["received"]:  # a seed queued to this process before the Ctrl-C: never start it
+        raise KeyboardInterrupt
+    _interrupt["training"] = True
+    try:
+        return train_seed(cfg, seed, runs_dir, position=position, threads=threads)
+    finally:
+        _interrupt["training"] = False
 
 
-def _watch_parent(parent: int) -> None:
-    """Pool initializer: the worker stops when its `make train` is killed (its writer then exits
-    uncommitted). Started before the worker waits for a task: an idle worker blocks on the task
-    queue, whose pipe it holds both ends of, and would outlive the killed parent forever."""
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+def _on_interrupt(signum, frame) -> None:
+    """Ctrl-C reaches every seed process: the seed in training stops as in the parent (its
+    Recorder drains its writer); an idle process only remembers it, since a KeyboardInterrupt
+    there would end it with a traceback."""
+    _interrupt["received"] = True
+    if _interrupt["training"]:
+        raise KeyboardInterrupt
 
 
-def _exit_with_parent(parent: int) -> None:
-    """`parent` is passed in, not read here: a worker may start after its parent died."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
+def _seed_process_setup(parent: int) -> None:
+    """Pool initializer: Ctrl-C as `_on_interrupt` says, and the process stops when its `make
+    train` is killed (its writer then exits uncommitted). Set before the process waits for a
+    task: an idle one blocks on the task queue, whose pipe it holds both ends of, and would
+    outlive the killed parent forever."""
+    signal.signal(signal.SIGINT, _on_interrupt)
+    exit_with_parent(parent)
 
 
 def prepare_archive(cfg: ExperimentConfig, runs_dir: str | Path, force: bool = False) -> Path:
@@ -335,10 +349,14 @@ def _train_all(cfg: ExperimentConfig, runs_dir: str | Path, paths: RunPaths, for
         results = [train_seed(cfg, s, runs_dir, position=0, threads=threads) for s in todo]
     else:
         context = multiprocessing.get_context("spawn")  # torch and fork do not mix
-        with ProcessPoolExecutor(processes, mp_context=context, initializer=_watch_parent,
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=_seed_process_setup,
                                  initargs=(os.getpid(),)) as pool:
             jobs = [(cfg, s, runs_dir, i % processes, threads) for i, s in enumerate(todo)]
-            results = list(pool.map(_train_seed_process, jobs))
+            try:
+                results = list(pool.map(_train_seed_process, jobs))
+            except KeyboardInterrupt:  # the seeds in training stop too; queued ones never start
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     consolidate(archive_path)
     failed = [r for r in results if r.status == "diverged"]
     for r in results:

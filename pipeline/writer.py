@@ -13,13 +13,14 @@ import fcntl
 import multiprocessing
 import os
 import queue
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.archive import ArchiveError, SeedWriter
-from pipeline.child_process import main_module_hidden
+from pipeline.child_process import exit_with_parent, main_module_hidden
 
 
 @dataclass
@@ -95,6 +96,11 @@ def lock_seed(ckpt_dir: Path, name: str, wait: bool) -> int:
 
 def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocessing.Queue,
                  errors: multiprocessing.Queue, parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the trainer decides (it drains this writer on an
+    # interrupt, or dies and leaves it to exit uncommitted); a writer killed by it mid-queue
+    # would turn the interrupt into a "writing the archive failed" error
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent)  # never commit for the dead, even when blocked on a half-sent item
     lock = lock_seed(Path(ckpt_dir), "writer", wait=True)
     try:
         writer = SeedWriter(Path(archive_path), seed)

@@ -126,10 +126,10 @@ def test_corrupted_archive_names_the_array(tmp_path):
         ArchiveReader(path)
 
 
-def _committed(path):
+def _committed(path, seeds=(0, 1)):
     try:
         root = zarr.open_group(str(path), mode="r", use_consolidated=False)
-        return min(int(root[f"seed_{s}"].attrs["committed_snapshots"]) for s in (0, 1))
+        return min(int(root[f"seed_{s}"].attrs["committed_snapshots"]) for s in seeds)
     except Exception:
         return 0
 
@@ -142,18 +142,37 @@ def uninterrupted(tmp_path_factory):
     return reference
 
 
-@pytest.mark.parametrize("kill_after", [3, 40])
-def test_sigkill_and_resume_equals_uninterrupted(tmp_path, kill_after, uninterrupted):
-    reference, killed = uninterrupted, tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--config", str(TINY),
-                             "--runs", str(killed), *LONG], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    path = killed / "tiny" / "archive.zarr"
+INTERRUPTED = "interrupted: committed work is kept; run the same command again to resume"
+
+
+def _stage_interrupted(runs, args: list[str], when, how: int) -> str:
+    """Run `make train` in its own process group, send `how` to the group once `when()` holds
+    (as Ctrl-C in a terminal does for SIGINT), and return its stderr once it has ended."""
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--config", str(TINY), "--runs",
+                             str(runs), *args], cwd=ROOT, start_new_session=True, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
-    while _committed(path) < kill_after and time.monotonic() < deadline and proc.poll() is None:
+    while not when() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # trainer, seed processes and writers alike
-    proc.wait()
+    os.killpg(proc.pid, how)
+    err = proc.communicate(timeout=60)[1]
+    if how == signal.SIGINT:  # one line, whatever the seed processes and writers were doing
+        assert proc.returncode == 130 and err.replace("\r", "\n").strip().splitlines()[-1] == INTERRUPTED
+        assert "Traceback" not in err and "leaked" not in err, err[-3000:]
+    return err
+
+
+# Ctrl-C: with a third seed queued behind the two in training, which must never start
+@pytest.mark.parametrize("kill_after, how, extra", [
+    (3, signal.SIGKILL, []), (40, signal.SIGKILL, []),
+    (3, signal.SIGINT, ["--set", "seeds=[0,1,2]", "--set", "train.parallel_seeds=2"])])
+def test_sigkill_or_ctrl_c_and_resume_equals_uninterrupted(tmp_path, kill_after, how, extra, uninterrupted):
+    reference, killed = uninterrupted, tmp_path / "killed"
+    path = killed / "tiny" / "archive.zarr"
+    _stage_interrupted(killed, [*LONG, *extra], lambda: _committed(path) >= kill_after, how)
+    if extra:
+        assert 2 not in ArchiveReader(path).seeds
     archive = ArchiveReader(path)
     status = [archive.seed_status(s)["status"] for s in archive.seeds]
     assert "training" in status, "the run finished before the kill; make it longer"
@@ -161,9 +180,17 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path, kill_after, uninterru
     for seed in archive.seeds:
         for epoch in archive.committed_epochs(seed):
             assert np.isfinite(archive.activations(seed, "dense2", int(epoch))).all()
-    run_stage("train", "--config", str(TINY), "--runs", str(killed), *LONG)
+    run_stage("train", "--config", str(TINY), "--runs", str(killed), *LONG, *extra)
     for seed in (0, 1):
         assert_same_arrays(group_arrays(reference / "tiny" / "archive.zarr", f"seed_{seed}"),
                            group_arrays(path, f"seed_{seed}"))
         assert ArchiveReader(path).seed_status(seed)["status"] == "finished"
     assert verify(path) == []  # every commit's record matches its files after the resume
+
+
+def test_ctrl_c_on_a_single_seed_run_is_one_line_and_leaves_it_resumable(tmp_path):
+    path = tmp_path / "tiny" / "archive.zarr"
+    _stage_interrupted(tmp_path, [*LONG, "--set", "seeds=[0]"], lambda: _committed(path, (0,)) >= 3,
+                       signal.SIGINT)
+    assert ArchiveReader(path).seed_status(0)["status"] == "training"
+    assert verify(path) == []
