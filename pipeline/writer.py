@@ -2,9 +2,10 @@
 
 A separate process (not a thread) so that zarr's encoding and file I/O do not compete with the
 training loop for the GIL. The queue is bounded: if the disk cannot keep up, training slows
-down rather than memory growing without limit. A writer whose trainer died exits before its
-next commit, and holds an exclusive lock on the seed while alive, so a resumed trainer waits
-for an orphaned writer instead of racing it.
+down rather than memory growing without limit. A writer whose trainer died exits within half a
+second, committing nothing more, and holds an exclusive lock on the seed while alive, so a
+resumed trainer waits for an orphaned writer instead of racing it. Ctrl-C is the trainer's: the
+writer ignores it, and stores what was handed to it when the trainer closes it.
 """
 
 from __future__ import annotations
