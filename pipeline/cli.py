@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import sys
 import traceback
 import warnings
@@ -66,10 +67,20 @@ def guarded(body: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print("interrupted: committed work is kept; run the same command again to resume",
               file=sys.stderr)
+        _quiet_abandoned_writes()
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - every failure ends in a message and an exit code
-        sys.exit(_report(err))
+        code = _report(err)
+        _quiet_abandoned_writes()
+        sys.exit(code)
     sys.exit(code)
+
+
+def _quiet_abandoned_writes() -> None:
+    """After the stage has said why it stops: zarr's writes still pending in its event loop
+    (the other chunks of a write that hit a full disk) are destroyed at exit, and asyncio would
+    log each one ("Task was destroyed but it is pending!") after the stage's one line."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def _report(err: Exception) -> int:
