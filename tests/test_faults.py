@@ -209,14 +209,16 @@ def test_a_results_cell_whose_data_is_gone_is_not_done(run):
 @pytest.mark.slow
 def test_figures_refuse_a_foreign_or_corrupt_results_store_and_keep_the_last_report(run, tmp_path):
     figures = tmp_path / "figures"
-    stage("figures", run, "--figures", str(figures))
+    (figures / "tiny").mkdir(parents=True)  # the last report: no file of it may be replaced
+    for name in ("index.html", "plane_binning_10_test.png", "training.png"):
+        (figures / "tiny" / name).write_text(f"the last report's {name}")
     before = {f.name: f.read_bytes() for f in (figures / "tiny").iterdir()}
-    assert "plane_binning_10_test.png" in before
     other = tmp_path / "other"
     stage("train", other, "--set", "train.lr=0.02")
     shutil.copytree(run / "tiny" / "estimates.zarr", other / "tiny" / "estimates.zarr")
     proc = stage("figures", other, "--figures", str(figures), check=False)
     assert proc.returncode == 2 and "belongs to another archive" in proc.stderr
+    assert {f.name: f.read_bytes() for f in (figures / "tiny").iterdir()} == before
     chunk = next(f for f in (run / "tiny" / "estimates.zarr" / "I_XT" / "c").rglob("*") if f.is_file())
     chunk.write_bytes(chunk.read_bytes()[:5])  # a half-written chunk
     proc = stage("figures", run, "--figures", str(figures), check=False)
