@@ -106,12 +106,7 @@ def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocess
     try:
         writer = SeedWriter(Path(archive_path), seed)
         while True:
-            try:
-                item = jobs.get(timeout=1.0)
-            except queue.Empty:
-                if os.getppid() != parent:
-                    return
-                continue
+            item = jobs.get()  # an orphaned writer is ended by `exit_with_parent`, blocked or not
             if item is None or os.getppid() != parent:  # orphaned: never commit for the dead
                 return
             if isinstance(item, SnapshotRows):
