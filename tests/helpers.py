@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,19 @@ def run_stage(stage: str, *args: str, check: bool = True, timeout: float = 600,
     if check and proc.returncode != 0:
         raise AssertionError(f"stage {stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+INTERRUPTED = "interrupted: committed work is kept; run the same command again to resume"
+
+
+def start_stage(stage: str, *args: str, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE) -> subprocess.Popen:
+    """`python -m stages.<stage>` in a process group of its own, so that a test can signal the
+    whole group as Ctrl-C (SIGINT) or a kill does; SIGINT at its default, as a terminal leaves
+    it (a test run started in the background would hand it down ignored)."""
+    return subprocess.Popen([sys.executable, "-m", f"stages.{stage}", *args], cwd=ROOT, text=True,
+                            start_new_session=True, stdout=stdout, stderr=stderr,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def group_arrays(path: Path, group: str) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from pipeline.estimate import Selection
 from pipeline.estimate import main as estimate
 from pipeline.provenance import git_revision
 from pipeline.results import ResultsError
-from tests.helpers import ROOT, TINY, run_stage, tiny_config
+from tests.helpers import INTERRUPTED, ROOT, TINY, run_stage, start_stage, tiny_config
 
 pytestmark = pytest.mark.slow
 ESTIMATORS = {
@@ -296,9 +296,8 @@ def test_kill_and_resume_equals_uninterrupted(runs, tmp_path):
     text = text.replace("fisher_probe_size = 60", "fisher_probe_size = 40")
     toml.write_text(text)
     store = runs / "tiny" / "estimates.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "stages.estimate", "--config", str(toml), "--runs",
-                             str(runs), "--scheduler", "synchronous"], cwd=ROOT,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_stage("estimate", "--config", str(toml), "--runs", str(runs), "--scheduler", "synchronous",
+                       stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     # killed as soon as the first chunk of the done mask is written (8 chunks, one per entry,
     # seed and split): a directory listing, so the poll stays fast on a busy machine
@@ -316,11 +315,9 @@ def test_kill_and_resume_equals_uninterrupted(runs, tmp_path):
 
 def test_ctrl_c_ends_a_local_cluster_run_in_one_line(runs):
     # slow Renyi cells, so that tasks are running on both workers when the interrupt comes
-    proc = subprocess.Popen([sys.executable, "-m", "stages.estimate", "--config", str(TINY), "--runs",
-                             str(runs), "--set", "estimators.renyi.n_batches=400", "--set",
-                             "estimate.n_workers=2"], cwd=ROOT, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_stage("estimate", "--config", str(TINY), "--runs", str(runs), "--set",
+                       "estimators.renyi.n_batches=400", "--set", "estimate.n_workers=2",
+                       stdout=subprocess.PIPE)
     for line in proc.stdout:  # the cluster is up once its dashboard is printed
         if line.startswith("dask dashboard"):
             break
@@ -331,7 +328,7 @@ def test_ctrl_c_ends_a_local_cluster_run_in_one_line(runs):
     lines = [line for line in err.replace("\r", "\n").splitlines()
              if line.strip() and not line.startswith("estimate tiny")]  # less its progress bar
     assert proc.returncode == 130
-    assert lines == ["interrupted: committed work is kept; run the same command again to resume"], err
+    assert lines == [INTERRUPTED], err
 
 
 def _files(folder) -> int:

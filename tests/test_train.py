@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -13,7 +11,7 @@ import zarr
 
 from pipeline.archive import ArchiveError, ArchiveReader
 from pipeline.verify import verify
-from tests.helpers import ROOT, TINY, assert_same_arrays, group_arrays, run_stage
+from tests.helpers import INTERRUPTED, TINY, assert_same_arrays, group_arrays, run_stage, start_stage
 
 pytestmark = pytest.mark.slow
 LONG = ["--set", "train.n_epochs=80", "--set", "archive.every=1", "--set", "train.threads_per_seed=1"]
@@ -142,16 +140,10 @@ def uninterrupted(tmp_path_factory):
     return reference
 
 
-INTERRUPTED = "interrupted: committed work is kept; run the same command again to resume"
-
-
 def _stage_interrupted(runs, args: list[str], when, how: int) -> str:
     """Run `make train` in its own process group, send `how` to the group once `when()` holds
     (as Ctrl-C in a terminal does for SIGINT), and return its stderr once it has ended."""
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--config", str(TINY), "--runs",
-                             str(runs), *args], cwd=ROOT, start_new_session=True, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_stage("train", "--config", str(TINY), "--runs", str(runs), *args)
     deadline = time.monotonic() + 120
     while not when() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
