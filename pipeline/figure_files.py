@@ -1,8 +1,10 @@
-"""Figure files: each figure as PNG and PDF, written by worker processes while the caller draws.
+"""Figure files: each figure as PNG and PDF (or the `formats` asked for), written by worker
+processes while the caller draws.
 
     with FigureFiles(Path("figures/run"), progress="figures run") as files:  # a bar on stderr
         files.save(fig, "plane_kde_all")        # figures/run/plane_kde_all.png and .pdf
     files.names                                 # in the order saved, every file written
+    FigureFiles(out, formats=("png", "svg"))    # PNG and SVG, no PDF
 
 Writing is most of the figures stage's time: each format renders the figure anew, and each PDF
 embeds a subset of its font (about 0.3 s). A figure pickles in milliseconds and renders to the
@@ -25,24 +27,48 @@ from tqdm import tqdm
 from pipeline.child_process import main_module_hidden
 
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 6,
-         "xtick.labelsize": 7, "ytick.labelsize": 7, "pdf.fonttype": 42}
+         "xtick.labelsize": 7, "ytick.labelsize": 7, "pdf.fonttype": 42, "svg.fonttype": "none",
+         "svg.hashsalt": "infoplane"}
+
+# PNG is always written (the HTML report shows it); the others are vector versions beside it.
+KNOWN_FORMATS = ("png", "pdf", "svg")
+FORMATS = ("png", "pdf")
+# the date a file was made, left out so that the same figure writes the same bytes
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
 
-def save(fig: Figure, out_dir: Path, name: str) -> None:
-    """PNG and PDF; the PDF embeds its fonts as TrueType (the style's `pdf.fonttype`, read when
-    saving): journals refuse matplotlib's default Type 3 fonts."""
+def checked_formats(formats: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The formats of "png,svg" (or a sequence), PNG first; a ValueError names what is wrong."""
+    given = formats.split(",") if isinstance(formats, str) else list(formats)
+    given = [f.strip().lower().lstrip(".") for f in given]
+    unknown = [f for f in given if f not in KNOWN_FORMATS]
+    if unknown or "png" not in given:
+        problem = f"unknown format(s) {', '.join(map(repr, unknown))}" if unknown else "png is missing"
+        raise ValueError(f"figure formats {','.join(given)}: {problem}; give png and any of "
+                         f"{', '.join(KNOWN_FORMATS[1:])}, e.g. png,pdf (the report shows the PNGs)")
+    return tuple(f for f in KNOWN_FORMATS if f in given)
+
+
+def save(fig: Figure, out_dir: Path, name: str, formats: tuple[str, ...] = FORMATS) -> None:
+    """The figure in each format; a file of the same name in a format not asked for is removed,
+    so that no vector version from an earlier run sits beside a newer PNG. The PDF embeds its
+    fonts as TrueType (the style's `pdf.fonttype`): journals refuse matplotlib's default Type 3
+    fonts; the SVG keeps its text as text (`svg.fonttype`), editable in a drawing program, and
+    its element ids come from a fixed salt (`svg.hashsalt`)."""
+    formats = checked_formats(formats)
     with plt.rc_context(STYLE):
-        for ext in ("png", "pdf"):
-            fig.savefig(out_dir / f"{name}.{ext}", dpi=130, metadata={"CreationDate": None}
-                        if ext == "pdf" else None)
+        for ext in formats:
+            fig.savefig(out_dir / f"{name}.{ext}", dpi=130, metadata=_NO_DATE.get(ext))
+    for ext in set(KNOWN_FORMATS) - set(formats):
+        (out_dir / f"{name}.{ext}").unlink(missing_ok=True)
     plt.close(fig)
 
 
-def _save_pickled(pickled: bytes, out_dir: str, name: str) -> None:
+def _save_pickled(pickled: bytes, out_dir: str, name: str, formats: tuple[str, ...]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # a worker only writes files
-    save(pickle.loads(pickled), Path(out_dir), name)
+    save(pickle.loads(pickled), Path(out_dir), name, formats)
 
 
 def default_workers() -> int:
@@ -60,10 +86,13 @@ class FigureFiles:
     workers : writer processes (default `default_workers()`); 0 writes each figure in `save`.
     progress : where given, a bar of that title on stderr counts the figures written; how many
         there will be is known once the caller has drawn the last (`close`).
+    formats : the file formats of each figure (`checked_formats`), PNG and PDF by default.
     """
 
-    def __init__(self, out_dir: Path, workers: int | None = None, progress: str | None = None):
+    def __init__(self, out_dir: Path, workers: int | None = None, progress: str | None = None,
+                 formats: str | tuple[str, ...] = FORMATS):
         self.out_dir = Path(out_dir)
+        self.formats = checked_formats(formats)
         self.names: list[str] = []
         self._workers = default_workers() if workers is None else workers
         self._pool: ProcessPoolExecutor | None = None
@@ -75,14 +104,14 @@ class FigureFiles:
     def save(self, fig: Figure, name: str) -> None:
         pickled = self._pickled(fig) if self._workers else None
         if pickled is None:
-            save(fig, self.out_dir, name)
+            save(fig, self.out_dir, name, self.formats)
             self._written()
         else:
             plt.close(fig)
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(self._workers, mp_context=get_context("spawn"))
             with main_module_hidden():  # a worker may start here: never rerun the caller's script
-                future = self._pool.submit(_save_pickled, pickled, str(self.out_dir), name)
+                future = self._pool.submit(_save_pickled, pickled, str(self.out_dir), name, self.formats)
             future.add_done_callback(lambda done: done.cancelled() or done.exception() or self._written())
             self._pending.append(future)
         self.names.append(name)

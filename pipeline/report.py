@@ -19,8 +19,8 @@ import numpy as np
 from pipeline import figures as F
 from pipeline import findings
 from pipeline.archive import ArchiveReader
-from pipeline.config import ExperimentConfig
-from pipeline.figure_files import FigureFiles
+from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.figure_files import FORMATS, FigureFiles, checked_formats
 from pipeline.interactive import interactive_sections, write_plotly_js
 from pipeline.methods_text import methods_section
 from pipeline.report_html import write_report
@@ -40,18 +40,25 @@ def szt_ib_curve(betas: np.ndarray | None = None) -> np.ndarray:
 
 
 def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", figures_dir: str | Path = "figures",
-         intervals: bool = True) -> int:
+         intervals: bool = True, formats: str | tuple[str, ...] = FORMATS) -> int:
     """Every figure of a built-in run (its config's estimator entries are checked for)."""
-    return report_archive(RunPaths.of(runs_dir, cfg.name), figures_dir, intervals, list(cfg.estimators))
+    return report_archive(RunPaths.of(runs_dir, cfg.name), figures_dir, intervals, list(cfg.estimators),
+                          formats)
 
 
 def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figures",
-                   intervals: bool = True, wanted: list[str] | None = None) -> int:
+                   intervals: bool = True, wanted: list[str] | None = None,
+                   formats: str | tuple[str, ...] = FORMATS) -> int:
     """Every figure of an archive and its results store into `figures_dir/<run>/`, with index.html.
 
     Parts the archive lacks (history, gradient statistics, weights) and results not computed yet
-    are skipped, each with one note saying why.
+    are skipped, each with one note saying why. `formats`: each figure's files, PNG and PDF by
+    default ("png,svg", "png" alone; `pipeline.figure_files.checked_formats`).
     """
+    try:
+        formats = checked_formats(formats)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
     messages: list[str] = []
     archive = ArchiveReader(paths.archive)
@@ -60,7 +67,7 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     out = paths.figures(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     # written by worker processes while this one goes on; a bar on stderr counts them
-    with FigureFiles(out, progress=f"figures {archive.name}") as files:
+    with FigureFiles(out, progress=f"figures {archive.name}", formats=formats) as files:
         stop = _archive_figures(archive, files, messages)
         if results is not None:
             _results_figures(results, archive, files, messages, intervals, stop)
@@ -76,10 +83,11 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
     if interactive:
         write_plotly_js(out)
     report = write_report(out, archive.name, files.names, archive.config or _recording(archive), attrs,
-                          estimators, messages, summary, final_accuracy(archive), interactive, methods)
+                          estimators, messages, summary, final_accuracy(archive), interactive, methods,
+                          formats)
     for message in messages:
         print(f"note: {message}")
-    print(f"wrote {len(files.names)} figures (PNG and PDF) and {report}")
+    print(f"wrote {len(files.names)} figures ({' and '.join(f.upper() for f in formats)}) and {report}")
     return 0
 
 

@@ -169,10 +169,12 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
 def write_report(out_dir: Path, run: str, figures: list[str], config: dict[str, Any],
                  results_attrs: dict[str, Any], estimators: dict[str, str], messages: list[str],
                  summary: dict[str, Any] | None = None, accuracy: dict[str, float] | None = None,
-                 interactive: dict[str, str] | None = None, methods: tuple[str, str] | None = None) -> Path:
+                 interactive: dict[str, str] | None = None, methods: tuple[str, str] | None = None,
+                 formats: tuple[str, ...] = ("png", "pdf")) -> Path:
     """index.html: summary, contents, the interactive views (`interactive`: Plotly divs, with
-    plotly.min.js beside the file), every figure captioned, the methods paragraph and its BibTeX
-    (`methods`), then parameters and provenance."""
+    plotly.min.js beside the file), every figure captioned with links to its vector files (the
+    `formats` beside the PNG), the methods paragraph and its BibTeX (`methods`), then parameters
+    and provenance."""
     script = "<script src='plotly.min.js'></script>" if interactive else ""
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>infoplane: "
              f"{html.escape(run)}</title><style>{CSS}</style>{script}</head><body>",
@@ -191,11 +193,14 @@ def write_report(out_dir: Path, run: str, figures: list[str], config: dict[str, 
                      "layer, epoch, seed mean and 90% interval; click a layer in the legend to hide it; "
                      "the menu switches estimator entry and split.</p>" + "".join(interactive.values()))
     parts.append("<h2>Figures</h2>")
+    vector = [f for f in formats if f != "png"]
     for name in figures:
+        links = ", ".join(f"<a href='{name}.{f}'>{html.escape(name)}.{f}</a>" for f in vector)
         parts.append(f"<figure id='{html.escape(name)}'><h3>{html.escape(name)}</h3>"
-                     f"<a href='{name}.pdf'><img src='{name}.png' alt='{html.escape(name)}'></a>"
-                     f"<figcaption>{_caption(name, estimators)}<p class='muted'>Vector version: "
-                     f"<a href='{name}.pdf'>{html.escape(name)}.pdf</a></p></figcaption></figure>")
+                     f"<a href='{name}.{(vector or ['png'])[0]}'><img src='{name}.png' "
+                     f"alt='{html.escape(name)}'></a><figcaption>{_caption(name, estimators)}"
+                     + (f"<p class='muted'>Vector version: {links}</p>" if vector else "")
+                     + "</figcaption></figure>")
     if methods:
         parts.append("<h2 id='methods'>Methods and references</h2><p>For a paper's methods section "
                      "(also in <a href='methods.txt'>methods.txt</a> and <a href='references.bib'>"

@@ -1,6 +1,7 @@
 """Draw information planes, comparisons and diagnostics of a run into figures/<run>/.
 
     python -m stages.figures --config configs/szt_tanh.toml [--no-intervals] [--figures figures]
+    python -m stages.figures --formats png,svg                       # each figure as PNG and SVG
     python -m stages.figures --archive runs/mine/archive.zarr      # any archive, results beside it
 """
 
@@ -17,11 +18,13 @@ def cli() -> None:
     parser.add_argument("--figures", default="figures", help="output root (figures/<run>/)")
     parser.add_argument("--no-intervals", dest="intervals", action="store_false",
                         help="leave out the 90%% intervals of the points (seed t or the cells' own)")
+    parser.add_argument("--formats", default="png,pdf",
+                        help="each figure's files: png and any of pdf, svg (default png,pdf)")
     args = parser.parse_args()
     refuse_with_archive(args, "figures")
     if args.archive:
-        guarded(lambda: report_archive(args.archive, args.figures, args.intervals))
-    run_stage(lambda a, cfg: main(cfg, a.runs, a.figures, a.intervals), args)
+        guarded(lambda: report_archive(args.archive, args.figures, args.intervals, formats=args.formats))
+    run_stage(lambda a, cfg: main(cfg, a.runs, a.figures, a.intervals, a.formats), args)
 
 
 if __name__ == "__main__":

@@ -392,7 +392,7 @@ def test_figures_from_partial_results(runs, tmp_path):
     from pipeline.report import main as figures
 
     cfg = config()
-    figures(cfg, runs, tmp_path)  # no results store yet: a note and the archive's figures
+    figures(cfg, runs, tmp_path, formats="png")  # no results store yet: a note and the archive's figures
     out = tmp_path / "tiny"
     report = (out / "index.html").read_text()
     assert (out / "training.png").exists() and (out / "gradients.png").exists()
@@ -401,7 +401,7 @@ def test_figures_from_partial_results(runs, tmp_path):
     with pytest.warns(UserWarning, match="NaN stored in 48 cell.*\n  broken: 48 cell\\(s\\), e.g. seed 0 all "
                       "epoch 0 dense1: k must be between 1 and n - 1"):
         estimate(config(**bad), runs, scheduler="synchronous")
-    figures(config(**bad), runs, tmp_path)
+    figures(config(**bad), runs, tmp_path, formats="png")
     report = (out / "index.html").read_text()
     assert "estimator broken: every value is NaN" in report
     # the DPI holds in every cell of this entry: a sentence in the report instead of a figure

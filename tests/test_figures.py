@@ -1,6 +1,7 @@
 """Figures from tiny synthetic results (no training), the report, and the IB curve."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -185,6 +186,33 @@ def test_figures_written_by_workers_are_the_bytes_the_caller_would_write(tmp_pat
     save(F.information_plane_figure(ds, "renyi", "test", intervals=True), tmp_path / "here", "plane")
     for name in ("comparison.png", "comparison.pdf", "plane.png", "plane.pdf"):
         assert (tmp_path / "workers" / name).read_bytes() == (tmp_path / "here" / name).read_bytes(), name
+
+
+def test_formats_asked_for_are_written_and_no_older_vector_file_is_left_beside_them(tmp_path):
+    from pipeline.config import ConfigError
+    from pipeline.figure_files import checked_formats
+    from pipeline.report import report_archive
+
+    ds = synthetic_results()
+    save(F.fisher_figure(ds), tmp_path, "fisher")  # the default: PNG and PDF
+    with FigureFiles(tmp_path, workers=1, formats="svg, PNG") as files:
+        files.save(F.fisher_figure(ds), "fisher")
+    assert files.formats == ("png", "svg") and not (tmp_path / "fisher.pdf").exists()
+    svg = (tmp_path / "fisher.svg").read_text()
+    assert "<text" in svg and "Fisher" in svg and "<dc:date>" not in svg  # text kept as text, no date
+    (tmp_path / "again").mkdir()
+    save(F.fisher_figure(ds), tmp_path / "again", "fisher", ("png", "svg"))
+    assert (tmp_path / "again" / "fisher.svg").read_text() == svg  # the same figure, the same bytes
+    for bad, problem in (("png,jpg", "unknown format(s) 'jpg'"), ("pdf", "png is missing")):
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            checked_formats(bad)
+        with pytest.raises(ConfigError, match=re.escape(problem)):  # before the archive is opened
+            report_archive(tmp_path / "no_archive.zarr", tmp_path / "figures", formats=bad)
+    assert not (tmp_path / "figures").exists()
+    from pipeline.report_html import write_report
+
+    text = write_report(tmp_path, "toy", ["fisher"], {}, {}, {}, [], formats=("png", "svg")).read_text()
+    assert "href='fisher.svg'" in text and ".pdf" not in text
 
 
 def test_a_figure_pickle_cannot_carry_is_written_in_the_drawing_process(tmp_path):

@@ -264,7 +264,8 @@ def test_own_network_through_every_stage(tmp_path):
                                   [1, 2, 3, 4])
     assert ds.attrs["output_layer"] == "head"
 
-    proc = run_stage("figures", "--archive", str(path), "--figures", str(tmp_path / "figures"))
+    proc = run_stage("figures", "--archive", str(path), "--figures", str(tmp_path / "figures"),
+                     "--formats", "png")
     out = tmp_path / "figures" / "tower"
     for name in ("training", "gradients", "plane_own_gaussian_test", "plane_ksg_all", "comparison", "fisher"):
         assert (out / f"{name}.png").exists(), (name, proc.stdout)
@@ -297,7 +298,8 @@ def test_archive_without_optional_parts_through_every_stage(tmp_path):
     ds = xr.open_zarr(tmp_path / "bare" / "estimates.zarr").load()
     assert list(ds.split.values) == ["all"] and bool(ds.done.all())
     assert np.isfinite(ds.I_XT.sel(estimator="binning_30")).all() and np.isnan(ds.I_TY).all()
-    proc = run_stage("figures", "--archive", str(path), "--figures", str(tmp_path / "figures"))
+    proc = run_stage("figures", "--archive", str(path), "--figures", str(tmp_path / "figures"),
+                     "--formats", "png")
     assert "no training history" in proc.stdout and "no gradient statistics" in proc.stdout
     assert "estimator binning_30 (all): no I(T;Y) values (an archive without labels); no plane" in proc.stdout
     assert (tmp_path / "figures" / "bare" / "mi_vs_epoch_binning_30.png").exists()
@@ -568,7 +570,7 @@ def test_archive_of_the_previous_schema_reads_and_estimates(tmp_path):
     cell = ds.sel(estimator="binning_10", seed=0, split="test", epoch=1, layer="dense1")
     assert float(cell.I_XT) == expected["I_XT"] and float(cell.I_TY) == expected["I_TY"]
     assert np.isfinite(ds.fisher_trace).all()
-    assert report_archive(path, tmp_path / "figures") == 0
+    assert report_archive(path, tmp_path / "figures", formats="png") == 0
     with pytest.raises(ArchiveError, match="schema 1.0, which this release reads but does not extend"):
         Recorder(path, nn.Sequential(nn.Linear(12, 2)), ["0"], torch.zeros(32, 12))
 
