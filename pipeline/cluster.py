@@ -83,6 +83,30 @@ def make_client(scheduler: str | None, scheduler_file: str | None, n_workers: in
     return Client(cluster), cluster
 
 
+def dashboard_line(link: str | None, timeout_s: float = 2.0) -> str:
+    """"dask dashboard: <link>" where the scheduler serves one there, else why not and the fix.
+
+    distributed prints a link whatever it serves: without bokeh installed on the scheduler it
+    leads to a page asking for it, and under `dask scheduler --no-dashboard` to "404 Not Found".
+    """
+    import urllib.error
+    import urllib.request
+
+    if not link:
+        return "dask dashboard: none (the scheduler serves no web pages)"
+    try:
+        with urllib.request.urlopen(link, timeout=timeout_s) as page:
+            body = page.read(4096)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        return (f"dask dashboard: none at {link} ({reason}; a scheduler started with --no-dashboard "
+                "serves none)")
+    if b"needs bokeh" in body:
+        return ("dask dashboard: none (the scheduler needs bokeh>=3.1 to serve it: "
+                "pip install -e '.[dashboard]' where the scheduler runs)")
+    return f"dask dashboard: {link}"
+
+
 CONNECT_TIMEOUT_S = 10
 
 

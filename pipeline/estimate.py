@@ -32,7 +32,7 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.archive import ArchiveError, ArchiveReader
-from pipeline.cluster import check_workers, make_client, start_worker_server
+from pipeline.cluster import check_workers, dashboard_line, make_client, start_worker_server
 from pipeline.config import (
     ConfigError,
     EstimateConfig,
@@ -606,7 +606,7 @@ def _checked_client(settings: EstimateConfig, tasks: list[Task], scheduler: str 
     """The run's client and its own cluster (None on an existing one), once every worker has
     shown it can run the tasks (`check_workers`); warns of workers that run other code."""
     client, cluster = make_client(scheduler, scheduler_file, settings.n_workers)
-    print(f"dask dashboard: {client.dashboard_link}", flush=True)
+    print(dashboard_line(client.dashboard_link), flush=True)
     definitions = {task.definition.name: task.definition for task in tasks}
     own = {name: d for name, d in definitions.items() if name not in BUILTIN_METHODS}
     try:

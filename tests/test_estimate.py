@@ -153,9 +153,41 @@ def external_cluster(workers: int = 2, without_infoplane: int = 0):
             proc.wait()
 
 
-def test_external_scheduler_and_workers(runs, tmp_path):
+def test_the_dashboard_line_gives_a_link_only_where_a_dashboard_is_served():
+    import http.server
+    import threading
+
+    from pipeline.cluster import dashboard_line
+
+    pages = {"/status": b"<html>task stream</html>", "/bare/status": b"<p>Dask needs bokeh>=3.1.0 ...</p>"}
+
+    class Pages(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = pages.get(self.path)
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(body or b"404: Not Found")
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert dashboard_line(f"{base}/status") == f"dask dashboard: {base}/status"
+        assert "needs bokeh>=3.1" in dashboard_line(f"{base}/bare/status")
+        gone = dashboard_line(f"{base}/gone/status")
+        assert gone.startswith(f"dask dashboard: none at {base}/gone/status (Not Found")
+        server.shutdown()
+    assert dashboard_line(None) == "dask dashboard: none (the scheduler serves no web pages)"
+
+
+def test_external_scheduler_and_workers(runs, tmp_path, capsys):
     with external_cluster() as address:
         assert estimate(config(), runs, scheduler=address) == 0
+    # `dask scheduler --no-dashboard` still answers on its HTTP port, with 404 at the link
+    printed = capsys.readouterr().out
+    assert re.search(r"dask dashboard: none at http://127\.0\.0\.1:\d+/status \(Not Found;", printed)
     shutil.copytree(runs.parent / "runs", tmp_path / "sync", dirs_exist_ok=True)
     shutil.rmtree(tmp_path / "sync" / "tiny" / "estimates.zarr")
     estimate(config(), tmp_path / "sync", scheduler="synchronous")
