@@ -87,7 +87,7 @@ def test_mi_vs_epoch_says_which_band_it_draws():
 
 def test_each_split_has_its_own_line_style_named_in_the_title():
     three = xr.concat([synthetic_results().sel(split=["train"]).assign_coords(split=["all"]),
-                       synthetic_results()], dim="split")
+                       synthetic_results()], dim="split", data_vars="all")
     fig = F.mi_vs_epoch_figure(three, "binning_30")
     assert fig._suptitle.get_text().split("\n")[1].startswith(
         "dotted: all samples, solid: training samples, dashed: test samples;")
