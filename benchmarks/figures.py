@@ -46,14 +46,14 @@ def synthetic_store(n_seeds: int = 5, n_epochs: int = 100):
     return ds
 
 
-def draw_all(results, out: Path, workers: int) -> tuple[float, list[str]]:
+def draw_all(results, out: Path, workers: int, formats: tuple[str, ...]) -> tuple[float, list[str]]:
     """Seconds to draw and write every results figure into `out`, and the names written."""
     from pipeline.figure_files import FigureFiles
     from pipeline.report import _results_figures
 
     out.mkdir(parents=True)
     started = time.perf_counter()
-    with FigureFiles(out, workers=workers) as files:
+    with FigureFiles(out, workers=workers, formats=formats) as files:
         _results_figures(results, ARCHIVE, files, [], True, None)
     return time.perf_counter() - started, files.names
 
@@ -62,29 +62,33 @@ def main() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from pipeline.figure_files import default_workers
+    from pipeline.figure_files import FORMATS, default_workers
     from pipeline.provenance import git_revision
 
     results = synthetic_store()
     workers = default_workers()
-    with tempfile.TemporaryDirectory() as tmp:
-        plain, names = draw_all(results, Path(tmp) / "plain", 0)
-        pooled, _ = draw_all(results, Path(tmp) / "pooled", workers)
-        files = [f"{name}.{ext}" for name in names for ext in ("png", "pdf")]
-        same = sum((Path(tmp) / "plain" / f).read_bytes() == (Path(tmp) / "pooled" / f).read_bytes()
-                   for f in files)
-    rows = [[len(names), f"{plain:.1f}", workers, f"{pooled:.1f}", f"{plain / pooled:.2f}",
-             f"{same} of {len(files)}"]]
+    rows = []
+    for formats in (FORMATS, ("png",), ("png", "svg")):
+        with tempfile.TemporaryDirectory() as tmp:
+            plain, names = draw_all(results, Path(tmp) / "plain", 0, formats)
+            pooled, _ = draw_all(results, Path(tmp) / "pooled", workers, formats)
+            files = [f"{name}.{ext}" for name in names for ext in formats]
+            same = sum((Path(tmp) / "plain" / f).read_bytes() == (Path(tmp) / "pooled" / f).read_bytes()
+                       for f in files)
+        rows.append([",".join(formats) + (" (default)" if formats == FORMATS else ""), len(names),
+                     f"{plain:.1f}", workers, f"{pooled:.1f}", f"{plain / pooled:.2f}",
+                     f"{same} of {len(files)}"])
     body = ("Command: `python -m benchmarks.figures` (or `make bench`, section figures); every "
             "results figure the figures stage draws (planes, DPI maps, MI against epochs, the "
-            "comparison, Fisher traces; PNG and PDF each) from a synthetic store of "
+            "comparison, Fisher traces) in each set of formats (`make figures ARGS=\"--formats "
+            "...\"`) from a synthetic store of "
             f"{len(ENTRIES)} entries, {results.sizes['seed']} seeds, {results.sizes['split']} splits, "
             f"{results.sizes['epoch']} epochs and {len(LAYERS)} layers, first written in the "
             "drawing process (`FigureFiles(workers=0)`), then by worker processes while the next "
             "figure is drawn (the default; the workers' start included). The last column compares "
             "the two runs' files byte for byte. "
             f"Commit {git_revision(paths=('pipeline',))}; {machine()}.\n\n"
-            + table(["figures", "written in the drawing process (s)", "workers",
+            + table(["formats", "figures", "written in the drawing process (s)", "workers",
                      "written by workers (s)", "speed-up", "identical files"], rows))
     write_section(DOCS / "benchmarks.md", "figures", body)
     print(body)
