@@ -41,10 +41,8 @@ def config(**estimators):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    run_stage("train", "--config", str(TINY), "--runs", str(runs))
-    return runs
+def trained(tmp_path_factory, tiny_trained):
+    return tiny_trained(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture

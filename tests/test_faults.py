@@ -137,8 +137,8 @@ def test_read_only_storage_ends_in_one_line(small_disk):
 
 
 @pytest.mark.slow
-def test_disk_full_during_estimate_ends_in_one_line(small_disk, tmp_path):
-    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+def test_disk_full_during_estimate_ends_in_one_line(small_disk, tmp_path, tiny_trained):
+    tiny_trained(tmp_path, "--set", "seeds=[0]")
     shutil.copytree(tmp_path / "tiny", small_disk / "tiny")
     filler = small_disk / "filler"
     free = shutil.disk_usage(small_disk).free
@@ -155,9 +155,8 @@ def test_disk_full_during_estimate_ends_in_one_line(small_disk, tmp_path):
 
 # ---------------------------------------------------------------- integrity of stored data
 @pytest.fixture(scope="module")
-def estimated(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    run_stage("train", "--config", str(TINY), "--runs", str(runs), "--set", "seeds=[0]")
+def estimated(tmp_path_factory, tiny_trained):
+    runs = tiny_trained(tmp_path_factory.mktemp("runs"), "--set", "seeds=[0]")
     run_stage("estimate", "--config", str(TINY), "--runs", str(runs), "--set", "seeds=[0]",
               "--scheduler", "synchronous")
     return runs

@@ -68,8 +68,8 @@ def test_second_run_does_nothing_and_force_retrains(tmp_path):
     assert ArchiveReader(tmp_path / "tiny" / "archive.zarr").seeds == [0]
 
 
-def test_changed_config_refuses_to_mix(tmp_path):
-    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+def test_changed_config_refuses_to_mix(tmp_path, tiny_trained):
+    tiny_trained(tmp_path, "--set", "seeds=[0]")
     proc = run_stage("train", "--config", str(TINY), "--runs", str(tmp_path),
                      "--set", "train.lr=0.5", check=False)
     assert proc.returncode == 2
@@ -108,8 +108,8 @@ def test_bad_inputs_give_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_corrupted_archive_names_the_array(tmp_path):
-    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+def test_corrupted_archive_names_the_array(tmp_path, tiny_trained):
+    tiny_trained(tmp_path, "--set", "seeds=[0]")
     path = tmp_path / "tiny" / "archive.zarr"
     chunk = next((path / "seed_0" / "activations" / "dense2" / "c").rglob("*"))
     while chunk.is_dir():

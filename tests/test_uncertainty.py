@@ -16,7 +16,7 @@ from pipeline.estimators import get_estimator
 from pipeline.findings import at_null_share
 from pipeline.groundtruth import gaussian_pair
 from pipeline.uncertainty import DEFAULTS, cell_estimate
-from tests.helpers import TINY, run_stage
+from tests.helpers import TINY
 
 
 def calibration(method, params, scheme, make):
@@ -145,8 +145,8 @@ def test_schemes_a_method_cannot_use_are_refused_at_load():
 
 
 @pytest.mark.slow
-def test_the_stage_stores_intervals_nulls_and_flags(tmp_path):
-    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+def test_the_stage_stores_intervals_nulls_and_flags(tmp_path, tiny_trained):
+    tiny_trained(tmp_path, "--set", "seeds=[0]")
     archive = tmp_path / "tiny" / "archive.zarr"
     plain = {"binning_10": {"method": "binning", "n_bins": 10}}
     assert estimate_archive(archive, estimators=plain, scheduler="synchronous") == 0
@@ -169,10 +169,10 @@ def test_the_stage_stores_intervals_nulls_and_flags(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_store_without_the_flags_is_read_and_they_are_derived(tmp_path, capsys):
+def test_a_store_without_the_flags_is_read_and_they_are_derived(tmp_path, capsys, tiny_trained):
     """A store of the release before the flags (no I_XT_saturated, I_TY_saturated) still reads;
     the flags of its done cells are derived from the stored values, nothing is re-estimated."""
-    run_stage("train", "--config", str(TINY), "--runs", str(tmp_path), "--set", "seeds=[0]")
+    tiny_trained(tmp_path, "--set", "seeds=[0]")
     archive = tmp_path / "tiny" / "archive.zarr"
     entries = {"binning_10": {"method": "binning", "n_bins": 10}}
     assert estimate_archive(archive, estimators=entries, scheduler="synchronous") == 0
