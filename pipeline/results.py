@@ -26,8 +26,8 @@ from scipy.special import stdtrit
 
 from pipeline.errors import KnownFailure
 
-RESULTS_SCHEMA_VERSION = "1.4"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals; 1.3: flags;
-# 1.4: resolved_parameters (every parameter with its default filled in)
+RESULTS_SCHEMA_VERSION = "1.5"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals; 1.3: flags;
+# 1.4: resolved_parameters (every parameter with its default filled in); 1.5: text as zarr `string`
 CELL_DIMS = ("estimator", "seed", "split", "epoch", "layer")
 CELL_VARIABLES = {  # every store has these; estimators declare more (Estimator.outputs)
     "I_XT": ("I(X;T)", "bits"),
@@ -158,7 +158,7 @@ def open_results(path: Path) -> xr.Dataset | None:
     try:
         # read straight into numpy: through dask, a store of thousands of small chunks (one per
         # task's cells) took four times as long
-        ds = xr.open_zarr(path, consolidated=False, chunks=None).load()
+        ds = _fixed_width_text(xr.open_zarr(path, consolidated=False, chunks=None).load())
     except Exception as err:
         raise ResultsError(f"results store {path} cannot be read ({err}); move it away and run "
                            "`make estimate` again to recompute") from None
@@ -224,10 +224,30 @@ def merge_into(target: xr.Dataset, old: xr.Dataset | None) -> xr.Dataset:
     return target
 
 
+def _variable_length_text(ds: xr.Dataset) -> xr.Dataset:
+    """Text (entry, split and layer names, parameter tables) as zarr v3's variable-length UTF-8
+    `string`. numpy's fixed-width text would be stored as zarr-python's `fixed_length_utf32`,
+    which has no Zarr v3 specification: zarr-python warns that its representation may change
+    and that other Zarr libraries may not read it."""
+    text = {name: ds[name].astype(object) for name, var in ds.variables.items() if var.dtype.kind == "U"}
+    return ds.assign_coords({k: v for k, v in text.items() if k in ds.coords}).assign(
+        {k: v for k, v in text.items() if k in ds.data_vars})
+
+
+def _fixed_width_text(ds: xr.Dataset) -> xr.Dataset:
+    """Text read from a store as numpy's fixed-width str, whichever way the store holds it
+    (`string` from 1.5, `fixed_length_utf32` before), so that every reader sees one dtype."""
+    text = {name: ds[name].copy(data=np.array(ds[name].values.tolist(), dtype=str))
+            for name, var in ds.variables.items() if var.dtype.kind in "OT"}
+    return ds.assign_coords({k: v for k, v in text.items() if k in ds.coords}).assign(
+        {k: v for k, v in text.items() if k in ds.data_vars})
+
+
 def write_store(ds: xr.Dataset, path: Path) -> None:
     """Write `ds` aside, then swap it in by rename: the old store stays whole until then."""
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
+    ds = _variable_length_text(ds)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
         # the done cells' chunks copied in go to disk even where every value is NaN (no labels)

@@ -1,5 +1,6 @@
 """Faults and bad input: full or read-only storage, invalid values; one line, exit 2, no hang."""
 
+import json
 import os
 import shutil
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 
 import numpy as np
 import pytest
@@ -321,6 +323,26 @@ def test_an_interrupted_store_swap_is_finished(tmp_path):
     recover(store)
     assert store.exists() and not (tmp_path / "estimates.zarr.old").exists()
     assert not (tmp_path / "estimates.zarr.partial").exists()
+
+
+def test_the_store_keeps_text_as_zarr_strings_and_reads_the_fixed_width_text_of_older_ones(tmp_path):
+    from pipeline.results import open_results, template, write_store
+
+    ds = template({"binning_30": {"method": "binning", "n_bins": 30}, "ksg": {"method": "ksg"}}, [0],
+                  ["all", "test"], np.arange(3), ["dense1", "softmax"], [10, 2], {"config_name": "x"},
+                  resolved={"binning_30": {"n_bins": 30}, "ksg": {"k": 5}})
+    text = ("estimator", "split", "layer", "method", "parameters", "resolved_parameters")
+    write_store(ds, tmp_path / "new.zarr")
+    for name in text:  # zarr v3's variable-length UTF-8, which other Zarr libraries read too
+        assert json.loads((tmp_path / "new.zarr" / name / "zarr.json").read_text())["data_type"] == "string"
+    assert open_results(tmp_path / "new.zarr").identical(ds)  # read back as numpy's fixed-width str
+    older = ds.assign_attrs(schema_version="1.4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr-python's warning about the type written here
+        older.to_zarr(tmp_path / "old.zarr", zarr_format=3, consolidated=False)
+    assert json.loads((tmp_path / "old.zarr" / "layer" / "zarr.json").read_text())["data_type"]["name"] == \
+        "fixed_length_utf32"
+    assert open_results(tmp_path / "old.zarr").identical(older)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the check is for machines without a GPU")
