@@ -16,6 +16,15 @@ LAYERS = ["dense1", "dense2", "softmax"]
 EPOCHS = np.array([0, 1, 3, 10, 30])
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Each test's figures closed after it: pyplot keeps every open figure in memory."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def synthetic_results(nan_estimator: bool = False):
     entries = {"binning_30": {"method": "binning", "n_bins": 30},
                "renyi": {"method": "renyi", "sigma_t": "alignment"}}
