@@ -88,6 +88,8 @@ def dashboard_line(link: str | None, timeout_s: float = 2.0) -> str:
 
     distributed prints a link whatever it serves: without bokeh installed on the scheduler it
     leads to a page asking for it, and under `dask scheduler --no-dashboard` to "404 Not Found".
+    A link this process cannot open for another reason (a gateway that asks for a login, a
+    certificate, a slow network) is printed with that reason: a browser may still open it.
     """
     import urllib.error
     import urllib.request
@@ -97,10 +99,16 @@ def dashboard_line(link: str | None, timeout_s: float = 2.0) -> str:
     try:
         with urllib.request.urlopen(link, timeout=timeout_s) as page:
             body = page.read(4096)
+    except urllib.error.HTTPError as err:
+        if err.code != 404:
+            return f"dask dashboard: {link} (not checked: HTTP {err.code} {err.reason})"
+        return (f"dask dashboard: none at {link} (404 Not Found; a scheduler started with "
+                "--no-dashboard serves none)")
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
-        return (f"dask dashboard: none at {link} ({reason}; a scheduler started with --no-dashboard "
-                "serves none)")
+        if isinstance(reason, ConnectionRefusedError):
+            return f"dask dashboard: none at {link} (nothing answers there)"
+        return f"dask dashboard: {link} (not checked: {reason})"
     if b"needs bokeh" in body:
         return ("dask dashboard: none (the scheduler needs bokeh>=3.1 to serve it: "
                 "pip install -e '.[dashboard]' where the scheduler runs)")

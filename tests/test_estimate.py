@@ -162,9 +162,9 @@ def test_the_dashboard_line_gives_a_link_only_where_a_dashboard_is_served():
     class Pages(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)
             body = pages.get(self.path)
-            self.send_response(200 if body else 404)
+            self.send_response(200 if body else 403 if self.path.startswith("/login") else 404)
             self.end_headers()
-            self.wfile.write(body or b"404: Not Found")
+            self.wfile.write(body or b"no page")
 
         def log_message(self, *args):
             pass
@@ -175,8 +175,13 @@ def test_the_dashboard_line_gives_a_link_only_where_a_dashboard_is_served():
         assert dashboard_line(f"{base}/status") == f"dask dashboard: {base}/status"
         assert "needs bokeh>=3.1" in dashboard_line(f"{base}/bare/status")
         gone = dashboard_line(f"{base}/gone/status")
-        assert gone.startswith(f"dask dashboard: none at {base}/gone/status (Not Found")
+        assert gone.startswith(f"dask dashboard: none at {base}/gone/status (404 Not Found")
+        # behind a login a browser may still open it: the link, with why it was not checked
+        assert dashboard_line(f"{base}/login/status") == (f"dask dashboard: {base}/login/status "
+                                                          "(not checked: HTTP 403 Forbidden)")
         server.shutdown()
+    closed = dashboard_line(f"{base}/status")  # the server is gone
+    assert closed == f"dask dashboard: none at {base}/status (nothing answers there)"
     assert dashboard_line(None) == "dask dashboard: none (the scheduler serves no web pages)"
 
 
@@ -185,7 +190,7 @@ def test_external_scheduler_and_workers(runs, tmp_path, capsys):
         assert estimate(config(), runs, scheduler=address) == 0
     # `dask scheduler --no-dashboard` still answers on its HTTP port, with 404 at the link
     printed = capsys.readouterr().out
-    assert re.search(r"dask dashboard: none at http://127\.0\.0\.1:\d+/status \(Not Found;", printed)
+    assert re.search(r"dask dashboard: none at http://127\.0\.0\.1:\d+/status \(404 Not Found;", printed)
     shutil.copytree(runs.parent / "runs", tmp_path / "sync", dirs_exist_ok=True)
     shutil.rmtree(tmp_path / "sync" / "tiny" / "estimates.zarr")
     estimate(config(), tmp_path / "sync", scheduler="synchronous")

@@ -133,11 +133,9 @@ def _committed(path, seeds=(0, 1)):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The archive of LONG trained without a kill: the reference of both kill points."""
-    reference = tmp_path_factory.mktemp("uninterrupted")
-    run_stage("train", "--config", str(TINY), "--runs", str(reference), *LONG)
-    return reference
+def uninterrupted(tmp_path_factory, tiny_trained):
+    """The archive of LONG trained without a kill: the reference of every kill point."""
+    return tiny_trained(tmp_path_factory.mktemp("uninterrupted"), *LONG)
 
 
 def _stage_interrupted(runs, args: list[str], when, how: int) -> str:
