@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import datetime
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import DOCS, machine, stage_seconds, table, write_section
 from pipeline.findings import COMPRESSION_RULES, compresses, count_phases
 from pipeline.provenance import git_revision
-from pipeline.results import template
+from pipeline.results import open_results, template
 
 N_SNAPSHOTS, RISE_END, LEVEL, REPEATS = 92, 30, 3.0, 400
 NOISES = ("independent", "seed offset", "AR(1) 0.9")
@@ -163,13 +164,11 @@ def verdict(value: float) -> str:
 
 def default_section() -> None:
     """Every rule's verdicts on the default run, trained and estimated in a temporary folder."""
-    import xarray as xr
-
     with tempfile.TemporaryDirectory() as tmp:
         where = ["--config", "configs/szt_tanh.toml", "--runs", tmp]
         stage_seconds(["stages.train", *where])
         stage_seconds(["stages.estimate", *where])
-        results = xr.open_zarr(f"{tmp}/szt_tanh/estimates.zarr").load()
+        results = open_results(Path(tmp) / "szt_tanh" / "estimates.zarr")
     rows, agree, decided = [], 0, 0
     for entry in results.estimator.values:
         calls = {rule: compresses(results, str(entry), "all", rule) for rule in COMPRESSION_RULES}

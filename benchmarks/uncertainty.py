@@ -251,10 +251,10 @@ INTERVALS_ON = {"binning_30": "subsample", "binning_10": "subsample", "binning_1
 def szt_run() -> None:
     """The default `make all` with intervals off, then on; the shuffle baselines of a real run."""
     import tempfile
-
-    import xarray as xr
+    from pathlib import Path
 
     from pipeline.findings import at_null_share
+    from pipeline.results import open_results
 
     with tempfile.TemporaryDirectory() as tmp:
         where = ["--config", "configs/szt_tanh.toml", "--runs", tmp]
@@ -266,7 +266,7 @@ def szt_run() -> None:
                 for key, value in (("uncertainty", f'"{scheme}"'), ("null", "true"))]
         on = {"estimate": stage_seconds(["stages.estimate", *where, *sets]),
               "figures": stage_seconds(["stages.figures", *where, *sets, *figures])}
-        results = xr.open_zarr(f"{tmp}/szt_tanh/estimates.zarr").load()
+        results = open_results(Path(tmp) / "szt_tanh" / "estimates.zarr")
     total_off, total_on = train + sum(off.values()), train + sum(on.values())
     rows = [["train (4 seeds)", f"{train:.0f}", f"{train:.0f}", "1.00"]]
     rows += [[stage, f"{off[stage]:.0f}", f"{on[stage]:.0f}", f"{on[stage] / off[stage]:.2f}"]
