@@ -229,16 +229,18 @@ def _variable_length_text(ds: xr.Dataset) -> xr.Dataset:
     `string`. numpy's fixed-width text would be stored as zarr-python's `fixed_length_utf32`,
     which has no Zarr v3 specification: zarr-python warns that its representation may change
     and that other Zarr libraries may not read it."""
-    text = {name: ds[name].astype(object) for name, var in ds.variables.items() if var.dtype.kind == "U"}
-    return ds.assign_coords({k: v for k, v in text.items() if k in ds.coords}).assign(
-        {k: v for k, v in text.items() if k in ds.data_vars})
+    return _text_converted(ds, "U", lambda var: var.astype(object))
 
 
 def _fixed_width_text(ds: xr.Dataset) -> xr.Dataset:
     """Text read from a store as numpy's fixed-width str, whichever way the store holds it
     (`string` from 1.5, `fixed_length_utf32` before), so that every reader sees one dtype."""
-    text = {name: ds[name].copy(data=np.array(ds[name].values.tolist(), dtype=str))
-            for name, var in ds.variables.items() if var.dtype.kind in "OT"}
+    return _text_converted(ds, "OT", lambda var: var.copy(data=np.array(var.values.tolist(), dtype=str)))
+
+
+def _text_converted(ds: xr.Dataset, kinds: str, convert) -> xr.Dataset:
+    """`ds` with `convert` applied to each variable whose dtype kind is in `kinds`."""
+    text = {name: convert(ds[name]) for name, var in ds.variables.items() if var.dtype.kind in kinds}
     return ds.assign_coords({k: v for k, v in text.items() if k in ds.coords}).assign(
         {k: v for k, v in text.items() if k in ds.data_vars})
 
