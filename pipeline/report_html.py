@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipeline.figure_files import FORMATS
+
 CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:0 1em;"
        "line-height:1.45}img{max-width:100%}figure{margin:2em 0}figcaption{font-size:0.9em;"
        "color:#333}table{border-collapse:collapse;margin:0.5em 0;font-size:0.85em}td,th{border:"
@@ -170,7 +172,7 @@ def write_report(out_dir: Path, run: str, figures: list[str], config: dict[str, 
                  results_attrs: dict[str, Any], estimators: dict[str, str], messages: list[str],
                  summary: dict[str, Any] | None = None, accuracy: dict[str, float] | None = None,
                  interactive: dict[str, str] | None = None, methods: tuple[str, str] | None = None,
-                 formats: tuple[str, ...] = ("png", "pdf")) -> Path:
+                 formats: tuple[str, ...] = FORMATS) -> Path:
     """index.html: summary, contents, the interactive views (`interactive`: Plotly divs, with
     plotly.min.js beside the file), every figure captioned with links to its vector files (the
     `formats` beside the PNG), the methods paragraph and its BibTeX (`methods`), then parameters
