@@ -32,6 +32,7 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.archive import ArchiveError, ArchiveReader
+from pipeline.child_process import main_module_hidden
 from pipeline.cluster import check_workers, dashboard_line, make_client, start_worker_server
 from pipeline.config import (
     ConfigError,
@@ -510,9 +511,10 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         else:
             writer.write_fisher(result["seed"], result["epochs"], result["layers"], result["traces"])
 
-    try:
-        failures = _execute(settings, str(paths.archive.resolve()), tasks, fisher_tasks, scheduler,
-                            scheduler_file, handle, f"estimate {archive.name}")
+    try:  # the local cluster's workers, started or restarted, never rerun the caller's script
+        with main_module_hidden():
+            failures = _execute(settings, str(paths.archive.resolve()), tasks, fisher_tasks, scheduler,
+                                scheduler_file, handle, f"estimate {archive.name}")
     except OSError:  # a write failed (disk full): writing the rest would fail the same way
         raise
     except BaseException:  # interrupted, or a task's error: what arrived is kept

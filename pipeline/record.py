@@ -553,10 +553,13 @@ class Recorder:
         return self.status in ("finished", "diverged")
 
     def resume(self) -> int:
-        """Restore the last checkpoint (with an optimizer); returns its epoch, -1 if none."""
+        """Restore the last checkpoint (with an optimizer); returns its epoch, -1 if none.
+
+        A finished seed restores nothing (its checkpoints were removed when it closed) and
+        returns its last epoch: a script rerun as it is trains and records nothing."""
         if not self._epochs:
             return -1
-        if self.optimizer is None:
+        if self.optimizer is None or self.finished:
             return self._epochs[-1]
         ckpt_path = self.paths.seed_checkpoints(self.seed) / f"snapshot_{len(self._epochs) - 1}.pt"
         ckpt = torch.load(ckpt_path, weights_only=False)

@@ -485,8 +485,12 @@ def test_each_training_session_records_its_threads_and_device(tmp_path):
 
 # ---------------------------------------------------------------- a killed user script resumes
 USER_SCRIPT = """
-import sys, time, torch
+import pathlib, sys, time, torch
 sys.path.insert(0, {root!r})
+runs = pathlib.Path(sys.argv[1] + ".runs")  # a line each time this top level runs
+runs.parent.mkdir(parents=True, exist_ok=True)
+with runs.open("a") as out:
+    out.write("ran\\n")
 torch.set_num_threads(1)
 from torch import nn
 from pipeline.record import Recorder
@@ -504,6 +508,9 @@ with Recorder(sys.argv[1], model, ["stem", "head"], x, y, optimizer=optimizer,
             optimizer.zero_grad(); loss.backward(); optimizer.step()
         rec.snapshot(epoch, loss=loss.item())
         time.sleep(float(sys.argv[2]))
+if sys.argv[3:] == ["estimate"]:  # no `__main__` guard: the cluster's workers must not rerun this
+    from pipeline.estimate import estimate_archive
+    sys.exit(estimate_archive(sys.argv[1], estimators={{"binning": {{"method": "binning"}}}}))
 """
 
 
@@ -528,6 +535,11 @@ def test_killed_user_script_resumes_to_the_uninterrupted_archive(tmp_path):
     subprocess.run([sys.executable, str(script), str(killed), "0"], check=True, timeout=300)
     assert ArchiveReader(killed).seed_status(0)["status"] == "finished"
     assert_same_arrays(group_arrays(ref, "seed_0"), group_arrays(killed, "seed_0"))
+    # a finished script rerun as it is, with an estimate on a local cluster at its top level
+    subprocess.run([sys.executable, str(script), str(ref), "0", "estimate"], check=True, timeout=300)
+    assert ref.with_name("archive.zarr.runs").read_text() == "ran\n" * 2  # never by a worker as it starts
+    assert_same_arrays(group_arrays(ref, "seed_0"), group_arrays(killed, "seed_0"))
+    assert bool(xr.open_zarr(ref.parent / "estimates.zarr").done.all())
 
 
 # ---------------------------------------------------------------- the built-ins and older archives
