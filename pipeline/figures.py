@@ -40,12 +40,36 @@ def _epoch_norm(epochs: np.ndarray) -> SymLogNorm:
     return SymLogNorm(linthresh=1.0, vmin=0.0, vmax=max(1.0, float(epochs.max())), base=10)
 
 
+def epoch_ticks(last: float) -> list[int]:
+    """The labelled epochs of an axis from 0 to `last`: 0, 1, 2, 5, 10, 20, 50 (0, 1, 10, 100, ...
+    from 100 epochs on, where 2 and 5 would crowd the labels). The scale's own labels would be
+    10^0, 10^1, and a run of a few epochs would get no label past 1."""
+    multiples = (1, 2, 5) if last < 100 else (1,)
+    ticks, decade = [0], 1
+    while decade <= last:
+        ticks += [m * decade for m in multiples if m * decade <= last]
+        decade *= 10
+    return ticks
+
+
 def epoch_axis(ax, epochs: np.ndarray | None = None) -> None:
     """The x axis in epochs trained: linear from 0 to 1, logarithmic beyond; up to the last of
     `epochs` where given (at least 1, so that one snapshot at epoch 0 still has an axis)."""
     ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlim(0, max(1.0, float(np.max(epochs))) if epochs is not None and len(epochs) else None)
+    if epochs is not None and len(epochs):
+        last = max(1.0, float(np.max(epochs)))
+        ax.set_xlim(0, last)
+        ticks = epoch_ticks(last)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel(EPOCH_LABEL)
+
+
+def epoch_colorbar(fig: Figure, mappable, **kwargs):
+    """A colour bar of epochs trained (`_epoch_norm`), labelled as `epoch_axis` is."""
+    bar = fig.colorbar(mappable, label=EPOCH_LABEL, **kwargs)
+    ticks = epoch_ticks(mappable.norm.vmax)
+    bar.set_ticks(ticks, labels=[str(t) for t in ticks])
+    return bar
 
 
 def styled(make):
@@ -249,7 +273,7 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
     sc, saturated = draw_plane(ax, i_xt, i_ty, epochs, list(results.layer.values), limits,
                                bands if intervals else None, mark_epoch,
                                saturation_flags(results, estimator, split))
-    fig.colorbar(sc, ax=ax, label=EPOCH_LABEL)
+    epoch_colorbar(fig, sc, ax=ax)
     notes = [interval_note(bands, n_seeds) if intervals else "",
              "hollow: saturated (near H(X) or H(Y))" if saturated else ""]
     notes = "; ".join(n for n in notes if n)
@@ -308,7 +332,7 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
     if keep:
         fig.legend(*zip(*keep, strict=True), loc="outside lower center", ncol=min(8, len(keep)))
     if sc is not None:
-        fig.colorbar(sc, ax=axes, label=EPOCH_LABEL, shrink=0.6)
+        epoch_colorbar(fig, sc, ax=axes, shrink=0.6)
     fig.suptitle("Every estimator entry, each panel on its own ranges (mean over seeds, 90% intervals)"
                  + ("\nhollow: saturated (near H(X) or H(Y))" if any_saturated else ""))
     return fig

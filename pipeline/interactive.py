@@ -17,7 +17,15 @@ import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from pipeline.figures import EPOCH_LABEL, SPLIT_WORDS, entry_label, plane_bands, plane_views, views_with
+from pipeline.figures import (
+    EPOCH_LABEL,
+    SPLIT_WORDS,
+    entry_label,
+    epoch_ticks,
+    plane_bands,
+    plane_views,
+    views_with,
+)
 
 LEGEND = {"orientation": "h", "y": -0.15, "x": 0}  # below the axes: the colour bar keeps the right
 HOVER = ("<b>%{fullData.name}</b>, epoch %{customdata[0]}<br>I(X;T) %{x:.3f} bits "
@@ -93,7 +101,7 @@ def curves_figure(results: xr.Dataset, variable: str = "I_XT") -> go.Figure:
 
 def _epoch_axis(epochs: np.ndarray) -> dict:
     """Epochs trained on a log(1 + epoch) axis labelled in epochs (0 stays visible)."""
-    ticks = [0] + [10 ** p for p in range(int(np.log10(max(1, epochs.max()))) + 1)]
+    ticks = epoch_ticks(max(1, epochs.max()))
     return {"title": EPOCH_LABEL, "tickvals": np.log10(np.asarray(ticks) + 1).tolist(),
             "ticktext": [str(t) for t in ticks]}
 

@@ -429,6 +429,9 @@ def test_one_epoch_convention_and_titles_in_words():
         axes = [ax for ax in figures[name].axes if ax.get_xlabel()]
         assert axes and all(ax.get_xlabel() == F.EPOCH_LABEL for ax in axes), name
         assert all(ax.get_xscale() == "symlog" and ax.get_xlim()[0] == 0 for ax in axes), name
+        last = 39 if name == "training" else 30
+        assert all([t.get_text() for t in ax.get_xticklabels()] == list(map(str, F.epoch_ticks(last)))
+                   for ax in axes), name  # plain epochs, not 10^0
     assert figures["dpi"].axes[0].get_xlabel().startswith(F.EPOCH_LABEL)
     titles = [ax.get_title() for fig in figures.values() for ax in fig.axes]
     titles += [fig._suptitle.get_text() for fig in figures.values() if fig._suptitle is not None]
@@ -438,6 +441,15 @@ def test_one_epoch_convention_and_titles_in_words():
     comparison = figures["comparison"]
     assert comparison.get_size_inches()[0] == 7.0  # two-column page width
     assert [t.get_text() for t in comparison.legends[0].get_texts()] == LAYERS
+
+
+def test_epoch_ticks_label_short_runs_at_1_2_5_and_long_ones_at_decades():
+    assert F.epoch_ticks(1) == [0, 1] and F.epoch_ticks(3) == [0, 1, 2]
+    assert F.epoch_ticks(12) == [0, 1, 2, 5, 10] and F.epoch_ticks(99) == [0, 1, 2, 5, 10, 20, 50]
+    assert F.epoch_ticks(100) == [0, 1, 10, 100] and F.epoch_ticks(8000) == [0, 1, 10, 100, 1000]
+    fig = F.information_plane_figure(synthetic_results(), "renyi", "train")
+    bar = fig.axes[-1]  # the colour bar, labelled as the time axes are
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["0", "1", "2", "5", "10", "20"]
 
 
 def test_results_without_labels_draw_i_xt_alone_and_no_plane(tmp_path):
