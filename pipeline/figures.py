@@ -14,6 +14,7 @@ training, linear below 1, logarithmic above); layers are told apart by marker sh
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 
 import matplotlib.pyplot as plt
@@ -21,6 +22,8 @@ import numpy as np
 import xarray as xr
 from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from pipeline.estimators._common import entropy_of_counts
 from pipeline.figure_files import STYLE
@@ -383,6 +386,26 @@ def draw_curves(ax, sel: xr.Dataset, variable: str, style: str, label: str, colo
     return band["mean"].values
 
 
+def curve_legend(ax, layers: list[str], splits: list[str], styles: dict[str, tuple[str, str]]) -> list:
+    """Legend handles of `draw_curves`' lines: with one split, its lines; with several, one
+    entry per layer drawn (its colour) and one per split (its line style), since a layer x split
+    list overflows the figure for a deep network."""
+    drawn = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    if len(splits) < 2:
+        return list(drawn.values())
+    colours = {}
+    for split in splits:
+        for layer in layers:
+            line = drawn.get(f"{layer} ({split})")
+            if line is not None:
+                colours.setdefault(layer, line.get_color())
+    handles = [Line2D([], [], color=colours[layer], label=layer) for layer in layers if layer in colours]
+    handles += [Line2D([], [], color="0.3", ls=styles[s][0], label=SPLIT_WORDS.get(s, s)) for s in splits]
+    if any(label.startswith("shuffle baseline") for label in drawn):
+        handles.append(Patch(color="0.88", label="shuffle baseline"))
+    return handles
+
+
 @styled
 def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 0.9) -> Figure:
     """I(X;T) and I(T;Y) against epoch per layer (mean over seeds, its interval as a band); one
@@ -402,7 +425,14 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
             keep_in_view(ax, "y", np.concatenate([m.ravel() for m in means]))
         epoch_axis(ax, results.epoch.values)
         ax.set_ylabel(f"{QUANTITY[variable]} (bits)")
-    axes[-1].legend(ncol=2 if results.sizes["layer"] > 8 else 1, loc="upper left", bbox_to_anchor=(1.02, 1))
+    handles = curve_legend(axes[-1], [str(x) for x in results.layer.values], splits, styles)
+    rows = math.ceil(len(handles) / 6)
+    if len(handles) <= 24:  # beside the axes, in one or two columns
+        axes[-1].legend(handles=handles, ncol=math.ceil(len(handles) / 12), loc="upper left",
+                        bbox_to_anchor=(1.02, 1))
+    else:  # a deep network's layers: below the axes, six to a row, the figure taller to hold them
+        fig.set_size_inches(7.0, 2.8 + 0.16 * rows)
+        fig.legend(handles=handles, ncol=6, loc="lower center", fontsize=6)
     lines = (", ".join(f"{styles[s][1]}: {SPLIT_WORDS.get(s, s)}" for s in splits) if len(splits) > 1
              else SPLIT_WORDS.get(splits[0], splits[0]) if splits else "no values")
     n_seeds = max((_held(results, estimator, split).sizes["seed"] for split in splits), default=0)
@@ -411,7 +441,7 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
             if n_seeds >= 2 else f"1 seed, band: the cells' own {confidence:.0%} intervals (where stored)")
     # about 100 characters of the title fit across the 7-inch figure: wrap the rest
     fig.suptitle(f"{entry_label(results, estimator)}\n{textwrap.fill(f'{lines}; {band}', 100)}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0 if fig.legends == [] else 0.16 * rows / fig.get_size_inches()[1], 1, 1))
     return fig
 
 

@@ -102,8 +102,23 @@ def test_each_split_has_its_own_line_style_named_in_the_title():
         "dotted: all samples, solid: training samples, dashed: test samples;")
     styles = {line.get_label(): line.get_linestyle() for line in fig.axes[0].get_lines()}
     assert [styles[f"dense1 ({split})"] for split in ("all", "train", "test")] == [":", "-", "--"]
+    legend = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]  # each layer and split once
+    assert legend == [*LAYERS, "all samples", "training samples", "test samples"]
     assert F.split_styles(["all"]) == {"all": ("-", "solid")}
     assert F.split_styles(["train", "val", "test"])["val"] == (":", "dotted")
+
+
+def test_a_deep_networks_legend_goes_below_the_curves_whole():
+    layers = [f"block{i}" for i in range(30)]
+    ds = template({"renyi": {"method": "renyi"}}, [0], ["train", "test"], EPOCHS, layers, [10] * 30, {})
+    ds["I_XT"][:] = np.random.default_rng(0).uniform(0, 3, ds.I_XT.shape)
+    ds["I_TY"][:] = 0.5
+    fig = F.mi_vs_epoch_figure(ds, "renyi")
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [*layers, "training samples", "test samples"]
+    fig.canvas.draw()
+    legend_top = fig.legends[0].get_window_extent().y1
+    assert all(ax.get_tightbbox().y0 > legend_top for ax in fig.axes)  # not over the axes' labels
 
 
 def test_titles_say_where_a_point_holds_fewer_seeds():
