@@ -27,6 +27,7 @@ the last committed epoch, and `rec.snapshot` on an epoch already committed does 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fnmatch
 import io
@@ -663,6 +664,7 @@ class Recorder:
             self._stop()
 
     def _stop(self) -> None:
+        atexit.unregister(self._drain_at_exit)
         try:
             if self._writer is not None:
                 self._writer.close()
@@ -712,7 +714,21 @@ class Recorder:
             self._seed_writer.add_session(training_environment(_model_device(self.model)))
             self._writer = WriterProcess(self.paths.archive, self.seed,
                                          self.paths.seed_checkpoints(self.seed), self._largest_item())
+            # after the writer's start registered multiprocessing's own exit handler, so that this
+            # one runs first: that handler waits for the writer, which waits for the end of the queue
+            atexit.register(self._drain_at_exit)
         return self._writer
+
+    def _drain_at_exit(self) -> None:
+        """At the interpreter's exit, a Recorder never closed: commit what was handed to the
+        writer and leave the seed resumable, as an exception inside `with Recorder(...)` does."""
+        if not self._closed:
+            warnings.warn(f"Recorder of seed {self.seed} of {self.paths.archive} was never closed: its "
+                          "snapshots are committed and the seed stays resumable; call rec.close() when "
+                          "training ends (or use `with Recorder(...) as rec:`) to mark it finished",
+                          stacklevel=1)
+            self._closed = True
+            self._stop()
 
     def _largest_item(self) -> int:
         """Bytes of the largest item queued to the writer, which bounds its queue's length: a

@@ -542,6 +542,32 @@ def test_killed_user_script_resumes_to_the_uninterrupted_archive(tmp_path):
     assert bool(xr.open_zarr(ref.parent / "estimates.zarr").done.all())
 
 
+UNCLOSED_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from pipeline.record import Recorder
+from tests.own_models import Tower, blobs
+x, y = map(torch.from_numpy, blobs(60))
+rec = Recorder(sys.argv[1], Tower(), ["stem", "head"], x, y)
+for epoch in range(3):
+    rec.snapshot(epoch)
+"""
+
+
+def test_a_recorder_never_closed_commits_at_exit_and_stays_resumable(tmp_path):
+    """No `with` and no close(): the script still ends (its writer waited for a queue end that
+    never came), with every snapshot committed (a writer still starting lost them all)."""
+    script, path = tmp_path / "unclosed.py", tmp_path / "run" / "archive.zarr"
+    script.write_text(UNCLOSED_SCRIPT.format(root=str(ROOT)))
+    proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "was never closed: its snapshots are committed and the seed stays resumable" in proc.stderr
+    archive = ArchiveReader(path)
+    assert archive.committed_epochs(0).tolist() == [0, 1, 2]
+    assert archive.seed_status(0)["status"] == "training" and verify(path) == []
+
+
 # ---------------------------------------------------------------- the built-ins and older archives
 SCHEMA_1_0 = ROOT / "tests" / "data" / "archive_schema_1_0.zarr"
 
