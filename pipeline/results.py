@@ -255,6 +255,9 @@ def write_store(ds: xr.Dataset, path: Path) -> None:
         # the done cells' chunks copied in go to disk even where every value is NaN (no labels)
         ds.to_zarr(partial, mode="w", encoding=_encoding(ds), zarr_format=3, consolidated=False,
                    write_empty_chunks=True)
+        # consolidated from the start: `xr.open_zarr` warns on a store without, and a run that
+        # ends early (nothing to compute, interrupted) would leave it so
+        zarr.consolidate_metadata(str(partial))
     backup = path.with_name(path.name + ".old")
     if path.exists():
         shutil.rmtree(backup, ignore_errors=True)
