@@ -168,6 +168,13 @@ def _epoch_range(epochs: np.ndarray) -> str:
     return f"epoch {epochs[0]}" if len(epochs) == 1 else f"epochs {epochs[0]} to {epochs[-1]}"
 
 
+def _revision_words(revision: str) -> str:
+    """A provenance revision in words: its first 12 characters, and whether the checkout it ran
+    from had uncommitted changes (`+dirty`), which the commit alone does not reproduce."""
+    changed = " with uncommitted changes" if revision.endswith("+dirty") else ""
+    return revision.removesuffix("+dirty")[:12] + changed
+
+
 def _software(attrs: dict[str, Any]) -> str:
     """The versions of the store's last run; every commit whose runs computed cells, where the
     store's history (one line per `make estimate` run) names more than one, and every change of
@@ -175,10 +182,10 @@ def _software(attrs: dict[str, Any]) -> str:
     versions = json.loads(attrs.get("versions", "{}"))
     packages = ", ".join(f"{name} {versions[name]}" for name in ("torch", "numpy", "scipy")
                          if name in versions)
-    revisions = re.findall(r"\(git ([0-9a-f]+)", attrs.get("history", ""))
-    commits = list(dict.fromkeys(revision[:12] for revision in revisions))
+    revisions = re.findall(r"\(git ([0-9a-f]+(?:\+dirty)?)", attrs.get("history", ""))
+    commits = list(dict.fromkeys(map(_revision_words, revisions)))
     commit = (f"commits {', '.join(commits)}, whose runs the store's history lists" if len(commits) > 1
-              else f"commit {str(attrs.get('git_revision', '?'))[:12]}")
+              else f"commit {_revision_words(str(attrs.get('git_revision', '?')))}")
     changes = re.findall(r"versions changed since the previous run: ([^)]*)\)", attrs.get("history", ""))
     earlier = (" Package versions changed between the store's runs (" + "; then ".join(changes) + ")."
                if changes else "")

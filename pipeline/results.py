@@ -151,8 +151,9 @@ def seed_mean(results: xr.Dataset, variable: str = "I_XT", confidence: float = 0
     return out
 
 
-def open_results(path: Path) -> xr.Dataset | None:
+def open_results(path: str | Path) -> xr.Dataset | None:
     """The store loaded in memory, or None if there is none."""
+    path = Path(path)
     if not (path / "zarr.json").exists():
         return None
     try:

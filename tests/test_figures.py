@@ -308,8 +308,11 @@ def test_the_methods_paragraph_names_every_entry_its_parameters_and_references()
                            "2026-01-02T00:00:00+00:00 estimate: 2 tasks, ... (git fedcba9876543210+dirty; "
                            "versions changed since the previous run: torch 2.4 -> 2.5)")
     assert methods_section(ds, {}, 2)[0].endswith(
-        "(commits 0123456789ab, fedcba987654, whose runs the store's history lists; Python 3.11.7, "
+        "(commits 0123456789ab, fedcba987654 with uncommitted changes, whose runs the store's history "
+        "lists; Python 3.11.7, "
         "torch 2.5). Package versions changed between the store's runs (torch 2.4 -> 2.5).")
+    ds.attrs.update(history="", git_revision="0123456789abcdef+dirty")
+    assert "(commit 0123456789ab with uncommitted changes; Python" in methods_section(ds, {}, 2)[0]
     plain = methods_section(ds, {}, 2, intervals=False)[0]  # the figures of `--no-intervals`
     assert "means over the 2 seeds (drawn without intervals)." in plain
     keys = ["shwartzziv2017", "giraldo2015", "wickstrom2019", "achille2019"]
