@@ -1202,6 +1202,27 @@ def test_ksg_flags_the_cells_beyond_its_measured_rule():
     assert out["I_XT_biased"] == 1.0 and out["I_TY_biased"] == 0.0
 
 
+def test_a_single_call_warns_where_ksg_or_binning_is_known_to_read_wrong():
+    """The judgements the stage stores as flags, said by `mutual_information` itself."""
+    from pipeline.estimators import EstimateWarning
+
+    a, b = gaussian_pair(600, 1.0, 3, seed=0)
+    labels = (a[:, 0] > 0).astype(int)
+    with pytest.warns(EstimateWarning, match="KSG on 600 samples of 3 \\+ 3 dimensions lies beyond its "
+                                             "measured rule: it reads low"):
+        mutual_information(a, b, "ksg")
+    wide_a, wide_b = gaussian_pair(600, 1.0, 8, seed=0)  # every binned pattern distinct
+    with pytest.warns(EstimateWarning, match="binning read 9.229 bits, within 1% of log2\\(n\\) = "
+                                             "9.229, the most 600 samples can show"):
+        mutual_information(wide_a, wide_b, "binning")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within the rule, labels, a binning below its ceiling
+        mutual_information(a[:, :2], b[:, :2], "ksg")
+        mutual_information(a, labels, "ksg")
+        mutual_information(a, labels, "binning")
+        assert mutual_information(a, b, "binning") < 0.99 * np.log2(600)
+
+
 def test_a_flow_far_below_ksg_on_the_same_codes_is_flagged(monkeypatch):
     from pipeline.estimators import compression
     assert compression.flow_disagrees(0.18, 1.2) and not compression.flow_disagrees(1.0, 1.2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.arrays import as_numpy
-from pipeline.estimators._common import as_labels, as_samples, is_discrete, same_length
+from pipeline.estimators._common import EstimateWarning, as_labels, as_samples, is_discrete, same_length
 from pipeline.estimators.binning import (
     binning_information_plane,
     binning_mutual_information,
@@ -239,12 +240,42 @@ def information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, method: str,
 
 
 def mutual_information(a: np.ndarray, b: np.ndarray, method: str, **params: Any) -> float:
-    """I(A;B) in bits; a 1-D integer `b` means discrete labels."""
+    """I(A;B) in bits; a 1-D integer `b` means discrete labels.
+
+    Warns (`EstimateWarning`) where the method is known to read wrong: KSG where n and the
+    dimensions lie beyond its measured rule (`knn.ksg_biased`: it reads low), binning of two
+    continuous sides within 1% of log2(n), the most n samples can show (`compression` checks its
+    own codes, `CompressionWarning`). The estimate stage stores the same judgements as flags.
+    """
     check_parameters(method, params, kind="mutual_information")
-    return float(_function(method, "mutual_information")(as_numpy(a), as_numpy(b), **params))
+    a, b = as_numpy(a), as_numpy(b)
+    value = float(_function(method, "mutual_information")(a, b, **params))
+    reason = _known_wrong(method, a, b, value)
+    if reason:
+        warnings.warn(reason, EstimateWarning, stacklevel=2)
+    return value
+
+
+def _known_wrong(method: str, a: np.ndarray, b: np.ndarray, value: float) -> str | None:
+    """Why `value` is known to be wrong for this method and these samples, or None."""
+    from pipeline.uncertainty import SATURATION_TOLERANCE  # it imports this package
+
+    n, labels = len(a), is_discrete(b)
+    if method == "ksg":
+        dims = (math.prod(a.shape[1:]), None if labels else math.prod(b.shape[1:]))
+        if ksg_biased(n, *dims):
+            sides = f"{dims[0]} dimensions and labels" if labels else f"{dims[0]} + {dims[1]} dimensions"
+            return (f"KSG on {n} samples of {sides} lies beyond its measured rule: it reads low "
+                    "here; give it more samples or fewer dimensions (docs/estimators.md, 'Where KSG "
+                    "is biased', has the rule and what the other methods read)")
+    if method == "binning" and not labels and n > 1 and value >= (1 - SATURATION_TOLERANCE) * math.log2(n):
+        return (f"binning read {value:.3f} bits, within 1% of log2(n) = {math.log2(n):.3f}, the most "
+                f"{n} samples can show (nearly every binned pattern is distinct): the value says "
+                "nothing about the MI; fewer bins, or another method")
+    return None
 
 
 __all__ = ["information_plane", "mutual_information", "parameters", "plane_defaults", "check_parameters",
            "METHODS", "BUILTIN_METHODS",
            "Estimator", "ESTIMATORS", "register_estimator", "get_estimator", "ParameterError", "as_labels",
-           "as_samples"]
+           "as_samples", "EstimateWarning"]

@@ -98,6 +98,10 @@ def as_labels(y: np.ndarray, name: str = "y") -> np.ndarray:
     return np.unique(arr, return_inverse=True)[1].astype(np.int64)
 
 
+class EstimateWarning(UserWarning):
+    """An estimate where its method is known to read wrong; the message says why and what to do."""
+
+
 def is_discrete(b: np.ndarray) -> bool:
     arr = np.asarray(b)
     return arr.ndim == 1 and arr.dtype.kind in "biu"

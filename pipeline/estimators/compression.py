@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.estimators._common import (
+    EstimateWarning,
     adam,
     as_labels,
     as_samples,
@@ -48,7 +49,7 @@ ENTROPIES = ("auto", "ksg", "flow", "kl", "wkl")
 MIN_KEPT = 0.99
 
 
-class CompressionWarning(UserWarning):
+class CompressionWarning(EstimateWarning):
     """A compressor kept less than MIN_KEPT of a side's variance, or the flow read far below KSG on
     the same codes: the estimate may be low."""
 
