@@ -14,6 +14,7 @@ a kill loses only the tasks in flight, and a rerun computes exactly the cells no
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import fnmatch
@@ -511,8 +512,10 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         else:
             writer.write_fisher(result["seed"], result["epochs"], result["layers"], result["traces"])
 
-    try:  # the local cluster's workers, started or restarted, never rerun the caller's script
-        with main_module_hidden():
+    # the local cluster's workers, started or restarted, never rerun the caller's script
+    local_cluster = scheduler is None and scheduler_file is None
+    try:
+        with main_module_hidden() if local_cluster else contextlib.nullcontext():
             failures = _execute(settings, str(paths.archive.resolve()), tasks, fisher_tasks, scheduler,
                                 scheduler_file, handle, f"estimate {archive.name}")
     except OSError:  # a write failed (disk full): writing the rest would fail the same way
