@@ -428,7 +428,7 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
     handles = curve_legend(axes[-1], [str(x) for x in results.layer.values], splits, styles)
     rows = math.ceil(len(handles) / 6)
     if len(handles) <= 24:  # beside the axes, in one or two columns
-        axes[-1].legend(handles=handles, ncol=math.ceil(len(handles) / 12), loc="upper left",
+        axes[-1].legend(handles=handles, ncol=max(1, math.ceil(len(handles) / 12)), loc="upper left",
                         bbox_to_anchor=(1.02, 1))
     else:  # a deep network's layers: below the axes, six to a row, the figure taller to hold them
         fig.set_size_inches(7.0, 2.8 + 0.16 * rows)

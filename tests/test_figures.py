@@ -119,6 +119,8 @@ def test_a_deep_networks_legend_goes_below_the_curves_whole():
     fig.canvas.draw()
     legend_top = fig.legends[0].get_window_extent().y1
     assert all(ax.get_tightbbox().y0 > legend_top for ax in fig.axes)  # not over the axes' labels
+    empty = F.mi_vs_epoch_figure(synthetic_results(nan_estimator=True), "broken")  # no values: no entries
+    assert empty.axes[-1].get_legend().get_texts() == []
 
 
 def test_titles_say_where_a_point_holds_fewer_seeds():
