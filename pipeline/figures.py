@@ -426,12 +426,13 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
         epoch_axis(ax, results.epoch.values)
         ax.set_ylabel(f"{QUANTITY[variable]} (bits)")
     handles = curve_legend(axes[-1], [str(x) for x in results.layer.values], splits, styles)
-    rows = math.ceil(len(handles) / 6)
+    below = 0.0  # inches under the axes that a legend below them takes
     if len(handles) <= 24:  # beside the axes, in one or two columns
         axes[-1].legend(handles=handles, ncol=max(1, math.ceil(len(handles) / 12)), loc="upper left",
                         bbox_to_anchor=(1.02, 1))
     else:  # a deep network's layers: below the axes, six to a row, the figure taller to hold them
-        fig.set_size_inches(7.0, 2.8 + 0.16 * rows)
+        below = 0.16 * math.ceil(len(handles) / 6)
+        fig.set_size_inches(7.0, 2.8 + below)
         fig.legend(handles=handles, ncol=6, loc="lower center", fontsize=6)
     lines = (", ".join(f"{styles[s][1]}: {SPLIT_WORDS.get(s, s)}" for s in splits) if len(splits) > 1
              else SPLIT_WORDS.get(splits[0], splits[0]) if splits else "no values")
@@ -441,7 +442,7 @@ def mi_vs_epoch_figure(results: xr.Dataset, estimator: str, confidence: float = 
             if n_seeds >= 2 else f"1 seed, band: the cells' own {confidence:.0%} intervals (where stored)")
     # about 100 characters of the title fit across the 7-inch figure: wrap the rest
     fig.suptitle(f"{entry_label(results, estimator)}\n{textwrap.fill(f'{lines}; {band}', 100)}")
-    fig.tight_layout(rect=(0, 0 if fig.legends == [] else 0.16 * rows / fig.get_size_inches()[1], 1, 1))
+    fig.tight_layout(rect=(0, below / fig.get_size_inches()[1], 1, 1))
     return fig
 
 

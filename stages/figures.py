@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; the library leaves the backend to its caller
 
 from pipeline.cli import base_parser, guarded, refuse_with_archive, run_stage  # noqa: E402
+from pipeline.figure_files import FORMATS  # noqa: E402
 from pipeline.report import main, report_archive  # noqa: E402
 
 
@@ -18,8 +19,8 @@ def cli() -> None:
     parser.add_argument("--figures", default="figures", help="output root (figures/<run>/)")
     parser.add_argument("--no-intervals", dest="intervals", action="store_false",
                         help="leave out the 90%% intervals of the points (seed t or the cells' own)")
-    parser.add_argument("--formats", default="png,pdf",
-                        help="each figure's files: png and any of pdf, svg (default png,pdf)")
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help="each figure's files: png and any of pdf, svg (default %(default)s)")
     args = parser.parse_args()
     refuse_with_archive(args, "figures")
     if args.archive:

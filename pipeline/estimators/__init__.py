@@ -269,7 +269,8 @@ def _known_wrong(method: str, a: np.ndarray, b: np.ndarray, value: float) -> str
                     "here; give it more samples or fewer dimensions (docs/estimators.md, 'Where KSG "
                     "is biased', has the rule and what the other methods read)")
     if method == "binning" and not labels and n > 1 and value >= (1 - SATURATION_TOLERANCE) * math.log2(n):
-        return (f"binning read {value:.3f} bits, within 1% of log2(n) = {math.log2(n):.3f}, the most "
+        return (f"binning read {value:.3f} bits, within {SATURATION_TOLERANCE:.0%} of log2(n) = "
+                f"{math.log2(n):.3f}, the most "
                 f"{n} samples can show (nearly every binned pattern is distinct): the value says "
                 "nothing about the MI; fewer bins, or another method")
     return None
