@@ -168,8 +168,8 @@ class WriterProcess:
             except queue.Empty:
                 return
         else:
-            try:  # a dead writer's last words are already in the pipe
-                message = self._errors.get(timeout=1.0)
+            try:  # a dead writer's last words are in the pipe: its exit waited for them to be sent
+                message = self._errors.get(block=False)
             except queue.Empty:
                 if finished and self._process.exitcode == 0:
                     return
