@@ -25,9 +25,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from pipeline.estimators._common import entropy_of_counts
+from pipeline.entropy import entropy_of_counts
 from pipeline.figure_files import STYLE
-from pipeline.results import holding_values, seed_mean
+from pipeline.results import holding_values, parameters_key, seed_mean
 
 CMAP = "viridis"  # perceptually uniform
 SATURATION_TOL = 1e-6
@@ -85,15 +85,21 @@ def styled(make):
 
 
 def entry_label(results: xr.Dataset, estimator: str) -> str:
-    """An estimator entry in words with its main parameter (defaults filled in), for titles."""
-    from pipeline.estimators import parameters
+    """An estimator entry in words with its main parameter (defaults filled in), for titles.
 
+    The defaults are those the store was computed with (`resolved_parameters`); only a store
+    that predates them takes this installation's (and imports the estimators, torch with them).
+    """
     method = str(results.method.sel(estimator=estimator).values)
-    table = json.loads(str(results.parameters.sel(estimator=estimator).values))
-    try:
-        p = {**parameters(method), **table}
-    except ValueError:  # an estimator this installation does not know: its table as given
-        p = table
+    key = parameters_key(results)
+    p = json.loads(str(results[key].sel(estimator=estimator).values))
+    if key == "parameters":
+        from pipeline.estimators import parameters
+
+        try:
+            p = {**parameters(method), **p}
+        except ValueError:  # an estimator this installation does not know: its table as given
+            pass
     words = {
         "binning": lambda: (f"binning, bin size {p['bin_size']}" if p.get("bin_size") else
                             f"binning, {p.get('n_bins')} bins"

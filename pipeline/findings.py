@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from pipeline.estimators._common import entropy_of_counts
+from pipeline.entropy import entropy_of_counts
 from pipeline.results import TRUST_FLAGS, holding_values, masked, seed_mean
 
 

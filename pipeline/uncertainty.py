@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from scipy.special import ndtri, stdtrit
 
-from pipeline.estimators._common import entropy_of_counts
+from pipeline.entropy import entropy_of_counts
 from pipeline.estimators.domains import ParameterError, check, choice, integer, number
 from pipeline.estimators.renyi import BATCH_SIZE, N_BATCHES, batch_count
 

@@ -83,18 +83,19 @@ def test_an_archive_run_takes_one_config_of_estimator_tables(tmp_path):
 
 def test_the_stages_import_only_what_they_use():
     """The train stage starts without xarray or scipy.stats, the estimate stage without
-    scipy.stats: seconds of every run (`pipeline.errors` lets the CLI name errors without them).
-    The estimate stage's module imports none of them, so that it starts its workers' forkserver
-    before its own heavy imports (`pipeline.cluster`)."""
+    scipy.stats, the figures stage without torch: seconds of every run (`pipeline.errors` lets
+    the CLI name errors without them). The estimate stage's module imports none of them, so that
+    it starts its workers' forkserver before its own heavy imports (`pipeline.cluster`)."""
     probe = ("import sys, {}; print(sorted(m for m in ('xarray', 'scipy.stats', 'torch') "
              "if m in sys.modules))")
     modules = {"train": "stages.train", "estimate module": "stages.estimate",
-               "estimate at work": "stages.estimate, pipeline.estimate"}
+               "estimate at work": "stages.estimate, pipeline.estimate",
+               "figures at work": "stages.figures, pipeline.report"}
     loaded = {stage: subprocess.run([sys.executable, "-c", probe.format(imports)], cwd=ROOT, check=True,
                                     capture_output=True, text=True).stdout.strip()
               for stage, imports in modules.items()}
     assert loaded == {"train": "['torch']", "estimate module": "[]",
-                      "estimate at work": "['torch', 'xarray']"}
+                      "estimate at work": "['torch', 'xarray']", "figures at work": "['xarray']"}
 
 
 @pytest.fixture
@@ -281,7 +282,8 @@ def test_a_second_train_is_refused_and_litter_is_cleaned(tmp_path):
 @pytest.mark.slow
 def test_killing_the_top_train_process_stops_its_workers(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--config", str(TINY), "--runs",
-                             str(tmp_path), "--set", "train.n_epochs=3000", "--set", "archive.every=50"],
+                             str(tmp_path), "--set", "train.n_epochs=3000", "--set", "archive.every=50",
+                             "--set", "train.parallel_seeds=2"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(_children(proc.pid)) < 2:

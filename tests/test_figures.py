@@ -463,6 +463,19 @@ def test_one_epoch_convention_and_titles_in_words():
     assert [t.get_text() for t in comparison.legends[0].get_texts()] == LAYERS
 
 
+def test_entry_labels_take_the_defaults_the_store_was_computed_with():
+    """A store's own resolved parameters name its entries, whatever this installation's defaults
+    are; a store without them (schema < 1.4) is named with this installation's defaults."""
+    tables = {"binning": {"method": "binning"}, "kde": {"method": "kde"}}
+    resolved = {"binning": {"method": "binning", "n_bins": 17, "range": "layer"},
+                "kde": {"method": "kde", "noise_variance": 0.25}}
+    stored = template(tables, [0], ["all"], EPOCHS, LAYERS, [10, 5, 2], {}, resolved=resolved)
+    assert F.entry_label(stored, "binning") == "binning, 17 bins over each layer's range"
+    assert "0.25" in F.entry_label(stored, "kde")
+    older = template(tables, [0], ["all"], EPOCHS, LAYERS, [10, 5, 2], {})
+    assert F.entry_label(older, "binning") == "binning, 30 bins"
+
+
 def test_epoch_ticks_label_short_runs_at_1_2_5_and_long_ones_at_decades():
     assert F.epoch_ticks(1) == [0, 1] and F.epoch_ticks(3) == [0, 1, 2]
     assert F.epoch_ticks(12) == [0, 1, 2, 5, 10] and F.epoch_ticks(99) == [0, 1, 2, 5, 10, 20, 50]

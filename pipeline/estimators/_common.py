@@ -10,6 +10,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from pipeline.entropy import entropy_of_counts  # noqa: F401  (re-exported for the estimators)
+
 LOG2 = math.log(2.0)
 
 
@@ -120,12 +122,6 @@ def squared_distances(h: torch.Tensor) -> torch.Tensor:
     d2 = (sq[..., :, None] + sq[..., None, :] - 2.0 * (h @ h.transpose(-1, -2))).clamp_min_(0.0)
     d2.diagonal(dim1=-2, dim2=-1).zero_()
     return d2
-
-
-def entropy_of_counts(counts: np.ndarray) -> float:
-    """Plug-in entropy in bits of a histogram."""
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
 
 
 def row_symbols(values: np.ndarray) -> np.ndarray:
