@@ -14,7 +14,8 @@ from pipeline.verify import verify
 from tests.helpers import INTERRUPTED, TINY, assert_same_arrays, group_arrays, run_stage, start_stage
 
 pytestmark = pytest.mark.slow
-LONG = ["--set", "train.n_epochs=80", "--set", "archive.every=1", "--set", "train.threads_per_seed=1"]
+LONG = ["--set", "train.n_epochs=80", "--set", "archive.every=1", "--set", "train.threads_per_seed=1",
+        "--set", "train.parallel_seeds=2"]  # a process per seed
 
 
 def test_archive_contents(tmp_path):
@@ -156,7 +157,7 @@ def _stage_interrupted(runs, args: list[str], when, how: int) -> str:
 # Ctrl-C: with a third seed queued behind the two in training, which must never start
 @pytest.mark.parametrize("kill_after, how, extra", [
     (3, signal.SIGKILL, []), (40, signal.SIGKILL, []),
-    (3, signal.SIGINT, ["--set", "seeds=[0,1,2]", "--set", "train.parallel_seeds=2"])])
+    (3, signal.SIGINT, ["--set", "seeds=[0,1,2]"])])
 def test_sigkill_or_ctrl_c_and_resume_equals_uninterrupted(tmp_path, kill_after, how, extra, uninterrupted):
     reference, killed = uninterrupted, tmp_path / "killed"
     path = killed / "tiny" / "archive.zarr"
