@@ -577,10 +577,12 @@ class Recorder:
         """Call after each `loss.backward()` to record the gradients' mean and spread."""
         if self.gradients is None:
             raise RecordError("gradient_step: open the Recorder with gradients=True")
+        self._check_open("gradient_step")
         self.gradients.update()
 
     def log(self, epoch: int, **metrics: float) -> None:
         """History of one epoch (loss_train, loss_test, accuracy_train, accuracy_test)."""
+        self._check_open("log")
         epoch = epoch_number(epoch)
         if epoch > self._history_through:
             self._history.setdefault(epoch, {}).update(_metrics(metrics))
@@ -588,6 +590,7 @@ class Recorder:
     def snapshot(self, epoch: int, **metrics: float) -> bool:
         """Record every layer on the probe inputs at `epoch`; False if already committed (or
         before the last committed epoch: snapshots are stored in increasing epochs)."""
+        self._check_open("snapshot")
         epoch = epoch_number(epoch)
         if self._not_recorded(epoch):
             return False
@@ -607,6 +610,13 @@ class Recorder:
                             snapshot_epochs=list(self._epochs)),
                      epoch)
         return True
+
+    def _check_open(self, call: str) -> None:
+        """A closed Recorder stores nothing more: say so rather than drop the call's values."""
+        if self._closed:
+            raise RecordError(f"{call}: the Recorder of seed {self.seed} of {self.paths.archive} is "
+                              "closed and stores nothing more; call it before rec.close() (inside "
+                              "`with Recorder(...)`), e.g. log the final test accuracy there")
 
     def _not_recorded(self, epoch: int) -> bool:
         """Whether `snapshot(epoch)` records nothing: an epoch recorded before (a rerun script,

@@ -442,6 +442,21 @@ def test_a_finished_seed_says_once_that_it_records_no_more_epochs(tmp_path):
     assert ArchiveReader(path).committed_epochs(0).tolist() == [0, 1]
 
 
+def test_a_closed_recorder_refuses_what_it_would_drop(tmp_path):
+    """log, snapshot and gradient_step after the `with` block (or close()) would store nothing:
+    each is refused in one line; what was recorded before stays as it was."""
+    path = tmp_path / "run" / "archive.zarr"
+    with Recorder(path, Tower(), LAYERS, torch.from_numpy(blobs(40)[0]), gradients=True) as rec:
+        rec.snapshot(0, loss_train=0.5)
+    for call in (lambda: rec.log(1, accuracy_test=0.9), lambda: rec.snapshot(1), rec.gradient_step):
+        with pytest.raises(RecordError, match=r": the Recorder of seed 0 of .* is closed and stores "
+                                              r"nothing more; call it before rec.close\(\)"):
+            call()
+    archive = ArchiveReader(path)
+    assert archive.committed_epochs(0).tolist() == [0] and archive.seed_status(0)["status"] == "finished"
+    assert archive.history(0)["loss_train"].tolist() == [0.5]
+
+
 @pytest.mark.parametrize("option, message", [
     ({"batch_size": 0}, "batch_size: the probe samples per forward pass, a whole number >= 1, got 0"),
     ({"batch_size": -5}, "batch_size: .* got -5"),
