@@ -1,7 +1,7 @@
 """Your own MI estimator: registered in a few lines, checked on a closed form, then run over
 every cell of an archive with 90% intervals and shuffle baselines, like the built-ins.
 
-    python examples/own_estimator.py [--archive data/runs/own_network/archive.zarr]
+    python examples/own_estimator.py [--archive data/runs/own_network/archive.zarr] [--formats png,pdf]
 
 The estimator is binning with equal-mass bins: each unit is cut at its own quantiles, so every
 bin of a unit holds as many samples (the adaptive binning of Chelombiev et al. 2019, per unit;
@@ -49,14 +49,15 @@ def check_on_known_patterns() -> dict[str, float]:
     return equal_mass_binning_plane(x, 0.7 * x[:, :3], y)
 
 
-def main(archive: str = "data/runs/own_network/archive.zarr", figures: str = "figures") -> None:
+def main(archive: str = "data/runs/own_network/archive.zarr", figures: str = "figures",
+         formats: str = "png,pdf") -> None:
     check = check_on_known_patterns()
     print(f"known patterns: I(X;T) {check['I_XT']:.3f} bits (exact 3), "
           f"I(T;Y) {check['I_TY']:.3f} (exact 0.5)")
     if not (Path(archive) / "zarr.json").exists():
         from own_network import main as record_own_network
 
-        record_own_network(archive, figures=figures)
+        record_own_network(archive, figures=figures, formats=formats)
     entry = {"method": "equal_mass_binning", "n_bins": 4,
              "uncertainty": "subsample", "n_resamples": 20, "null": True}
     estimate_archive(archive, estimators={"equal_mass_4": entry})
@@ -67,7 +68,7 @@ def main(archive: str = "data/runs/own_network/archive.zarr", figures: str = "fi
         print(f"layer {layer}, last epoch: I(X;T) {float(cell.I_XT):.2f} bits [{float(cell.I_XT_lo):.2f}, "
               f"{float(cell.I_XT_hi):.2f}], I(T;Y) {float(cell.I_TY):.3f} [{float(cell.I_TY_lo):.3f}, "
               f"{float(cell.I_TY_hi):.3f}], with shuffled labels {float(cell.I_TY_null):.3f}")
-    report_archive(archive, figures)
+    report_archive(archive, figures, formats=formats)
 
 
 if __name__ == "__main__":
@@ -76,5 +77,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", default="data/runs/own_network/archive.zarr")
     parser.add_argument("--figures", default="figures")
+    parser.add_argument("--formats", default="png,pdf", help="each figure's files, e.g. png alone")
     args = parser.parse_args()
-    main(args.archive, args.figures)
+    main(args.archive, args.figures, args.formats)

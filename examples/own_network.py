@@ -1,6 +1,7 @@
 """Your own network, data and training loop -> an information plane, with infoplane's Recorder.
 
     python examples/own_network.py [--archive data/runs/own_network/archive.zarr] [--epochs 12]
+                                   [--formats png,pdf]
 
 A small residual CNN (nested submodules) learns which of four rows of a noisy 12x12 image is
 brighter; a plain loop of its own trains it, the Recorder archives three layers at every epoch,
@@ -27,7 +28,7 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-def main(archive: str = "data/runs/own_network/archive.zarr", epochs: int = 12, figures: str = "figures"):
+def main(archive="data/runs/own_network/archive.zarr", epochs=12, figures="figures", formats="png,pdf"):
     torch.manual_seed(0)
     y = torch.randint(0, 4, (1024,))
     x = torch.rand(1024, 1, 12, 12) + 0.3 * nn.functional.one_hot(3 * y + 1, 12)[:, None, :, None]
@@ -44,7 +45,7 @@ def main(archive: str = "data/runs/own_network/archive.zarr", epochs: int = 12, 
                 optimizer.step()
             rec.snapshot(epoch, loss=loss.item())
     estimate_archive(archive, estimators={"binning": {"method": "binning"}, "kde": {"method": "kde"}})
-    report_archive(archive, figures)
+    report_archive(archive, figures, formats=formats)
 
 
 if __name__ == "__main__":
@@ -54,5 +55,6 @@ if __name__ == "__main__":
     parser.add_argument("--archive", default="data/runs/own_network/archive.zarr")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--figures", default="figures")
+    parser.add_argument("--formats", default="png,pdf", help="each figure's files, e.g. png alone")
     args = parser.parse_args()
-    main(args.archive, args.epochs, args.figures)
+    main(args.archive, args.epochs, args.figures, args.formats)

@@ -677,7 +677,7 @@ def test_worked_examples_record_a_network_and_add_an_own_estimator(tmp_path):
     assert len(code) < 30, len(code)
     own_estimator, own_network = import_examples("own_estimator", "own_network")
     archive = str(tmp_path / "runs" / "own_network" / "archive.zarr")
-    own_network.main(archive, epochs=3, figures=str(tmp_path / "figures"))
+    own_network.main(archive, epochs=3, figures=str(tmp_path / "figures"), formats="png")
     ds = xr.open_zarr(tmp_path / "runs" / "own_network" / "estimates.zarr").load()
     assert list(ds.layer.values) == ["1", "4", "5"] and bool(ds.done.all())
     assert ds.attrs["output_layer"] == "5" and list(ds.estimator.values) == ["binning", "kde"]
@@ -687,7 +687,8 @@ def test_worked_examples_record_a_network_and_add_an_own_estimator(tmp_path):
     check = own_estimator.check_on_known_patterns()
     assert check["I_XT"] == pytest.approx(3.0, abs=1e-12) and check["I_TY"] == pytest.approx(0.5, abs=1e-12)
     proc = subprocess.run([sys.executable, "examples/own_estimator.py", "--archive", archive, "--figures",
-                           str(tmp_path / "figures")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           str(tmp_path / "figures"), "--formats", "png"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "keeping the stored cells of binning, kde" in proc.stdout
     both = xr.open_zarr(tmp_path / "runs" / "own_network" / "estimates.zarr").load()
