@@ -284,10 +284,11 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
     do not clear their shuffle baselines (`at_null_share`; NaN without baselines);
     `disagreements`: per (split, hidden layer) the entries that call compression and those that
     do not, where both exist (each entry by its verdict beyond the noise, by the 5% rule where
-    that is undetermined).
+    that is undetermined). An entry whose estimator flagged every cell of the layer
+    (`distrusted_layers`) casts no vote there and is listed under `distrusted`.
     """
     ds = _valid(results)
-    layers, entries, calls = [], [], {}
+    layers, entries, calls, distrusted = [], [], {}, {}
     for e in ds.estimator.values:
         for split in ds.split.values:
             e, split = str(e), str(split)
@@ -296,10 +297,14 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
             phase = compression_phase(ds, e, split)
             noise, fraction = compresses(ds, e, split), compresses(ds, e, split, rule="fraction")
             saturated = saturated_at_both_ends(ds, e, split)
+            flagged = distrusted_layers(ds, e, split)
             for layer in noise.layer.values:
                 verdict = float(noise.sel(layer=layer))
                 decided = fraction if np.isnan(verdict) else noise
-                calls.setdefault((split, str(layer)), {})[e] = bool(decided.sel(layer=layer))
+                if str(layer) in flagged:
+                    distrusted.setdefault((split, str(layer)), []).append(e)
+                else:
+                    calls.setdefault((split, str(layer)), {})[e] = bool(decided.sel(layer=layer))
                 layers.append({"entry": e, "split": split, "layer": str(layer), "beyond_noise": verdict,
                                "saturated": bool(saturated.sel(layer=layer)),
                                "fraction": float(fraction.sel(layer=layer)),
@@ -312,20 +317,38 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
                             "at_null_ty": at_null_share(ds, e, split, "I_TY")})
     disagreements = [{"split": split, "layer": layer,
                       "compress": sorted(k for k, v in votes.items() if v),
-                      "do_not": sorted(k for k, v in votes.items() if not v)}
+                      "do_not": sorted(k for k, v in votes.items() if not v),
+                      "distrusted": sorted(distrusted.get((split, layer), []))}
                      for (split, layer), votes in calls.items() if len(set(votes.values())) > 1]
     return {"layers": layers, "entries": entries, "disagreements": disagreements}
 
 
-def distrusted_share(ds: xr.Dataset, estimator: str, split: str) -> float:
-    """The share of an entry's cells its estimator flagged (`*_lossy`, `*_biased`); NaN if none can be."""
+def _trust_flags(ds: xr.Dataset, estimator: str, split: str) -> np.ndarray | None:
+    """Per (seed, epoch, layer) cell: 1 where any of its estimator's diagnostics (`*_lossy`,
+    `*_biased`) flagged it, 0 where none did, -1 where the entry stores none; None without any."""
     names = [name for name in ds.data_vars if str(name).endswith(TRUST_FLAGS)]
     if not names:
-        return float("nan")
-    flags = np.stack([ds[name].sel(estimator=estimator, split=split).values for name in names])
-    flags = np.where(np.isfinite(flags), flags, -1).max(axis=0)  # -1: no flag of this entry
-    flags = flags[flags >= 0]
+        return None
+    flags = np.stack([ds[name].sel(estimator=estimator, split=split).transpose("seed", "epoch", "layer")
+                      .values for name in names])
+    return np.where(np.isfinite(flags), flags, -1).max(axis=0)
+
+
+def distrusted_share(ds: xr.Dataset, estimator: str, split: str) -> float:
+    """The share of an entry's cells its estimator flagged (`*_lossy`, `*_biased`); NaN if none can be."""
+    flags = _trust_flags(ds, estimator, split)
+    flags = np.empty(0) if flags is None else flags[flags >= 0]
     return float(flags.mean()) if flags.size else float("nan")
+
+
+def distrusted_layers(ds: xr.Dataset, estimator: str, split: str) -> set[str]:
+    """The layers of which the estimator flagged every cell holding a flag: its values there
+    are known to be wrong (KSG beyond its rule, a code that lost the layer)."""
+    flags = _trust_flags(ds, estimator, split)
+    if flags is None:
+        return set()
+    return {str(layer) for i, layer in enumerate(ds.layer.values)
+            if (flags[..., i] >= 0).any() and flags[..., i][flags[..., i] >= 0].min() == 1}
 
 
 def at_null_share(ds: xr.Dataset, estimator: str, split: str, variable: str = "I_TY") -> float:

@@ -126,6 +126,14 @@ def _share(value: float, missing: str) -> str:
     return missing if math.isnan(value) else f"{value:.0%}"
 
 
+def _disagreement(d: dict[str, Any]) -> str:
+    text = (f"{html.escape(d['layer'])} ({html.escape(d['split'])}): {', '.join(d['compress'])} compress, "
+            f"{', '.join(d['do_not'])} do not")
+    if d["distrusted"]:
+        text += f" ({', '.join(d['distrusted'])}: every cell flagged by its diagnostic, left out)"
+    return text
+
+
 def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> str:
     """The findings summary: accuracy, compression per entry and layer, DPI, saturation, distrusted
     cells, cells at their shuffle baselines, disagreements."""
@@ -160,9 +168,8 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
                         for r in summary["entries"]]))
     if summary["disagreements"]:
         parts.append("<p>Entries disagree on compression (beyond the noise; by the 5% rule where "
-                     "that is undetermined) in: " + "; ".join(
-            f"{html.escape(d['layer'])} ({html.escape(d['split'])}): {', '.join(d['compress'])} "
-            f"compress, {', '.join(d['do_not'])} do not" for d in summary["disagreements"]) + ".</p>")
+                     "that is undetermined) in: " + "; ".join(map(_disagreement, summary["disagreements"]))
+                     + ".</p>")
     else:
         parts.append("<p>The entries agree on every hidden layer.</p>")
     return "\n".join(parts)

@@ -535,8 +535,8 @@ def test_report_opens_with_the_findings_summary(tmp_path):
     assert saturated["saturated"] and np.isnan(saturated["beyond_noise"])
     assert not rows["binning_30", "train", "dense2"]["saturated"]
     assert rows["binning_30", "train", "dense1"]["drop_mean"] == pytest.approx(2.0)
-    assert {"split": "train", "layer": "dense1", "compress": ["binning_30"], "do_not": ["renyi"]} in \
-        summary["disagreements"]
+    assert {"split": "train", "layer": "dense1", "compress": ["binning_30"], "do_not": ["renyi"],
+            "distrusted": []} in summary["disagreements"]
     report = write_report(tmp_path, "toy", ["plane_binning_30_train"], {"train": {"lr": 0.1}}, {},
                           {"binning_30": json.dumps({"method": "binning", "n_bins": 30})}, [], summary,
                           {"test": 0.875})
@@ -547,6 +547,27 @@ def test_report_opens_with_the_findings_summary(tmp_path):
     assert "not above their shuffle baseline" in text and "no baseline / no baseline" in text
     assert "<td>n_bins</td><td>30</td>" in text and "<td>train.lr</td><td>0.1</td>" in text
     assert "The information plane" in text and "\\\"" not in text  # captions; no escaped JSON
+
+
+def test_an_entry_flagged_in_every_cell_of_a_layer_casts_no_vote_there():
+    """KSG beyond its rule or a code that lost the layer: its verdict is on values known to be
+    wrong, so the disagreement is counted without it and says it was left out."""
+    from pipeline.findings import distrusted_layers, run_summary
+    from pipeline.report_html import summary_html
+
+    ds = synthetic_results()
+    ds["I_XT"].loc[{"estimator": "binning_30", "layer": "dense1"}] = np.linspace(4, 2, 5)[None, None, :]
+    third = ds.sel(estimator=["renyi"]).assign_coords(estimator=["ksg"])
+    ds = xr.concat([ds, third], "estimator", data_vars="all")
+    ds["I_XT_biased"] = xr.zeros_like(ds.I_XT).where(ds.estimator == "ksg")  # NaN: no diagnostic
+    ds["I_XT_biased"].loc[{"estimator": "ksg", "layer": "dense1"}] = 1.0
+    ds["I_XT_biased"].loc[{"estimator": "ksg", "layer": "dense2", "epoch": EPOCHS[0]}] = 1.0
+    assert distrusted_layers(ds, "ksg", "train") == {"dense1"}  # dense2: one cell of 10 flagged
+    assert distrusted_layers(ds, "renyi", "train") == set()
+    summary = run_summary(ds)
+    assert {"split": "train", "layer": "dense1", "compress": ["binning_30"], "do_not": ["renyi"],
+            "distrusted": ["ksg"]} in summary["disagreements"]
+    assert "renyi do not (ksg: every cell flagged by its diagnostic, left out)" in summary_html(summary, {})
 
 
 def test_interactive_planes_hover_toggle_and_switch(tmp_path):
