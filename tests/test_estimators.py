@@ -1216,11 +1216,34 @@ def test_a_single_call_warns_where_ksg_or_binning_is_known_to_read_wrong():
                                              "9.229, the most 600 samples can show"):
         mutual_information(wide_a, wide_b, "binning")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # within the rule, labels, a binning below its ceiling
+        warnings.simplefilter("error")  # within the rule, labels
         mutual_information(a[:, :2], b[:, :2], "ksg")
         mutual_information(a, labels, "ksg")
-        mutual_information(a, labels, "binning")
-        assert mutual_information(a, b, "binning") < 0.99 * np.log2(600)
+
+
+def test_a_binning_call_warns_where_shuffled_pairs_read_half_its_value():
+    """Binning that reads on pairs without information at least half of what it reads on the
+    true pairs is mostly bias: 3 + 3 dimensions at 600 samples read 8.8 bits for 1 (below the
+    saturation rule's 9.16), and labels a function of the layer are read as well from shuffled
+    ones when every binned pattern is distinct. One dimension at 5000 samples is silent."""
+    from pipeline.estimators import EstimateWarning
+    from pipeline.estimators.binning import binning_shuffled_mutual_information
+
+    a, b = gaussian_pair(600, 1.0, 3, seed=0)
+    shuffled = binning_shuffled_mutual_information(a, b)  # named in the warning
+    with pytest.warns(EstimateWarning, match=rf"and {shuffled:.3f} on the same samples with their pairing "
+                                             r"shuffled, which carry no information: at least 50% of"):
+        assert 8.5 < mutual_information(a, b, "binning") < 0.99 * np.log2(600)
+    with pytest.warns(EstimateWarning, match="at least 50% of the value is the plug-in's bias"):
+        mutual_information(a, (a[:, 0] > 0).astype(int), "binning")
+    state = np.random.get_state()[1].copy()
+    one_a, one_b = gaussian_pair(5000, 1.0, 1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mutual_information(one_a, one_b, "binning") < 1.0
+        mutual_information(one_a, (one_a[:, 0] > 0).astype(int), "binning")
+        mutual_information(np.zeros((100, 2)), np.ones((100, 2)), "binning")  # 0 bits, shuffled or not
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
 
 
 def test_a_flow_far_below_ksg_on_the_same_codes_is_flagged(monkeypatch):

@@ -26,9 +26,11 @@ import numpy as np
 from pipeline.arrays import as_numpy
 from pipeline.estimators._common import EstimateWarning, as_labels, as_samples, is_discrete, same_length
 from pipeline.estimators.binning import (
+    SHUFFLED_SHARE,
     binning_information_plane,
     binning_mutual_information,
     binning_resampler,
+    binning_shuffled_mutual_information,
 )
 from pipeline.estimators.compression import (
     MIN_KEPT,
@@ -243,20 +245,24 @@ def mutual_information(a: np.ndarray, b: np.ndarray, method: str, **params: Any)
     """I(A;B) in bits; a 1-D integer `b` means discrete labels.
 
     Warns (`EstimateWarning`) where the method is known to read wrong: KSG where n and the
-    dimensions lie beyond its measured rule (`knn.ksg_biased`: it reads low), binning of two
-    continuous sides within 1% of log2(n), the most n samples can show (`compression` checks its
-    own codes, `CompressionWarning`). The estimate stage stores the same judgements as flags.
+    dimensions lie beyond its measured rule (`knn.ksg_biased`: it reads low); binning of two
+    continuous sides within 1% of log2(n), the most n samples can show, and binning whose value
+    the same samples with their pairing shuffled read at least half of
+    (`binning.SHUFFLED_SHARE`: mostly bias). `compression` checks its own codes
+    (`CompressionWarning`). The estimate stage stores the KSG and saturation judgements as flags
+    and, with `null = true`, the shuffled reading of every cell.
     """
     check_parameters(method, params, kind="mutual_information")
     a, b = as_numpy(a), as_numpy(b)
     value = float(_function(method, "mutual_information")(a, b, **params))
-    reason = _known_wrong(method, a, b, value)
+    reason = _known_wrong(method, a, b, value, params)
     if reason:
         warnings.warn(reason, EstimateWarning, stacklevel=2)
     return value
 
 
-def _known_wrong(method: str, a: np.ndarray, b: np.ndarray, value: float) -> str | None:
+def _known_wrong(method: str, a: np.ndarray, b: np.ndarray, value: float,
+                 params: dict[str, Any]) -> str | None:
     """Why `value` is known to be wrong for this method and these samples, or None."""
     from pipeline.uncertainty import SATURATION_TOLERANCE  # it imports this package
 
@@ -273,6 +279,13 @@ def _known_wrong(method: str, a: np.ndarray, b: np.ndarray, value: float) -> str
                 f"{math.log2(n):.3f}, the most "
                 f"{n} samples can show (nearly every binned pattern is distinct): the value says "
                 "nothing about the MI; fewer bins, or another method")
+    if method == "binning" and n > 1:
+        shuffled = binning_shuffled_mutual_information(a, b, **params)
+        if shuffled > 0 and shuffled >= SHUFFLED_SHARE * value:
+            return (f"binning read {value:.3f} bits, and {shuffled:.3f} on the same samples with their "
+                    f"pairing shuffled, which carry no information: at least {SHUFFLED_SHARE:.0%} of "
+                    "the value is the plug-in's bias from too few samples per bin; fewer bins or "
+                    "dimensions, more samples, or another method (docs/estimators.md, 'Diagnostics')")
     return None
 
 
