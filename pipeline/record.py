@@ -659,6 +659,17 @@ class Recorder:
             warnings.warn(f"non-finite activations stored at {text} (warned once)", stacklevel=3)
             self._warned = True
 
+    def flush(self) -> None:
+        """Wait until every snapshot taken so far is committed to the archive.
+
+        `snapshot` hands its data to the writer process and returns; readers (`ArchiveReader`,
+        `estimate_archive`) see a snapshot once it is committed. Call this before estimating
+        the archive while training goes on. History logged after the last snapshot is
+        committed with the next one, or by `close`."""
+        self._check_open("flush")
+        if self._writer is not None:
+            self._writer.wait()
+
     def close(self, status: str = "finished", message: str = "") -> None:
         """Commit the remaining history with the seed's final status, and stop the writer."""
         if self._closed:

@@ -15,8 +15,10 @@ import multiprocessing
 import os
 import queue
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +98,7 @@ def lock_seed(ckpt_dir: Path, name: str, wait: bool) -> int:
 
 
 def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocessing.Queue,
-                 errors: multiprocessing.Queue, parent: int) -> None:
+                 errors: multiprocessing.Queue, parent: int, applied: Any) -> None:
     # Ctrl-C reaches the whole process group: the trainer decides (it drains this writer on an
     # interrupt, or dies and leaves it to exit uncommitted); a writer killed by it mid-queue
     # would turn the interrupt into a "writing the archive failed" error
@@ -113,6 +115,7 @@ def _writer_main(archive_path: str, seed: int, ckpt_dir: str, jobs: multiprocess
                 writer.write_rows(item.index, item.layer, item.start, item.values)
             else:
                 apply_commit(writer, Path(ckpt_dir), item)
+                applied.value += 1  # one writer process: no other hand on it
     except OSError as err:  # disk full, read-only or vanished storage: say so, and the fix
         errors.put(f"{err.strerror or err} ({err.filename or archive_path}): free space or make the "
                    "folder writable, then run the same command again; committed snapshots are kept")
@@ -134,14 +137,24 @@ class WriterProcess:
         # Early log-spaced snapshots come every epoch: absorb that burst, bounded in bytes.
         self._jobs = context.Queue(max(2, max_pending_bytes // max(item_bytes, 1)))
         self._errors = context.Queue()
+        self._applied = context.Value("q", 0, lock=False)  # commits written, counted by the writer
+        self._submitted = 0  # commits queued
         self._process = context.Process(
             target=_writer_main, name=f"archive-writer-{seed}", daemon=False,
-            args=(str(archive_path), seed, str(ckpt_dir), self._jobs, self._errors, os.getpid()))
+            args=(str(archive_path), seed, str(ckpt_dir), self._jobs, self._errors, os.getpid(),
+                  self._applied))
         with main_module_hidden():
             self._process.start()
 
     def submit(self, item: Commit | SnapshotRows) -> None:
         self._put(item)
+        self._submitted += isinstance(item, Commit)
+
+    def wait(self, poll_s: float = 0.01) -> None:
+        """Return once every Commit submitted so far is written; raise what the writer reported."""
+        while self._applied.value < self._submitted:
+            self._raise()  # the writer's error, or its death: a writer alive only waits for work
+            time.sleep(poll_s)
 
     def close(self) -> None:
         """Queue the end, wait for the writer to drain, and raise what it reported."""

@@ -442,6 +442,25 @@ def test_a_finished_seed_says_once_that_it_records_no_more_epochs(tmp_path):
     assert ArchiveReader(path).committed_epochs(0).tolist() == [0, 1]
 
 
+def test_flush_returns_once_every_snapshot_taken_is_committed(tmp_path):
+    """A snapshot returns as soon as the writer has its rows; `flush` waits for the commit, so an
+    estimate while training goes on sees every epoch recorded so far. 64 MB a snapshot: its
+    commit takes longer than the step from `snapshot` to the reader."""
+    path = tmp_path / "run" / "archive.zarr"
+    model = nn.Sequential(nn.Linear(64, 4096), nn.Tanh())
+    with Recorder(path, model, ["0"], torch.randn(4096, 64), activation_dtype="float32") as rec:
+        for epoch in range(3):
+            rec.snapshot(epoch, loss_train=1.0 / (epoch + 1))
+            rec.flush()
+            assert ArchiveReader(path).committed_epochs(0).tolist() == list(range(epoch + 1))
+        assert ArchiveReader(path).seed_status(0)["status"] == "training"
+        estimate_archive(path, scheduler="synchronous", estimators={"binning": {"method": "binning"}})
+        cells = xr.open_zarr(path.parent / "estimates.zarr").load()
+        assert cells.epoch.values.tolist() == [0, 1, 2] and bool(cells.done.all())
+    with pytest.raises(RecordError, match="flush: the Recorder of seed 0 .* is closed"):
+        rec.flush()
+
+
 def test_a_closed_recorder_refuses_what_it_would_drop(tmp_path):
     """log, snapshot and gradient_step after the `with` block (or close()) would store nothing:
     each is refused in one line; what was recorded before stays as it was."""
