@@ -323,22 +323,25 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
     return {"layers": layers, "entries": entries, "disagreements": disagreements}
 
 
-def _trust_flags(ds: xr.Dataset, estimator: str, split: str) -> np.ndarray | None:
-    """Per (seed, epoch, layer) cell: 1 where any of its estimator's diagnostics (`*_lossy`,
-    `*_biased`) flagged it, 0 where none did, -1 where the entry stores none; None without any."""
+def _trust_flags(ds: xr.Dataset, estimator: str, split: str) -> xr.DataArray | None:
+    """Per cell: 1 where any of its estimator's diagnostics (`*_lossy`, `*_biased`) flagged it,
+    0 where none did, -1 where the entry stores none; None where the store holds no diagnostic."""
     names = [name for name in ds.data_vars if str(name).endswith(TRUST_FLAGS)]
     if not names:
         return None
-    flags = np.stack([ds[name].sel(estimator=estimator, split=split).transpose("seed", "epoch", "layer")
-                      .values for name in names])
-    return np.where(np.isfinite(flags), flags, -1).max(axis=0)
+    return xr.concat([ds[name].sel(estimator=estimator, split=split).fillna(-1) for name in names],
+                     "flag").max("flag")
+
+
+def _flagged(flags: np.ndarray) -> np.ndarray:
+    return flags[flags >= 0]  # the cells holding a flag of this entry
 
 
 def distrusted_share(ds: xr.Dataset, estimator: str, split: str) -> float:
     """The share of an entry's cells its estimator flagged (`*_lossy`, `*_biased`); NaN if none can be."""
     flags = _trust_flags(ds, estimator, split)
-    flags = np.empty(0) if flags is None else flags[flags >= 0]
-    return float(flags.mean()) if flags.size else float("nan")
+    flagged = np.empty(0) if flags is None else _flagged(flags.values)
+    return float(flagged.mean()) if flagged.size else float("nan")
 
 
 def distrusted_layers(ds: xr.Dataset, estimator: str, split: str) -> set[str]:
@@ -347,8 +350,8 @@ def distrusted_layers(ds: xr.Dataset, estimator: str, split: str) -> set[str]:
     flags = _trust_flags(ds, estimator, split)
     if flags is None:
         return set()
-    return {str(layer) for i, layer in enumerate(ds.layer.values)
-            if (flags[..., i] >= 0).any() and flags[..., i][flags[..., i] >= 0].min() == 1}
+    return {str(layer) for layer in flags.layer.values
+            if (flagged := _flagged(flags.sel(layer=layer).values)).size and flagged.min() == 1}
 
 
 def at_null_share(ds: xr.Dataset, estimator: str, split: str, variable: str = "I_TY") -> float:
