@@ -133,19 +133,21 @@ def seed_mean(results: xr.Dataset, variable: str = "I_XT", confidence: float = 0
     """
     ds = masked(results) if "done" in results else results
     values = ds[variable]
-    n = np.isfinite(values).sum("seed")
-    mean = values.mean("seed")
-    with warnings.catch_warnings():  # one seed: no spread, NaN
+    axis = values.get_axis_num("seed")
+    v = values.values  # numpy: the figures call this hundreds of times a report
+    finite = np.isfinite(v)
+    n = finite.sum(axis)
+    with warnings.catch_warnings():  # no seed holding a value: NaN mean; one seed: no spread, NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        sd = values.std("seed", ddof=1)
-    quantile = stdtrit(np.maximum(n - 1, 1), 0.5 + confidence / 2)  # the t quantile
-    half = xr.where(n >= 2, quantile * sd / np.sqrt(n), np.nan)
-    lo, hi = mean - half, mean + half
-    if f"{variable}_lo" in ds:
-        one = n == 1
-        lo = xr.where(one, ds[f"{variable}_lo"].where(np.isfinite(values)).mean("seed"), lo)
-        hi = xr.where(one, ds[f"{variable}_hi"].where(np.isfinite(values)).mean("seed"), hi)
-    out = xr.Dataset({"mean": mean, "lo": lo, "hi": hi, "n_seeds": n})
+        mean, sd = np.nanmean(v, axis), np.nanstd(v, axis, ddof=1)
+        half = np.where(n >= 2, stdtrit(np.maximum(n - 1, 1), 0.5 + confidence / 2) * sd / np.sqrt(n), np.nan)
+        lo, hi = mean - half, mean + half
+        if f"{variable}_lo" in ds:  # one seed: the cell's own interval
+            lo = np.where(n == 1, np.nanmean(np.where(finite, ds[f"{variable}_lo"].values, np.nan), axis), lo)
+            hi = np.where(n == 1, np.nanmean(np.where(finite, ds[f"{variable}_hi"].values, np.nan), axis), hi)
+    cell = values.isel(seed=0, drop=True)  # the dims and coordinates of the result
+    out = xr.Dataset({name: (cell.dims, data) for name, data in
+                      (("mean", mean), ("lo", lo), ("hi", hi), ("n_seeds", n))}, coords=cell.coords)
     out.attrs = {"variable": variable, "confidence": confidence,
                  "interval": "t over seeds (2+ seeds); the cell's own interval (1 seed)"}
     return out
