@@ -143,8 +143,9 @@ def seed_mean(results: xr.Dataset, variable: str = "I_XT", confidence: float = 0
         half = np.where(n >= 2, stdtrit(np.maximum(n - 1, 1), 0.5 + confidence / 2) * sd / np.sqrt(n), np.nan)
         lo, hi = mean - half, mean + half
         if f"{variable}_lo" in ds:  # one seed: the cell's own interval
-            lo = np.where(n == 1, np.nanmean(np.where(finite, ds[f"{variable}_lo"].values, np.nan), axis), lo)
-            hi = np.where(n == 1, np.nanmean(np.where(finite, ds[f"{variable}_hi"].values, np.nan), axis), hi)
+            own = [np.nanmean(np.where(finite, ds[f"{variable}_{end}"].transpose(*values.dims).values,
+                                       np.nan), axis) for end in ("lo", "hi")]
+            lo, hi = np.where(n == 1, own[0], lo), np.where(n == 1, own[1], hi)
     cell = values.isel(seed=0, drop=True)  # the dims and coordinates of the result
     out = xr.Dataset({name: (cell.dims, data) for name, data in
                       (("mean", mean), ("lo", lo), ("hi", hi), ("n_seeds", n))}, coords=cell.coords)
