@@ -158,12 +158,30 @@ class _Hooks:
             handle.remove()
 
 
+def input_parts(inputs: Any) -> list[Any]:
+    """The arrays of probe inputs given as one array, a tuple (positional arguments of the
+    forward) or a dict (keyword arguments); the first is the one archived as X."""
+    if isinstance(inputs, dict):
+        return list(inputs.values())
+    return list(inputs) if isinstance(inputs, tuple) else [inputs]
+
+
+def _rows(inputs: Any, rows: slice) -> Any:
+    """Rows of every part, in the inputs' own form."""
+    if isinstance(inputs, dict):
+        return {key: part[rows] for key, part in inputs.items()}
+    return tuple(part[rows] for part in inputs) if isinstance(inputs, tuple) else inputs[rows]
+
+
 def _forward(model: nn.Module, batch: torch.Tensor | Any) -> None:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     def tensor(x: Any) -> Any:
         return torch.from_numpy(x).to(device) if isinstance(x, np.ndarray) else x
-    model(*map(tensor, batch)) if isinstance(batch, tuple) else model(tensor(batch))
+    if isinstance(batch, dict):
+        model(**{key: tensor(part) for key, part in batch.items()})
+    else:
+        model(*map(tensor, batch)) if isinstance(batch, tuple) else model(tensor(batch))
 
 
 @contextlib.contextmanager
@@ -205,10 +223,8 @@ def layer_layout(model: nn.Module, layers: list[str], probe: Any,
 
 
 def _batches(inputs: Any, size: int) -> Iterable[Any]:
-    n = len(inputs[0]) if isinstance(inputs, tuple) else len(inputs)
-    for start in range(0, n, size):
-        yield (tuple(x[start:start + size] for x in inputs) if isinstance(inputs, tuple)
-               else inputs[start:start + size])
+    for start in range(0, len(input_parts(inputs)[0]), size):
+        yield _rows(inputs, slice(start, start + size))
 
 
 def probe_pass(model: nn.Module, inputs: Any, layers: list[str], select: dict[str, int | str] | None,
@@ -417,18 +433,20 @@ def check_options(layers: list[str], *, output_layer: str | None, activation_dty
 def check_probe_inputs(inputs: Any) -> None:
     """One line for probe inputs the Recorder cannot pass through the model as they are: not a
     tensor or array (a list, a DataLoader), parts of unequal length, or NaN/inf values."""
-    parts = inputs if isinstance(inputs, tuple) else (inputs,)
+    parts = input_parts(inputs)
+    if not parts:
+        raise RecordError("inputs: the tuple or dict is empty; pass the probe samples")
     for part in parts:
         if not isinstance(part, torch.Tensor | np.ndarray):
             raise RecordError(f"inputs: pass the probe samples as one tensor or array (a tuple of them "
-                              f"for a forward of several arguments), got {type(part).__name__}; e.g. "
-                              "torch.cat([x for x, _ in loader])")
+                              "for a forward of several arguments, a dict for keyword arguments), got "
+                              f"{type(part).__name__}; e.g. torch.cat([x for x, _ in loader])")
         values = as_numpy(part)
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise RecordError(f"inputs: {int((~np.isfinite(values)).sum())} values are NaN or infinite; "
                               "the probe inputs must be finite")
     if len({len(part) for part in parts}) > 1:
-        raise RecordError(f"inputs: the tuple's parts hold {[len(part) for part in parts]} samples; "
+        raise RecordError(f"inputs: the parts hold {[len(part) for part in parts]} samples; "
                           "each needs one row per probe sample")
 
 
@@ -441,7 +459,7 @@ def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any
     """The archive root of a recording (see Recorder for the arguments), from one probe pass."""
     check_probe_inputs(inputs)
     layout = layer_layout(model, layers, next(iter(_batches(inputs, 2))), select)
-    stored = as_numpy(inputs[0] if isinstance(inputs, tuple) else inputs)
+    stored = as_numpy(input_parts(inputs)[0])
     n = len(stored)
     labels = None if labels is None else class_codes(as_numpy(labels), n)
     codes, split_names = split_codes(n, splits)
@@ -467,8 +485,9 @@ class Recorder:
         `torch.compile`d or (Distributed)DataParallel model is recorded through the module
         it wraps, under that module's names.
     layers : module names or globs; `select` picks an element of tuple or dict outputs.
-    inputs, labels : the probe samples (tensor, array, or a tuple of tensors for several
-        forward arguments) and their integer labels (None: no I(T;Y) can be estimated).
+    inputs, labels : the probe samples (tensor, array, a tuple of them for several forward
+        arguments or a dict for keyword arguments; the first part is archived as X) and their
+        integer labels (None: no I(T;Y) can be estimated).
     splits : `{name: indices}` partitioning the samples; None: one split, "all".
     epochs, n_epochs : the planned snapshot epochs and training length, when known (arrays are
         then allocated once; otherwise they grow).

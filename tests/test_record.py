@@ -364,13 +364,46 @@ def test_splits_and_indices_that_would_select_other_samples_are_refused(tmp_path
     (lambda x: list(x), "inputs: pass the probe samples as one tensor or array .* got list"),
     (lambda x: torch.utils.data.DataLoader(x, batch_size=8), "got DataLoader; e.g. torch.cat"),
     (lambda x: torch.where(x > 0.9, torch.nan, x), "inputs: [0-9]+ values are NaN or infinite"),
-    (lambda x: (x, x[:10]), "inputs: the tuple's parts hold \\[40, 10\\] samples"),
+    (lambda x: (x, x[:10]), "inputs: the parts hold \\[40, 10\\] samples"),
+    (lambda x: {"x": x, "mask": x[:10]}, "inputs: the parts hold \\[40, 10\\] samples"),
+    (lambda x: {}, "inputs: the tuple or dict is empty"),
 ])
 def test_probe_inputs_the_recorder_cannot_pass_are_refused_in_one_line(tmp_path, make_inputs, message):
     x = torch.from_numpy(blobs(40)[0])
     with pytest.raises(RecordError, match=message):
         Recorder(tmp_path / "run" / "archive.zarr", Tower(), LAYERS, make_inputs(x))
     assert not (tmp_path / "run" / "archive.zarr").exists()
+
+
+class MaskedTokens(nn.Module):
+    """A token model of the kind `model(input_ids=..., attention_mask=...)` is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Embedding(20, 6), nn.Linear(6, 3)
+
+    def forward(self, input_ids, attention_mask):
+        mask = attention_mask[..., None].float()
+        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1))
+
+
+def test_probe_inputs_as_keyword_or_positional_arguments(tmp_path):
+    """A dict is passed as keyword arguments, a tuple as positional ones; the first part is
+    archived as X, and both record the layers the model computes."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 20, (50, 7), generator=generator)
+    mask = (torch.arange(7) < torch.randint(1, 8, (50, 1), generator=generator)).long()
+    model = MaskedTokens()
+    with torch.no_grad():
+        expected = model.embed(ids).numpy(), model(ids, mask).numpy()
+    for name, inputs in (("kw", {"input_ids": ids, "attention_mask": mask}), ("pos", (ids, mask))):
+        path = tmp_path / name / "archive.zarr"
+        with Recorder(path, model, ["embed", "head"], inputs) as rec:
+            rec.snapshot(0)
+        archive = ArchiveReader(path)
+        np.testing.assert_array_equal(archive.inputs, ids.numpy())
+        np.testing.assert_allclose(archive.activations(0, "embed", 0), expected[0], rtol=1e-6)
+        np.testing.assert_allclose(archive.activations(0, "head", 0), expected[1], rtol=1e-5, atol=1e-6)
 
 
 def test_snapshot_epochs_are_whole_increasing_numbers(tmp_path):
