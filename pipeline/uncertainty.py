@@ -27,7 +27,8 @@ Cell options (keys of an `[estimators.<entry>]` table beside the estimator's own
 
 Every cell also gets `I_XT_saturated` and `I_TY_saturated` (1.0 or 0.0): the value is within
 `SATURATION_TOLERANCE` (1%) of its ceiling, H(X) of the inputs (Renyi: at most log2 of the batch
-size) for I(X;T) and H(Y) for I(T;Y): such values carry no dynamics. The I(X;T) ceiling is
+size) for I(X;T) and H(Y) for I(T;Y) (Renyi: the mean of its batches' label entropies): such
+values carry no dynamics. The I(X;T) ceiling is
 H(X) of the recorded input rows (log2 of their number when all differ, as on SZT).
 """
 
@@ -212,8 +213,7 @@ def saturation(estimator, estimate: dict[str, float], input_entropy: float, y: n
 def saturation_flags(estimator, params: dict[str, Any], i_xt: np.ndarray, i_ty: np.ndarray,
                      input_entropy: float, y: np.ndarray) -> dict[str, np.ndarray]:
     """The flags of arrays of values (any shape) against the ceilings of one split."""
-    ceilings = {"I_XT": estimator.xt_ceiling(params, input_entropy),
-                "I_TY": entropy_of_counts(np.bincount(y))}
+    ceilings = {"I_XT": estimator.xt_ceiling(params, input_entropy), "I_TY": estimator.ty_ceiling(params, y)}
     out = {}
     for name, values in (("I_XT", i_xt), ("I_TY", i_ty)):
         ceiling = ceilings[name]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.arrays import as_numpy
+from pipeline.entropy import entropy_of_counts
 from pipeline.estimators._common import EstimateWarning, as_labels, as_samples, is_discrete, same_length
 from pipeline.estimators.binning import (
     SHUFFLED_SHARE,
@@ -43,6 +44,7 @@ from pipeline.estimators.gaussian import gaussian_information_plane, gaussian_mu
 from pipeline.estimators.kde import SETTINGS as KDE_SETTINGS
 from pipeline.estimators.kde import kde_information_plane, kde_information_planes
 from pipeline.estimators.knn import ksg_biased, ksg_mutual_information
+from pipeline.estimators.renyi import label_ceiling as renyi_label_ceiling
 from pipeline.estimators.renyi import renyi_information_plane, renyi_mutual_information
 from pipeline.estimators.variational import variational_information_plane, variational_mutual_information
 from pipeline.registry import check_new_name, resolve_entry_point
@@ -102,10 +104,13 @@ class Estimator:
     chained: Callable[[dict[str, Any]], bool] | None = None
     domains: dict[str, Domain] = field(default_factory=dict)  # checked when a config loads
     # pipeline.uncertainty: the interval schemes it allows, whether its I(X;T) uses the input
-    # values (then shuffling them gives a null), and the ceiling of its I(X;T) given H(X)
+    # values (then shuffling them gives a null), and the ceilings of its I(X;T) given H(X) and
+    # of its I(T;Y) given the labels
     schemes: tuple[str, ...] = ("bootstrap", "subsample")
     uses_inputs: bool = True
     xt_ceiling: Callable[[dict[str, Any], float], float] = lambda params, input_entropy: input_entropy
+    ty_ceiling: Callable[[dict[str, Any], np.ndarray], float] = \
+        lambda params, y: entropy_of_counts(np.bincount(y))
     # the time of one cell relative to binning's (about 7 ms on 4096 x 10, 2 cores): the stage
     # starts the longest tasks first, so no worker idles at the end behind one long chain
     cost: float = 10.0
@@ -171,6 +176,7 @@ register_estimator(
     chained=lambda params: isinstance(params.get("sigma_t", "alignment"), str),
     schemes=("batches", "subsample"),  # entropies of batches: at most log2(batch size) bits
     xt_ceiling=lambda params, h_x: min(math.log2(params.get("batch_size", 100)), h_x),
+    ty_ceiling=renyi_label_ceiling,
     cost=10.0,
 )(renyi_information_plane)
 # kNN: a repeated point is its own neighbour, hence subsamples, not the bootstrap

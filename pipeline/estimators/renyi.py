@@ -12,6 +12,8 @@ All batches are processed at once: one batched Gram, one batched symmetric eigen
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -167,6 +169,16 @@ def batch_count(n: int, batch_size: int = BATCH_SIZE, n_batches: int = N_BATCHES
     if available == 0:
         return 1
     return min(n_batches, available) if n_batches > 0 else available
+
+
+def label_ceiling(params: dict[str, Any], y: np.ndarray) -> float:
+    """The most I_alpha(T;Y) can read on labels `y` with these parameters: the mean over the
+    batches the estimator draws of S_alpha(Y) of the batch, which sits below H(Y) of all the
+    labels (a batch holds fewer classes, and fewer label bits, than the split)."""
+    p = {"alpha": 1.01, "batch_size": BATCH_SIZE, "n_batches": N_BATCHES, "seed": 0, **params}
+    labels = torch.as_tensor(as_labels(y))
+    batches = torch.as_tensor(make_batches(len(labels), p["batch_size"], p["n_batches"], p["seed"]))
+    return float(label_entropy(labels[batches], p["alpha"]).mean())
 
 
 def make_batches(n: int, batch_size: int, n_batches: int, seed: int) -> np.ndarray:
