@@ -203,7 +203,15 @@ def layer_layout(model: nn.Module, layers: list[str], probe: Any,
     hooks = _Hooks(model, layers, select or {}, trace_parameters=True)
     modules = dict(model.named_modules())
     with _probing(model, hooks):
-        _forward(model, probe)
+        try:
+            _forward(model, probe)
+        except KnownFailure:
+            raise
+        except (RuntimeError, TypeError, ValueError) as err:  # the user's forward: say which input
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise RecordError(f"inputs: the model's forward fails on the probe inputs ({type(err).__name__}: "
+                              f"{first}); pass them as the training loop does, e.g. "
+                              "torch.as_tensor(x, dtype=torch.float32) for a float64 numpy array") from err
     missing = [name for name in layers if name not in hooks.outputs]
     if missing:
         raise RecordError(f"modules {missing} did not run in the forward pass; record modules the "

@@ -367,6 +367,8 @@ def test_splits_and_indices_that_would_select_other_samples_are_refused(tmp_path
     (lambda x: (x, x[:10]), "inputs: the parts hold \\[40, 10\\] samples"),
     (lambda x: {"x": x, "mask": x[:10]}, "inputs: the parts hold \\[40, 10\\] samples"),
     (lambda x: {}, "inputs: the tuple or dict is empty"),
+    (lambda x: x.double().numpy(), "inputs: the model's forward fails on the probe inputs \\(RuntimeError: "
+                                   ".*\\); pass them as the training loop does"),
 ])
 def test_probe_inputs_the_recorder_cannot_pass_are_refused_in_one_line(tmp_path, make_inputs, message):
     x = torch.from_numpy(blobs(40)[0])
