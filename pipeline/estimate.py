@@ -302,15 +302,23 @@ def fisher_skipped(archive: ArchiveReader, settings: EstimateConfig) -> str | No
 FLAGS = ("I_XT_saturated", "I_TY_saturated")
 
 
-def fill_saturation(ds, archive: ArchiveReader, entry: str, table: dict[str, Any]) -> None:
-    """The saturation flags of an entry's done cells, from their stored values (no re-estimate)."""
+def split_ceiling_inputs(archive: ArchiveReader, splits) -> dict[str, tuple[float, np.ndarray]]:
+    """Per split: H(X) of its input rows and its labels, what the saturation ceilings depend on."""
+    inputs, out = archive.inputs, {}
+    for split in map(str, splits):
+        index = archive.split_index(split)
+        out[split] = (row_entropy(inputs[index]), archive.split_labels(index))
+    return out
+
+
+def fill_saturation(ds, entry: str, table: dict[str, Any],
+                    splits: dict[str, tuple[float, np.ndarray]]) -> None:
+    """The saturation flags of an entry's done cells, from their stored values (no re-estimate).
+    `splits`: `split_ceiling_inputs` of the archive."""
     estimator, params = get_estimator(table["method"]), split_options(table)[0]
-    inputs = archive.inputs
     for split in ds.split.values:
-        index = archive.split_index(str(split))
         cells = ds.sel(estimator=entry, split=split)
-        flags = saturation_flags(estimator, params, cells.I_XT.values, cells.I_TY.values,
-                                 row_entropy(inputs[index]), archive.split_labels(index))
+        flags = saturation_flags(estimator, params, cells.I_XT.values, cells.I_TY.values, *splits[str(split)])
         for name in FLAGS:
             ds[name].loc[{"estimator": entry, "split": split}] = np.where(cells.done.values, flags[name],
                                                                          np.nan)
@@ -416,8 +424,14 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is not None:
         note_changed_entries(old, target)
     target = merge_into(target, old)
-    for name in derive:
-        fill_saturation(target, archive, name, entries[name])
+    # every stored entry of this run gets its flags from its values again: a store written by an
+    # earlier release then holds this release's ceilings (Renyi's I(T;Y): its batches' labels)
+    held = set() if old is None else {str(e) for e in old.estimator.values} & set(entries)
+    stored = set(derive) | held
+    if stored:
+        splits = split_ceiling_inputs(archive, target.split.values)
+        for name in sorted(stored):
+            fill_saturation(target, name, entries[name], splits)
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")
         target.attrs["warnings"] = old.attrs.get("warnings", "[]")
@@ -427,7 +441,8 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is None or lost or any(not old[dim].equals(target[dim]) for dim in CELL_DIMS) or \
             not old.parameters.equals(target.parameters) or "resolved_parameters" not in old.coords or \
             not old.resolved_parameters.equals(target.resolved_parameters) or \
-            set(cell_variables(old)) != set(cell_variables(target)):
+            set(cell_variables(old)) != set(cell_variables(target)) or \
+            any(flag not in old or not old[flag].equals(target[flag]) for flag in FLAGS):
         write_store(target, paths.results)
     return target, committed, changed
 

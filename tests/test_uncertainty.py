@@ -188,7 +188,8 @@ def test_the_stage_stores_intervals_nulls_and_flags(tmp_path, tiny_trained):
 @pytest.mark.slow
 def test_a_store_without_the_flags_is_read_and_they_are_derived(tmp_path, capsys, tiny_trained):
     """A store of the release before the flags (no I_XT_saturated, I_TY_saturated) still reads;
-    the flags of its done cells are derived from the stored values, nothing is re-estimated."""
+    the flags of its done cells are derived from the stored values, nothing is re-estimated; flags
+    stored under other ceilings are derived again."""
     tiny_trained(tmp_path, "--set", "seeds=[0]")
     archive = tmp_path / "tiny" / "archive.zarr"
     entries = {"binning_10": {"method": "binning", "n_bins": 10}}
@@ -206,6 +207,16 @@ def test_a_store_without_the_flags_is_read_and_they_are_derived(tmp_path, capsys
     assert bool(again.done.all()) and np.isfinite(again.I_XT_saturated).all()
     np.testing.assert_array_equal(again.I_XT.values, ds.I_XT.values)
     np.testing.assert_array_equal(again.I_XT_saturated.values, ds.I_XT_saturated.values)
+    # flags stored under an earlier release's ceilings are replaced by this release's, from the values
+    assert (ds.I_XT_saturated == 0).any()
+    stale = ds.assign(I_XT_saturated=xr.ones_like(ds.I_XT_saturated))
+    shutil.rmtree(store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stale.to_zarr(store, zarr_format=3, consolidated=False)
+    assert estimate_archive(archive, estimators=entries, scheduler="synchronous") == 0
+    refreshed = xr.open_zarr(store, consolidated=False).load()
+    np.testing.assert_array_equal(refreshed.I_XT_saturated.values, ds.I_XT_saturated.values)
 
 
 @pytest.mark.parametrize("params", [{"n_bins": 30}, {"n_bins": 10, "range": "layer"}, {"bin_size": 0.2}])
