@@ -48,7 +48,9 @@ def train(rank: int, ranks: int, archive: str, epochs: int) -> None:
                          splits={"train": range(768), "test": range(768, 1024)}, name="ddp_network")
                 if rank == 0 else contextlib.nullcontext())
     with recorder as rec:
-        for epoch in range(epochs):
+        if rank == 0:
+            rec.snapshot(0)  # epoch 0: before training, as the figures' axes read it
+        for epoch in range(1, epochs + 1):
             for batch in shard[torch.randperm(len(shard))].split(64):
                 loss = nn.functional.cross_entropy(ddp(x[batch]), y[batch])
                 optimizer.zero_grad()

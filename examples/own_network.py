@@ -37,13 +37,14 @@ def main(archive="data/runs/own_network/archive.zarr", epochs=12, figures="figur
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     with Recorder(archive, model, layers=["1", "4", "5"], inputs=x, labels=y,
                   splits={"train": range(768), "test": range(768, 1024)}, name="own_network") as rec:
-        for epoch in range(epochs):
+        rec.snapshot(0)  # epoch 0: before training, as the figures' axes read it
+        for epoch in range(1, epochs + 1):
             for batch in torch.randperm(768).split(128):
                 loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            rec.snapshot(epoch, loss=loss.item())
+            rec.snapshot(epoch, loss=loss.item())  # after `epoch` epochs of training
     estimate_archive(archive, estimators={"binning": {"method": "binning"}, "kde": {"method": "kde"}})
     report_archive(archive, figures, formats=formats)
 

@@ -124,7 +124,7 @@ def test_a_distributed_data_parallel_network_is_recorded_by_one_rank(tmp_path):
                            "--epochs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     archive = ArchiveReader(path)
-    assert archive.layers == ["2", "5", "6"] and list(archive.committed_epochs(0)) == [0, 1]
+    assert archive.layers == ["2", "5", "6"] and list(archive.committed_epochs(0)) == [0, 1, 2]
     [ddp_network] = import_examples("ddp_network")
     model, (x, _) = ddp_network.network(), ddp_network.data()
     for epoch in (0, 1):  # every layer is the unwrapped network's output in the stored state
@@ -138,7 +138,8 @@ def test_a_distributed_data_parallel_network_is_recorded_by_one_rank(tmp_path):
                                        rtol=0, atol=1e-6)
     running = [archive.weights(0, epoch)["1.running_mean"] for epoch in (0, 1)]
     assert not np.array_equal(*running)  # trained between the snapshots
-    assert np.isfinite(archive.history(0)["loss_train"][:2]).all()
+    loss = archive.history(0)["loss_train"]  # none before training (epoch 0), one per epoch trained
+    assert np.isnan(loss[0]) and np.isfinite(loss[1:3]).all()
     assert verify(path) == []
 
 
@@ -728,7 +729,7 @@ def test_worked_examples_record_a_network_and_add_an_own_estimator(tmp_path):
     source = (ROOT / "examples" / "own_network.py").read_text()
     body = source.split('"""', 2)[2].split('if __name__ == "__main__":')[0]
     code = [line for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
-    assert len(code) < 30, len(code)
+    assert len(code) <= 30, len(code)  # README and docs/extending.md: 30 lines of code
     own_estimator, own_network = import_examples("own_estimator", "own_network")
     archive = str(tmp_path / "runs" / "own_network" / "archive.zarr")
     own_network.main(archive, epochs=3, figures=str(tmp_path / "figures"), formats="png")
