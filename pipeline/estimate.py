@@ -326,18 +326,15 @@ def fill_saturation(ds, entry: str, table: dict[str, Any],
 
 def _unmark_unusable(old, entries: dict[str, dict[str, Any]], results_path: Path):
     """Mark not done, in the old store, the cells it cannot supply: entries lacking variables
-    (a store of an older release) and blocks whose files are gone. Returns the entries whose
-    only lack is the saturation flags (derived from their values instead), and the lost blocks."""
-    derive = []
+    (a store of an older release) and blocks whose files are gone; returns the lost blocks.
+    Saturation flags alone are never missed: every run derives them from the stored values."""
     for e, name in enumerate(old.estimator.values):
         table = entries.get(str(name))
         absent = set() if table is None else set(entry_outputs(
-            get_estimator(table["method"]), split_options(table)[1])) - set(old.data_vars)
-        if absent - set(FLAGS) and bool(old["done"][e].any()):
-            print(f"note: recomputing {name}: the store has no {sorted(absent - set(FLAGS))} for it")
+            get_estimator(table["method"]), split_options(table)[1])) - set(old.data_vars) - set(FLAGS)
+        if absent and bool(old["done"][e].any()):
+            print(f"note: recomputing {name}: the store has no {sorted(absent)} for it")
             old["done"][e] = False
-        elif absent:
-            derive.append(str(name))
     lost = lost_blocks(results_path, old)
     for e, s, p in lost:
         name = str(old.estimator.values[e])
@@ -345,7 +342,7 @@ def _unmark_unusable(old, entries: dict[str, dict[str, Any]], results_path: Path
         print(f"note: results of {name}, seed {old.seed.values[s]}, split "
               f"{old.split.values[p]} are marked done but their files are gone: {then}")
         old["done"][e, s, p] = False
-    return derive, lost
+    return lost
 
 
 def note_changed_entries(old, target) -> None:
@@ -420,17 +417,16 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     resolved = {**{name: resolved_table(table) for name, table in entries.items()}, **kept_resolved}
     target = template({**entries, **kept}, archive.seeds, splits, epochs, archive.layers, widths, attrs,
                       outputs, resolved)
-    derive, lost = _unmark_unusable(old, entries, paths.results) if old is not None else ([], [])
+    lost = _unmark_unusable(old, entries, paths.results) if old is not None else []
     if old is not None:
         note_changed_entries(old, target)
     target = merge_into(target, old)
     # every stored entry of this run gets its flags from its values again: a store written by an
     # earlier release then holds this release's ceilings (Renyi's I(T;Y): its batches' labels)
-    held = set() if old is None else {str(e) for e in old.estimator.values} & set(entries)
-    stored = set(derive) | held
+    stored = [] if old is None else [str(e) for e in old.estimator.values if str(e) in entries]
     if stored:
         splits = split_ceiling_inputs(archive, target.split.values)
-        for name in sorted(stored):
+        for name in stored:
             fill_saturation(target, name, entries[name], splits)
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")

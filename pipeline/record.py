@@ -180,8 +180,10 @@ def _forward(model: nn.Module, batch: torch.Tensor | Any) -> None:
         return torch.from_numpy(x).to(device) if isinstance(x, np.ndarray) else x
     if isinstance(batch, dict):
         model(**{key: tensor(part) for key, part in batch.items()})
+    elif isinstance(batch, tuple):
+        model(*map(tensor, batch))
     else:
-        model(*map(tensor, batch)) if isinstance(batch, tuple) else model(tensor(batch))
+        model(tensor(batch))
 
 
 @contextlib.contextmanager

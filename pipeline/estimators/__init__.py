@@ -280,12 +280,11 @@ def _known_wrong(method: str, a: np.ndarray, b: np.ndarray, value: float,
             return (f"KSG on {n} samples of {sides} lies beyond its measured rule: it reads low "
                     "here; give it more samples or fewer dimensions (docs/estimators.md, 'Where KSG "
                     "is biased', has the rule and what the other methods read)")
-    if method == "binning" and not labels and n > 1 and value >= (1 - SATURATION_TOLERANCE) * math.log2(n):
-        return (f"binning read {value:.3f} bits, within {SATURATION_TOLERANCE:.0%} of log2(n) = "
-                f"{math.log2(n):.3f}, the most "
-                f"{n} samples can show (nearly every binned pattern is distinct): the value says "
-                "nothing about the MI; fewer bins, or another method")
     if method == "binning" and n > 1:
+        if not labels and value >= (1 - SATURATION_TOLERANCE) * math.log2(n):
+            return (f"binning read {value:.3f} bits, within {SATURATION_TOLERANCE:.0%} of log2(n) = "
+                    f"{math.log2(n):.3f}, the most {n} samples can show (nearly every binned pattern "
+                    "is distinct): the value says nothing about the MI; fewer bins, or another method")
         shuffled = binning_shuffled_mutual_information(a, b, **params)
         if shuffled > 0 and shuffled >= SHUFFLED_SHARE * value:
             return (f"binning read {value:.3f} bits, and {shuffled:.3f} on the same samples with their "

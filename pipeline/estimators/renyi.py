@@ -12,6 +12,7 @@ All batches are processed at once: one batched Gram, one batched symmetric eigen
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -175,7 +176,9 @@ def label_ceiling(params: dict[str, Any], y: np.ndarray) -> float:
     """The most I_alpha(T;Y) can read on labels `y` with these parameters: the mean over the
     batches the estimator draws of S_alpha(Y) of the batch, which sits below H(Y) of all the
     labels (a batch holds fewer classes, and fewer label bits, than the split)."""
-    p = {"alpha": 1.01, "batch_size": BATCH_SIZE, "n_batches": N_BATCHES, "seed": 0, **params}
+    signature = inspect.signature(renyi_information_plane).parameters.items()  # its own defaults
+    p = {**{name: arg.default for name, arg in signature if arg.default is not inspect.Parameter.empty},
+         **params}
     labels = torch.as_tensor(as_labels(y))
     batches = torch.as_tensor(make_batches(len(labels), p["batch_size"], p["n_batches"], p["seed"]))
     return float(label_entropy(labels[batches], p["alpha"]).mean())
