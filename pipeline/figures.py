@@ -36,7 +36,16 @@ SPLIT_WORDS = {"all": "all samples", "train": "training samples", "test": "test 
 # One epoch convention on every axis and colour bar: epochs trained, 0 = before training (the
 # archive's snapshot epochs), on a scale linear below 1 and logarithmic above.
 EPOCH_LABEL = "epochs trained (0 = before training)"
-MARKERS = "osD^vP<>X*hpd8H"  # one per layer (cycled beyond 15)
+MARKERS = "osD^vP<>X*hpd8H"  # the first 15 layers' shapes: matplotlib's filled markers
+
+
+def layer_marker(layer: int) -> tuple[str, float]:
+    """The marker of the layer at position `layer` and its area in points^2: a filled shape
+    for the first 15, then the layer's number (1-based) drawn as the marker, so that no two
+    layers of a deep network share one (VGG-16 records 16)."""
+    if layer < len(MARKERS):
+        return MARKERS[layer], 14.0
+    return f"${layer + 1}$", 22.0 * len(str(layer + 1))
 
 
 def _epoch_norm(epochs: np.ndarray) -> SymLogNorm:
@@ -181,14 +190,14 @@ def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layer
         saturated = (i_xt >= limits[0] - SATURATION_TOL) | (i_ty >= limits[1] - SATURATION_TOL)
     sc = None
     for l, name in enumerate(layers):  # one marker shape per layer, named in the legend
-        marker, full, hollow = MARKERS[l % len(MARKERS)], ~saturated[:, l], saturated[:, l]
-        sc = ax.scatter(i_xt[full, l], i_ty[full, l], c=epochs[full], cmap=CMAP, norm=norm, s=14,
+        (marker, size), full, hollow = layer_marker(l), ~saturated[:, l], saturated[:, l]
+        sc = ax.scatter(i_xt[full, l], i_ty[full, l], c=epochs[full], cmap=CMAP, norm=norm, s=size,
                         marker=marker, edgecolors="none")
         if hollow.any():
-            ax.scatter(i_xt[hollow, l], i_ty[hollow, l], s=16, marker=marker, facecolors="none",
+            ax.scatter(i_xt[hollow, l], i_ty[hollow, l], s=size + 2, marker=marker, facecolors="none",
                        edgecolors=cmap(norm(epochs[hollow])), linewidths=0.8)
         if np.isfinite(i_xt[:, l]).any():  # a layer left out of a partial run gets no entry
-            ax.scatter([], [], marker=marker, color="0.35", s=14, label=str(name))
+            ax.scatter([], [], marker=marker, color="0.35", s=size, label=str(name))
     if intervals is not None:  # lo..hi as drawn; a bootstrap interval need not hold its point
         xlo, xhi, ylo, yhi = (np.ravel(a) for a in intervals)
         ax.hlines(i_ty.ravel(), xlo, xhi, colors="0.55", lw=0.5, alpha=0.7, zorder=1)

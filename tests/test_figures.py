@@ -618,3 +618,21 @@ def test_report_in_a_headless_browser(tmp_path):
     assert "Findings summary" in dom and "The information plane" in dom
     assert dom.count('class="plot-container plotly"') == 3  # planes, I(X;T) and I(T;Y) curves drawn
     assert "binning, 30 bins; training samples" in dom  # the menu, rendered by plotly.js
+
+
+def test_every_layer_of_a_deep_network_has_its_own_marker():
+    """VGG-16 records 16 layers and matplotlib has 15 filled shapes: from the 16th on, a layer's
+    marker is its number, so no two layers share a legend entry's look."""
+    layers = [f"conv{i}" for i in range(1, 18)]
+    ds = template({"renyi": {"method": "renyi"}}, [0], ["train"], EPOCHS, layers, [10] * 17, {})
+    ds["I_XT"][:] = np.random.default_rng(0).uniform(0, 3, ds.I_XT.shape)
+    ds["I_TY"][:] = 0.5
+    for fig in (F.information_plane_figure(ds, "renyi", "train"), F.comparison_figure(ds)):
+        legend = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
+        handles = legend.legend_handles
+        assert [t.get_text() for t in legend.get_texts()] == layers
+        paths = [h.get_paths()[0] for h in handles]
+        shapes = {(p.vertices.round(3).tobytes(), p.codes.tobytes() if p.codes is not None else b"")
+                  for p in paths}
+        assert len(shapes) == len(layers)
+    assert F.layer_marker(15) == ("$16$", 44.0) and F.layer_marker(0) == ("o", 14.0)
