@@ -49,12 +49,17 @@ def git_revision(paths: tuple[str, ...] = ()) -> str:
         return "unknown"
 
 
-def training_environment(device: str | torch.device = "cpu") -> dict[str, object]:
+def training_environment(device: str | torch.device | None = "cpu") -> dict[str, object]:
     """What decides whether a seed's training repeats bit for bit: torch's version, its thread
     count (float reductions are summed in another order with another count), the device and
-    the determinism switches. Recorded once per training session of each seed."""
+    the determinism switches. Recorded once per training session of each seed. `device` None:
+    no torch model (activations recorded as arrays)."""
     import torch  # here, not at the top: the estimate and figure stages need no torch for provenance
 
+    if device is None:
+        return {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "host": platform.node(), "machine": platform.machine(), "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(), "device": "no torch model (activations as arrays)"}
     device = torch.device(device)
     env: dict[str, object] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -60,10 +60,13 @@ from pipeline.provenance import provenance, training_environment
 from pipeline.record_checks import (
     NonFiniteActivations,
     RecordError,
+    activation_arrays,
     check_options,
+    check_without_model,
     class_codes,
     epoch_number,
     history_metrics,
+    layer_shapes,
     seed_number,
     split_codes,
 )
@@ -321,15 +324,20 @@ def check_probe_inputs(inputs: Any) -> None:
                           "each needs one row per probe sample")
 
 
-def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any,
-                   splits: dict[str, Any] | None, name: str, *, select: dict[str, int | str] | None = None,
+def recording_spec(model: nn.Module | None, layers: list[str] | dict[str, tuple[int, ...]], inputs: Any,
+                   labels: Any, splits: dict[str, Any] | None, name: str, *,
+                   select: dict[str, int | str] | None = None,
                    output_layer: str | None = None, epochs: Sequence[int] = (), n_epochs: int = 0,
                    weights: bool = False, gradients: bool = False, activation_dtype: str = "float32",
                    dataset_index: Any = None, model_spec: dict[str, Any] | None = None,
                    extra: dict[str, Any] | None = None) -> ArchiveSpec:
-    """The archive root of a recording (see Recorder for the arguments), from one probe pass."""
+    """The archive root of a recording (see Recorder for the arguments), from one probe pass;
+    without a model, `layers` maps each layer to its per-sample shape."""
     check_probe_inputs(inputs)
-    layout = layer_layout(model, layers, next(iter(_batches(inputs, 2))), select)
+    if model is None:
+        layout = [LayerSpec(name, name, shape, ()) for name, shape in layers.items()]
+    else:
+        layout = layer_layout(model, layers, next(iter(_batches(inputs, 2))), select)
     stored = as_numpy(input_parts(inputs)[0])
     n = len(stored)
     labels = None if labels is None else class_codes(as_numpy(labels), n)
@@ -340,8 +348,8 @@ def recording_spec(model: nn.Module, layers: list[str], inputs: Any, labels: Any
                           f"{index.shape}")
     return ArchiveSpec(
         name=name, inputs=stored, labels=labels, split=codes, split_names=split_names,
-        dataset_index=index, layers=tuple(layout), output_layer=output_layer or layers[-1],
-        parameters={k: tuple(v.shape) for k, v in state_arrays(model).items()},
+        dataset_index=index, layers=tuple(layout), output_layer=output_layer or layout[-1].name,
+        parameters={} if model is None else {k: tuple(v.shape) for k, v in state_arrays(model).items()},
         epochs=np.asarray(epochs, dtype=np.int64), n_epochs=n_epochs, weights=weights,
         gradients=gradients, activation_dtype=activation_dtype, model=model_spec, extra=extra or {})
 
@@ -354,8 +362,11 @@ class Recorder:
     path : archive.zarr path; created on first use, reopened (and checked) on resume.
     model : the network; it is only read (probe passes in eval mode, mode restored). A
         `torch.compile`d or (Distributed)DataParallel model is recorded through the module
-        it wraps, under that module's names.
-    layers : module names or globs; `select` picks an element of tuple or dict outputs.
+        it wraps, under that module's names. None: no torch model; each snapshot then passes
+        its layers' activations as arrays (`snapshot(epoch, activations={...})`), computed
+        by any framework or loaded from disk.
+    layers : module names or globs; `select` picks an element of tuple or dict outputs. Without
+        a model, `{name: shape}`: each layer's shape for one sample (an int for a vector).
     inputs, labels : the probe samples (tensor, array, a tuple of them for several forward
         arguments or a dict for keyword arguments; the first part is archived as X) and their
         integer labels (None: no I(T;Y) can be estimated).
@@ -372,7 +383,8 @@ class Recorder:
         "config": {...}}` (pipeline.models' factory signature); None: Fisher is skipped.
     """
 
-    def __init__(self, path: str | Path, model: nn.Module, layers: Sequence[str], inputs: Any,
+    def __init__(self, path: str | Path, model: nn.Module | None, layers: Sequence[str] | dict[str, Any],
+                 inputs: Any,
                  labels: Any = None, splits: dict[str, Any] | None = None, seed: int = 0,
                  name: str | None = None, *, output_layer: str | None = None,
                  select: dict[str, int | str] | None = None, epochs: Sequence[int] = (),
@@ -383,18 +395,25 @@ class Recorder:
                  extra: dict[str, Any] | None = None, batch_size: int = PROBE_BATCH,
                  nonfinite: str = "stop"):
         self.paths = RunPaths.from_archive(path)
-        model = unwrapped(model)
+        if model is None:
+            check_without_model(weights=weights, gradients=gradients, optimizer=optimizer,
+                                generators=generators, model_spec=model_spec, select=select)
+            self.shapes: dict[str, tuple[int, ...]] | None = layer_shapes(layers)
+            self.layers = list(self.shapes)
+        else:
+            model, self.shapes = unwrapped(model), None
+            self.layers = match_layers(model, layers)
         self.model, self.seed, self.select = model, seed_number(seed), dict(select or {})
         self.optimizer, self.generators, self.batch_size = optimizer, list(generators), batch_size
         self.inputs = inputs
-        self.layers = match_layers(model, layers)
         check_options(self.layers, output_layer=output_layer, activation_dtype=activation_dtype,
                       nonfinite=nonfinite, select=self.select, batch_size=batch_size, name=name,
                       extra=extra, model_spec=model_spec)
         self.float16 = activation_dtype == "float16"
         self.nonfinite, self._warned = nonfinite, False
         self.spec = recording_spec(
-            model, self.layers, inputs, labels, splits, name or self.paths.name, select=self.select,
+            model, self.shapes or self.layers, inputs, labels, splits, name or self.paths.name,
+            select=self.select,
             output_layer=output_layer, epochs=epochs, n_epochs=n_epochs, weights=weights,
             gradients=gradients, activation_dtype=activation_dtype, dataset_index=dataset_index,
             model_spec=model_spec, extra=extra or {})
@@ -477,17 +496,25 @@ class Recorder:
         if epoch > self._history_through:
             self._history.setdefault(epoch, {}).update(history_metrics(metrics))
 
-    def snapshot(self, epoch: int, **metrics: float) -> bool:
+    def snapshot(self, epoch: int, activations: dict[str, Any] | None = None, **metrics: float) -> bool:
         """Record every layer on the probe inputs at `epoch`; False if already committed (or
-        before the last committed epoch: snapshots are stored in increasing epochs)."""
+        before the last committed epoch: snapshots are stored in increasing epochs).
+
+        `activations` ({layer: array of shape (n, *layer shape)}, rows in the probe inputs'
+        order) is a Recorder without a model's snapshot; with a model, the probe pass makes it."""
         self._check_open("snapshot")
         epoch = epoch_number(epoch)
+        if (activations is None) == (self.model is None):
+            raise RecordError("snapshot: pass activations={layer: array} when the Recorder has no model "
+                              "(model=None), and only then; with a model the probe pass records them")
         if self._not_recorded(epoch):
             return False
+        n = len(self.spec.inputs)
+        arrays = None if activations is None else activation_arrays(activations, self.shapes, n)
         if metrics:
             self.log(epoch, **metrics)
         index = len(self._epochs)
-        self._check_finite(epoch, self._stream_activations(index))
+        self._check_finite(epoch, self._stream_activations(index, arrays))
         weights = ({k: v.detach().float().cpu().numpy().copy() for k, v in state_arrays(self.model).items()}
                    if self.spec.weights else {})
         grads = (None, None)
@@ -529,12 +556,19 @@ class Recorder:
             return True
         return False
 
-    def _stream_activations(self, index: int) -> list[str]:
-        """The probe pass, handed to the writer a chunk at a time as snapshot `index`'s rows;
-        returns its non-finite problems (pipeline.snapshot_stream)."""
+    def _stream_activations(self, index: int, arrays: dict[str, np.ndarray] | None) -> list[str]:
+        """The probe pass (or the given `arrays`, a batch of rows at a time), handed to the
+        writer a chunk at a time as snapshot `index`'s rows; returns its non-finite problems
+        (pipeline.snapshot_stream)."""
         writer = self._open_writer()
         stream = SnapshotStream(index, self._chunk_rows, self.float16, writer.submit)
-        probe_pass(self.model, self.inputs, self.layers, self.select, self.batch_size, stream.add)
+        if arrays is None:
+            probe_pass(self.model, self.inputs, self.layers, self.select, self.batch_size, stream.add)
+        else:
+            for start in range(0, len(self.spec.inputs), self.batch_size):
+                # float32 copies: the caller may change its arrays once snapshot() returns
+                stream.add({name: values[start:start + self.batch_size].astype(np.float32)
+                            for name, values in arrays.items()})
         return stream.finish()
 
     def _check_finite(self, epoch: int, problems: list[str]) -> None:
@@ -667,5 +701,7 @@ def unwrapped(model: nn.Module) -> nn.Module:
             return model
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def _model_device(model: nn.Module | None) -> torch.device | None:
+    if model is None:
+        return None
     return next((p.device for p in model.parameters()), torch.device("cpu"))

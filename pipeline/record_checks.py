@@ -165,3 +165,51 @@ def check_options(layers: list[str], *, output_layer: str | None, activation_dty
             MODELS.get(str(model_spec.get("factory", "")))
         except KnownFailure as err:
             raise RecordError(f"model_spec: {err}") from None
+
+
+def layer_shapes(layers: Any) -> dict[str, tuple[int, ...]]:
+    """The layers of a recording without a model: `{name: per-sample shape}` (an int for a
+    vector), checked as the archive will store them."""
+    if not isinstance(layers, dict) or not layers:
+        raise RecordError("layers: without a model, name each layer with the shape of one sample's "
+                          "activations, e.g. layers={'h1': 64, 'conv1': (8, 14, 14)}")
+    shapes = {}
+    for name, shape in layers.items():
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise RecordError(f"layers: {name!r} is not a layer name; use a non-empty string without '/'")
+        dims = (shape,) if whole_number(shape) is not None else shape
+        if not isinstance(dims, tuple | list) or not dims or any(whole_number(d) in (None, 0) for d in dims):
+            raise RecordError(f"layers[{name!r}]: {shape!r} is not a shape; give one sample's shape as "
+                              "a whole number >= 1 or a tuple of them, e.g. 64 or (8, 14, 14)")
+        shapes[name] = tuple(int(d) for d in dims)
+    return shapes
+
+
+def check_without_model(**options: Any) -> None:
+    """Refuse the options that read a torch model when there is none (weights, gradients,
+    resume checkpoints, output selection): each would record nothing."""
+    if used := [name for name, value in options.items() if value]:
+        raise RecordError(f"{', '.join(used)}: need a torch model, and this Recorder has none (model=None); "
+                          "without a model, activations and history are recorded, not weights, gradients "
+                          "or checkpoints")
+
+
+def activation_arrays(activations: Any, shapes: dict[str, tuple[int, ...]], n: int) -> dict[str, np.ndarray]:
+    """One snapshot's layers handed to a Recorder without a model, as numpy arrays: every
+    layer, each (n, *its shape), numbers only; checked whole before anything is written."""
+    if not isinstance(activations, dict):
+        raise RecordError(f"activations: pass a dict {{layer: array}}, got {type(activations).__name__}")
+    missing, extra = [k for k in shapes if k not in activations], [k for k in activations if k not in shapes]
+    if missing or extra:
+        raise RecordError(f"activations: the layers are {list(shapes)}" + (f"; missing {missing}" if missing
+                          else "") + (f"; unknown {extra}" if extra else ""))
+    arrays = {}
+    for name, shape in shapes.items():
+        values = as_numpy(activations[name])
+        if values.shape != (n, *shape):
+            raise RecordError(f"activations[{name!r}]: expected shape {(n, *shape)} (one row per probe "
+                              f"input, then the layer's shape), got {values.shape}")
+        if values.dtype.kind not in "biuf":
+            raise RecordError(f"activations[{name!r}]: dtype {values.dtype}; pass numbers")
+        arrays[name] = values
+    return arrays

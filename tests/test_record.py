@@ -307,6 +307,83 @@ def test_archive_without_optional_parts_through_every_stage(tmp_path):
     assert not list((tmp_path / "figures" / "bare").glob("plane_*")), "a plane with no I(T;Y) to draw"
 
 
+def test_a_recorder_without_a_model_stores_the_arrays_it_is_given(tmp_path, monkeypatch):
+    """Activations computed elsewhere (another framework, files) recorded with model=None: the
+    archive holds what the model's own probe pass would have stored, chunk by chunk, and the
+    estimate reads the same values from both archives."""
+    monkeypatch.setattr("pipeline.archive.CHUNK_BYTES", 3000)  # several chunks per layer
+    x, y = blobs(240)
+    model, inputs = Tower(), torch.from_numpy(x)
+    splits = {"train": np.arange(160), "test": np.arange(160, 240)}
+    shapes = {layer: layer_layout(model, LAYERS, inputs[:2])[i].shape for i, layer in enumerate(LAYERS)}
+    with (Recorder(tmp_path / "model" / "archive.zarr", model, LAYERS, inputs, y, splits,
+                   name="run") as by_model,
+          Recorder(tmp_path / "arrays" / "archive.zarr", None, shapes, x, y, splits, name="run",
+                   batch_size=50) as by_arrays):
+        for epoch in range(3):
+            with torch.no_grad():
+                model.head.weight.add_(1.0)
+            by_model.snapshot(epoch, loss=1.0 / (epoch + 1))
+            given = capture(model, inputs, LAYERS)
+            by_arrays.snapshot(epoch, activations=given, loss=1.0 / (epoch + 1))
+            given["stem"][:] = np.nan  # the caller's arrays are its own again once snapshot returns
+    stored = {kind: group_arrays(tmp_path / kind / "archive.zarr", "seed_0") for kind in ("model", "arrays")}
+    assert_same_arrays(*({k: v for k, v in arrays.items() if k.startswith(("activations/", "history/"))}
+                         for arrays in stored.values()))
+    assert list(ArchiveReader(tmp_path / "arrays" / "archive.zarr").committed_epochs(0)) == [0, 1, 2]
+    assert verify(tmp_path / "arrays" / "archive.zarr") == []
+    entries = {"binning_30": {"method": "binning", "n_bins": 30}}
+    for kind in ("model", "arrays"):
+        path = tmp_path / kind / "archive.zarr"
+        assert estimate_archive(path, scheduler="synchronous", estimators=entries) == 0
+    model_values, array_values = (xr.open_zarr(tmp_path / kind / "estimates.zarr").load()
+                                  for kind in ("model", "arrays"))
+    np.testing.assert_array_equal(model_values.I_XT.values, array_values.I_XT.values)
+    np.testing.assert_array_equal(model_values.I_TY.values, array_values.I_TY.values)
+    assert np.isfinite(array_values.I_XT.values).all()
+
+
+@pytest.mark.parametrize(("options", "call", "message"), [
+    ({"layers": ["h"]}, None, r"layers: without a model, name each layer with the shape"),
+    ({"layers": {"h": (0, 2)}}, None, r"layers\['h'\]: \(0, 2\) is not a shape"),
+    ({"weights": True, "optimizer": object()}, None, r"weights, optimizer: need a torch model"),
+    ({}, {}, r"snapshot: pass activations=\{layer: array\} when the Recorder has no model"),
+    ({}, {"activations": {"h": np.zeros((20, 4))}},
+     r"activations: the layers are \['h', 'g'\]; missing \['g'\]"),
+    ({}, {"activations": {"h": np.zeros((20, 4)), "g": np.zeros((19, 2, 1))}},
+     r"activations\['g'\]: expected shape \(20, 2, 1\) \(one row per probe input"),
+    ({}, {"activations": {"h": np.zeros((20, 4)), "g": np.full((20, 2, 1), "a")}},
+     r"activations\['g'\]: dtype <U1; pass numbers"),
+])
+def test_a_recorder_without_a_model_refuses_what_it_cannot_store(tmp_path, options, call, message):
+    """Each mistake in one line, before anything of the snapshot is written: the epoch before
+    it stays the archive's last."""
+    x = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    kwargs = {"layers": {"h": 4, "g": (2, 1)}, **options}
+    if call is None:
+        with pytest.raises(RecordError, match=message):
+            Recorder(tmp_path / "archive.zarr", None, inputs=x, **kwargs)
+        return
+    good = {"h": np.ones((20, 4)), "g": np.ones((20, 2, 1))}
+    with Recorder(tmp_path / "archive.zarr", None, inputs=x, **kwargs) as rec:
+        rec.snapshot(0, activations=good)
+        with pytest.raises(RecordError, match=message):
+            rec.snapshot(1, **call)
+    assert list(ArchiveReader(tmp_path / "archive.zarr").committed_epochs(0)) == [0]
+
+
+def test_a_recorder_with_a_model_refuses_activations_and_one_without_stops_on_nan(tmp_path):
+    x, _ = blobs(30)
+    with Recorder(tmp_path / "model.zarr", Tower(), ["head"], torch.from_numpy(x)) as rec:
+        with pytest.raises(RecordError, match="and only then; with a model the probe pass records them"):
+            rec.snapshot(0, activations={"head": np.zeros((30, 3))})
+    values = np.ones((30, 2))
+    values[3, 1] = np.nan
+    with Recorder(tmp_path / "arrays.zarr", None, {"h": 2}, x) as rec:
+        with pytest.raises(NonFiniteActivations, match="epoch 0: layer h: 1 NaN/inf of 60 values"):
+            rec.snapshot(0, activations={"h": values})
+
+
 def test_snapshots_already_committed_are_skipped_and_a_changed_recording_is_refused(tmp_path):
     path = tmp_path / "run" / "archive.zarr"
     x = torch.from_numpy(blobs(40)[0])
