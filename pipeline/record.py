@@ -23,6 +23,10 @@ probe pass runs (pipeline.snapshot_stream): a snapshot is committed after all it
 history rows and, when an `optimizer` is given, a resume checkpoint.
 A restarted script resumes: `rec.resume()` restores model, optimizer and RNG states and returns
 the last committed epoch, and `rec.snapshot` on an epoch already committed does nothing.
+
+Without a torch model (`Recorder(path, None, layers={name: shape}, ...)`), each snapshot passes
+its layers as arrays (`rec.snapshot(epoch, activations={...})`), computed by any framework or
+read from files; they take the same path to the writer as the probe pass's batches.
 """
 
 from __future__ import annotations
