@@ -3,9 +3,9 @@
     from pipeline.report_html import write_report    # called by the figures stage
     write_report(out_dir, run, figures, config, attrs, estimators, messages, summary, accuracy)
 
-One file, `index.html`, beside the figures it shows (PNG, each linked to its vector PDF); no
-script and nothing fetched: it reads offline. Every figure has a caption saying what it shows,
-how to read it and which parameters made it.
+One file, `index.html`, beside the figures it shows (PNG, each linked to its vector PDF) and the
+copy of plotly.min.js its interactive planes load: nothing is fetched, it reads offline. Every
+figure has a caption saying what it shows, how to read it and which parameters made it.
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ CAPTIONS = {  # figure name prefix: (what it shows, how to read it)
                    "Each panel has its own ranges: compare the shapes of the trajectories, not the "
                    "numbers across panels; entries disagree where the shapes differ."),
     "training": ("Loss and accuracy on the training and test samples against epochs trained, mean "
-                 "over seeds.", "The dashed line marks early stopping, the epoch of the lowest test "
-                 "loss; it is also starred in the information planes."),
+                 "over seeds, as far as the archive's history records them.",
+                 "Where the test loss is recorded, the dashed line marks early stopping, the epoch of "
+                 "the lowest test loss; it is also starred in the information planes."),
     "gradients": ("Per layer, the norm of the mean gradient (signal) and the standard deviation of "
                   "the mini-batch gradients (noise) against epochs trained.",
                   "Shwartz-Ziv and Tishby's drift-to-diffusion transition is where the signal falls "
