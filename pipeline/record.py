@@ -65,6 +65,7 @@ from pipeline.record_checks import (
     NonFiniteActivations,
     RecordError,
     activation_arrays,
+    array_inputs,
     check_options,
     check_without_model,
     class_codes,
@@ -403,7 +404,7 @@ class Recorder:
             check_without_model(weights=weights, gradients=gradients, optimizer=optimizer,
                                 generators=generators, model_spec=model_spec, select=select)
             self.shapes: dict[str, tuple[int, ...]] | None = layer_shapes(layers)
-            self.layers = list(self.shapes)
+            self.layers, inputs = list(self.shapes), array_inputs(inputs)
         else:
             model, self.shapes = unwrapped(model), None
             self.layers = match_layers(model, layers)

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipeline.archive import HISTORY_VARIABLES
 from pipeline.arrays import as_numpy
@@ -213,3 +214,19 @@ def activation_arrays(activations: Any, shapes: dict[str, tuple[int, ...]], n: i
             raise RecordError(f"activations[{name!r}]: dtype {values.dtype}; pass numbers")
         arrays[name] = values
     return arrays
+
+
+def array_inputs(inputs: Any) -> Any:
+    """The probe inputs of a recording without a model, which only archives them: an array of
+    another framework (JAX, TensorFlow: anything `np.asarray` reads as numbers) becomes numpy;
+    tensors, arrays, tuples and dicts are checked as a model's inputs are."""
+    if isinstance(inputs, np.ndarray | torch.Tensor | tuple | dict):
+        return inputs
+    try:
+        values = np.asarray(inputs)
+    except ValueError as err:  # ragged rows
+        raise RecordError(f"inputs: {err}; pass the probe samples as one array") from None
+    if values.ndim == 0 or values.dtype.kind not in "biuf":
+        raise RecordError(f"inputs: {type(inputs).__name__} is not an array of numbers; pass the probe "
+                          "samples as one array (n, ...)")
+    return values

@@ -372,6 +372,29 @@ def test_a_recorder_without_a_model_refuses_what_it_cannot_store(tmp_path, optio
     assert list(ArchiveReader(tmp_path / "archive.zarr").committed_epochs(0)) == [0]
 
 
+class ForeignArray:
+    """An array of another framework (a JAX or TensorFlow array): numpy reads it via __array__."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values, dtype=dtype)
+
+
+def test_a_recorder_without_a_model_takes_arrays_of_other_frameworks(tmp_path):
+    x, y = blobs(40)
+    h = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    with Recorder(tmp_path / "archive.zarr", None, {"h": 5}, ForeignArray(x), ForeignArray(y)) as rec:
+        rec.snapshot(0, activations={"h": ForeignArray(h)})
+    archive = ArchiveReader(tmp_path / "archive.zarr")
+    np.testing.assert_array_equal(archive.activations(0, "h", 0), h)
+    np.testing.assert_array_equal(archive.inputs, x)
+    np.testing.assert_array_equal(archive.labels, y)
+    with pytest.raises(RecordError, match="inputs: DataLoader is not an array of numbers"):
+        Recorder(tmp_path / "other.zarr", None, {"h": 5}, torch.utils.data.DataLoader(x))
+
+
 def test_a_recorder_with_a_model_refuses_activations_and_one_without_stops_on_nan(tmp_path):
     x, _ = blobs(30)
     with Recorder(tmp_path / "model.zarr", Tower(), ["head"], torch.from_numpy(x)) as rec:
