@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import re
 import tomllib
@@ -303,7 +304,7 @@ def load_estimators_config(path: str | Path, overrides: list[str] | None = None)
 
 def estimators_config(data: dict[str, Any], overrides: list[str] | None = None) -> EstimatorsConfig:
     """`load_estimators_config` of tables already read (`--set` overrides applied to them)."""
-    data = apply_overrides(data, list(overrides or []))
+    data = with_sweeps_expanded(apply_overrides(data, list(overrides or [])))
     if "name" in data:  # a whole experiment config
         cfg = config_from_dict(data)
         return EstimatorsConfig(cfg.estimate, cfg.estimators)
@@ -313,7 +314,7 @@ def estimators_config(data: dict[str, Any], overrides: list[str] | None = None) 
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    cfg = from_dict(ExperimentConfig, data)
+    cfg = from_dict(ExperimentConfig, with_sweeps_expanded(data))
     validate(cfg)
     return cfg
 
@@ -321,6 +322,53 @@ def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
 # A run's name is a folder under the runs directory and an estimator entry's name is part of
 # figure file names: neither may hold a path separator or start with a dot.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def with_sweeps_expanded(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with its [estimators.*] tables' sweeps expanded (`expand_sweeps`)."""
+    if not isinstance(data.get("estimators"), dict):
+        return data
+    return {**data, "estimators": expand_sweeps(data["estimators"])}
+
+
+def expand_sweeps(estimators: dict[str, Any]) -> dict[str, Any]:
+    """Each entry with a `sweep = {parameter = [values], ...}` table becomes one entry per
+    combination of the values (in the order given), named `<entry>_<parameter>_<value>` for
+    each swept parameter: `[estimators.binning] method = "binning", sweep = {n_bins = [10, 30]}`
+    gives `binning_n_bins_10` and `binning_n_bins_30`, each a plain entry. Other entries pass
+    through as they are."""
+    out: dict[str, Any] = {}
+    for entry, table in estimators.items():
+        if not isinstance(table, dict) or "sweep" not in table:
+            out[entry] = table
+            continue
+        for name, expanded in _sweep_entries(entry, table):
+            if name in estimators or name in out:
+                raise ConfigError(f"estimators.{entry}.sweep: the entry {name!r} it makes is also "
+                                  "named elsewhere; rename one of them")
+            out[name] = expanded
+    return out
+
+
+def _sweep_entries(entry: str, table: dict[str, Any]):
+    sweep, fixed = table["sweep"], {k: v for k, v in table.items() if k != "sweep"}
+    if not isinstance(sweep, dict) or not sweep:
+        raise ConfigError(f"estimators.{entry}.sweep: a table {{parameter = [values]}}, e.g. "
+                          "sweep = {n_bins = [10, 30, 100]}")
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values or len(set(map(repr, values))) < len(values):
+            raise ConfigError(f"estimators.{entry}.sweep.{key}: a list of distinct values, got {values!r}")
+        if key in fixed:
+            raise ConfigError(f"estimators.{entry}.sweep.{key}: also set outside the sweep; keep one")
+    for combination in itertools.product(*sweep.values()):
+        name = "_".join([entry, *(f"{k}_{_name_part(v)}" for k, v in zip(sweep, combination, strict=True))])
+        check_name(f"estimators.{entry}.sweep", name)
+        yield name, {**fixed, **dict(zip(sweep, combination, strict=True))}
+
+
+def _name_part(value: Any) -> str:
+    """A swept value as part of an entry name: numbers as TOML writes them, booleans lower-case."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def check_name(key: str, name: str) -> None:

@@ -41,6 +41,7 @@ from pipeline.config import (
     EstimatorsConfig,
     ExperimentConfig,
     estimators_config,
+    expand_sweeps,
     load_estimators_config,
     validate_estimate,
 )
@@ -90,7 +91,8 @@ DEFAULT_ESTIMATORS: dict[str, dict[str, Any]] = {
 class Selection:
     """The part of the cells one run computes; the default is all of them.
 
-    `only` names estimator entries ("fisher" for the Fisher traces), `seeds` and `splits`
+    `only` names estimator entries (names or patterns, `binning_*`; "fisher" for the Fisher
+    traces), `seeds` and `splits`
     restrict those dims, `layers` (names or shell-style patterns, `conv*`) the layers of the
     estimator entries (the Fisher traces take every layer in one pass), and `every` keeps every
     k-th epoch row of the store and its last. The cells left out stay not done, and a later run
@@ -118,7 +120,8 @@ class Selection:
                                                     if not any(fnmatch.fnmatchcase(n, p) for n in layers)]):
             raise ConfigError(f"--layers {unknown} match no layer of {archive_path} (it records "
                               f"{list(layers)})")
-        if self.only is not None and (unknown := sorted(set(self.only) - set(entries) - {"fisher"})):
+        if self.only is not None and (unknown := sorted(p for p in self.only if not any(
+                fnmatch.fnmatchcase(n, p) for n in [*entries, "fisher"]))):
             raise ConfigError(f"--only names unknown estimator entries {unknown}; the config "
                               f"{config_name} has {sorted(entries)} (and 'fisher')")
         if self.seeds is not None and (unknown := sorted(set(self.seeds) - set(seeds))):
@@ -130,7 +133,7 @@ class Selection:
     def takes(self, entry: str | None = None, seed: int | None = None, split: str | None = None,
               layer: str | None = None) -> bool:
         """Whether the named entry, seed, split and layer (those given) are selected."""
-        return ((entry is None or self.only is None or entry in self.only)
+        return ((entry is None or self.only is None or any(fnmatch.fnmatchcase(entry, p) for p in self.only))
                 and (seed is None or self.seeds is None or int(seed) in self.seeds)
                 and (split is None or self.splits is None or split in self.splits)
                 and (layer is None or self.layers is None
@@ -226,6 +229,7 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
     settings = settings or EstimatorsConfig()
     if estimators is not None:
+        estimators = expand_sweeps(estimators)
         validate_estimate(settings.estimate, estimators)
         settings = EstimatorsConfig(settings.estimate, estimators)
     archive = ArchiveReader(paths.archive)

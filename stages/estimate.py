@@ -20,7 +20,8 @@ def cli() -> None:
     parser.add_argument("--scheduler-file", default=None, help="Dask scheduler file")
     parser.add_argument("--netcdf", action="store_true", help="also export estimates.nc")
     parser.add_argument("--only", nargs="+", default=None, metavar="ENTRY",
-                        help="compute only these estimator entries ('fisher' for the Fisher traces)")
+                        help="compute only these estimator entries (names or patterns, e.g. 'binning_*'; "
+                             "'fisher' for the Fisher traces)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="compute only these seeds")
     parser.add_argument("--splits", nargs="+", default=None, help="compute only these splits")
     parser.add_argument("--every", type=int, default=1, metavar="K",

@@ -86,3 +86,43 @@ def test_set_overrides_apply_to_the_default_entries_of_an_archive_run():
     with pytest.raises(ConfigError, match="unknown parameter"):
         archive_settings(None, ["estimators.kde_upper.noise_varianc=0.01"])
 
+
+
+def test_a_sweep_is_one_plain_entry_per_combination_of_its_values(tmp_path):
+    """`sweep = {parameter = [values]}` expands when the config loads: entries named by their
+    values, in the order given, each validated as if written out; `--set` can write a sweep."""
+    path = tmp_path / "sweep.toml"
+    path.write_text(TINY.read_text() + '\n[estimators.kde]\nmethod = "kde"\nbound = "upper"\n'
+                    'sweep = {noise_variance = [1e-3, 0.1], device = ["cpu"]}\n'
+                    '[estimators.binning_30]\nmethod = "binning"\nn_bins = 30\n')
+    cfg = load_config(path)
+    assert list(cfg.estimators) == ["binning_10", "kde_upper", "renyi", "kde_noise_variance_0.001_device_cpu",
+                                    "kde_noise_variance_0.1_device_cpu", "binning_30"]  # tiny's, then these
+    assert cfg.estimators["kde_noise_variance_0.1_device_cpu"] == {"method": "kde", "bound": "upper",
+                                                                   "noise_variance": 0.1, "device": "cpu"}
+    assert list(load_config(TINY, ["estimators.b.method=binning", "estimators.b.sweep.n_bins=[10, 100]"])
+                .estimators)[3:] == ["b_n_bins_10", "b_n_bins_100"]
+    from pipeline.config import expand_sweeps  # the Python API's estimators= goes through the same
+
+    assert expand_sweeps({"u": {"method": "binning", "sweep": {"null": [True, False]}}}) == {
+        "u_null_true": {"method": "binning", "null": True},
+        "u_null_false": {"method": "binning", "null": False}}
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("sweep = [10, 30]", "estimators.b.sweep: a table {parameter = [values]}"),
+    ("sweep = {n_bins = 30}", "estimators.b.sweep.n_bins: a list of distinct values, got 30"),
+    ("sweep = {n_bins = [30, 30]}", "estimators.b.sweep.n_bins: a list of distinct values"),
+    ("n_bins = 30\nsweep = {n_bins = [10]}", "estimators.b.sweep.n_bins: also set outside the sweep"),
+    ("sweep = {n_bins = [1, 10]}", "estimators.b_n_bins_1.n_bins: must be an integer >= 2, got 1"),
+    ("sweep = {range = ['a b']}", "estimators.b.sweep: 'b_range_a b' is not a valid name"),
+])
+def test_a_sweep_that_cannot_expand_names_the_key(tmp_path, table, message):
+    path = tmp_path / "sweep.toml"
+    path.write_text(TINY.read_text() + f'\n[estimators.b]\nmethod = "binning"\n{table}\n')
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("{", r"\{")):
+        load_config(path)
+    path.write_text(TINY.read_text() + '\n[estimators.b]\nmethod = "binning"\nsweep = {n_bins = [10]}\n'
+                    '[estimators.b_n_bins_10]\nmethod = "binning"\n')
+    with pytest.raises(ConfigError, match="estimators.b.sweep: the entry 'b_n_bins_10' it makes is also"):
+        load_config(path)

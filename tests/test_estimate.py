@@ -518,6 +518,19 @@ def test_layers_restrict_a_run_by_name_or_pattern(runs):
                                                                                    layer="dense1").any())
 
 
+def test_only_takes_entry_names_or_patterns(tmp_path):
+    """`--only 'binning_*'` selects a sweep's entries; a pattern matching none is refused."""
+    from pipeline.config import ConfigError
+
+    selection = Selection(only=("binning_*", "fisher"))
+    assert [selection.takes(entry=e) for e in ("binning_n_bins_10", "binning_30", "fisher", "kde_upper")] == \
+        [True, True, True, False]
+    entries = ["binning_10", "kde_upper"]
+    selection.check(entries, [0], ["all"], tmp_path, "tiny")
+    with pytest.raises(ConfigError, match=r"--only names unknown estimator entries \['ksg\*'\]"):
+        Selection(only=("ksg*", "kde_upper")).check(entries, [0], ["all"], tmp_path, "tiny")
+
+
 @pytest.mark.parametrize("selection, message", [
     ({"layers": ("conv*", "dense1")}, "--layers ['conv*'] match no layer of"),
     ({"only": ("binning_7",)}, "unknown estimator entries ['binning_7']"),
