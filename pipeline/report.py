@@ -26,6 +26,7 @@ from pipeline.methods_text import methods_section
 from pipeline.report_html import write_report
 from pipeline.results import MASKED, ResultsError, belongs_to, masked, open_results, parameters_key
 from pipeline.runs import RunPaths
+from pipeline.sweeps import sweep_figure, sweep_views
 
 
 def szt_ib_curve(betas: np.ndarray | None = None) -> np.ndarray:
@@ -195,5 +196,7 @@ def _results_figures(results, archive: ArchiveReader, files: FigureFiles, messag
         files.save(F.mi_vs_epoch_figure(results, estimator), f"mi_vs_epoch_{estimator}")
     if planes:
         files.save(F.comparison_figure(results), "comparison")
+    for sweep, split, name in sweep_views(results):
+        files.save(sweep_figure(results, sweep, split), name)
     if "fisher_trace" in results and not np.isnan(results.fisher_trace).all():
         files.save(F.fisher_figure(results), "fisher")

@@ -48,6 +48,13 @@ CAPTIONS = {  # figure name prefix: (what it shows, how to read it)
                    "saturated values, as in the planes.",
                    "Each panel has its own ranges: compare the shapes of the trajectories, not the "
                    "numbers across panels; entries disagree where the shapes differ."),
+    "sweep_": ("A parameter sweep: entries of one method differing in one parameter alone (x axis); "
+               "each layer's I(X;T) and I(T;Y) at the last snapshot (seed means with their "
+               "intervals) and the drop of I(X;T) from its peak.",
+               "A conclusion that holds across the sweep is the network's; one that comes and goes "
+               "with the setting is the estimator's. On the drop panel a filled marker is a "
+               "compression the findings call beyond the noise, a hollow one a drop they do not "
+               "call, a cross one they cannot judge (no interval)."),
     "training": ("Loss and accuracy on the training and test samples against epochs trained, mean "
                  "over seeds, as far as the archive's history records them.",
                  "Where the test loss is recorded, the dashed line marks early stopping, the epoch of "

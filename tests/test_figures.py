@@ -636,3 +636,36 @@ def test_every_layer_of_a_deep_network_has_its_own_marker():
                   for p in paths}
         assert len(shapes) == len(layers)
     assert F.layer_marker(15) == ("$16$", 44.0) and F.layer_marker(0) == ("o", 14.0)
+
+
+def test_a_parameter_sweep_is_found_and_drawn_against_its_values():
+    """Three binning entries differing in n_bins alone are a sweep (the others are not); its
+    figure puts each layer's last-snapshot seed means and the drop from the peak at 10, 30, 100."""
+    from pipeline.sweeps import Sweep, parameter_sweeps, sweep_figure, sweep_views
+
+    entries = {f"binning_{b}": {"method": "binning", "n_bins": b} for b in (100, 10, 30)}
+    entries["binning_layer"] = {"method": "binning", "n_bins": 30, "range": "layer"}
+    entries["kde"] = {"method": "kde", "noise_variance": 0.1}
+    ds = template(entries, [0, 1], ["train", "test"], EPOCHS, LAYERS, [10, 5, 2], {})
+    rng = np.random.default_rng(0)
+    ds["I_XT"][:] = rng.uniform(0, 3, ds.I_XT.shape)
+    ds["I_TY"][:] = rng.uniform(0, 1, ds.I_TY.shape)
+    ds["done"][:] = True
+    sweep = Sweep("binning", "n_bins", ("binning_10", "binning_30", "binning_100"), (10.0, 30.0, 100.0))
+    assert parameter_sweeps(ds) == [sweep]
+    fig = sweep_figure(ds, sweep, "test")
+    xt, ty, drop = fig.axes
+    assert xt.get_xscale() == "log" and [t.get_text() for t in xt.get_xticklabels()] == ["10", "30", "100"]
+    means = ds.I_XT.sel(split="test", estimator=list(sweep.entries)).mean("seed")
+    for l, layer in enumerate(LAYERS):
+        last = means.sel(layer=layer, epoch=30).values
+        np.testing.assert_allclose(xt.containers[l].lines[0].get_ydata(), last)
+        np.testing.assert_allclose(ty.containers[l].lines[0].get_xdata(), sweep.values)
+    hidden = drop.get_lines()[:2]  # dense1, dense2; softmax, the output layer, has no drop
+    dropped = means.max("epoch") - means.sel(epoch=30)
+    for line, layer in zip(hidden, LAYERS[:2], strict=True):
+        np.testing.assert_allclose(line.get_ydata(), dropped.sel(layer=layer).values)
+    assert [name for _, _, name in sweep_views(ds)] == ["sweep_n_bins_binning_10_train",
+                                                         "sweep_n_bins_binning_10_test"]
+    ds["I_XT"].loc[{"estimator": "binning_30"}] = np.nan  # two entries hold values: no sweep
+    assert parameter_sweeps(ds) == []
