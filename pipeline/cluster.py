@@ -8,6 +8,7 @@ task code (torch included) then runs beside the command's own imports.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -118,11 +119,20 @@ def dashboard_line(link: str | None, timeout_s: float = 2.0) -> str:
 CONNECT_TIMEOUT_S = 10
 
 
-def _connect(client_class, scheduler: str | None, scheduler_file: str | None):
-    """A client of an existing scheduler, or one line saying why not within a bounded wait."""
+def check_scheduler(scheduler: str | None, scheduler_file: str | None) -> None:
+    """One line at once for a scheduler no client can reach: a missing scheduler file, or a TCP
+    address without a port or with a host the resolver does not know (connecting would only
+    fail after CONNECT_TIMEOUT_S). Called before any work; "synchronous" and None pass."""
     if scheduler_file and not Path(scheduler_file).is_file():
         raise ConfigError(f"--scheduler-file {scheduler_file} does not exist: start the scheduler "
                           "with `dask scheduler --scheduler-file FILE` first, or give its address")
+    if scheduler and scheduler != "synchronous" and not scheduler_file:
+        _check_address(scheduler)
+
+
+def _connect(client_class, scheduler: str | None, scheduler_file: str | None):
+    """A client of an existing scheduler, or one line saying why not within a bounded wait."""
+    check_scheduler(scheduler, scheduler_file)
     where = f"--scheduler-file {scheduler_file}" if scheduler_file else f"scheduler {scheduler}"
     try:
         if scheduler_file:
@@ -132,6 +142,24 @@ def _connect(client_class, scheduler: str | None, scheduler_file: str | None):
         raise ConfigError(f"cannot reach the Dask {where} within {CONNECT_TIMEOUT_S} s ({type(err).__name__}"
                           f": {str(err).splitlines()[0] if str(err) else 'no answer'}): check the address "
                           "(tcp://host:8786) and that the scheduler runs") from None
+
+
+def _check_address(scheduler: str) -> None:
+    """A TCP address no scheduler can have (no port, a host the resolver does not know)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    protocol, location = parse_address(scheduler, strict=False)
+    if protocol not in ("tcp", "tls"):
+        return
+    try:
+        host, _ = parse_host_port(location)
+        socket.getaddrinfo(host, None)
+    except ValueError as err:
+        raise ConfigError(f"--scheduler {scheduler}: not a scheduler address ({err}); give it as "
+                          "tcp://host:8786") from None
+    except socket.gaierror as err:
+        raise ConfigError(f"--scheduler {scheduler}: the host {host!r} is unknown here ({err.strerror}); "
+                          "check the address (tcp://host:8786)") from None
 
 
 # What a worker's answers are compared on: a difference in any of these can change a stored number.

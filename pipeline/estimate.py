@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pipeline.archive import ArchiveError, ArchiveReader
 from pipeline.child_process import main_module_hidden
-from pipeline.cluster import check_workers, dashboard_line, make_client, start_worker_server
+from pipeline.cluster import check_scheduler, check_workers, dashboard_line, make_client, start_worker_server
 from pipeline.config import (
     ConfigError,
     EstimateConfig,
@@ -224,6 +224,7 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     results, debugging); otherwise a Dask cluster does. A `selection` restricts this run to part
     of the cells, e.g. an expensive entry on a few seeds; the store keeps its full shape.
     """
+    check_scheduler(scheduler, scheduler_file)
     if scheduler is None and scheduler_file is None:
         start_worker_server()  # its imports overlap the checks and planning below
     paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)

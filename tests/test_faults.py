@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -364,15 +365,26 @@ def test_an_entry_asking_for_cuda_on_a_machine_without_one_is_one_line(run):
 # ---------------------------------------------------------------- cluster connections
 @pytest.mark.slow
 def test_a_scheduler_that_cannot_be_reached_is_one_line(run):
+    """A scheduler file that does not exist, an address without a port or with a host nobody
+    knows: one line before any work (no connect timeout waited out), nothing written."""
+    from pipeline.config import ConfigError
+    from pipeline.estimate import estimate_archive
+
     shutil.rmtree(run / "tiny" / "estimates.zarr")
-    for args, message in [
-        (["--scheduler-file", "/nonexistent/scheduler.json"], "--scheduler-file /nonexistent/scheduler.json "
+    proc = stage("estimate", run, "--scheduler", "notanaddress", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --scheduler notanaddress: not a scheduler address (missing port number in address "
+        "'notanaddress'); give it as tcp://host:8786")
+    for options, message in [
+        ({"scheduler_file": "/nonexistent/scheduler.json"}, "--scheduler-file /nonexistent/scheduler.json "
          "does not exist"),
-        (["--scheduler", "notanaddress"], "cannot reach the Dask scheduler notanaddress within 10 s"),
+        ({"scheduler": "tcp://no-such-host.invalid:8786"}, "--scheduler tcp://no-such-host.invalid:8786: the "
+         "host 'no-such-host.invalid' is unknown here"),
     ]:
-        proc = stage("estimate", run, *args, check=False)
-        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], args
-        assert "Traceback" not in proc.stderr
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            estimate_archive(run / "tiny" / "archive.zarr", **options)
+    assert not (run / "tiny" / "estimates.zarr").exists()
     lock = run / "tiny" / "estimates.lock"
     assert stage("estimate", run, "--scheduler", "synchronous").returncode == 0 and lock.exists()
 
