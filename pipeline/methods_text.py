@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from pipeline.sweeps import Sweep, disjoint_sweeps
+
 # key -> (BibTeX entry type, fields); the works the built-in methods implement
 REFERENCES: dict[str, tuple[str, dict[str, str]]] = {
     "shwartzziv2017": ("article", {
@@ -87,6 +89,8 @@ REFERENCES: dict[str, tuple[str, dict[str, str]]] = {
         "title": "Where is the Information in a Deep Neural Network?",
         "journal": "arXiv preprint arXiv:1905.12213"}),
 }
+METHOD_WORDS = {"binning": "binning", "kde": "KDE", "renyi": "matrix Renyi", "ksg": "KSG",
+                "gaussian": "Gaussian", "compression": "compression", "variational": "variational bound"}
 METHOD_REFERENCES = {"binning": ["shwartzziv2017"], "kde": ["kolchinsky2017", "saxe2018"],
                      "renyi": ["giraldo2015", "wickstrom2019"], "ksg": ["kraskov2004"],
                      "compression": ["butakov2024", "kozachenko1987", "kraskov2004"],
@@ -108,9 +112,26 @@ def _cite(keys: list[str]) -> str:
 
 def entry_sentence(name: str, method: str, params: dict[str, Any], label: str) -> str:
     """One entry in words: its label, citations, parameters, interval and shuffle baseline."""
+    return _sentence(f"'{name}'", method, params, label)
+
+
+def sweep_sentence(sweep: Sweep, tables: dict[str, dict[str, Any]]) -> str:
+    """A sweep's entries in one sentence: the method, the swept parameter's values in order,
+    then what the entries share (written once)."""
+    values = [json.dumps(tables[entry][sweep.parameter]) for entry in sweep.entries]
+    shared = {k: v for k, v in tables[sweep.entries[0]].items() if k != sweep.parameter}
+    label = f"{METHOD_WORDS.get(sweep.method, sweep.method)} at {sweep.parameter} = {_and(values)}"
+    return _sentence(_and([f"'{entry}'" for entry in sweep.entries]), sweep.method, shared, label)
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _sentence(subject: str, method: str, params: dict[str, Any], label: str) -> str:
     shown = ", ".join(f"{key} = {json.dumps(value)}" for key, value in sorted(params.items())
                       if key not in SHOWN and value is not None)
-    sentence = f"'{name}': {label}{_cite(entry_references(method, params))}"
+    sentence = f"{subject}: {label}{_cite(entry_references(method, params))}"
     sentence += f" ({shown})" if shown else ""
     uncertainty = params.get("uncertainty", "none")
     if uncertainty != "none":
@@ -132,11 +153,18 @@ def methods_section(results: xr.Dataset, samples: dict[str, int], n_classes: int
     from pipeline.results import parameters_key
 
     key, cited, sentences = parameters_key(results), [], []
-    for name in results.estimator.values:
-        params = json.loads(str(results[key].sel(estimator=name).values))
+    tables = {str(name): json.loads(str(results[key].sel(estimator=name).values))
+              for name in results.estimator.values}
+    order = list(tables)  # a sweep's sentence stands where the first of its entries does
+    sweeps = {min(sweep.entries, key=order.index): sweep for sweep in disjoint_sweeps(results)}
+    told = {entry for sweep in sweeps.values() for entry in sweep.entries}
+    for name, params in tables.items():
         method = str(results.method.sel(estimator=name).values)
         cited += entry_references(method, params)
-        sentences.append(entry_sentence(str(name), method, params, entry_label(results, str(name))))
+        if name in sweeps:
+            sentences.append(sweep_sentence(sweeps[name], tables))
+        elif name not in told:
+            sentences.append(entry_sentence(name, method, params, entry_label(results, name)))
     epochs = results.epoch.values
     splits = ", ".join(f"{split} ({samples.get(str(split), '?')} samples)" for split in results.split.values)
     layers = [str(layer) for layer in results.layer.values]

@@ -70,6 +70,18 @@ def parameter_sweeps(results: xr.Dataset) -> list[Sweep]:
     return sweeps
 
 
+def disjoint_sweeps(results: xr.Dataset) -> list[Sweep]:
+    """The sweeps sharing no entry with an earlier one (a grid of two parameters is swept along
+    each): what a text can name once per entry."""
+    taken: set[str] = set()
+    out = []
+    for sweep in parameter_sweeps(results):
+        if taken.isdisjoint(sweep.entries):
+            out.append(sweep)
+            taken.update(sweep.entries)
+    return out
+
+
 def sweep_views(results: xr.Dataset) -> list[tuple[Sweep, str, str]]:
     """(sweep, split, figure file name) for each sweep on each split where it holds values."""
     planes = views_with(results, "I_XT", "I_TY")

@@ -322,6 +322,27 @@ def test_the_methods_paragraph_names_every_entry_its_parameters_and_references()
     assert bib.count("@") == 4 and all(REFERENCES[key][1]["year"] in bib for key in keys)
 
 
+def test_the_methods_paragraph_names_a_sweep_once():
+    """A sweep's entries share one sentence with the swept values in order; an entry of a second
+    sweep along another parameter (a grid) and the other entries keep their own."""
+    from pipeline.methods_text import methods_section
+
+    kde = {f"kde_{v}": {"method": "kde", "bound": "upper", "noise_variance": v} for v in (0.1, 0.001, 0.01)}
+    grid = {f"bins_{b}_{-low}": {"method": "binning", "n_bins": b, "low": low}
+            for b, low in ((10, -1), (30, -1), (100, -1), (30, -2), (30, -3))}
+    ds = template({**kde, "kde_lower": {"method": "kde", "bound": "lower", "noise_variance": 0.1}, **grid},
+                  [0], ["all"], EPOCHS, LAYERS, [10, 5, 2], {})
+    ds["I_XT"][:] = 1.0
+    ds["done"][:] = True
+    text = methods_section(ds, {"all": 100}, 2)[0]
+    assert ("Estimator entries: 'kde_0.001', 'kde_0.01' and 'kde_0.1': KDE at noise_variance = 0.001, "
+            "0.01 and 0.1 [kolchinsky2017, saxe2018] (bound = \"upper\"). 'kde_lower': KDE lower bound, "
+            "noise variance 0.1 [kolchinsky2017, saxe2018] (bound = \"lower\", noise_variance = 0.1). "
+            "'bins_10_1': binning, 10 bins [shwartzziv2017] (low = -1, n_bins = 10). 'bins_30_3', "
+            "'bins_30_2' and 'bins_30_1': binning at low = -3, -2 and -1 [shwartzziv2017] (n_bins = 30). "
+            "'bins_100_1': binning, 100 bins [shwartzziv2017] (low = -1, n_bins = 100). Points") in text
+
+
 def test_variational_entries_cite_their_bound_and_own_methods_cite_nothing():
     from pipeline.methods_text import entry_references, entry_sentence
 
