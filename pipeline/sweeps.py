@@ -143,7 +143,7 @@ def sweep_figure(results: xr.Dataset, sweep: Sweep, split: str, confidence: floa
             ax.set_xscale("log")
         ax.set_xlabel(sweep.parameter)
         ax.minorticks_off()
-        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.set_xticks(x, [f"{v:g}" for v in x], rotation=45 if len(x) > 4 else 0)  # no overlap
     axes[1].legend(fontsize=6, loc="best")
     title = (f"{sweep.method} over {sweep.parameter} ({', '.join(sweep.entries)}); "
              f"{SPLIT_WORDS.get(split, split)}; seed means with {confidence:.0%} intervals")
