@@ -6,7 +6,8 @@
 
 A sweep is three or more entries of one method whose parameters (defaults filled in, as the
 store resolved them) differ in one numeric parameter alone, however they were written (a
-`sweep = {...}` table or entries written out). Its figure puts that parameter on the x axis:
+`sweep = {...}` table or entries written out); of entries with equal parameters the first in
+the store stands for them. Its figure puts that parameter on the x axis:
 each layer's I(X;T) and I(T;Y) at the last snapshot and the drop of I(X;T) from its peak, the
 numbers the literature's conclusions rest on, so a reader sees at once whether a conclusion
 ("layer 2 compresses") holds across the settings or belongs to one of them.
@@ -63,10 +64,11 @@ def parameter_sweeps(results: xr.Dataset) -> list[Sweep]:
                 rest = json.dumps({k: v for k, v in table.items() if k != parameter}, sort_keys=True)
                 groups.setdefault(rest, []).append((float(table[parameter]), entry))
         for members in groups.values():
-            if len({v for v, _ in members}) == len(members) >= MIN_ENTRIES:
-                members.sort()
-                sweeps.append(Sweep(tables[members[0][1]]["method"], parameter,
-                                    tuple(e for _, e in members), tuple(v for v, _ in members)))
+            # one entry per value: two with the same resolved parameters are one estimator
+            by_value = dict(sorted(reversed(members), key=lambda member: member[0]))
+            if len(by_value) >= MIN_ENTRIES:
+                sweeps.append(Sweep(tables[next(iter(by_value.values()))]["method"], parameter,
+                                    tuple(by_value.values()), tuple(by_value)))
     return sweeps
 
 

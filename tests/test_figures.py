@@ -667,6 +667,7 @@ def test_a_parameter_sweep_is_found_and_drawn_against_its_values():
     entries = {f"binning_{b}": {"method": "binning", "n_bins": b} for b in (100, 10, 30)}
     entries["binning_layer"] = {"method": "binning", "n_bins": 30, "range": "layer"}
     entries["kde"] = {"method": "kde", "noise_variance": 0.1}
+    entries["binning_30_again"] = {"method": "binning", "n_bins": 30}  # the same estimator: counted once
     ds = template(entries, [0, 1], ["train", "test"], EPOCHS, LAYERS, [10, 5, 2], {})
     rng = np.random.default_rng(0)
     ds["I_XT"][:] = rng.uniform(0, 3, ds.I_XT.shape)
@@ -688,5 +689,7 @@ def test_a_parameter_sweep_is_found_and_drawn_against_its_values():
         np.testing.assert_allclose(line.get_ydata(), dropped.sel(layer=layer).values)
     assert [name for _, _, name in sweep_views(ds)] == ["sweep_n_bins_binning_10_train",
                                                          "sweep_n_bins_binning_10_test"]
-    ds["I_XT"].loc[{"estimator": "binning_30"}] = np.nan  # two entries hold values: no sweep
+    ds["I_XT"].loc[{"estimator": "binning_30"}] = np.nan  # its equal stands for it
+    assert parameter_sweeps(ds)[0].entries == ("binning_10", "binning_30_again", "binning_100")
+    ds["I_XT"].loc[{"estimator": "binning_10"}] = np.nan  # two values hold values: no sweep
     assert parameter_sweeps(ds) == []
