@@ -174,12 +174,14 @@ def keep_in_view(ax, which: str, means: np.ndarray, ceiling: float | None = None
 
 def draw_plane(ax, i_xt: np.ndarray, i_ty: np.ndarray, epochs: np.ndarray, layers: list[str],
                limits: tuple[float, float] | None = None, intervals: tuple | None = None,
-               mark_epoch: int | None = None, flags: np.ndarray | None = None):
+               mark_epoch: int | None = None, flags: np.ndarray | None = None,
+               epoch_range: np.ndarray | None = None):
     """One marker per (epoch, layer) coloured by epoch; thin lines join the layers of an epoch.
     `intervals` (xlo, xhi, ylo, yhi, each (epoch, layer)) draw as grey bars through the points.
     Saturated points are hollow: `flags` (the store's saturation flags) or, without them, the
-    points at `limits`."""
-    norm = _epoch_norm(epochs)
+    points at `limits`. `epoch_range`: the epochs the colour scale spans (default `epochs`), so
+    that panels of runs of other lengths share one."""
+    norm = _epoch_norm(epochs if epoch_range is None else epoch_range)
     cmap = plt.get_cmap(CMAP)
     for e, epoch in enumerate(epochs):
         ax.plot(i_xt[e], i_ty[e], "-", color=cmap(norm(epoch)), lw=0.4, alpha=0.5)
@@ -229,7 +231,7 @@ def plane_bands(results: xr.Dataset, estimator: str, split: str, confidence: flo
             sel.sizes["seed"])
 
 
-def _plane_arrays(results: xr.Dataset, estimator: str, split: str, confidence: float = 0.9):
+def plane_arrays(results: xr.Dataset, estimator: str, split: str, confidence: float = 0.9):
     """`plane_bands` as arrays: means, (xlo, xhi, ylo, yhi), epochs and the number of seeds."""
     epochs, xt, ty, n_seeds = plane_bands(results, estimator, split, confidence)
     intervals = tuple(band[end].values for band in (xt, ty) for end in ("lo", "hi"))
@@ -281,7 +283,7 @@ def information_plane_figure(results: xr.Dataset, estimator: str, split: str,
                              mark_epoch: int | None = None, ib: np.ndarray | None = None) -> Figure:
     """Mean over seeds of one estimator entry on one split, each point with its 90% interval
     (`intervals`), the shuffle baselines as grey floors and saturated points hollow."""
-    i_xt, i_ty, bands, epochs, n_seeds = _plane_arrays(results, estimator, split)
+    i_xt, i_ty, bands, epochs, n_seeds = plane_arrays(results, estimator, split)
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     if ib is not None:  # beyond its last point the bound stays flat at the best I(T;Y)
         right = max(float(np.nanmax(i_xt)) if np.isfinite(i_xt).any() else 0, ib[-1, 0])
@@ -327,7 +329,7 @@ def comparison_figure(results: xr.Dataset, limits: tuple[float, float] | None = 
                              figsize=(7.0, 0.4 + 2.2 * rows))
     sc, any_saturated = None, False
     for ax, (estimator, split) in zip(axes.flat, panels, strict=False):
-        i_xt, i_ty, bands, epochs, n_seeds = _plane_arrays(results, estimator, split)
+        i_xt, i_ty, bands, epochs, n_seeds = plane_arrays(results, estimator, split)
         if np.isnan(i_xt).all():
             ax.text(0.5, 0.5, "no values", ha="center", transform=ax.transAxes)
             continue

@@ -3,6 +3,7 @@
     python -m stages.figures --config configs/szt_tanh.toml [--no-intervals] [--figures figures]
     python -m stages.figures --formats png,svg                       # each figure as PNG and SVG
     python -m stages.figures --archive runs/mine/archive.zarr      # any archive, results beside it
+    python -m stages.figures --compare runs/a/archive.zarr runs/b/archive.zarr   # runs side by side
 """
 
 import matplotlib
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; the library leaves the backend to its caller
 
 from pipeline.cli import base_parser, guarded, refuse_with_archive, run_stage  # noqa: E402
+from pipeline.compare_runs import compare_runs  # noqa: E402
 from pipeline.figure_files import FORMATS  # noqa: E402
 from pipeline.report import main, report_archive  # noqa: E402
 
@@ -21,7 +23,12 @@ def cli() -> None:
                         help="leave out the 90%% intervals of the points (seed t or the cells' own)")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help="each figure's files: png and any of pdf, svg (default %(default)s)")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="ARCHIVE",
+                        help="draw these runs' planes side by side on shared axes into "
+                             "figures/<run>_vs_<run>/ (their results stores beside the archives)")
     args = parser.parse_args()
+    if args.compare:
+        guarded(lambda: compare_runs(args.compare, args.figures, args.formats))
     refuse_with_archive(args, "figures")
     if args.archive:
         guarded(lambda: report_archive(args.archive, args.figures, args.intervals, formats=args.formats))

@@ -370,7 +370,7 @@ def test_partial_entries_are_drawn_from_their_cells():
     ds["done"].loc[{"estimator": "renyi", "epoch": [1, 10]}] = False  # ... every other epoch
     from pipeline.results import masked
     partial = masked(ds)
-    i_xt, _, _, epochs, n_seeds = F._plane_arrays(partial, "renyi", "train")
+    i_xt, _, _, epochs, n_seeds = F.plane_arrays(partial, "renyi", "train")
     assert epochs.tolist() == [0, 3, 30] and n_seeds == 1
     np.testing.assert_array_equal(i_xt, ds.I_XT.sel(estimator="renyi", split="train", seed=0,
                                                     epoch=[0, 3, 30]).values)
@@ -693,3 +693,42 @@ def test_a_parameter_sweep_is_found_and_drawn_against_its_values():
     assert parameter_sweeps(ds)[0].entries == ("binning_10", "binning_30_again", "binning_100")
     ds["I_XT"].loc[{"estimator": "binning_10"}] = np.nan  # two values hold values: no sweep
     assert parameter_sweeps(ds) == []
+
+
+def test_runs_side_by_side_share_axes_and_their_compression_verdicts(tmp_path):
+    """Two runs of other lengths and ranges: each panel draws its own run's seed means, on axes
+    that hold both runs' means and one epoch colour scale; an entry whose parameters differ
+    between the runs is not compared; the stage writes the figures and their verdicts."""
+    from pipeline.compare_runs import common_views, compare_runs, runs_plane_figure
+    from pipeline.config import ConfigError
+    from pipeline.results import write_store
+
+    short = synthetic_results().isel(epoch=slice(0, 3))  # epochs 0-3
+    long = synthetic_results()  # epochs 0-30, I(X;T) 3 bits higher
+    long["I_XT"] = long.I_XT + 3.0
+    long = long.assign_coords(parameters=("estimator", [json.dumps({"method": "binning", "n_bins": 100}),
+                                                        *long.parameters.values[1:]]))
+    runs = {"short": short, "long": long}
+    assert common_views(runs) == [("renyi", "train"), ("renyi", "test")]  # binning_30 differs
+    fig = runs_plane_figure(runs, "renyi", "test")
+    left, right = fig.axes[:2]
+    assert left.get_title() == "short (2 seeds)" and right.get_title() == "long (2 seeds)"
+    assert left.get_xlim() == right.get_xlim()
+    for ax, run in ((left, short), (right, long)):
+        means = run.I_XT.sel(estimator="renyi", split="test").mean("seed").values
+        np.testing.assert_allclose(np.concatenate([line.get_xdata() for line in ax.get_lines()]),
+                                   means.ravel())
+        assert ax.get_xlim()[0] <= means.min() and means.max() <= ax.get_xlim()[1]
+    assert left.collections[0].norm.vmax == right.collections[0].norm.vmax == 30.0
+    for name, ds in runs.items():
+        (tmp_path / name).mkdir()
+        write_store(ds, tmp_path / name / "estimates.zarr")
+    archives = [tmp_path / name / "archive.zarr" for name in runs]  # only the stores beside them are read
+    assert compare_runs(archives, tmp_path / "figures", formats="png") == 0
+    page = (tmp_path / "figures" / "short_vs_long" / "index.html").read_text()
+    assert "src='plane_renyi_test.png'" in page and "binning_30" not in page
+    assert page.count("<tr><td>short</td><td>dense") == 4  # 2 hidden layers x 2 splits
+    with pytest.raises(ConfigError, match="--compare: give two archives or more"):
+        compare_runs(archives[:1], tmp_path / "figures")
+    with pytest.raises(ConfigError, match=r"--compare: .*nope.*estimates.zarr does not exist"):
+        compare_runs([archives[0], tmp_path / "nope" / "archive.zarr"], tmp_path / "figures")
