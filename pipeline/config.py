@@ -335,8 +335,9 @@ def expand_sweeps(estimators: dict[str, Any]) -> dict[str, Any]:
     """Each entry with a `sweep = {parameter = [values], ...}` table becomes one entry per
     combination of the values (in the order given), named `<entry>_<parameter>_<value>` for
     each swept parameter: `[estimators.binning] method = "binning", sweep = {n_bins = [10, 30]}`
-    gives `binning_n_bins_10` and `binning_n_bins_30`, each a plain entry. Other entries pass
-    through as they are."""
+    gives `binning_n_bins_10` and `binning_n_bins_30`, each a plain entry. A swept parameter
+    the table also sets takes the sweep's values (so `--set` can sweep a default entry's
+    parameter). Other entries pass through as they are."""
     out: dict[str, Any] = {}
     for entry, table in estimators.items():
         if not isinstance(table, dict) or "sweep" not in table:
@@ -358,8 +359,6 @@ def _sweep_entries(entry: str, table: dict[str, Any]):
     for key, values in sweep.items():
         if not isinstance(values, list) or not values or len(set(map(repr, values))) < len(values):
             raise ConfigError(f"estimators.{entry}.sweep.{key}: a list of distinct values, got {values!r}")
-        if key in fixed:
-            raise ConfigError(f"estimators.{entry}.sweep.{key}: also set outside the sweep; keep one")
     for combination in itertools.product(*sweep.values()):
         name = "_".join([entry, *(f"{k}_{_name_part(v)}" for k, v in zip(sweep, combination, strict=True))])
         check_name(f"estimators.{entry}.sweep", name)

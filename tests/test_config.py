@@ -103,6 +103,11 @@ def test_a_sweep_is_one_plain_entry_per_combination_of_its_values(tmp_path):
     assert list(load_config(TINY, ["estimators.b.method=binning", "estimators.b.sweep.n_bins=[10, 100]"])
                 .estimators)[3:] == ["b_n_bins_10", "b_n_bins_100"]
     from pipeline.config import expand_sweeps  # the Python API's estimators= goes through the same
+    from pipeline.estimate import archive_settings
+
+    swept = archive_settings(None, ["estimators.kde_upper.sweep.noise_variance=[0.01, 1.0]"]).estimators
+    assert swept["kde_upper_noise_variance_1.0"] == {"method": "kde", "noise_variance": 1.0, "bound": "upper"}
+    assert "kde_upper" not in swept  # the sweep's values replace the default entry's own
 
     assert expand_sweeps({"u": {"method": "binning", "sweep": {"null": [True, False]}}}) == {
         "u_null_true": {"method": "binning", "null": True},
@@ -113,7 +118,6 @@ def test_a_sweep_is_one_plain_entry_per_combination_of_its_values(tmp_path):
     ("sweep = [10, 30]", "estimators.b.sweep: a table {parameter = [values]}"),
     ("sweep = {n_bins = 30}", "estimators.b.sweep.n_bins: a list of distinct values, got 30"),
     ("sweep = {n_bins = [30, 30]}", "estimators.b.sweep.n_bins: a list of distinct values"),
-    ("n_bins = 30\nsweep = {n_bins = [10]}", "estimators.b.sweep.n_bins: also set outside the sweep"),
     ("sweep = {n_bins = [1, 10]}", "estimators.b_n_bins_1.n_bins: must be an integer >= 2, got 1"),
     ("sweep = {range = ['a b']}", "estimators.b.sweep: 'b_range_a b' is not a valid name"),
 ])
