@@ -36,6 +36,8 @@ SPLIT_WORDS = {"all": "all samples", "train": "training samples", "test": "test 
 # One epoch convention on every axis and colour bar: epochs trained, 0 = before training (the
 # archive's snapshot epochs), on a scale linear below 1 and logarithmic above.
 EPOCH_LABEL = "epochs trained (0 = before training)"
+METHOD_WORDS = {"binning": "binning", "kde": "KDE", "renyi": "matrix Renyi", "ksg": "KSG",
+                "gaussian": "Gaussian", "compression": "compression", "variational": "variational bound"}
 MARKERS = "osD^vP<>X*hpd8H"  # the first 15 layers' shapes: matplotlib's filled markers
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from pipeline.figures import METHOD_WORDS
 from pipeline.sweeps import Sweep, disjoint_sweeps
 
 # key -> (BibTeX entry type, fields); the works the built-in methods implement
@@ -89,8 +90,6 @@ REFERENCES: dict[str, tuple[str, dict[str, str]]] = {
         "title": "Where is the Information in a Deep Neural Network?",
         "journal": "arXiv preprint arXiv:1905.12213"}),
 }
-METHOD_WORDS = {"binning": "binning", "kde": "KDE", "renyi": "matrix Renyi", "ksg": "KSG",
-                "gaussian": "Gaussian", "compression": "compression", "variational": "variational bound"}
 METHOD_REFERENCES = {"binning": ["shwartzziv2017"], "kde": ["kolchinsky2017", "saxe2018"],
                      "renyi": ["giraldo2015", "wickstrom2019"], "ksg": ["kraskov2004"],
                      "compression": ["butakov2024", "kozachenko1987", "kraskov2004"],

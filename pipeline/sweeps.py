@@ -24,7 +24,15 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from pipeline.figures import QUANTITY, SPLIT_WORDS, keep_in_view, layer_colours, styled, views_with
+from pipeline.figures import (
+    METHOD_WORDS,
+    QUANTITY,
+    SPLIT_WORDS,
+    keep_in_view,
+    layer_colours,
+    styled,
+    views_with,
+)
 from pipeline.findings import compresses, hidden_layers, last_valid_index
 from pipeline.results import holding_values, masked, parameters_key, seed_mean
 
@@ -147,7 +155,8 @@ def sweep_figure(results: xr.Dataset, sweep: Sweep, split: str, confidence: floa
         ax.minorticks_off()
         ax.set_xticks(x, [f"{v:g}" for v in x], rotation=45 if len(x) > 4 else 0)  # no overlap
     axes[1].legend(fontsize=6, loc="best")
-    title = (f"{sweep.method} over {sweep.parameter} ({', '.join(sweep.entries)}); "
+    method = METHOD_WORDS.get(sweep.method, sweep.method)
+    title = (f"{method} over {sweep.parameter} ({', '.join(sweep.entries)}); "
              f"{SPLIT_WORDS.get(split, split)}; seed means with {confidence:.0%} intervals")
     fig.suptitle(textwrap.fill(title, 110), fontsize=8)
     return fig
