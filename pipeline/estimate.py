@@ -378,8 +378,8 @@ def kept_entries(old, entries: dict[str, dict[str, Any]]) -> tuple[dict, dict, d
     names = [str(name) for name in old.estimator.values if str(name) not in entries]
     if not names:
         return {}, {}, {}
-    print(f"note: keeping the stored cells of {', '.join(names)}: not among this run's entries, "
-          "so not computed now (name them in the config to extend them)")
+    print(f"note: keeping the stored cells of {', '.join(names)}: not among this run's entries "
+          "(or left out by --only), so not computed now (name them in the config to extend them)")
     tables = {name: json.loads(str(old.parameters.sel(estimator=name).values)) for name in names}
     variables = {name: (old[name].attrs.get("long_name", name), old[name].attrs.get("units", "1"))
                  for name in cell_variables(old)}
@@ -399,9 +399,11 @@ def _stored_resolution(old, name: str, table: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[str, Any]],
-                   splits: list[str]):
+                   splits: list[str], selection: Selection = Selection()):
     """The results template merged with the done cells of an existing store, written if new; the
-    archive's committed epochs per seed; the packages whose versions differ from the store's."""
+    archive's committed epochs per seed; the packages whose versions differ from the store's.
+    A stored entry that `selection` leaves out keeps its cells and parameters, even where the
+    config's table differs: it is not this run's (it would be reset, and not computed again)."""
     recover(paths.results)
     committed = {seed: archive.committed_epochs(seed) for seed in archive.seeds}
     epochs = np.unique(np.concatenate(list(committed.values())))
@@ -410,6 +412,9 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
         raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
                            "to recompute from the current archive")
+    if old is not None:
+        entries = {name: table for name, table in entries.items()
+                   if selection.takes(entry=name) or name not in old.estimator.values}
     kept, kept_resolved, outputs = kept_entries(old, entries) if old is not None else ({}, {}, {})
     for table in entries.values():
         outputs.update(entry_variables(get_estimator(table["method"]), split_options(table)[1]))
@@ -496,7 +501,7 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
               settings: EstimateConfig, splits: list[str], notes: list[str],
               scheduler: str | None, scheduler_file: str | None, selection: Selection) -> int:
     started = time.perf_counter()  # the stage's own time: store, plan, cluster, tasks, writes
-    target, committed, changed_versions = _prepare_store(archive, paths, entries, splits)
+    target, committed, changed_versions = _prepare_store(archive, paths, entries, splits, selection)
     tasks = plan(target, entries, committed, selection)
     fisher_note = fisher_skipped(archive, settings)
     fisher_tasks = []

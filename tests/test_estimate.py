@@ -751,6 +751,26 @@ def test_an_entry_whose_table_changed_is_recomputed_and_said_so(runs, capsys):
     assert float(values.max()) <= np.log2(3 ** 6) + 1e-9  # 3 bins a unit: at most 3^6 patterns in dense1
 
 
+def test_an_entry_only_leaves_out_keeps_its_cells_though_its_table_changed(runs, capsys):
+    """`--only b` with a config whose entry a differs from the stored a: a is not this run's, so
+    its cells and parameters stay as they are (they were reset and never computed again)."""
+    first = {"a": {"method": "binning", "n_bins": 10}}
+    assert estimate(config(**first), runs, scheduler="synchronous",
+                    selection=Selection(seeds=(0,), splits=("all",))) == 0
+    before = load(runs).sel(estimator="a")
+    capsys.readouterr()
+    changed = {"a": {"method": "binning", "n_bins": 3}, "b": {"method": "binning", "n_bins": 5}}
+    assert estimate(config(**changed), runs, scheduler="synchronous",
+                    selection=Selection(only=("b",), seeds=(0,), splits=("all",))) == 0
+    said = capsys.readouterr().out
+    assert "recomputing" not in said and "note: keeping the stored cells of a:" in said
+    after = load(runs)
+    assert after.I_XT.sel(estimator="a").equals(before.I_XT)
+    assert after.done.sel(estimator="a").equals(before.done)
+    assert json.loads(str(after.parameters.sel(estimator="a").values))["n_bins"] == 10
+    assert bool(after.done.sel(estimator="b", seed=0, split="all").all())
+
+
 def test_a_changed_default_recomputes_the_entry_and_a_store_without_defaults_keeps_its_cells(
         runs, capsys, register):
     """The store holds every parameter with its default (`resolved_parameters`): when a method's
