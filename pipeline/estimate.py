@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime
 import fnmatch
 import json
@@ -386,6 +387,16 @@ def kept_entries(old, entries: dict[str, dict[str, Any]]) -> tuple[dict, dict, d
     return tables, {name: _stored_resolution(old, name, tables[name]) for name in names}, variables
 
 
+def kept_splits(old, splits: list[str], archive_splits: list[str]) -> list[str]:
+    """The splits a store holds that this run's `estimate.splits` leave out: kept as stored
+    (a config that names fewer splits never deletes results), and not computed."""
+    names = [str(s) for s in old.split.values if str(s) not in splits and str(s) in archive_splits]
+    if names:
+        print(f"note: keeping the stored cells of splits {names}: not among this run's estimate.splits "
+              f"{splits}, so not computed now")
+    return names
+
+
 def _stored_resolution(old, name: str, table: dict[str, Any]) -> dict[str, Any]:
     """A kept entry's resolved table as stored; for a store older than 1.4 (tables only), its
     table resolved with this infoplane's defaults, as such a store's named entries are (the table
@@ -415,6 +426,7 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     if old is not None:
         entries = {name: table for name, table in entries.items()
                    if selection.takes(entry=name) or name not in old.estimator.values}
+        splits = [*splits, *kept_splits(old, splits, archive.splits)]
     kept, kept_resolved, outputs = kept_entries(old, entries) if old is not None else ({}, {}, {})
     for table in entries.values():
         outputs.update(entry_variables(get_estimator(table["method"]), split_options(table)[1]))
@@ -502,6 +514,9 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
               scheduler: str | None, scheduler_file: str | None, selection: Selection) -> int:
     started = time.perf_counter()  # the stage's own time: store, plan, cluster, tasks, writes
     target, committed, changed_versions = _prepare_store(archive, paths, entries, splits, selection)
+    if len(target.split) > len(splits):  # splits the store keeps are not this run's to compute
+        ours = tuple(split for split in splits if selection.takes(split=split))
+        selection = dataclasses.replace(selection, splits=ours)
     tasks = plan(target, entries, committed, selection)
     fisher_note = fisher_skipped(archive, settings)
     fisher_tasks = []

@@ -1,6 +1,7 @@
 """The estimate stage on a tiny archive: Dask clusters, incremental work, kills, bad input."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -769,6 +770,24 @@ def test_an_entry_only_leaves_out_keeps_its_cells_though_its_table_changed(runs,
     assert after.done.sel(estimator="a").equals(before.done)
     assert json.loads(str(after.parameters.sel(estimator="a").values))["n_bins"] == 10
     assert bool(after.done.sel(estimator="b", seed=0, split="all").all())
+
+
+def test_a_config_naming_fewer_splits_keeps_the_stored_ones(runs, capsys):
+    """A run whose estimate.splits leave out a split the store holds keeps that split's cells
+    (they were dropped from the store, and the run said nothing to do) and computes none."""
+    first = {"binning_10": {"method": "binning", "n_bins": 10}}
+    only = Selection(seeds=(0,))
+    assert estimate(config(**first), runs, scheduler="synchronous", selection=only) == 0
+    before = load(runs)
+    narrower = config(**first)
+    narrower = dataclasses.replace(narrower, estimate=dataclasses.replace(narrower.estimate, splits=("all",)))
+    capsys.readouterr()
+    assert estimate(narrower, runs, scheduler="synchronous", selection=only) == 0
+    assert "note: keeping the stored cells of splits ['test']: not among this run's estimate.splits" in \
+        capsys.readouterr().out
+    after = load(runs)
+    assert list(after.split.values) == ["all", "test"] and after.I_XT.equals(before.I_XT)
+    assert after.done.equals(before.done)
 
 
 def test_a_changed_default_recomputes_the_entry_and_a_store_without_defaults_keeps_its_cells(
