@@ -56,17 +56,15 @@ def training_environment(device: str | torch.device | None = "cpu") -> dict[str,
     no torch model (activations recorded as arrays)."""
     import torch  # here, not at the top: the estimate and figure stages need no torch for provenance
 
-    if device is None:
-        return {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "host": platform.node(), "machine": platform.machine(), "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(), "device": "no torch model (activations as arrays)"}
-    device = torch.device(device)
     env: dict[str, object] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": platform.node(), "machine": platform.machine(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device),
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
     }
+    if device is None:
+        return {**env, "device": "no torch model (activations as arrays)"}
+    device = torch.device(device)
+    env.update(device=str(device), deterministic_algorithms=torch.are_deterministic_algorithms_enabled())
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)

@@ -403,11 +403,11 @@ class Recorder:
         if model is None:
             check_without_model(weights=weights, gradients=gradients, optimizer=optimizer,
                                 generators=generators, model_spec=model_spec, select=select)
-            self.shapes: dict[str, tuple[int, ...]] | None = layer_shapes(layers)
-            self.layers, inputs = list(self.shapes), array_inputs(inputs)
+            layers = layer_shapes(layers)  # {name: shape}: what recording_spec takes without a model
+            self.layers, inputs = list(layers), array_inputs(inputs)
         else:
-            model, self.shapes = unwrapped(model), None
-            self.layers = match_layers(model, layers)
+            model = unwrapped(model)
+            self.layers = layers = match_layers(model, layers)
         self.model, self.seed, self.select = model, seed_number(seed), dict(select or {})
         self.optimizer, self.generators, self.batch_size = optimizer, list(generators), batch_size
         self.inputs = inputs
@@ -417,8 +417,7 @@ class Recorder:
         self.float16 = activation_dtype == "float16"
         self.nonfinite, self._warned = nonfinite, False
         self.spec = recording_spec(
-            model, self.shapes or self.layers, inputs, labels, splits, name or self.paths.name,
-            select=self.select,
+            model, layers, inputs, labels, splits, name or self.paths.name, select=self.select,
             output_layer=output_layer, epochs=epochs, n_epochs=n_epochs, weights=weights,
             gradients=gradients, activation_dtype=activation_dtype, dataset_index=dataset_index,
             model_spec=model_spec, extra=extra or {})
@@ -515,7 +514,8 @@ class Recorder:
         if self._not_recorded(epoch):
             return False
         n = len(self.spec.inputs)
-        arrays = None if activations is None else activation_arrays(activations, self.shapes, n)
+        shapes = {layer.name: layer.shape for layer in self.spec.layers}
+        arrays = None if activations is None else activation_arrays(activations, shapes, n)
         if metrics:
             self.log(epoch, **metrics)
         index = len(self._epochs)
