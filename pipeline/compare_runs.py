@@ -13,7 +13,6 @@ findings' compression verdict for each run's hidden layers.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -26,20 +25,19 @@ from pipeline.config import ConfigError
 from pipeline.figure_files import FORMATS, FigureFiles, checked_formats
 from pipeline.findings import compresses
 from pipeline.report_html import CSS
-from pipeline.results import masked, open_results, parameters_key
+from pipeline.results import changed_entries, masked, open_results
 from pipeline.runs import RunPaths
 
 
 def common_views(runs: dict[str, xr.Dataset]) -> list[tuple[str, str]]:
-    """(entry, split) pairs holding a plane in every run, with the same parameters (defaults
-    filled in where the stores resolved them) in each, in the first run's order."""
-    views = [set(F.plane_views(results)) for results in runs.values()]
-
-    def same_parameters(entry: str) -> bool:
-        tables = [json.loads(str(r[parameters_key(r)].sel(estimator=entry).values)) for r in runs.values()]
-        return all(table == tables[0] for table in tables)
-    return [(entry, split) for entry, split in F.plane_views(next(iter(runs.values())))
-            if all((entry, split) in v for v in views) and same_parameters(entry)]
+    """(entry, split) pairs holding a plane in every run, with the same parameters in each (as
+    the estimate stage compares a store's entries: defaults included where both stores hold
+    them), in the first run's order."""
+    first, *others = runs.values()
+    differ = {entry for other in others for entry in changed_entries(first, other)}
+    views = [set(F.plane_views(other)) for other in others]
+    return [(entry, split) for entry, split in F.plane_views(first)
+            if entry not in differ and all((entry, split) in v for v in views)]
 
 
 @F.styled

@@ -57,6 +57,7 @@ from pipeline.results import (
     cell_variables,
     changed_entries,
     compared_parameters,
+    entry_parameters,
     lost_blocks,
     merge_into,
     open_results,
@@ -356,7 +357,7 @@ def note_changed_entries(old, target) -> None:
     or cell options differ from those the store holds them for: they are computed again."""
     key = compared_parameters(old, target)
     for name in changed_entries(old, target):
-        was, now = (json.loads(str(ds[key].sel(estimator=name).values)) for ds in (old, target))
+        was, now = (entry_parameters(ds, name, key) for ds in (old, target))
         changes = ", ".join(f"{k} {json.dumps(was.get(k, '(unset)'))} -> {json.dumps(now.get(k, '(unset)'))}"
                             for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
         done = int(old["done"].sel(estimator=name).sum())
@@ -381,7 +382,7 @@ def kept_entries(old, entries: dict[str, dict[str, Any]]) -> tuple[dict, dict, d
         return {}, {}, {}
     print(f"note: keeping the stored cells of {', '.join(names)}: not among this run's entries "
           "(or left out by --only), so not computed now (name them in the config to extend them)")
-    tables = {name: json.loads(str(old.parameters.sel(estimator=name).values)) for name in names}
+    tables = {name: entry_parameters(old, name, "parameters") for name in names}
     variables = {name: (old[name].attrs.get("long_name", name), old[name].attrs.get("units", "1"))
                  for name in cell_variables(old)}
     return tables, {name: _stored_resolution(old, name, tables[name]) for name in names}, variables
@@ -402,7 +403,7 @@ def _stored_resolution(old, name: str, table: dict[str, Any]) -> dict[str, Any]:
     table resolved with this infoplane's defaults, as such a store's named entries are (the table
     itself where its method is not registered in this process)."""
     if "resolved_parameters" in old.coords:
-        return json.loads(str(old.resolved_parameters.sel(estimator=name).values))
+        return entry_parameters(old, name, "resolved_parameters")
     try:
         return resolved_table(table)
     except ValueError:  # an unknown method or entry point (RegistryError is one)

@@ -13,7 +13,6 @@ training, linear below 1, logarithmic above); layers are told apart by marker sh
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 
@@ -27,7 +26,7 @@ from matplotlib.patches import Patch
 
 from pipeline.entropy import entropy_of_counts
 from pipeline.figure_files import STYLE
-from pipeline.results import holding_values, parameters_key, seed_mean
+from pipeline.results import entry_parameters, holding_values, parameters_key, seed_mean
 
 CMAP = "viridis"  # perceptually uniform
 SATURATION_TOL = 1e-6
@@ -102,9 +101,8 @@ def entry_label(results: xr.Dataset, estimator: str) -> str:
     that predates them takes this installation's (and imports the estimators, torch with them).
     """
     method = str(results.method.sel(estimator=estimator).values)
-    key = parameters_key(results)
-    p = json.loads(str(results[key].sel(estimator=estimator).values))
-    if key == "parameters":
+    p = entry_parameters(results, estimator)
+    if parameters_key(results) == "parameters":
         from pipeline.estimators import parameters
 
         try:

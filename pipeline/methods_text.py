@@ -149,11 +149,10 @@ def methods_section(results: xr.Dataset, samples: dict[str, int], n_classes: int
     `samples`: the recorded samples of each split estimated on; `n_classes`: the labels' classes
     (None for an archive without labels); `intervals`: whether the figures draw intervals."""
     from pipeline.figures import entry_label
-    from pipeline.results import parameters_key
+    from pipeline.results import entry_parameters
 
-    key, cited, sentences = parameters_key(results), [], []
-    tables = {str(name): json.loads(str(results[key].sel(estimator=name).values))
-              for name in results.estimator.values}
+    cited, sentences = [], []
+    tables = {str(name): entry_parameters(results, str(name)) for name in results.estimator.values}
     order = list(tables)  # a sweep's sentence stands where the first of its entries does
     sweeps = {min(sweep.entries, key=order.index): sweep for sweep in disjoint_sweeps(results)}
     told = {entry for sweep in sweeps.values() for entry in sweep.entries}

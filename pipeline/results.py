@@ -188,6 +188,11 @@ def parameters_key(ds: xr.Dataset) -> str:
     return "resolved_parameters" if "resolved_parameters" in ds.coords else "parameters"
 
 
+def entry_parameters(ds: xr.Dataset, entry: str, key: str | None = None) -> dict[str, Any]:
+    """One entry's parameters as the store holds them (`key`, default `parameters_key`)."""
+    return json.loads(str(ds[key or parameters_key(ds)].sel(estimator=entry).values))
+
+
 def compared_parameters(old: xr.Dataset, target: xr.Dataset) -> str:
     """The coordinate two stores' entries are compared by: the fuller one where both hold it (so a
     changed default recomputes the cells), else the tables."""

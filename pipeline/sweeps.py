@@ -34,7 +34,7 @@ from pipeline.figures import (
     views_with,
 )
 from pipeline.findings import compresses, hidden_layers, last_valid_index
-from pipeline.results import holding_values, masked, parameters_key, seed_mean
+from pipeline.results import entry_parameters, holding_values, masked, seed_mean
 
 MIN_ENTRIES = 3  # two settings are a comparison (the comparison figure shows it), three a trend
 
@@ -60,9 +60,8 @@ def _number(value) -> bool:
 
 def parameter_sweeps(results: xr.Dataset) -> list[Sweep]:
     """Every sweep among the entries holding values (see the module docstring)."""
-    key = parameters_key(results)
     held = results.estimator.values[holding_values(masked(results).I_XT, "estimator")]
-    tables = {str(e): {**json.loads(str(results[key].sel(estimator=e).values)),
+    tables = {str(e): {**entry_parameters(results, str(e)),
                        "method": str(results.method.sel(estimator=e).values)} for e in held}
     sweeps = []
     for parameter in sorted({p for table in tables.values() for p in table}):
@@ -104,13 +103,12 @@ def sweep_values(results: xr.Dataset, sweep: Sweep, split: str, confidence: floa
     of I(X;T) and I(T;Y) at each layer's last snapshot holding a value, the drop of the I(X;T)
     mean from its peak there, and `compresses`' verdict (1, 0, NaN undetermined)."""
     cells = masked(results).sel(estimator=list(sweep.entries), split=split)
-    out = {}
-    for variable in ("I_XT", "I_TY"):
-        band = seed_mean(cells, variable, confidence)
+    out, bands = {}, {variable: seed_mean(cells, variable, confidence) for variable in ("I_XT", "I_TY")}
+    for variable, band in bands.items():
         last = last_valid_index(band["mean"])
         for part in ("mean", "lo", "hi"):
             out[f"{variable}_{part}"] = band[part].isel(epoch=last).transpose("estimator", "layer").values
-    mean = seed_mean(cells, "I_XT", confidence)["mean"]
+    mean = bands["I_XT"]["mean"]
     peak = mean.fillna(-np.inf).max("epoch")
     out["drop"] = (peak - mean.isel(epoch=last_valid_index(mean))).transpose("estimator", "layer").values
     verdicts = [compresses(results, entry, split) for entry in sweep.entries]
