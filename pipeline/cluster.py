@@ -131,8 +131,8 @@ def check_scheduler(scheduler: str | None, scheduler_file: str | None) -> None:
 
 
 def _connect(client_class, scheduler: str | None, scheduler_file: str | None):
-    """A client of an existing scheduler, or one line saying why not within a bounded wait."""
-    check_scheduler(scheduler, scheduler_file)
+    """A client of an existing scheduler, or one line saying why not within a bounded wait
+    (`check_scheduler`, run before any work, has refused what cannot work)."""
     where = f"--scheduler-file {scheduler_file}" if scheduler_file else f"scheduler {scheduler}"
     try:
         if scheduler_file:
