@@ -448,9 +448,9 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     # earlier release then holds this release's ceilings (Renyi's I(T;Y): its batches' labels)
     stored = [] if old is None else [str(e) for e in old.estimator.values if str(e) in entries]
     if stored:
-        splits = split_ceiling_inputs(archive, target.split.values)
+        ceilings = split_ceiling_inputs(archive, target.split.values)
         for name in stored:
-            fill_saturation(target, name, entries[name], splits)
+            fill_saturation(target, name, entries[name], ceilings)
     if old is not None:
         target.attrs["history"] = old.attrs.get("history", "")
         target.attrs["warnings"] = old.attrs.get("warnings", "[]")
