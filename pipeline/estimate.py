@@ -569,7 +569,8 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     changed = f"; versions changed since the previous run: {changed_versions}" if changed_versions else ""
     line = (f"{stamp} estimate: {len(tasks)} tasks, {n_cells} cells, {len(fisher_tasks)} Fisher "
-            f"tasks in {elapsed:.1f}s, {len(failures)} failed (git {target.attrs['git_revision']}{changed})")
+            f"tasks in {elapsed:.1f}s, {sum(f['tasks'] for f in failures)} failed "
+            f"(git {target.attrs['git_revision']}{changed})")
     history = "\n".join(filter(None, [target.attrs.get("history", ""), line]))
     listed = [*earlier_warnings(target.attrs.get("warnings", "[]"), tasks), *messages]
     # a store that was not rewritten still has the previous run's provenance at its root
@@ -579,8 +580,8 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
         warnings.simplefilter("ignore")  # consolidated metadata is not in the v3 spec yet
         zarr.consolidate_metadata(str(paths.results))
     print(line)
-    for failure in failures:
-        print(f"error: {failure}")
+    for report_line in failure_report(failures):
+        print(report_line)
     return 1 if failures else 0
 
 
@@ -604,18 +605,18 @@ def _advance(bar: tqdm, tasks: int = 1) -> None:
 def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_tasks: list[FisherTask],
              scheduler: str | None, scheduler_file: str | None, handle, desc: str) -> list[str]:
     """Run every task (in this process, or on Dask), handing each result to `handle` as it comes;
-    returns the failures (tasks that failed after their retries)."""
+    returns the failures (`failure_report`): units whose estimator raised, and units that failed
+    after their retries."""
     client = cluster = None
     if scheduler != "synchronous":  # connect first: its messages come before the bar
         client, cluster = _checked_client(settings, tasks, scheduler, scheduler_file)
     bar = _progress(len(tasks) + len(fisher_tasks), desc)
-    failures: list[str] = []
+    failures: list[dict[str, Any]] = []
     try:  # the bar is closed before any error line, so that line is the last one printed
         units = batch_tasks(tasks)
         if client is None:
             for unit in units:
-                for result in run_batch(path, unit):
-                    handle(result)
+                _take(run_batch(path, unit), handle, failures)
                 _advance(bar, len(unit.tasks))
             for ftask in fisher_tasks:
                 handle(run_fisher_task(path, ftask))
@@ -632,15 +633,39 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
             try:
                 result = future.result()
             except Exception as err:  # kept going: other cells are still written
-                failures.append(f"task {future.key} failed after {settings.retries} retries: {err}")
+                failures.append({"failure": f"failed after {settings.retries} retries: {err}",
+                                 "cell": future.key, "tasks": futures[future]})
             else:  # a failed write (disk full) stops the run: nothing more can be stored
-                for one in result if isinstance(result, list) else [result]:
-                    handle(one)
+                _take(result if isinstance(result, list) else [result], handle, failures)
             _advance(bar, futures[future])
         return failures
     finally:
         bar.close()
         _close(client, cluster)
+
+
+def _take(results: list[dict[str, Any]], handle, failures: list[dict[str, Any]]) -> None:
+    """Hand a unit's results to `handle`; an estimator's failure (`tasks.failure_result`) is listed."""
+    for result in results:
+        if "failure" in result:
+            failures.append(result)
+        else:
+            handle(result)
+
+
+def failure_report(failures: list[dict[str, Any]]) -> list[str]:
+    """The lines that end a run with failed tasks: the first failure's traceback, where one came
+    back, then one `error:` line per distinct problem with the tasks it failed and its first cell."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for failure in failures:
+        grouped.setdefault(failure["failure"], []).append(failure)
+    first = next((f for f in failures if f.get("traceback")), None)
+    lines = [f"traceback of the first failure ({first['cell']}):\n{first['traceback'].rstrip()}"
+             ] if first else []
+    for problem, group in grouped.items():
+        tasks = sum(f["tasks"] for f in group)
+        lines.append(f"error: {tasks} task(s) failed, the first at {group[0]['cell']}: {problem}")
+    return lines
 
 
 def _checked_client(settings: EstimateConfig, tasks: list[Task], scheduler: str | None,

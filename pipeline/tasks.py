@@ -10,17 +10,23 @@ runs alone. This module imports no xarray (the results store is the client's:
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import sysconfig
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.archive import ArchiveReader
-from pipeline.estimators import Estimator
+from pipeline.estimators import BUILTIN_METHODS, Estimator
 from pipeline.uncertainty import (
     RESAMPLING,
+    EstimatorOutputError,
     cell_estimate,
     option_outputs,
     row_entropy,
@@ -135,13 +141,72 @@ def batch_tasks(tasks: Sequence[Task]) -> list[TaskBatch]:
     return units + [TaskBatch(tuple(group)) for group in batched.values()]
 
 
+class EstimatorFailed(Exception):
+    """An estimator raised something other than a ValueError (a bug in its code, say): the same on
+    every try, so the unit's result reports it (`failure_result`) instead of raising, which would
+    have Dask retry it. `problem` names the error and where it arose; `cell` the first cell."""
+
+    def __init__(self, task: Task, epoch: int, err: BaseException):
+        frame = _raising_frame(err)
+        where = f" at {frame.filename}:{frame.lineno} in {frame.name}" if frame else ""
+        method = task.table["method"]
+        fix = ("a bug in infoplane: please report it with the command and the traceback above"
+               if method in BUILTIN_METHODS else
+               "fix that function and run the same command again (the cells already stored are kept)")
+        raised = f"estimator {method!r} raised {type(err).__name__}: {err}{where}"
+        self.problem = f"{err if isinstance(err, EstimatorOutputError) else raised}; {fix}"
+        self.cell = task.cell_label(epoch)
+        self.traceback = "".join(traceback.format_exception(err))
+        super().__init__(f"{self.cell}: {self.problem}")
+
+
+NUMERIC_LIBRARIES = ("numpy", "scipy", "torch", "sklearn", "pandas", "numba", "jax")
+
+
+def _library_folders() -> list[Path]:
+    """Python's own folder and those of the numeric libraries an estimator calls (not imported)."""
+    folders = [Path(sysconfig.get_paths()["stdlib"])]
+    for name in NUMERIC_LIBRARIES:
+        spec = importlib.util.find_spec(name)
+        folders += [Path(folder) for folder in (spec.submodule_search_locations or [])] if spec else []
+    return [folder.resolve() for folder in folders]
+
+
+def _raising_frame(err: BaseException) -> traceback.FrameSummary | None:
+    """The innermost frame of `err`'s traceback outside Python and the numeric libraries: the line
+    of the estimator's own code that raised, or that called the library that did."""
+    frames, libraries = traceback.extract_tb(err.__traceback__), _library_folders()
+    for frame in reversed(frames):
+        if not any(folder in Path(frame.filename).resolve().parents for folder in libraries):
+            return frame
+    return frames[-1] if frames else None
+
+
+@contextlib.contextmanager
+def failures_reported(task: Task, epoch: int):
+    """Turn an estimator's error into EstimatorFailed, but for a ValueError (the cell's NaN and
+    warning) and running out of memory (which another try, on a less loaded worker, may not)."""
+    try:
+        yield
+    except (ValueError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - reported with its traceback, not retried
+        raise EstimatorFailed(task, epoch, err) from err
+
+
+def failure_result(failed: EstimatorFailed, tasks: int) -> dict[str, Any]:
+    """What a worker returns for a unit whose estimator raised (see EstimatorFailed)."""
+    return {"failure": failed.problem, "cell": failed.cell, "traceback": failed.traceback, "tasks": tasks}
+
+
 def _cell(task: Task, x: np.ndarray, t: np.ndarray, y: np.ndarray, params: dict[str, Any], h_x: float,
           epoch: int, messages: list[str]) -> dict[str, float]:
     """One cell of a task; a ValueError becomes NaN plus a warning, and so does a NaN or infinite
-    I_XT or I_TY the estimator returns without saying why."""
+    I_XT or I_TY the estimator returns without saying why; other errors: `failures_reported`."""
     where = task.cell_label(epoch)
     try:
-        out = cell_estimate(task.definition, x, t, y, params, task.options, input_entropy=h_x)
+        with failures_reported(task, epoch):
+            out = cell_estimate(task.definition, x, t, y, params, task.options, input_entropy=h_x)
     except ValueError as err:
         messages.append(f"{where}: {err}")
         return {"I_XT": np.nan, "I_TY": np.nan}
@@ -182,9 +247,17 @@ def run_batch(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
     """Compute a unit's tasks (runs on a worker): one task by `run_task`; tasks of one batch key
     by reading each epoch once, then calling the estimator's batched form on every (parameters,
     split) of them, or each task's cell in turn. An epoch whose batched call raises a ValueError
-    is computed cell by cell."""
-    if len(batch.tasks) == 1:
-        return [run_task(archive_path, batch.tasks[0])]
+    is computed cell by cell. A unit whose estimator fails returns one `failure_result`."""
+    try:
+        if len(batch.tasks) == 1:
+            return [run_task(archive_path, batch.tasks[0])]
+        return _run_together(archive_path, batch)
+    except EstimatorFailed as failed:
+        return [failure_result(failed, len(batch.tasks))]
+
+
+def _run_together(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
+    """The tasks of one batch key (see run_batch)."""
     torch.set_num_threads(1)
     tasks, first = batch.tasks, batch.tasks[0]
     archive = ArchiveReader(archive_path)
@@ -206,7 +279,8 @@ def run_batch(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
         planes = None
         if batched:
             try:
-                planes = first.definition.batched(x, t, y, settings, [index[split] for split in splits])
+                with failures_reported(first, epoch):
+                    planes = first.definition.batched(x, t, y, settings, [index[split] for split in splits])
             except ValueError:
                 pass  # each cell alone, its error recorded
         ts = {split: t[rows] for split, rows in index.items()} if planes is None else {}

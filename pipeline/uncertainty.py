@@ -109,18 +109,23 @@ def cell_estimate(estimator, x: np.ndarray, t: np.ndarray, y: np.ndarray, params
     return out
 
 
+class EstimatorOutputError(TypeError):
+    """An estimator returned what the results store cannot take (see checked_plane)."""
+
+
 def checked_plane(estimator, out: Any) -> dict[str, float]:
-    """An information-plane function's result, refused (TypeError: the task fails, its cells stay
-    to compute once the function is mended) unless it is a mapping holding I_XT, I_TY and every
-    output the estimator declares; values it returns beyond those are not stored."""
+    """An information-plane function's result, refused (EstimatorOutputError: the task fails, its
+    cells stay to compute once the function is mended) unless it is a mapping holding I_XT, I_TY
+    and every output the estimator declares; values it returns beyond those are not stored."""
+    name = estimator.name
     if not isinstance(out, Mapping):
-        raise TypeError(f"estimator {estimator.name!r} returned {type(out).__name__}, not a dict "
-                        "{'I_XT': bits, 'I_TY': bits, ...}")
-    missing = [name for name in ("I_XT", "I_TY", *estimator.outputs) if name not in out]
+        raise EstimatorOutputError(f"estimator {name!r} returned {type(out).__name__}, not a dict "
+                                   "{'I_XT': bits, 'I_TY': bits, ...}")
+    missing = [output for output in ("I_XT", "I_TY", *estimator.outputs) if output not in out]
     if missing:
         returned = ", ".join(map(str, out)) or "nothing"
-        raise TypeError(f"estimator {estimator.name!r} returned no {', '.join(missing)} (it returned "
-                        f"{returned}): return I_XT, I_TY and each declared output")
+        raise EstimatorOutputError(f"estimator {name!r} returned no {', '.join(missing)} (it returned "
+                                   f"{returned}): return I_XT, I_TY and each declared output")
     return dict(out)
 
 

@@ -294,11 +294,49 @@ def test_cells_whose_values_are_all_nan_stay_done_across_runs(runs, capsys, regi
     (1.0, "returned float, not a dict"),
 ])
 def test_an_estimator_returning_less_than_it_declares_fails_and_leaves_its_cells_to_compute(
-        runs, register, returned, message):
+        runs, register, returned, message, capsys):
     register("test_short", lambda x, t, y: returned, outputs={"calls": ("calls", "1")})
-    with pytest.raises(TypeError, match=re.escape(f"estimator 'test_short' {message}")):
-        estimate(config(short={"method": "test_short"}), runs, scheduler="synchronous")
+    assert estimate(config(short={"method": "test_short"}), runs, scheduler="synchronous") == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: 12 task\(s\) failed, the first at short seed 0 (all|test) epoch 0 \S+: "
+                        rf"estimator 'test_short' {re.escape(message)}.*; fix that function and run the same "
+                        r"command again \(the cells already stored are kept\)", last), last
     assert not load(runs).done.sel(estimator="short").any()  # mended, a rerun computes them
+
+
+FAILING = """
+from pipeline.estimators import register_estimator
+
+@register_estimator("failing")
+def failing_plane(x, t, y):
+    with open(CALLS, "a") as calls:  # the workers' environment is not this test's
+        calls.write("called\\n")
+    if t.shape[1] == 4:
+        return {"I_XT": t.no_such_attribute, "I_TY": 0.0}
+    return {"I_XT": 1.0, "I_TY": 0.5}
+"""
+
+
+def test_an_estimator_that_raises_is_reported_once_with_its_line_and_not_retried(runs, tmp_path, monkeypatch,
+                                                                                   capsys):
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "failing_mi.py").write_text(FAILING.replace("CALLS", repr(str(calls))))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import failing_mi  # noqa: F401 - registers "failing"
+    cfg = config(failing={"method": "failing"})
+    assert estimate(cfg, runs) == 1  # the default local cluster, which retries a task that raises
+    out = capsys.readouterr().out.strip().splitlines()
+    # dense1 and softmax: 2 seeds x 2 splits x 4 epochs; dense2 (4 units) fails at its first call,
+    # which ends its unit (a seed's two splits): once a seed, where a retry would call it again
+    assert len(calls.read_text().splitlines()) == 2 * 2 * 2 * 4 + 2, "a task was retried"
+    assert out[-1].startswith("error: 4 task(s) failed, the first at failing seed ")
+    assert out[-1].endswith("raised AttributeError: 'numpy.ndarray' object has no attribute "
+                            f"'no_such_attribute' at {tmp_path / 'failing_mi.py'}:9 in failing_plane; "
+                            "fix that function and "
+                            "run the same command again (the cells already stored are kept)")
+    assert sum(line.startswith("Traceback (most recent call last)") for line in out) == 1
+    stored = load(runs).done.sel(estimator="failing")
+    assert bool(stored.sel(layer=["dense1", "softmax"]).all()) and not stored.sel(layer="dense2").any()
 
 
 LONELY = """
