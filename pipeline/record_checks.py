@@ -61,6 +61,11 @@ def split_codes(n: int, splits: dict[str, Any] | None) -> tuple[np.ndarray, tupl
         return np.zeros(n, dtype=np.int8), ("all",)
     if "all" in splits:
         raise RecordError("splits: 'all' is reserved (it means every recorded sample)")
+    for name in splits:
+        try:  # split names end up in the figures' file names
+            check_name("splits", str(name))
+        except ConfigError as err:
+            raise RecordError(str(err)) from None
     codes = np.full(n, -1, dtype=np.int8)
     for code, (name, index) in enumerate(splits.items()):
         index = sample_indices(f"splits[{name!r}]", as_numpy(index), n)
@@ -168,6 +173,23 @@ def check_options(layers: list[str], *, output_layer: str | None, activation_dty
             raise RecordError(f"model_spec: {err}") from None
 
 
+MAX_NAME_BYTES = 200  # a layer's folder name, and its figures' file names, under the usual 255
+
+
+def layer_name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a layer's array in the archive, or None: it must be a zarr node name
+    (no '/', not '.' or '..', no leading '__'), not the metadata file, and fit a file name."""
+    if not isinstance(name, str) or not name.strip():
+        return "is not a name: use a non-empty string"
+    if "/" in name:
+        return "holds '/', which would nest folders"
+    if name in (".", "..", "zarr.json") or name.startswith("__"):
+        return "is reserved by zarr ('.', '..', 'zarr.json' and names starting with '__')"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"is {len(name.encode())} bytes long, more than the {MAX_NAME_BYTES} a file name can take here"
+    return None
+
+
 def layer_shapes(layers: Any) -> dict[str, tuple[int, ...]]:
     """The layers of a recording without a model: `{name: per-sample shape}` (an int for a
     vector), checked as the archive will store them."""
@@ -176,8 +198,9 @@ def layer_shapes(layers: Any) -> dict[str, tuple[int, ...]]:
                           "activations, e.g. layers={'h1': 64, 'conv1': (8, 14, 14)}")
     shapes = {}
     for name, shape in layers.items():
-        if not isinstance(name, str) or not name.strip() or "/" in name:
-            raise RecordError(f"layers: {name!r} is not a layer name; use a non-empty string without '/'")
+        if problem := layer_name_problem(name):
+            raise RecordError(f"layers: {name!r} {problem}; each layer is a folder of the archive: "
+                              "rename it")
         dims = (shape,) if whole_number(shape) is not None else shape
         if not isinstance(dims, tuple | list) or not dims or any(whole_number(d) in (None, 0) for d in dims):
             raise RecordError(f"layers[{name!r}]: {shape!r} is not a shape; give one sample's shape as "

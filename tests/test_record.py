@@ -293,7 +293,7 @@ def test_archive_without_optional_parts_through_every_stage(tmp_path):
     archive = ArchiveReader(path)
     assert archive.labels is None and archive.splits == ["all"] and archive.gradient_stats(0) is None
     proc = run_stage("estimate", "--archive", str(path), "--scheduler", "synchronous")
-    assert "splits ['train', 'test'] are not in the archive" in proc.stdout
+    assert "splits" not in proc.stdout  # the default: "all" and every recorded split
     assert ("Fisher information skipped: the archive records no weights, no labels, no model "
             "factory") in proc.stdout
     ds = xr.open_zarr(tmp_path / "bare" / "estimates.zarr").load()
@@ -305,6 +305,35 @@ def test_archive_without_optional_parts_through_every_stage(tmp_path):
     assert "estimator binning_30 (all): no I(T;Y) values (an archive without labels); no plane" in proc.stdout
     assert (tmp_path / "figures" / "bare" / "mi_vs_epoch_binning_30.png").exists()
     assert not list((tmp_path / "figures" / "bare").glob("plane_*")), "a plane with no I(T;Y) to draw"
+
+
+def test_the_estimate_covers_a_recordings_own_splits_by_default_or_by_pattern(tmp_path, capsys):
+    """Splits named as a study names them (not train and test): every one is estimated by
+    default, and `estimate.splits` takes names and shell-style patterns of them."""
+    from pipeline.config import EstimateConfig
+
+    x, y = blobs(90)
+    h = x.reshape(90, -1)[:, :3]
+    path = tmp_path / "own" / "archive.zarr"
+    splits = {"fit": np.arange(50), "val": np.arange(50, 70), "val_ood": np.arange(70, 90)}
+    with Recorder(path, None, {"h": 3}, x, y, splits) as rec:
+        for epoch in range(2):
+            rec.snapshot(epoch, activations={"h": h * (epoch + 1)})
+    entries = {"binning_10": {"method": "binning", "n_bins": 10}}
+    assert estimate_archive(path, scheduler="synchronous", estimators=entries) == 0
+    stored = xr.open_zarr(tmp_path / "own" / "estimates.zarr").load()
+    assert list(stored.split.values) == ["all", "fit", "val", "val_ood"] and bool(stored.done.all())
+    shutil.rmtree(tmp_path / "own" / "estimates.zarr")
+    capsys.readouterr()
+    settings = EstimatorsConfig(EstimateConfig(splits=("val*", "test", "fit")), entries)
+    assert estimate_archive(path, settings, scheduler="synchronous") == 0
+    assert "note: splits ['test'] are not in the archive" in capsys.readouterr().out
+    stored = xr.open_zarr(tmp_path / "own" / "estimates.zarr").load()
+    assert list(stored.split.values) == ["val", "val_ood", "fit"]
+    # each split's cells are that split's samples alone
+    alone = information_plane(x[70:90], h[70:90] * 2, y[70:90], "binning", n_bins=10)
+    assert float(stored.I_XT.sel(split="val_ood", epoch=1, layer="h", seed=0, estimator="binning_10")) == \
+        pytest.approx(alone["I_XT"])
 
 
 def test_a_recorder_without_a_model_stores_the_arrays_it_is_given(tmp_path, monkeypatch):
@@ -346,6 +375,13 @@ def test_a_recorder_without_a_model_stores_the_arrays_it_is_given(tmp_path, monk
 @pytest.mark.parametrize(("options", "call", "message"), [
     ({"layers": ["h"]}, None, r"layers: without a model, name each layer with the shape"),
     ({"layers": {"h": (0, 2)}}, None, r"layers\['h'\]: \(0, 2\) is not a shape"),
+    ({"layers": {"a/b": 4}}, None, r"layers: 'a/b' holds '/', which would nest folders; each layer is"),
+    ({"layers": {"..": 4}}, None, r"layers: '..' is reserved by zarr"),
+    ({"layers": {"zarr.json": 4}}, None, r"layers: 'zarr.json' is reserved by zarr"),
+    ({"layers": {"__h": 4}}, None, r"layers: '__h' is reserved by zarr"),
+    ({"splits": {"a/b": range(20)}}, None, r"splits: 'a/b' is not a valid name; use letters, digits"),
+    ({"splits": {"v" * 101: range(20)}}, None, r"splits: 'v+' is not a valid name; .* at most 100 char"),
+    ({"layers": {"h" * 201: 4}}, None, r"layers: 'h+' is 201 bytes long, more than the 200 a file name"),
     ({"weights": True, "optimizer": object()}, None, r"weights, optimizer: need a torch model"),
     ({}, {}, r"snapshot: pass activations=\{layer: array\} when the Recorder has no model"),
     ({}, {"activations": {"h": np.zeros((20, 4))}},
