@@ -109,8 +109,9 @@ class ArchiveConfig:
 class EstimateConfig:
     """How `make estimate` covers the archive (the estimators themselves: [estimators.*])."""
 
-    # "all": every recorded sample (SZT papers: all 4096 patterns); "train"/"test": one split
-    splits: tuple[str, ...] = ("all", "train", "test")
+    # "all": every recorded sample (SZT papers: all 4096 patterns); "train"/"test": one split;
+    # names or shell-style patterns of the archive's splits ("*": "all", then each recorded one)
+    splits: tuple[str, ...] = ("*",)
     n_workers: int = 0  # local cluster worker processes; 0: one per core
     retries: int = 2  # a failed task is retried this often (a dead worker costs its tasks only)
     fisher: bool = True  # Fisher trace per layer from the archived weights
@@ -370,10 +371,14 @@ def _name_part(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+MAX_NAME_LENGTH = 100  # names become parts of file names (figures, folders), which stop at 255
+
+
 def check_name(key: str, name: str) -> None:
-    if not NAME.fullmatch(name):
+    """Refuse a name (of a run, an estimator entry, a split) that cannot be part of a file name."""
+    if not NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
         raise ConfigError(f"{key}: {name!r} is not a valid name; use letters, digits and _ . + - "
-                          "(starting with a letter or digit)")
+                          f"(starting with a letter or digit, at most {MAX_NAME_LENGTH} characters)")
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -425,8 +430,8 @@ def _check_registered(cfg: ExperimentConfig) -> None:
 def validate_estimate(estimate: EstimateConfig, estimators: dict[str, dict[str, Any]]) -> None:
     """Checks of the [estimate] and [estimators.*] tables, which an archive's own run may use."""
     if not estimate.splits or len(set(estimate.splits)) != len(estimate.splits):
-        raise ConfigError(f"estimate.splits: {list(estimate.splits)} must name distinct splits "
-                          "('all' is every recorded sample)")
+        raise ConfigError(f"estimate.splits: {list(estimate.splits)} must name distinct splits or "
+                          "patterns ('all' is every recorded sample, '*' every split)")
     for entry, table in estimators.items():
         check_name(f"estimators.{entry}", entry)
         if "method" not in table:

@@ -283,9 +283,13 @@ def check_devices_here(entries: dict[str, dict[str, Any]]) -> None:
 
 
 def usable_splits(archive: ArchiveReader, settings: EstimateConfig) -> tuple[list[str], list[str]]:
-    """The configured splits the archive has, and one note for those it lacks."""
-    splits = [s for s in settings.splits if s in archive.splits]
-    skipped = [s for s in settings.splits if s not in archive.splits]
+    """The archive's splits the configured names or patterns match, in the config's order, and
+    one note for the names and patterns that match none."""
+    splits, skipped = [], []
+    for pattern in settings.splits:
+        matched = fnmatch.filter(archive.splits, pattern)
+        splits += [split for split in matched if split not in splits]
+        skipped += [] if matched else [pattern]
     if not splits:
         raise ConfigError(f"estimate.splits {list(settings.splits)}: none is in {archive.path} "
                           f"(it has {archive.splits}); set estimate.splits accordingly")
