@@ -264,12 +264,14 @@ def plain_loop_seconds(cfg, runs: Path) -> tuple[float, int, int]:
     """Seconds of a plain loop over every cell of the run's default estimators (no stage, no
     store), and the numbers of cells and tasks."""
     from pipeline.archive import ArchiveReader
+    from pipeline.estimate import usable_splits
     from pipeline.estimators import information_plane
     from pipeline.runs import RunPaths
 
     archive = ArchiveReader(RunPaths.of(runs, cfg.name).archive)
+    splits = usable_splits(archive, cfg.estimate)[0]  # names and patterns, read as the stage reads them
     tasks = [(table_, seed, split, layer) for table_ in cfg.estimators.values() for seed in archive.seeds
-             for split in cfg.estimate.splits for layer in archive.layers]
+             for split in splits for layer in archive.layers]
     started = time.perf_counter()
     for table_, seed, split, layer in tasks:
         params = {k: v for k, v in table_.items() if k != "method"}
