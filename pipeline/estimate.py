@@ -527,6 +527,10 @@ def _estimate(archive: ArchiveReader, paths: RunPaths, entries: dict[str, dict[s
     fisher_tasks = []
     if settings.fisher and fisher_note is None and selection.takes(entry="fisher"):
         fisher_tasks = fisher_plan(target, committed, settings, selection)
+    if fisher_tasks:
+        from pipeline.fisher import check_rebuilt_model  # late: torch.func
+
+        check_rebuilt_model(archive)
     for note in notes + ([fisher_note] if fisher_note else []):
         print(f"note: {note}")
     if archive.labels is None:

@@ -31,25 +31,63 @@ def balanced_probe(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def rebuild_model(archive: ArchiveReader) -> torch.nn.Module:
-    """The archived network, untrained, from the archive's model factory and its settings."""
+def model_from_spec(spec: dict, input_shape: tuple[int, ...], n_classes: int) -> torch.nn.Module:
+    """The untrained network of a model spec (`{"factory": ..., "config": {...}}`, as the Recorder
+    takes it and the archive stores it); ConfigError where its settings cannot be read."""
     from pipeline.models import build_model
 
-    spec = archive.attrs.get("model")
-    if spec is None:
-        raise ArchiveError(f"{archive.path} records no model factory: Fisher information needs one")
     known = {f for f in ModelConfig.__dataclass_fields__}
-    try:  # leniently: settings this release does not know are left out, never re-validated
-        cfg = from_dict(ModelConfig, {k: v for k, v in spec.get("config", {}).items() if k in known})
-    except ConfigError as err:
-        raise ArchiveError(f"{archive.path}: the archived model settings cannot be read ({err})") from None
+    # leniently: settings this release does not know are left out, never re-validated
+    cfg = from_dict(ModelConfig, {k: v for k, v in spec.get("config", {}).items() if k in known})
     if ":" in spec["factory"]:
         cfg = dataclasses.replace(cfg, factory=spec["factory"])
     else:
         cfg = dataclasses.replace(cfg, architecture=spec["factory"], factory="")
-    n_classes = archive.layer_shapes[archive.output_layer][0]
     with torch.random.fork_rng(devices=[]):  # initialisation draws leave the caller's RNG alone
-        return build_model(cfg, tuple(archive.inputs.shape[1:]), n_classes)
+        return build_model(cfg, tuple(input_shape), n_classes)
+
+
+def rebuild_model(archive: ArchiveReader) -> torch.nn.Module:
+    """The archived network, untrained, from the archive's model factory and its settings."""
+    spec = archive.attrs.get("model")
+    if spec is None:
+        raise ArchiveError(f"{archive.path} records no model factory: Fisher information needs one")
+    n_classes = archive.layer_shapes[archive.output_layer][0]
+    try:
+        return model_from_spec(spec, tuple(archive.inputs.shape[1:]), n_classes)
+    except ConfigError as err:  # the settings only: a factory's errors are its own
+        raise ArchiveError(f"{archive.path}: the archived model settings cannot be read ({err})") from None
+
+
+def parameter_difference(recorded: dict[str, tuple[int, ...]],
+                         built: dict[str, tuple[int, ...]]) -> str | None:
+    """The first parameters whose names or shapes differ between two networks, or None."""
+    differing = [f"{name} {recorded.get(name, 'absent')} recorded, {built.get(name, 'absent')} built"
+                 for name in dict.fromkeys([*recorded, *built]) if recorded.get(name) != built.get(name)]
+    return "; ".join(differing[:3]) + ("; ..." if len(differing) > 3 else "") if differing else None
+
+
+def check_rebuilt_model(archive: ArchiveReader) -> None:
+    """ArchiveError, in one line, unless the archive's model factory builds a network whose
+    parameters are those recorded (names and shapes): run once before the Fisher tasks, which
+    would otherwise each fail in `load_state_dict`, on every worker and every retry."""
+    from pipeline.models import state_arrays
+
+    factory = archive.attrs["model"]["factory"]
+    fix = ("restore the factory the archive was recorded with, or leave the Fisher traces out "
+           "(`--set estimate.fisher=false`)")
+    try:
+        model = rebuild_model(archive)
+    except ArchiveError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's factory: any error, named in one line
+        raise ArchiveError(f"Fisher information: the archive's model factory {factory!r} fails "
+                           f"({type(err).__name__}: {err}); {fix}") from None
+    built = {name: tuple(value.shape) for name, value in state_arrays(model).items()}
+    recorded = {name: tuple(shape) for name, shape in archive.attrs["parameters"].items()}
+    if difference := parameter_difference(recorded, built):
+        raise ArchiveError(f"Fisher information: the archive's model factory {factory!r} builds other "
+                           f"parameters than were recorded ({difference}); {fix}")
 
 
 def fisher_traces(model: torch.nn.Module, inputs: torch.Tensor, layer_params: dict[str, list[str]],

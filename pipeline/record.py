@@ -66,6 +66,7 @@ from pipeline.record_checks import (
     RecordError,
     activation_arrays,
     array_inputs,
+    check_model_spec_builds,
     check_options,
     check_without_model,
     class_codes,
@@ -421,6 +422,10 @@ class Recorder:
             output_layer=output_layer, epochs=epochs, n_epochs=n_epochs, weights=weights,
             gradients=gradients, activation_dtype=activation_dtype, dataset_index=dataset_index,
             model_spec=model_spec, extra=extra or {})
+        if model is not None and model_spec is not None:  # the Fisher traces' network, checked now
+            output = next(x for x in self.spec.layers if x.name == self.spec.output_layer)
+            check_model_spec_builds(model_spec, self.spec.parameters, tuple(self.spec.inputs.shape[1:]),
+                                    output.shape[0])
         self._open_archive()
         layer_parameters = {x.name: list(x.parameters) for x in self.spec.layers}
         self.gradients = GradientStats(model, layer_parameters) if gradients else None

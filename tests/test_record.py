@@ -656,11 +656,39 @@ def test_a_closed_recorder_refuses_what_it_would_drop(tmp_path):
     ({"extra": {"when": object()}}, "extra: values must be JSON .*not JSON serializable"),
     ({"model_spec": {"factory": "nope"}}, "model_spec: unknown model 'nope'; registered: mlp"),
     ({"model_spec": {"factory": "tests.own_models:absent"}}, "model_spec: entry point .* has no 'absent'"),
+    ({"model_spec": {"factory": "tests.own_models:build", "config": {"options": {"channels": 4}}}},
+     r"model_spec: the factory 'tests.own_models:build' builds another network than the one recorded "
+     r"\(stem.0.weight \(3, 1, 3, 3\) recorded, \(4, 1, 3, 3\) built; .*\); give it the settings"),
+    ({"model_spec": {"factory": "tests.own_models:build", "config": {"options": {"channels": -1}}}},
+     r"model_spec: the factory 'tests.own_models:build' fails \(RuntimeError: "),
 ])
 def test_recorder_options_it_would_trip_on_later_are_refused_at_once(tmp_path, option, message):
     with pytest.raises(RecordError, match=message):
         Recorder(tmp_path / "run" / "archive.zarr", Tower(), LAYERS, torch.from_numpy(blobs(40)[0]), **option)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_factory_that_no_longer_builds_the_recorded_network_ends_the_estimate_in_one_line(
+        tmp_path, capsys):
+    """The factory changed since the recording: the Fisher tasks would each fail to load the
+    weights (on every worker, every retry); the stage says so once, before any work, and a run
+    without the Fisher traces computes the rest."""
+    from pipeline.archive import ArchiveError
+
+    path = tmp_path / "tower" / "archive.zarr"
+    train_tower(path, epochs=1, weights=True, model_spec={"factory": "tests.own_models:build", "config": {}})
+    root = zarr.open_group(str(path), mode="r+")
+    root.attrs["model"] = {"factory": "tests.own_models:build", "config": {"options": {"channels": 2}}}
+    entries = {"binning_30": {"method": "binning", "n_bins": 30}}
+    with pytest.raises(ArchiveError, match=r"Fisher information: the archive's model factory "
+                       r"'tests.own_models:build' builds other parameters than were recorded \(stem.0.weight "
+                       r"\(3, 1, 3, 3\) recorded, \(2, 1, 3, 3\) built; .*\); restore the factory .* "
+                       r"or leave the Fisher traces out \(`--set estimate.fisher=false`\)"):
+        estimate_archive(path, EstimatorsConfig(estimators=entries), scheduler="synchronous")
+    from pipeline.config import EstimateConfig
+    settings = EstimatorsConfig(EstimateConfig(fisher=False), entries)
+    assert estimate_archive(path, settings, scheduler="synchronous") == 0
+    assert bool(xr.open_zarr(tmp_path / "tower" / "estimates.zarr").done.all())
 
 
 def test_each_training_session_records_its_threads_and_device(tmp_path):
