@@ -1,8 +1,8 @@
 """`make bench`: training overhead of archiving, estimator speed, estimate-stage scaling.
 
     python -m benchmarks.run [--only SECTION,...]
-    # sections: train, recording, speed, memory, estimators, images, gpu, stage, figures, paper, accuracy,
-    # limits, bottleneck, uncertainty, compression_rule, variational, ksg_bias, families
+    # sections: train, recording, speed, memory, wide, estimators, images, gpu, stage, figures, paper,
+    # accuracy, limits, bottleneck, uncertainty, compression_rule, variational, ksg_bias, families
 
 Writes its tables into docs/benchmarks.md (and the accuracy report into docs/estimators.md).
 """
@@ -396,8 +396,8 @@ def _bench_stage() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="train,recording,speed,memory,estimators,images,gpu,stage,figures,"
-                                          "paper,accuracy,limits,bottleneck,uncertainty,compression_rule,variational,"
+    parser.add_argument("--only", default="train,recording,speed,memory,wide,estimators,images,gpu,stage,"
+                                          "figures,paper,accuracy,limits,bottleneck,uncertainty,compression_rule,variational,"
                                           "ksg_bias,families")
     sections = parser.parse_args().only.split(",")
     if "train" in sections:
@@ -411,6 +411,9 @@ def main() -> None:
     if "memory" in sections:
         from benchmarks.speed import memory
         memory()
+    if "wide" in sections:
+        from benchmarks.speed import wide_layers
+        wide_layers()
     if "stage" in sections:
         bench_stage()
     if "figures" in sections:

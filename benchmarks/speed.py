@@ -1,11 +1,12 @@
-"""Estimators against plain references of the same formulas: `make bench` sections speed, memory.
+"""Estimators against plain references of the same formulas: `make bench` sections speed, memory, wide.
 
-    python -m benchmarks.speed [--only speed,memory]
+    python -m benchmarks.speed [--only speed,memory,wide]
 
 speed: each estimator and its plain numpy/scipy reference (benchmarks/reference.py) on the same
 arrays in the same process, best of 3; the speed-up and the largest relative difference of the
 values. memory: the peak resident memory of one estimator call at n = 10000, 30000 and 60000,
-each in a fresh process (the reference where its n x n matrices fit in memory).
+each in a fresh process (the reference where its n x n matrices fit in memory). wide: the same
+for binning of wide layers, where the layer itself is most of the memory.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ MEMORY_CALLS = {  # name: (infoplane call, reference call or None), on arrays(n,
 }
 
 
-def peak_memory(call: str, n: int) -> dict[str, float]:
-    """Peak resident memory (MB) of a fresh process making one call, and its peak before it."""
+def peak_memory(call: str, n: int, d: int = 10) -> dict[str, float]:
+    """Peak resident memory (MB) of a fresh process making one call on `arrays(n, d)`, and its
+    resident memory before it."""
     script = f"""
 import json, time
 from benchmarks import reference as ref
@@ -115,7 +117,7 @@ from benchmarks.common import reset_peak_memory, resident_mb
 from benchmarks.speed import arrays
 from pipeline.estimators import information_plane, mutual_information
 
-x, t, y = arrays({n}, 10)
+x, t, y = arrays({n}, {d})
 information_plane(x[:100], t[:100], y[:100], 'binning')  # imports and first-call set-up
 base = resident_mb()
 reset_peak_memory()
@@ -157,6 +159,32 @@ def memory(sizes: tuple[int, ...] = (10000, 30000, 60000), reference_limit_gb: f
     print(body)
 
 
+WIDE_LAYERS = ((10000, 16384), (4000, 65536))  # a 64 x 16 x 16 and a 64 x 32 x 32 convolution
+
+
+def wide_layers() -> None:
+    """Binning of wide layers (convolutions: the layer is most of the memory), each call and its
+    plain reference in a fresh process."""
+    rows = []
+    for n, d in WIDE_LAYERS:
+        ours = peak_memory("information_plane(x, t, y, 'binning')", n, d)
+        plain = peak_memory("ref.binning_reference(t, y)", n, d)
+        ratio = (plain["peak"] - plain["base"]) / max(ours["peak"] - ours["base"], 1.0) \
+            if "error" not in ours and "error" not in plain else float("nan")
+        rows.append([n, d, f"{n * d * 4 / 1e6:.0f}", _cell(ours), _cell(plain), f"{ratio:.1f}x"])
+        print(rows[-1], flush=True)
+    body = (f"Command: `python -m benchmarks.speed --only wide` (or `make bench`, section wide); "
+            "binning at 30 bins of one float32 layer of n samples x d units (tanh of normal draws; "
+            "12 SZT-like input columns, 10 classes), one call in a fresh process: its peak resident "
+            "memory (VmHWM, reset before the call), its resident memory before the call in brackets "
+            "(imports and the arrays), and the ratio of what each call adds above that; commit "
+            f"{git_revision()}; {machine()}.\n\n"
+            + table(["n", "d", "layer (MB)", "infoplane: peak memory, time",
+                     "plain reference: peak memory, time", "memory added: reference / infoplane"], rows))
+    write_section(DOCS / "benchmarks.md", "wide", body)
+    print(body)
+
+
 def _cell(result: dict[str, float]) -> str:
     if "error" in result:
         return f"failed: {result['error'][:80]}"
@@ -165,9 +193,11 @@ def _cell(result: dict[str, float]) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="speed,memory")
+    parser.add_argument("--only", default="speed,memory,wide")
     sections = parser.parse_args().only.split(",")
     if "speed" in sections:
         speed()
     if "memory" in sections:
         memory()
+    if "wide" in sections:
+        wide_layers()

@@ -89,6 +89,31 @@ def test_binning_matches_original_digitize():
     assert len({(a, b) for a, b in zip(original.ravel(), ours.ravel(), strict=True)}) == len(np.unique(ours))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("options", [{}, {"n_bins": 1000, "range": "layer"}, {"bin_size": 1e-3},
+                                     {"low": 0.0, "high": 0.5, "n_bins": 7}])
+def test_binning_in_blocks_of_rows_gives_the_whole_layers_float64_indices(monkeypatch, dtype, options):
+    """A wide layer is binned a block of rows at a time, never copied whole to float64: the
+    indices are those of the formula on the whole float64 layer, in the smallest integer type."""
+    import pipeline.estimators.binning as binning
+
+    monkeypatch.setattr(binning, "BLOCK_VALUES", 50)  # blocks of 4 rows of 12 values, and a last part
+    t = (np.random.default_rng(3).standard_normal((30, 3, 4)) * 1.7).astype(dtype)
+    whole = t.reshape(30, -1).astype(np.float64)
+    if "bin_size" in options:
+        expected = np.floor(whole / options["bin_size"])
+    else:
+        n_bins = options.get("n_bins", 30)
+        low, high = ((whole.min(), whole.max()) if options.get("range") == "layer"
+                     else (options.get("low", -1.0), options.get("high", 1.0)))
+        expected = np.clip(np.floor((whole - low) / (high - low) * n_bins), 0, n_bins - 1)
+    got = discretise(t, **options)
+    np.testing.assert_array_equal(got, expected)
+    lo, hi = expected.min(), expected.max()
+    assert got.dtype == next(d for d in (np.int8, np.int16, np.int32, np.int64)
+                             if np.iinfo(d).min <= lo and hi <= np.iinfo(d).max)
+
+
 def test_binning_layer_range_and_bin_size_do_not_clip_relu():
     t = np.array([[0.0], [2.0], [4.0], [6.0]])
     x = distinct_inputs(4)

@@ -72,12 +72,18 @@ def adam(params, lr: float) -> torch.optim.Adam:
 
 def as_samples(a: np.ndarray, name: str, min_samples: int = 2) -> np.ndarray:
     """(n, ...) array -> (n, features) float64, rejecting NaN/inf and too few samples."""
+    return sample_rows(a, name, min_samples).astype(np.float64, copy=False)
+
+
+def sample_rows(a: np.ndarray, name: str, min_samples: int = 2) -> np.ndarray:
+    """(n, ...) array -> (n, features) in its own numeric dtype (no float64 copy of a large
+    layer), rejecting NaN/inf and too few samples as `as_samples` does."""
     arr = np.asarray(a)
     if arr.ndim == 0:
         raise ValueError(f"{name} must have a sample axis, got a scalar")
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    arr = arr.reshape(arr.shape[0], -1).astype(np.float64, copy=False)
+    arr = arr.reshape(arr.shape[0], -1)
     if arr.shape[0] < min_samples:
         raise ValueError(f"{name} has {arr.shape[0]} samples; this method needs at least {min_samples}")
     if arr.shape[1] == 0:

@@ -10,6 +10,8 @@ in bits. The bound I(X;T) <= log2(#distinct inputs) (12 bits on SZT) is what sat
 
 from __future__ import annotations
 
+import builtins
+
 import numpy as np
 
 from pipeline.estimators._common import (
@@ -20,6 +22,7 @@ from pipeline.estimators._common import (
     is_discrete,
     row_symbols,
     same_length,
+    sample_rows,
 )
 
 RANGES = ("fixed", "layer")
@@ -29,13 +32,28 @@ RANGES = ("fixed", "layer")
 SHUFFLED_SHARE = 0.5
 
 
-def _compact(index: np.ndarray) -> np.ndarray:
-    """The smallest integer type holding the bin indices: rows compare faster when shorter."""
-    lo, hi = (int(index.min()), int(index.max())) if index.size else (0, 0)
+# Values binned at a time, in float64 (32 MiB): a wide layer is binned without a float64 copy of
+# it, so a cell needs little more memory than the layer's own array and its one-byte bin indices.
+BLOCK_VALUES = 1 << 22
+
+
+def _index_dtype(lo: int, hi: int) -> np.dtype:
+    """The smallest integer type holding bin indices lo..hi: rows compare faster when shorter."""
     for dtype in (np.int8, np.int16, np.int32):
         if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
-            return index.astype(dtype)
-    return index.astype(np.int64)
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def _bin_indices(values: np.ndarray, index_of) -> np.ndarray:
+    """`index_of` (monotone non-decreasing, on float64) of every value, block by block of rows.
+    Its value at the extremes bounds every index, which sets the output type before binning."""
+    lo, hi = index_of(np.array([values.min(), values.max()], dtype=np.float64))
+    out = np.empty(values.shape, dtype=_index_dtype(int(lo), int(hi)))
+    rows = max(1, BLOCK_VALUES // values.shape[1])
+    for start in builtins.range(0, len(values), rows):
+        out[start:start + rows] = index_of(values[start:start + rows].astype(np.float64))
+    return out
 
 
 def discretise(t: np.ndarray, n_bins: int = 30, range: str = "fixed", low: float = -1.0,
@@ -54,11 +72,11 @@ def discretise(t: np.ndarray, n_bins: int = 30, range: str = "fixed", low: float
     bin_size : float, optional
         Saxe et al.'s floor(t / bin_size), unbounded; overrides `n_bins` and `range`.
     """
-    values = as_samples(t, "t", min_samples=1)
+    values = sample_rows(t, "t", min_samples=1)
     if bin_size is not None:
         if bin_size <= 0:
             raise ValueError(f"bin_size must be positive, got {bin_size}")
-        return _compact(np.floor(values / bin_size))
+        return _bin_indices(values, lambda v: np.floor(v / bin_size))
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     if range not in RANGES:
@@ -67,8 +85,7 @@ def discretise(t: np.ndarray, n_bins: int = 30, range: str = "fixed", low: float
         low, high = float(values.min()), float(values.max())
     if not high > low:
         return np.zeros(values.shape, dtype=np.int8)  # a constant layer: one bin
-    index = np.floor((values - low) / (high - low) * n_bins)
-    return _compact(np.clip(index, 0, n_bins - 1))
+    return _bin_indices(values, lambda v: np.clip(np.floor((v - low) / (high - low) * n_bins), 0, n_bins - 1))
 
 
 def binning_mutual_information(a: np.ndarray, b: np.ndarray, n_bins: int = 30, range: str = "fixed",
