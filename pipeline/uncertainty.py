@@ -126,7 +126,22 @@ def checked_plane(estimator, out: Any) -> dict[str, float]:
         returned = ", ".join(map(str, out)) or "nothing"
         raise EstimatorOutputError(f"estimator {name!r} returned no {', '.join(missing)} (it returned "
                                    f"{returned}): return I_XT, I_TY and each declared output")
+    if odd := [f"{key} = {out[key]!r:.60}" for key in ("I_XT", "I_TY", *estimator.outputs)
+               if not _is_number(out[key])]:
+        raise EstimatorOutputError(f"estimator {name!r} returned {', '.join(odd)}: return each as one "
+                                   "number (a float; NaN where it does not exist)")
     return dict(out)
+
+
+def _is_number(value: Any) -> bool:
+    """A Python, numpy or one-element torch scalar (no string, bool or array of several)."""
+    if isinstance(value, str | bytes | bool | np.bool_) or getattr(value, "ndim", 0) != 0:
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def rows_estimate(estimator, x, t, y, params: dict[str, Any]) -> Callable[..., dict[str, float]]:

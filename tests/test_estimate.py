@@ -292,6 +292,8 @@ def test_cells_whose_values_are_all_nan_stay_done_across_runs(runs, capsys, regi
     ({"I_XT": 1.0}, "returned no I_TY, calls (it returned I_XT)"),
     ({"I_XT": 1.0, "I_TY": 0.5}, "returned no calls (it returned I_XT, I_TY)"),  # a declared output
     (1.0, "returned float, not a dict"),
+    ({"I_XT": [1.0, 2.0], "I_TY": "0.1", "calls": np.float32(1)},
+     "returned I_XT = [1.0, 2.0], I_TY = '0.1': return each as one number"),
 ])
 def test_an_estimator_returning_less_than_it_declares_fails_and_leaves_its_cells_to_compute(
         runs, register, returned, message, capsys):
