@@ -611,7 +611,7 @@ def _advance(bar: tqdm, tasks: int = 1) -> None:
 
 
 def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_tasks: list[FisherTask],
-             scheduler: str | None, scheduler_file: str | None, handle, desc: str) -> list[str]:
+             scheduler: str | None, scheduler_file: str | None, handle, desc: str) -> list[dict[str, Any]]:
     """Run every task (in this process, or on Dask), handing each result to `handle` as it comes;
     returns the failures (`failure_report`): units whose estimator raised, and units that failed
     after their retries."""
