@@ -29,10 +29,21 @@ def base_parser(description: str, several_configs: bool = False,
     if archive:
         parser.add_argument("--archive", default=None, metavar="PATH",
                             help="work on this archive (any recording) instead of a config's run")
+        parser.add_argument("--results", default=None, metavar="PATH",
+                            help="with --archive: the results store, instead of estimates.zarr beside "
+                                 "the archive (a read-only or shared archive)")
     parser.add_argument("--runs", default="data/runs", help="directory holding one folder per run")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key, e.g. train.n_epochs=50")
     return parser
+
+
+def refuse_results_without_archive(args: argparse.Namespace) -> None:
+    """`--results` places the store of an `--archive` run; a config's run keeps its own."""
+    if args.results and not args.archive:
+        print("error: --results goes with --archive (a config's run keeps its results in its run "
+              "folder); add --archive PATH or leave --results out", file=sys.stderr)
+        sys.exit(2)
 
 
 def refuse_with_archive(args: argparse.Namespace, stage: str) -> None:

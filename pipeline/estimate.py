@@ -214,8 +214,10 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", scheduler: s
 def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | None = None,
                      scheduler: str | None = None, scheduler_file: str | None = None,
                      netcdf: bool = False, selection: Selection = Selection(),
-                     estimators: dict[str, dict[str, Any]] | None = None) -> int:
-    """Compute every missing cell of the results store beside an archive; returns an exit code.
+                     estimators: dict[str, dict[str, Any]] | None = None,
+                     results: str | Path | None = None) -> int:
+    """Compute every missing cell of the results store beside an archive (or at `results`: the
+    archive's folder is then only read); returns an exit code.
 
     `settings` holds the [estimate] and [estimators.*] tables (default: every method with its
     papers' parameters); `estimators` alone replaces the entries this run computes, e.g.
@@ -229,7 +231,7 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
     check_scheduler(scheduler, scheduler_file)
     if scheduler is None and scheduler_file is None:
         start_worker_server()  # its imports overlap the checks and planning below
-    paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
+    paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths, results)
     settings = settings or EstimatorsConfig()
     if estimators is not None:
         estimators = expand_sweeps(estimators)
@@ -243,8 +245,8 @@ def estimate_archive(paths: RunPaths | str | Path, settings: EstimatorsConfig | 
         check_devices_here(entries)
     splits, notes = usable_splits(archive, settings.estimate)
     selection.check(list(entries), archive.seeds, splits, paths.archive, archive.name, archive.layers)
-    lock = lock_file(paths.run_dir, "estimates", wait=False, error=ResultsError,
-                     busy=f"another `make estimate` is writing {paths.run_dir}; wait for it to finish "
+    lock = lock_file(paths.results.parent, paths.results.stem, wait=False, error=ResultsError,
+                     busy=f"another `make estimate` is writing {paths.results}; wait for it to finish "
                      "(results are kept) and run again")
     try:
         code = _estimate(archive, paths, entries, settings.estimate, splits, notes, scheduler,

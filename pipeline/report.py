@@ -49,8 +49,9 @@ def main(cfg: ExperimentConfig, runs_dir: str | Path = "data/runs", figures_dir:
 
 def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figures",
                    intervals: bool = True, wanted: list[str] | None = None,
-                   formats: str | tuple[str, ...] = FORMATS) -> int:
-    """Every figure of an archive and its results store into `figures_dir/<run>/`, with index.html.
+                   formats: str | tuple[str, ...] = FORMATS, results: str | Path | None = None) -> int:
+    """Every figure of an archive and its results store (beside it, or at `results`) into
+    `figures_dir/<run>/`, with index.html.
 
     Parts the archive lacks (history, gradient statistics, weights) and results not computed yet
     are skipped, each with one note saying why. `formats`: each figure's files, PNG and PDF by
@@ -60,7 +61,7 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
         formats = checked_formats(formats)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths)
+    paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths, results)
     messages: list[str] = []
     archive = ArchiveReader(paths.archive)
     # an unreadable or foreign results store stops here, before a figure of the last report is replaced

@@ -6,9 +6,10 @@
     python -m stages.estimate --config configs/szt_relu.toml --only kde_upper_1e-1 --seeds 0 1 \
         --splits all --every 4 --layers 'dense*'                 # part of the cells
     python -m stages.estimate --archive runs/mine/archive.zarr [--config estimators.toml]
+    python -m stages.estimate --archive /shared/run/archive.zarr --results mine/estimates.zarr
 """
 
-from pipeline.cli import base_parser, guarded, run_stage
+from pipeline.cli import base_parser, guarded, refuse_results_without_archive, run_stage
 from pipeline.cluster import start_worker_server
 from pipeline.config import load_config
 
@@ -30,6 +31,7 @@ def cli() -> None:
                         help="compute only these layers (names or patterns, e.g. 'conv*'; the Fisher "
                              "traces take every layer)")
     args = parser.parse_args()
+    refuse_results_without_archive(args)
     options = {"scheduler": args.scheduler, "scheduler_file": args.scheduler_file, "netcdf": args.netcdf}
     if args.scheduler is None and args.scheduler_file is None:
         start_worker_server()  # the workers' import of the task code runs beside this process's
@@ -47,7 +49,8 @@ def cli() -> None:
 
         def on_archive() -> int:
             settings = archive_settings(args.config[0] if args.config else None, args.overrides)
-            return estimate_archive(args.archive, settings, selection=selection(), **options)
+            return estimate_archive(args.archive, settings, selection=selection(), results=args.results,
+                                    **options)
         guarded(on_archive)
 
     configs = args.config or [None]

@@ -3,6 +3,7 @@
     python -m stages.figures --config configs/szt_tanh.toml [--no-intervals] [--figures figures]
     python -m stages.figures --formats png,svg                       # each figure as PNG and SVG
     python -m stages.figures --archive runs/mine/archive.zarr      # any archive, results beside it
+    python -m stages.figures --archive /shared/run/archive.zarr --results mine/estimates.zarr
     python -m stages.figures --compare runs/a/archive.zarr runs/b/archive.zarr   # runs side by side
 """
 
@@ -10,7 +11,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; the library leaves the backend to its caller
 
-from pipeline.cli import base_parser, guarded, refuse_with_archive, run_stage  # noqa: E402
+from pipeline.cli import (  # noqa: E402
+    base_parser,
+    guarded,
+    refuse_results_without_archive,
+    refuse_with_archive,
+    run_stage,
+)
 from pipeline.compare_runs import compare_runs  # noqa: E402
 from pipeline.figure_files import FORMATS  # noqa: E402
 from pipeline.report import main, report_archive  # noqa: E402
@@ -30,8 +37,10 @@ def cli() -> None:
     if args.compare:
         guarded(lambda: compare_runs(args.compare, args.figures, args.formats))
     refuse_with_archive(args, "figures")
+    refuse_results_without_archive(args)
     if args.archive:
-        guarded(lambda: report_archive(args.archive, args.figures, args.intervals, formats=args.formats))
+        guarded(lambda: report_archive(args.archive, args.figures, args.intervals, formats=args.formats,
+                                       results=args.results))
     run_stage(lambda a, cfg: main(cfg, a.runs, a.figures, a.intervals, a.formats), args)
 
 

@@ -5,6 +5,7 @@ environments (torch version, threads, device) of the sessions that trained it.
 
     python -m stages.verify --config configs/szt_tanh.toml      # or: make verify
     python -m stages.verify --archive runs/mine/archive.zarr     # and the estimates.zarr beside it
+                            [--results mine/estimates.zarr]   # or this results store
     python -m stages.verify path/to/archive.zarr path/to/estimates.zarr
 """
 
@@ -12,7 +13,13 @@ import sys
 from pathlib import Path
 
 from pipeline.archive import ArchiveReader
-from pipeline.cli import DEFAULT_CONFIG, base_parser, guarded, refuse_with_archive
+from pipeline.cli import (
+    DEFAULT_CONFIG,
+    base_parser,
+    guarded,
+    refuse_results_without_archive,
+    refuse_with_archive,
+)
 from pipeline.config import load_config
 from pipeline.runs import RunPaths
 from pipeline.verify import is_results_store, verify
@@ -23,11 +30,12 @@ def cli() -> None:
     parser.add_argument("paths", nargs="*", type=Path, help="archive.zarr or estimates.zarr folders")
     args = parser.parse_args()
     refuse_with_archive(args, "verify")
+    refuse_results_without_archive(args)
 
     def body() -> int:
         paths = list(args.paths)
         if not paths:
-            run = (RunPaths.from_archive(args.archive) if args.archive else
+            run = (RunPaths.from_archive(args.archive, args.results) if args.archive else
                    RunPaths.of(args.runs, load_config(args.config or DEFAULT_CONFIG, args.overrides).name))
             paths = [run.archive] + ([run.results] if run.results.exists() else [])
         damage = [line for path in paths for line in verify(path, progress=True)]

@@ -453,6 +453,31 @@ def test_missing_archive_is_one_clear_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def _listing(folder) -> dict[str, float]:
+    return {str(path.relative_to(folder)): path.stat().st_mtime for path in folder.rglob("*")}
+
+
+def test_a_results_store_away_from_the_archive_leaves_its_folder_untouched(runs, tmp_path):
+    """A shared or read-only archive: `--results` puts the store (and its lock) elsewhere, and
+    the figures and verify stages read it from there."""
+    run_dir, store = runs / "tiny", tmp_path / "mine" / "tiny_estimates.zarr"
+    before = _listing(run_dir)
+    toml = tmp_path / "estimators.toml"
+    toml.write_text('[estimators.binning_10]\nmethod = "binning"\nn_bins = 10\n')
+    archive = str(run_dir / "archive.zarr")
+    run_stage("estimate", "--archive", archive, "--results", str(store), "--config", str(toml),
+              "--scheduler", "synchronous")
+    assert _listing(run_dir) == before
+    assert bool(xr.open_zarr(store).done.all())
+    proc = run_stage("figures", "--archive", archive, "--results", str(store), "--figures",
+                     str(tmp_path / "figures"), "--formats", "png")
+    assert (tmp_path / "figures" / "tiny" / "plane_binning_10_all.png").exists(), proc.stdout
+    proc = run_stage("verify", "--archive", archive, "--results", str(store))
+    assert f"0 problem(s) in {archive}, {store}" in proc.stdout
+    proc = run_stage("estimate", "--config", str(TINY), "--results", str(store), check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("add --archive PATH or leave --results out")
+
+
 def test_netcdf_export(runs):
     estimate(config(binning_10=ESTIMATORS["binning_10"]), runs, scheduler="synchronous", netcdf=True)
     exported = runs / "tiny" / "estimates.nc"
