@@ -102,7 +102,9 @@ def class_codes(labels: np.ndarray, n: int) -> np.ndarray:
         fractional = fractions(labels)
         if fractional.any():
             raise RecordError(f"labels: {int(fractional.sum())} are not whole numbers (e.g. "
-                              f"{labels[fractional][0]}); pass class codes, not probabilities")
+                              f"{labels[fractional][0]}); pass class codes, not probabilities (a "
+                              "continuous target is not a label: record without labels and read I(T;Y) "
+                              "with mutual_information(t, target, 'ksg'), docs/extending.md)")
     elif labels.dtype.kind not in "biu":
         raise RecordError(f"labels: dtype {labels.dtype}; pass integer class codes 0..K-1")
     codes = labels.astype(np.int64)

@@ -465,7 +465,8 @@ def test_snapshots_already_committed_are_skipped_and_a_changed_recording_is_refu
 
 
 @pytest.mark.parametrize("labels, message", [
-    (np.tile([0.5, 1.0], 20), "labels: 20 are not whole numbers \\(e.g. 0.5\\)"),
+    (np.tile([0.5, 1.0], 20), "labels: 20 are not whole numbers \\(e.g. 0.5\\); .*a continuous target is "
+                              "not a label: record without labels and read I\\(T;Y\\) with"),
     (np.tile([np.nan, 1.0], 20), "labels: 20 are NaN or infinite"),
     (np.tile([-1, 1], 20), "labels: 20 are negative \\(smallest -1\\); pass class codes 0..K-1"),
     (np.eye(2)[np.tile([0, 1], 20)], "labels: expected shape \\(40,\\), one per input, got \\(40, 2\\)"),
