@@ -601,7 +601,7 @@ ETA_AFTER = 5  # tasks completed before a time left is shown: the first ones say
 def _progress(total: int, desc: str) -> tqdm:
     """A bar whose time left is the mean rate since the start, shown once a few tasks are done."""
     return tqdm(total=total, unit="task", desc=desc, mininterval=1.0, dynamic_ncols=True, smoothing=0,
-                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, time left after "
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, time left shown after "
                            f"{ETA_AFTER} tasks]")
 
 
