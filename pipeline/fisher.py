@@ -67,27 +67,32 @@ def parameter_difference(recorded: dict[str, tuple[int, ...]],
     return "; ".join(differing[:3]) + ("; ..." if len(differing) > 3 else "") if differing else None
 
 
+def spec_mismatch(spec: dict, input_shape: tuple[int, ...], n_classes: int,
+                  recorded: dict[str, tuple[int, ...]]) -> str | None:
+    """Why `spec` cannot rebuild the network whose parameters are `recorded` ("factory 'f'
+    fails (...)" or "factory 'f' builds other parameters than were recorded (...)"), or None."""
+    from pipeline.models import state_arrays
+
+    try:
+        model = model_from_spec(spec, input_shape, n_classes)
+    except Exception as err:  # noqa: BLE001 - the user's factory: any error, named in one line
+        return f"factory {spec.get('factory')!r} fails ({type(err).__name__}: {err})"
+    built = {name: tuple(value.shape) for name, value in state_arrays(model).items()}
+    difference = parameter_difference({name: tuple(shape) for name, shape in recorded.items()}, built)
+    return difference and (f"factory {spec.get('factory')!r} builds other parameters than were recorded "
+                           f"({difference})")
+
+
 def check_rebuilt_model(archive: ArchiveReader) -> None:
     """ArchiveError, in one line, unless the archive's model factory builds a network whose
     parameters are those recorded (names and shapes): run once before the Fisher tasks, which
     would otherwise each fail in `load_state_dict`, on every worker and every retry."""
-    from pipeline.models import state_arrays
-
-    factory = archive.attrs["model"]["factory"]
-    fix = ("restore the factory the archive was recorded with, or leave the Fisher traces out "
-           "(`--set estimate.fisher=false`)")
-    try:
-        model = rebuild_model(archive)
-    except ArchiveError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the user's factory: any error, named in one line
-        raise ArchiveError(f"Fisher information: the archive's model factory {factory!r} fails "
-                           f"({type(err).__name__}: {err}); {fix}") from None
-    built = {name: tuple(value.shape) for name, value in state_arrays(model).items()}
-    recorded = {name: tuple(shape) for name, shape in archive.attrs["parameters"].items()}
-    if difference := parameter_difference(recorded, built):
-        raise ArchiveError(f"Fisher information: the archive's model factory {factory!r} builds other "
-                           f"parameters than were recorded ({difference}); {fix}")
+    problem = spec_mismatch(archive.attrs["model"], tuple(archive.inputs.shape[1:]),
+                            archive.layer_shapes[archive.output_layer][0], archive.attrs["parameters"])
+    if problem:
+        raise ArchiveError(f"Fisher information: the archive's model {problem}; restore the factory the "
+                           "archive was recorded with, or leave the Fisher traces out "
+                           "(`--set estimate.fisher=false`)")
 
 
 def fisher_traces(model: torch.nn.Module, inputs: torch.Tensor, layer_params: dict[str, list[str]],

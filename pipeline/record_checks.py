@@ -182,20 +182,11 @@ def check_model_spec_builds(model_spec: dict[str, Any], parameters: dict[str, tu
                             input_shape: tuple[int, ...], n_classes: int) -> None:
     """RecordError unless `model_spec` builds a network with the recorded model's parameters
     (names and shapes): the Fisher traces load each snapshot's weights into it."""
-    from pipeline.fisher import model_from_spec, parameter_difference
-    from pipeline.models import state_arrays
+    from pipeline.fisher import spec_mismatch
 
-    factory = model_spec.get("factory")
-    try:
-        built = model_from_spec(model_spec, input_shape, n_classes)
-    except Exception as err:  # noqa: BLE001 - the user's factory: any error, named in one line
-        raise RecordError(f"model_spec: the factory {factory!r} fails ({type(err).__name__}: "
-                          f"{err})") from None
-    shapes = {name: tuple(value.shape) for name, value in state_arrays(built).items()}
-    if difference := parameter_difference(dict(parameters), shapes):
-        raise RecordError(f"model_spec: the factory {factory!r} builds another network than the one "
-                          f"recorded ({difference}); give it the settings (`config`) that build this model, "
-                          "or leave model_spec out (no Fisher information)")
+    if problem := spec_mismatch(model_spec, input_shape, n_classes, parameters):
+        raise RecordError(f"model_spec: the {problem}; give it the settings (`config`) that build this "
+                          "model, or leave model_spec out (no Fisher information)")
 
 
 def layer_name_problem(name: Any) -> str | None:

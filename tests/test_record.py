@@ -658,7 +658,7 @@ def test_a_closed_recorder_refuses_what_it_would_drop(tmp_path):
     ({"model_spec": {"factory": "nope"}}, "model_spec: unknown model 'nope'; registered: mlp"),
     ({"model_spec": {"factory": "tests.own_models:absent"}}, "model_spec: entry point .* has no 'absent'"),
     ({"model_spec": {"factory": "tests.own_models:build", "config": {"options": {"channels": 4}}}},
-     r"model_spec: the factory 'tests.own_models:build' builds another network than the one recorded "
+     r"model_spec: the factory 'tests.own_models:build' builds other parameters than were recorded "
      r"\(stem.0.weight \(3, 1, 3, 3\) recorded, \(4, 1, 3, 3\) built; .*\); give it the settings"),
     ({"model_spec": {"factory": "tests.own_models:build", "config": {"options": {"channels": -1}}}},
      r"model_spec: the factory 'tests.own_models:build' fails \(RuntimeError: "),
