@@ -629,7 +629,7 @@ def _execute(settings: EstimateConfig, path: str, tasks: list[Task], fisher_task
                 _take(run_batch(path, unit), handle, failures)
                 _advance(bar, len(unit.tasks))
             for ftask in fisher_tasks:
-                handle(run_fisher_task(path, ftask))
+                _take([run_fisher_task(path, ftask)], handle, failures)
                 _advance(bar)
             return failures
         from distributed import as_completed

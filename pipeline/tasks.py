@@ -141,23 +141,29 @@ def batch_tasks(tasks: Sequence[Task]) -> list[TaskBatch]:
     return units + [TaskBatch(tuple(group)) for group in batched.values()]
 
 
-class EstimatorFailed(Exception):
-    """An estimator raised something other than a ValueError (a bug in its code, say): the same on
-    every try, so the unit's result reports it (`failure_result`) instead of raising, which would
-    have Dask retry it. `problem` names the error and where it arose; `cell` the first cell."""
+class TaskFailed(Exception):
+    """A task's code raised something other than a ValueError (a bug in an estimator, a rebuilt
+    model that cannot run): the same on every try, so the unit's result reports it
+    (`failure_result`) instead of raising, which would have Dask retry it. `problem` names the
+    error, where it arose and the fix; `cell` where it happened first."""
 
-    def __init__(self, task: Task, epoch: int, err: BaseException):
+    def __init__(self, cell: str, what: str, fix: str, err: BaseException):
         frame = _raising_frame(err)
         where = f" at {frame.filename}:{frame.lineno} in {frame.name}" if frame else ""
-        method = task.table["method"]
-        fix = ("a bug in infoplane: please report it with the command and the traceback above"
-               if method in BUILTIN_METHODS else
-               "fix that function and run the same command again (the cells already stored are kept)")
-        raised = f"estimator {method!r} raised {type(err).__name__}: {err}{where}"
+        raised = f"{what} raised {type(err).__name__}: {err}{where}"
         self.problem = f"{err if isinstance(err, EstimatorOutputError) else raised}; {fix}"
-        self.cell = task.cell_label(epoch)
+        self.cell = cell
         self.traceback = "".join(traceback.format_exception(err))
-        super().__init__(f"{self.cell}: {self.problem}")
+        super().__init__(f"{cell}: {self.problem}")
+
+
+def estimator_failure(task: Task, epoch: int):
+    """`failures_reported` for one cell of an estimator entry."""
+    method = task.table["method"]
+    fix = ("a bug in infoplane: please report it with the command and the traceback above"
+           if method in BUILTIN_METHODS else
+           "fix that function and run the same command again (the cells already stored are kept)")
+    return failures_reported(task.cell_label(epoch), f"estimator {method!r}", fix, passed=(ValueError,))
 
 
 NUMERIC_LIBRARIES = ("numpy", "scipy", "torch", "sklearn", "pandas", "numba", "jax")
@@ -183,29 +189,30 @@ def _raising_frame(err: BaseException) -> traceback.FrameSummary | None:
 
 
 @contextlib.contextmanager
-def failures_reported(task: Task, epoch: int):
-    """Turn an estimator's error into EstimatorFailed, but for a ValueError (the cell's NaN and
-    warning) and running out of memory (which another try, on a less loaded worker, may not)."""
+def failures_reported(cell: str, what: str, fix: str, passed: tuple[type[Exception], ...] = ()):
+    """Turn an error of the code within into TaskFailed, but for the `passed` types (an
+    estimator's ValueError: its NaN cell and warning) and running out of memory (which another
+    try, on a less loaded worker, may not)."""
     try:
         yield
-    except (ValueError, MemoryError, torch.OutOfMemoryError):
+    except (*passed, MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as err:  # noqa: BLE001 - reported with its traceback, not retried
-        raise EstimatorFailed(task, epoch, err) from err
+        raise TaskFailed(cell, what, fix, err) from err
 
 
-def failure_result(failed: EstimatorFailed, tasks: int) -> dict[str, Any]:
-    """What a worker returns for a unit whose estimator raised (see EstimatorFailed)."""
+def failure_result(failed: TaskFailed, tasks: int) -> dict[str, Any]:
+    """What a worker returns for a unit whose code raised (see TaskFailed)."""
     return {"failure": failed.problem, "cell": failed.cell, "traceback": failed.traceback, "tasks": tasks}
 
 
 def _cell(task: Task, x: np.ndarray, t: np.ndarray, y: np.ndarray, params: dict[str, Any], h_x: float,
           epoch: int, messages: list[str]) -> dict[str, float]:
     """One cell of a task; a ValueError becomes NaN plus a warning, and so does a NaN or infinite
-    I_XT or I_TY the estimator returns without saying why; other errors: `failures_reported`."""
+    I_XT or I_TY the estimator returns without saying why; other errors: `estimator_failure`."""
     where = task.cell_label(epoch)
     try:
-        with failures_reported(task, epoch):
+        with estimator_failure(task, epoch):
             out = cell_estimate(task.definition, x, t, y, params, task.options, input_entropy=h_x)
     except ValueError as err:
         messages.append(f"{where}: {err}")
@@ -252,7 +259,7 @@ def run_batch(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
         if len(batch.tasks) == 1:
             return [run_task(archive_path, batch.tasks[0])]
         return _run_together(archive_path, batch)
-    except EstimatorFailed as failed:
+    except TaskFailed as failed:
         return [failure_result(failed, len(batch.tasks))]
 
 
@@ -279,7 +286,7 @@ def _run_together(archive_path: str, batch: TaskBatch) -> list[dict[str, Any]]:
         planes = None
         if batched:
             try:
-                with failures_reported(first, epoch):
+                with estimator_failure(first, epoch):
                     planes = first.definition.batched(x, t, y, settings, [index[split] for split in splits])
             except ValueError:
                 pass  # each cell alone, its error recorded
@@ -310,8 +317,13 @@ class FisherTask:
         return f"fisher-s{self.seed}-e{self.epochs[0]}-{len(self.epochs)}"
 
 
+FISHER_FIX = ("the rebuilt model must take the archived inputs as its one argument and return class "
+              "logits; or leave the Fisher traces out (`--set estimate.fisher=false`)")
+
+
 def run_fisher_task(archive_path: str, task: FisherTask) -> dict[str, Any]:
-    """Fisher traces of every layer at the task's epochs, from the archived weights."""
+    """Fisher traces of every layer at the task's epochs, from the archived weights; an error of
+    the rebuilt model comes back as a `failure_result` (see TaskFailed)."""
     from pipeline.fisher import balanced_probe, fisher_traces, rebuild_model
 
     torch.set_num_threads(1)
@@ -322,11 +334,16 @@ def run_fisher_task(archive_path: str, task: FisherTask) -> dict[str, Any]:
     model = rebuild_model(archive)
     state = model.state_dict()
     traces = []
-    for epoch in task.epochs:
-        for name, values in archive.weights(task.seed, epoch).items():
-            state[name] = torch.as_tensor(values)
-        model.load_state_dict(state)
-        result = fisher_traces(model, inputs, archive.layer_parameters, task.label_seeds)
-        traces.append([result.get(layer, np.nan) for layer in archive.layers])
+    try:
+        for epoch in task.epochs:
+            for name, values in archive.weights(task.seed, epoch).items():
+                state[name] = torch.as_tensor(values)
+            with failures_reported(f"Fisher traces of seed {task.seed} at epoch {epoch}", "the model",
+                                   FISHER_FIX):
+                model.load_state_dict(state)
+                result = fisher_traces(model, inputs, archive.layer_parameters, task.label_seeds)
+            traces.append([result.get(layer, np.nan) for layer in archive.layers])
+    except TaskFailed as failed:
+        return failure_result(failed, 1)
     return {"seed": task.seed, "epochs": list(task.epochs), "layers": archive.layers,
             "traces": np.asarray(traces)}

@@ -692,6 +692,27 @@ def test_a_model_factory_that_no_longer_builds_the_recorded_network_ends_the_est
     assert bool(xr.open_zarr(tmp_path / "tower" / "estimates.zarr").done.all())
 
 
+def test_a_rebuilt_model_that_cannot_run_fails_its_fisher_task_in_one_line(tmp_path, monkeypatch, capsys):
+    """Parameters that match but a forward that fails on the archived inputs (a model of several
+    inputs, say): the Fisher task reports the error once, the estimator cells are written."""
+    path = tmp_path / "tower" / "archive.zarr"
+    train_tower(path, epochs=1, weights=True, model_spec={"factory": "tests.own_models:build", "config": {}})
+
+    def cannot_run(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr("pipeline.fisher.fisher_traces", cannot_run)
+    entries = {"binning_30": {"method": "binning", "n_bins": 30}}
+    assert estimate_archive(path, EstimatorsConfig(estimators=entries), scheduler="synchronous") == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("error: 1 task(s) failed, the first at Fisher traces of seed 0 at epoch 0: the "
+                           "model raised RuntimeError: mat1 and mat2 shapes cannot be multiplied at "), last
+    assert last.endswith("in cannot_run; the rebuilt model must take the archived inputs as its one argument "
+                         "and return class logits; or leave the Fisher traces out "
+                         "(`--set estimate.fisher=false`)"), last
+    stored = xr.open_zarr(tmp_path / "tower" / "estimates.zarr").load()
+    assert bool(stored.done.all()) and not bool(stored.fisher_done.any())
+
+
 def test_each_training_session_records_its_threads_and_device(tmp_path):
     """What a bitwise repeat depends on is kept per seed: one entry per session that trained."""
     path = tmp_path / "run" / "archive.zarr"
