@@ -142,8 +142,8 @@ def batch_tasks(tasks: Sequence[Task]) -> list[TaskBatch]:
 
 
 class TaskFailed(Exception):
-    """A task's code raised something other than a ValueError (a bug in an estimator, a rebuilt
-    model that cannot run): the same on every try, so the unit's result reports it
+    """A task's code raised what another try would raise again (a bug in an estimator, a rebuilt
+    model that cannot run; `failures_reported` says which errors): so the unit's result reports it
     (`failure_result`) instead of raising, which would have Dask retry it. `problem` names the
     error, where it arose and the fix; `cell` where it happened first."""
 
