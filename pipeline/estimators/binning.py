@@ -45,10 +45,11 @@ def _index_dtype(lo: int, hi: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def _bin_indices(values: np.ndarray, index_of) -> np.ndarray:
+def _bin_indices(values: np.ndarray, extremes: np.ndarray, index_of) -> np.ndarray:
     """`index_of` (monotone non-decreasing, on float64) of every value, block by block of rows.
-    Its value at the extremes bounds every index, which sets the output type before binning."""
-    lo, hi = index_of(np.array([values.min(), values.max()], dtype=np.float64))
+    Its value at the `extremes` (the values' minimum and maximum) bounds every index, which sets
+    the output type before binning."""
+    lo, hi = index_of(extremes)
     out = np.empty(values.shape, dtype=_index_dtype(int(lo), int(hi)))
     rows = max(1, BLOCK_VALUES // values.shape[1])
     for start in builtins.range(0, len(values), rows):
@@ -73,19 +74,21 @@ def discretise(t: np.ndarray, n_bins: int = 30, range: str = "fixed", low: float
         Saxe et al.'s floor(t / bin_size), unbounded; overrides `n_bins` and `range`.
     """
     values = sample_rows(t, "t", min_samples=1)
+    extremes = np.array([values.min(), values.max()], dtype=np.float64)
     if bin_size is not None:
         if bin_size <= 0:
             raise ValueError(f"bin_size must be positive, got {bin_size}")
-        return _bin_indices(values, lambda v: np.floor(v / bin_size))
+        return _bin_indices(values, extremes, lambda v: np.floor(v / bin_size))
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     if range not in RANGES:
         raise ValueError(f"range must be one of {RANGES}, got {range!r}")
     if range == "layer":
-        low, high = float(values.min()), float(values.max())
+        low, high = float(extremes[0]), float(extremes[1])
     if not high > low:
         return np.zeros(values.shape, dtype=np.int8)  # a constant layer: one bin
-    return _bin_indices(values, lambda v: np.clip(np.floor((v - low) / (high - low) * n_bins), 0, n_bins - 1))
+    return _bin_indices(values, extremes,
+                        lambda v: np.clip(np.floor((v - low) / (high - low) * n_bins), 0, n_bins - 1))
 
 
 def binning_mutual_information(a: np.ndarray, b: np.ndarray, n_bins: int = 30, range: str = "fixed",
