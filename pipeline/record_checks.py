@@ -55,17 +55,22 @@ def sample_indices(what: str, index: np.ndarray, n: int) -> np.ndarray:
     return index
 
 
+def checked_name(key: str, name: Any) -> None:
+    """`config.check_name`'s rule for a run or split name given to the Recorder, as a RecordError."""
+    try:
+        check_name(key, str(name))
+    except ConfigError as err:
+        raise RecordError(str(err)) from None
+
+
 def split_codes(n: int, splits: dict[str, Any] | None) -> tuple[np.ndarray, tuple[str, ...]]:
     """One code per sample from `{name: indices}`; the splits must partition the samples."""
     if not splits:
         return np.zeros(n, dtype=np.int8), ("all",)
     if "all" in splits:
         raise RecordError("splits: 'all' is reserved (it means every recorded sample)")
-    for name in splits:
-        try:  # split names end up in the figures' file names
-            check_name("splits", str(name))
-        except ConfigError as err:
-            raise RecordError(str(err)) from None
+    for name in splits:  # split names end up in the figures' file names
+        checked_name("splits", name)
     codes = np.full(n, -1, dtype=np.int8)
     for code, (name, index) in enumerate(splits.items()):
         index = sample_indices(f"splits[{name!r}]", as_numpy(index), n)
@@ -160,10 +165,7 @@ def check_options(layers: list[str], *, output_layer: str | None, activation_dty
         raise RecordError(f"batch_size: the probe samples per forward pass, a whole number >= 1, got "
                           f"{batch_size!r}")
     if name is not None:  # the run's name, checked as a config's is
-        try:
-            check_name("name", str(name))
-        except ConfigError as err:
-            raise RecordError(str(err)) from None
+        checked_name("name", name)
     try:
         json.dumps(extra or {})
     except TypeError as err:
