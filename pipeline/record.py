@@ -365,7 +365,9 @@ class Recorder:
 
     Parameters
     ----------
-    path : archive.zarr path; created on first use, reopened (and checked) on resume.
+    path : the archive's path; created on first use, reopened (and checked) on resume. One
+        called `archive.zarr` owns its folder (checkpoints in `checkpoints/`); `<name>.zarr` may
+        share it (checkpoints in `<name>.checkpoints/`; pipeline.runs).
     model : the network; it is only read (probe passes in eval mode, mode restored). A
         `torch.compile`d or (Distributed)DataParallel model is recorded through the module
         it wraps, under that module's names. None: no torch model; each snapshot then passes
@@ -377,6 +379,8 @@ class Recorder:
         arguments or a dict for keyword arguments; the first part is archived as X) and their
         integer labels (None: no I(T;Y) can be estimated).
     splits : `{name: indices}` partitioning the samples; None: one split, "all".
+    seed, name : the seed this run records; the run's name in the figures (None: the archive's
+        folder for `archive.zarr`, else the archive's name without `.zarr`).
     epochs, n_epochs : the planned snapshot epochs and training length, when known (arrays are
         then allocated once; otherwise they grow).
     nonfinite : "stop" raises NonFiniteActivations at a snapshot whose layers hold NaN or inf
@@ -426,7 +430,7 @@ class Recorder:
             output = next(x for x in self.spec.layers if x.name == self.spec.output_layer)
             check_model_spec_builds(model_spec, self.spec.parameters, tuple(self.spec.inputs.shape[1:]),
                                     output.shape[0])
-        self._open_archive()
+        self._archive_identity = self._open_archive()
         layer_parameters = {x.name: list(x.parameters) for x in self.spec.layers}
         self.gradients = GradientStats(model, layer_parameters) if gradients else None
         self._lock = lock_seed(self.paths.seed_checkpoints(self.seed), "trainer", wait=False)
@@ -444,12 +448,13 @@ class Recorder:
         self._closed = False
 
     # -- set-up -----------------------------------------------------------------------------
-    def _open_archive(self) -> None:
-        """Create the archive, or check that the existing one records the same thing."""
+    def _open_archive(self) -> str:
+        """Create the archive, or check that the existing one records the same thing; returns its
+        identity, which each checkpoint carries."""
         path = self.paths.archive
         if not path.exists():
             create_archive(path, self.spec, provenance())
-            return
+            return ArchiveReader(path).identity
         existing = ArchiveReader(path).attrs
         if "recording_hash" not in existing:
             raise ArchiveError(f"{path} has archive schema {existing['schema_version']}, which this "
@@ -459,6 +464,7 @@ class Recorder:
             raise ArchiveError(f"{path} was recorded with other inputs, layers or parameters: "
                                "delete it to record afresh, or record into another path")
         prepare_for_writing(path)
+        return ArchiveReader(path).identity
 
     # -- the loop's calls ---------------------------------------------------------------------
     @property
@@ -480,8 +486,7 @@ class Recorder:
             return -1
         if self.optimizer is None or self.finished:
             return self._epochs[-1]
-        ckpt_path = self.paths.seed_checkpoints(self.seed) / f"snapshot_{len(self._epochs) - 1}.pt"
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = self._last_checkpoint()
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -490,6 +495,20 @@ class Recorder:
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
         return int(ckpt["epoch"])
+
+    def _last_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint of the last committed snapshot, refused where it is gone or where another
+        recording wrote it."""
+        path = self.paths.seed_checkpoints(self.seed) / f"snapshot_{len(self._epochs) - 1}.pt"
+        if not path.exists():
+            raise RecordError(f"resume: {path} is missing, so seed {self.seed} of {self.paths.archive} "
+                              "cannot continue where it stopped; record into a new path (or delete the "
+                              "archive) to train this seed afresh")
+        ckpt = torch.load(path, weights_only=False)
+        if ckpt.get("archive", self._archive_identity) != self._archive_identity:
+            raise RecordError(f"resume: {path} was written for another archive than {self.paths.archive}; "
+                              "record into a new path (or delete the archive) to train this seed afresh")
+        return ckpt
 
     def gradient_step(self) -> None:
         """Call after each `loss.backward()` to record the gradients' mean and spread."""
@@ -648,7 +667,8 @@ class Recorder:
                     "torch_rng": torch.get_rng_state(),
                     "generators": [g.get_state() for g in self.generators],
                     "cuda_rng": torch.cuda.get_rng_state(cuda) if cuda is not None else None,
-                    "epoch": int(epoch), "snapshot_index": index}, buffer)
+                    "epoch": int(epoch), "snapshot_index": index,
+                    "archive": self._archive_identity}, buffer)
         return buffer.getvalue()
 
     def _submit(self, commit: Commit, through: int) -> None:

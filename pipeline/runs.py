@@ -1,9 +1,16 @@
-"""Where a run's files live: the one owner of every path under `data/runs/<run>/`.
+"""Where a run's files live: the one owner of every path of a run.
 
     paths = RunPaths.of("data/runs", "szt_tanh")      # a built-in config's run
     paths = RunPaths.from_archive("runs/mine/archive.zarr")   # any archive: results beside it
+    paths = RunPaths.from_archive("runs/lr_0.1.zarr")         # several archives in one folder
     paths = RunPaths.from_archive("/shared/run/archive.zarr", results="mine/estimates.zarr")
     paths.archive, paths.results, paths.seed_checkpoints(0), paths.figures("figures")
+
+An archive called `archive.zarr` owns its folder: the run is named after the folder, and its
+results store (`estimates.zarr`) and resume checkpoints (`checkpoints/`) sit beside it. An
+archive of any other name shares its folder with others: the run is named after the archive
+(`lr_0.1`), and its files carry that name (`lr_0.1.estimates.zarr`, `lr_0.1.checkpoints/`,
+figures in `figures/lr_0.1/`), so that two archives in one folder never write into each other's.
 
 The results store may live away from the archive (a read-only or shared archive): the estimate
 stage then writes only there, and its lock beside the store.
@@ -11,20 +18,23 @@ stage then writes only there, and its lock beside the store.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+ARCHIVE_NAME = "archive.zarr"  # the name of an archive that owns its folder
 
 
 @dataclass(frozen=True)
 class RunPaths:
     run_dir: Path
     archive: Path
-    results_store: Path | None = None  # None: estimates.zarr in run_dir
+    results_store: Path | None = None  # None: the store beside the archive (`results`)
 
     @classmethod
     def of(cls, runs_dir: str | Path, name: str) -> RunPaths:
         run_dir = Path(runs_dir) / name
-        return cls(run_dir, run_dir / "archive.zarr")
+        return cls(run_dir, run_dir / ARCHIVE_NAME)
 
     @classmethod
     def from_archive(cls, archive: str | Path, results: str | Path | None = None) -> RunPaths:
@@ -32,16 +42,34 @@ class RunPaths:
         return cls(archive.parent, archive, None if results is None else Path(results))
 
     @property
+    def owns_folder(self) -> bool:
+        return self.archive.name == ARCHIVE_NAME
+
+    @property
     def name(self) -> str:
-        return self.run_dir.name
+        return self.run_dir.name if self.owns_folder else self.archive.name.removesuffix(".zarr")
 
     @property
     def results(self) -> Path:
-        return self.results_store or self.run_dir / "estimates.zarr"
+        if self.results_store is not None:
+            return self.results_store
+        if self.owns_folder:
+            return self.run_dir / "estimates.zarr"
+        own = self.run_dir / f"{self.name}.estimates.zarr"
+        return own if own.exists() or not self._shared_store_is_ours() else self.run_dir / "estimates.zarr"
+
+    def _shared_store_is_ours(self) -> bool:
+        """Whether the folder's `estimates.zarr` holds this archive's results: such a store,
+        written by a release that kept one store per folder, stays this archive's store."""
+        try:
+            attrs = json.loads((self.run_dir / "estimates.zarr" / "zarr.json").read_text())["attributes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return attrs.get("archive_path") == str(self.archive.resolve())
 
     @property
     def checkpoints(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.run_dir / ("checkpoints" if self.owns_folder else f"{self.name}.checkpoints")
 
     def seed_checkpoints(self, seed: int) -> Path:
         return self.checkpoints / f"seed_{seed}"

@@ -1,5 +1,6 @@
 """The Recorder on a researcher's own network and loop, through every stage; archive schemas."""
 
+import contextlib
 import html as html_module
 import os
 import shutil
@@ -22,6 +23,7 @@ from pipeline.estimate import DEFAULT_ESTIMATORS, estimate_archive
 from pipeline.estimators import information_plane
 from pipeline.record import NonFiniteActivations, Recorder, RecordError, capture, layer_layout, match_layers
 from pipeline.report import report_archive
+from pipeline.runs import RunPaths
 from pipeline.verify import verify
 from pipeline.writer import SnapshotRows, WriterProcess
 from tests.helpers import (
@@ -796,6 +798,79 @@ def test_killed_user_script_resumes_to_the_uninterrupted_archive(tmp_path):
     assert ref.with_name("archive.zarr.runs").read_text() == "ran\n" * 2  # never by a worker as it starts
     assert_same_arrays(group_arrays(ref, "seed_0"), group_arrays(killed, "seed_0"))
     assert bool(xr.open_zarr(ref.parent / "estimates.zarr").done.all())
+
+
+def _train_and_record(path, lr: float, stop_after: int | None = None) -> dict[str, torch.Tensor]:
+    """Train a Tower on blobs for 4 epochs into `path`, resuming where it stopped; raise after
+    epoch `stop_after` (the seed stays resumable). Returns the weights after the last epoch run."""
+    x, y = map(torch.from_numpy, blobs(60))
+    torch.manual_seed(0)
+    model = Tower()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with contextlib.suppress(KeyboardInterrupt), \
+            Recorder(path, model, ["stem", "head"], x, y, optimizer=optimizer) as rec:
+        for epoch in range(rec.resume() + 1, 5):
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            rec.snapshot(epoch, loss=loss.item())
+            if epoch == stop_after:
+                raise KeyboardInterrupt
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_archives_sharing_a_folder_keep_their_own_checkpoints_results_and_figures(tmp_path):
+    """Two recordings of one network at two learning rates, side by side in one folder: the
+    second one neither deletes the first one's checkpoints (it used to, when it finished) nor
+    hands it its own (the first resumed with the second's weights and learning rate)."""
+    slow, fast = tmp_path / "lr_0.01.zarr", tmp_path / "lr_0.5.zarr"
+    at_stop = _train_and_record(slow, 0.01, stop_after=2)
+    _train_and_record(fast, 0.5, stop_after=2)
+    _train_and_record(fast, 0.5)
+    x, y = map(torch.from_numpy, blobs(60))
+    torch.manual_seed(0)
+    model = Tower()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Recorder(slow, model, ["stem", "head"], x, y, optimizer=optimizer) as rec:
+        assert rec.resume() == 2
+        assert optimizer.param_groups[0]["lr"] == 0.01
+        assert all(torch.equal(model.state_dict()[k], at_stop[k]) for k in at_stop)
+        rec.close("training")
+    for path in (slow, fast):
+        estimate_archive(path, scheduler="synchronous", estimators={"binning": {"method": "binning"}})
+        report_archive(path, tmp_path / "figures", formats="png")
+    stores = sorted(p.name for p in tmp_path.glob("*estimates.zarr"))
+    assert stores == ["lr_0.01.estimates.zarr", "lr_0.5.estimates.zarr"]
+    for name in ("lr_0.01", "lr_0.5"):
+        assert xr.open_zarr(tmp_path / f"{name}.estimates.zarr").attrs["config_name"] == name
+        assert (tmp_path / "figures" / name / "index.html").exists()
+
+
+def test_a_checkpoint_that_is_gone_or_another_archives_is_refused_at_resume(tmp_path):
+    first, second = tmp_path / "first.zarr", tmp_path / "second.zarr"
+    for path in (first, second):
+        _train_and_record(path, 0.1, stop_after=2)
+    shutil.rmtree(tmp_path / "first.checkpoints")
+    shutil.copytree(tmp_path / "second.checkpoints", tmp_path / "first.checkpoints")
+    with pytest.raises(RecordError, match="first.checkpoints/seed_0/snapshot_2.pt was written for another "
+                                          "archive than .*first.zarr; record into a new path"):
+        _train_and_record(first, 0.1)
+    shutil.rmtree(tmp_path / "first.checkpoints")
+    with pytest.raises(RecordError, match="snapshot_2.pt is missing, so seed 0 of .*first.zarr cannot "):
+        _train_and_record(first, 0.1)
+
+
+def test_a_results_store_shared_by_a_folder_stays_the_store_of_the_archive_that_wrote_it(tmp_path):
+    """A store called estimates.zarr beside an archive of another name (one store per folder, as
+    an earlier release kept) is still found as that archive's store."""
+    archive = tmp_path / "mine.zarr"
+    _train_and_record(archive, 0.1)
+    assert RunPaths.from_archive(archive).results == tmp_path / "mine.estimates.zarr"
+    estimate_archive(archive, scheduler="synchronous", estimators={"binning": {"method": "binning"}},
+                     results=tmp_path / "estimates.zarr")
+    assert RunPaths.from_archive(archive).results == tmp_path / "estimates.zarr"
+    assert RunPaths.from_archive(tmp_path / "other.zarr").results == tmp_path / "other.estimates.zarr"
 
 
 UNCLOSED_SCRIPT = """
