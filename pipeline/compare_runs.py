@@ -1,6 +1,7 @@
 """Runs side by side: each estimator entry's plane in every run, on shared axes.
 
     python -m stages.figures --compare data/runs/szt_tanh/archive.zarr data/runs/szt_relu/archive.zarr
+    python -m stages.figures --compare runs/a/archive.zarr mine/b_estimates.zarr   # an archive or a store
     from pipeline.compare_runs import compare_runs, runs_plane_figure
 
 A comparison across runs (tanh against ReLU, two widths, two optimisers) is only fair on the
@@ -18,6 +19,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+import zarr
 from matplotlib.figure import Figure
 
 from pipeline import figures as F
@@ -86,21 +88,36 @@ def compression_rows(runs: dict[str, xr.Dataset], estimator: str, split: str) ->
     return rows
 
 
+def run_store(path: str | Path) -> tuple[str, Path]:
+    """The run name and results store of one run to compare, given by its archive (the store
+    where the estimate stage writes it by default) or by its results store (one written with
+    `--results`, away from its archive): the run is then named after the archive it records."""
+    try:
+        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    except (FileNotFoundError, ValueError, OSError):
+        attrs = {}
+    if "archive_recording" in attrs:  # only a results store names the recording it holds
+        return RunPaths.from_archive(attrs.get("archive_path", path)).name, Path(path)
+    paths = RunPaths.from_archive(path)
+    return paths.name, paths.results
+
+
 def load_runs(archives: list[str | Path]) -> dict[str, xr.Dataset]:
-    """Each archive's results store, by run name; one ConfigError line for what is missing."""
+    """Each run's results store (an archive or a store, `run_store`), by run name; one
+    ConfigError line for what is missing."""
     if len(archives) < 2:
         raise ConfigError("--compare: give two archives or more")
     runs = {}
     for archive in archives:
-        paths = RunPaths.from_archive(archive)
-        results = open_results(paths.results)
+        name, store = run_store(archive)
+        results = open_results(store)
         if results is None:
-            raise ConfigError(f"--compare: {paths.results} does not exist; run `make estimate "
-                              f"ARCHIVE={archive}` first")
-        if paths.name in runs:
-            raise ConfigError(f"--compare: two runs are named {paths.name!r}; compare runs of "
+            raise ConfigError(f"--compare: {store} does not exist; run `make estimate "
+                              f"ARCHIVE={archive}` first (or name the results store it wrote)")
+        if name in runs:
+            raise ConfigError(f"--compare: two runs are named {name!r}; compare runs of "
                               "different names")
-        runs[paths.name] = masked(results)
+        runs[name] = masked(results)
     return runs
 
 

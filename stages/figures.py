@@ -5,6 +5,7 @@
     python -m stages.figures --archive runs/mine/archive.zarr      # any archive, results beside it
     python -m stages.figures --archive /shared/run/archive.zarr --results mine/estimates.zarr
     python -m stages.figures --compare runs/a/archive.zarr runs/b/archive.zarr   # runs side by side
+    python -m stages.figures --compare runs/a/archive.zarr mine/b_estimates.zarr # or a --results store
 """
 
 import matplotlib
@@ -30,9 +31,10 @@ def cli() -> None:
                         help="leave out the 90%% intervals of the points (seed t or the cells' own)")
     parser.add_argument("--formats", default=",".join(FORMATS),
                         help="each figure's files: png and any of pdf, svg (default %(default)s)")
-    parser.add_argument("--compare", nargs="+", default=None, metavar="ARCHIVE",
+    parser.add_argument("--compare", nargs="+", default=None, metavar="RUN",
                         help="draw these runs' planes side by side on shared axes into "
-                             "figures/<run>_vs_<run>/ (their results stores beside the archives)")
+                             "figures/<run>_vs_<run>/; each run is an archive (its results store "
+                             "beside it) or a results store written with --results")
     args = parser.parse_args()
     if args.compare:
         guarded(lambda: compare_runs(args.compare, args.figures, args.formats))

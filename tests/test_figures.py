@@ -732,3 +732,9 @@ def test_runs_side_by_side_share_axes_and_their_compression_verdicts(tmp_path):
         compare_runs(archives[:1], tmp_path / "figures")
     with pytest.raises(ConfigError, match=r"--compare: .*nope.*estimates.zarr does not exist"):
         compare_runs([archives[0], tmp_path / "nope" / "archive.zarr"], tmp_path / "figures")
+    # a store written away from its archive (--results) is named after the archive it records
+    away = tmp_path / "mine" / "long_estimates.zarr"
+    write_store(long.assign_attrs(archive_path=str(tmp_path / "shared" / "long_run" / "archive.zarr"),
+                                  archive_recording="0" * 32), away)
+    assert compare_runs([archives[0], away], tmp_path / "figures", formats="png") == 0
+    assert (tmp_path / "figures" / "short_vs_long_run" / "plane_renyi_test.png").exists()
