@@ -49,6 +49,20 @@ def test_torch_tensors_give_what_their_numpy_arrays_give():
         information_plane(x, t, y + 0.5, "binning")
 
 
+def test_views_of_arrays_give_what_their_copies_give():
+    """A reversed or strided view (negative strides, which torch cannot wrap) reads as its copy."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6))
+    t = np.tanh(x[:, :3] + 0.3 * rng.normal(size=(300, 3)))
+    y = (x[:, 0] > 0).astype(np.int64)
+    x_view, t_view, y_view = x[::-1, ::-2], t[::-1, ::-1], y[::-1]
+    for method in ("binning", "kde", "renyi", "ksg", "gaussian"):
+        expected = information_plane(x_view.copy(), t_view.copy(), y_view.copy(), method)
+        assert information_plane(x_view, t_view, y_view, method) == expected, method
+        assert mutual_information(t_view, x_view, method) == mutual_information(t_view.copy(), x_view.copy(),
+                                                                                 method), method
+
+
 def test_binning_hand_computed():
     x = distinct_inputs(4)
     t = np.array([[-0.9], [-0.8], [0.5], [0.9]])

@@ -72,7 +72,7 @@ def adam(params, lr: float) -> torch.optim.Adam:
 
 def as_samples(a: np.ndarray, name: str, min_samples: int = 2) -> np.ndarray:
     """(n, ...) array -> (n, features) float64, rejecting NaN/inf and too few samples."""
-    return sample_rows(a, name, min_samples).astype(np.float64, copy=False)
+    return np.ascontiguousarray(sample_rows(a, name, min_samples), dtype=np.float64)
 
 
 def sample_rows(a: np.ndarray, name: str, min_samples: int = 2) -> np.ndarray:
