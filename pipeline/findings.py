@@ -285,7 +285,8 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
     `disagreements`: per (split, hidden layer) the entries that call compression and those that
     do not, where both exist (each entry by its verdict beyond the noise, by the 5% rule where
     that is undetermined). An entry whose estimator flagged every cell of the layer
-    (`distrusted_layers`) casts no vote there and is listed under `distrusted`.
+    (`distrusted_layers`) casts no vote there and is listed under `distrusted`; `abstained`:
+    the entries that cast no vote on some layer.
     """
     ds = _valid(results)
     layers, entries, calls, distrusted = [], [], {}, {}
@@ -320,7 +321,8 @@ def run_summary(results: xr.Dataset) -> dict[str, object]:
                       "do_not": sorted(k for k, v in votes.items() if not v),
                       "distrusted": sorted(distrusted.get((split, layer), []))}
                      for (split, layer), votes in calls.items() if len(set(votes.values())) > 1]
-    return {"layers": layers, "entries": entries, "disagreements": disagreements}
+    abstained = sorted({e for entries_left_out in distrusted.values() for e in entries_left_out})
+    return {"layers": layers, "entries": entries, "disagreements": disagreements, "abstained": abstained}
 
 
 def _trust_flags(ds: xr.Dataset, estimator: str, split: str) -> xr.DataArray | None:

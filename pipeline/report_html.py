@@ -179,7 +179,11 @@ def summary_html(summary: dict[str, Any] | None, accuracy: dict[str, float]) -> 
                      "that is undetermined) in: " + "; ".join(map(_disagreement, summary["disagreements"]))
                      + ".</p>")
     else:
-        parts.append("<p>The entries agree on every hidden layer.</p>")
+        left_out = summary.get("abstained", [])
+        parts.append("<p>The entries agree on every hidden layer (each by its verdict beyond the noise, "
+                     "by the 5% rule where that is undetermined)" + (
+                         f"; {', '.join(map(html.escape, left_out))} cast no vote on the layers whose "
+                         "every cell its diagnostic flags" if left_out else "") + ".</p>")
     return "\n".join(parts)
 
 

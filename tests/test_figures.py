@@ -589,6 +589,13 @@ def test_an_entry_flagged_in_every_cell_of_a_layer_casts_no_vote_there():
     assert {"split": "train", "layer": "dense1", "compress": ["binning_30"], "do_not": ["renyi"],
             "distrusted": ["ksg"]} in summary["disagreements"]
     assert "renyi do not (ksg: every cell flagged by its diagnostic, left out)" in summary_html(summary, {})
+    assert summary["abstained"] == ["ksg"]
+    # where the entries that vote agree, the sentence says who did not vote
+    agreeing = run_summary(ds.sel(estimator=["renyi", "ksg"]))
+    assert agreeing["disagreements"] == [] and agreeing["abstained"] == ["ksg"]
+    assert ("agree on every hidden layer (each by its verdict beyond the noise, by the 5% rule where that "
+            "is undetermined); ksg cast no vote on the layers whose every cell its diagnostic flags."
+            ) in summary_html(agreeing, {})
 
 
 def test_interactive_planes_hover_toggle_and_switch(tmp_path):
