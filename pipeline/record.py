@@ -78,7 +78,7 @@ from pipeline.record_checks import (
 )
 from pipeline.runs import RunPaths
 from pipeline.snapshot_stream import SnapshotStream
-from pipeline.writer import Commit, WriterProcess, lock_seed
+from pipeline.writer import Commit, WriterProcess, lock_file, lock_seed
 
 PROBE_BATCH = 2048
 
@@ -450,7 +450,15 @@ class Recorder:
     # -- set-up -----------------------------------------------------------------------------
     def _open_archive(self) -> str:
         """Create the archive, or check that the existing one records the same thing; returns its
-        identity, which each checkpoint carries."""
+        identity, which each checkpoint carries. One process at a time: seeds started together
+        (a job array) would each build the archive aside and rename it over another's."""
+        lock = lock_file(self.paths.checkpoints, "archive", wait=True, busy="")
+        try:
+            return self._create_or_check_archive()
+        finally:
+            os.close(lock)
+
+    def _create_or_check_archive(self) -> str:
         path = self.paths.archive
         if not path.exists():
             create_archive(path, self.spec, provenance())

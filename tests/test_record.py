@@ -873,6 +873,45 @@ def test_a_results_store_shared_by_a_folder_stays_the_store_of_the_archive_that_
     assert RunPaths.from_archive(tmp_path / "other.zarr").results == tmp_path / "other.estimates.zarr"
 
 
+SEED_SCRIPT = """
+import pathlib, sys, time, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads(1)
+from torch import nn
+from pipeline.record import Recorder
+from tests.own_models import Tower, blobs
+x, y = map(torch.from_numpy, blobs(200))
+seed = int(sys.argv[2])
+torch.manual_seed(seed)
+model = Tower()
+pathlib.Path(sys.argv[3] + f".ready{{seed}}").touch()
+while not pathlib.Path(sys.argv[3]).exists():  # start together, as a job array's tasks do
+    time.sleep(0.002)
+with Recorder(sys.argv[1], model, ["stem", "head"], x, y, seed=seed, n_epochs=2) as rec:
+    for epoch in range(3):
+        rec.snapshot(epoch)
+"""
+
+
+@pytest.mark.slow
+def test_seeds_started_together_record_into_one_archive(tmp_path):
+    """Seeds of one recording started at once (a job array) each found no archive and built it,
+    the last rename failing ('Directory not empty') or one building into another's files."""
+    script, archive, go = tmp_path / "seed.py", tmp_path / "runs" / "archive.zarr", tmp_path / "go"
+    script.write_text(SEED_SCRIPT.format(root=str(ROOT)))
+    procs = [subprocess.Popen([sys.executable, str(script), str(archive), str(seed), str(go)], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for seed in range(3)]
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob("go.ready*"))) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    outputs = [proc.communicate(timeout=240)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(outputs)[-3000:]
+    reader = ArchiveReader(archive)
+    assert reader.seeds == [0, 1, 2] and verify(archive) == []
+    assert all(reader.committed_epochs(seed).tolist() == [0, 1, 2] for seed in range(3))
+
+
 UNCLOSED_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {root!r})
