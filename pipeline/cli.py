@@ -30,8 +30,9 @@ def base_parser(description: str, several_configs: bool = False,
         parser.add_argument("--archive", default=None, metavar="PATH",
                             help="work on this archive (any recording) instead of a config's run")
         parser.add_argument("--results", default=None, metavar="PATH",
-                            help="with --archive: the results store, instead of estimates.zarr beside "
-                                 "the archive (a read-only or shared archive)")
+                            help="with --archive: the results store, instead of the one beside the "
+                                 "archive (estimates.zarr; <name>.estimates.zarr for <name>.zarr): for "
+                                 "a read-only or shared archive")
     parser.add_argument("--runs", default="data/runs", help="directory holding one folder per run")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config key, e.g. train.n_epochs=50")

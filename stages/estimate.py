@@ -19,7 +19,8 @@ def cli() -> None:
     parser.add_argument("--scheduler", default=None,
                         help="address of an existing Dask scheduler, or 'synchronous'")
     parser.add_argument("--scheduler-file", default=None, help="Dask scheduler file")
-    parser.add_argument("--netcdf", action="store_true", help="also export estimates.nc")
+    parser.add_argument("--netcdf", action="store_true",
+                        help="also export the store as netCDF beside it (estimates.nc)")
     parser.add_argument("--only", nargs="+", default=None, metavar="ENTRY",
                         help="compute only these estimator entries (names or patterns, e.g. 'binning_*'; "
                              "'fisher' for the Fisher traces)")
