@@ -418,6 +418,22 @@ def test_renyi_alignment_width_is_smoothed_and_returned():
     assert second["sigma_t"] == pytest.approx(0.9 * 10.0 + 0.1 * first["sigma_t_raw"])
 
 
+def test_renyi_alignment_width_scales_with_a_diverged_layers_values():
+    """Activations of 2^64 x their size (a diverged layer, still finite in float32): the width
+    search's float32 distances overflowed and the eigensolver failed on NaN Gram matrices. The
+    search now scales the distances by a power of two, exactly; the width is proportional to the
+    layer's scale once the first candidate's 0.3 is negligible beside it, so 2^64 to 2^126 read
+    what 2^40 (no scaling) reads."""
+    x, y = RNG.integers(0, 2, (300, 12)).astype(np.float32), RNG.integers(0, 2, 300)
+    t = np.tanh(x[:, :4] @ RNG.normal(size=(4, 4)) + 0.3 * RNG.normal(size=(300, 4)))
+    reference = information_plane(x, (t * 2.0**40).astype(np.float32), y, "renyi", n_batches=3)
+    for power in (64, 100, 126):
+        out = information_plane(x, (t * 2.0**power).astype(np.float32), y, "renyi", n_batches=3)
+        assert out["I_XT"] == pytest.approx(reference["I_XT"], rel=1e-12)
+        assert out["I_TY"] == pytest.approx(reference["I_TY"], rel=1e-12)
+        assert out["sigma_t"] / 2.0**power == pytest.approx(reference["sigma_t"] / 2.0**40, rel=1e-12)
+
+
 # ---------------------------------------------------------------- ksg and KL
 @pytest.mark.parametrize("dim, mi", [(1, 0.5), (2, 1.0), (2, 2.5), (3, 1.5)])
 @pytest.mark.parametrize("map_name", ["identity", "half_cube", "rotation"])

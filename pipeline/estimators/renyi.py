@@ -13,6 +13,7 @@ All batches are processed at once: one batched Gram, one batched symmetric eigen
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,9 @@ from pipeline.estimators._common import as_labels, as_samples, same_length, squa
 SIGMA_CONVENTIONS = ("gaussian", "wickstrom")
 ALIGNMENT_BLOCK = 2**18  # floats per block of the width search (1 MB: within a core's L2 cache)
 ALIGNMENT_GROUPS = 64  # runs of sorted pair distances that bound the scores (alignment_bounds)
+# squared distances up to this are searched in float32 by the width search: its candidates reach
+# 10x the mean distance, so 2 x 100 x the largest squared distance stays below float32's 3.4e38
+FLOAT32_DISTANCE_LIMIT = 1e33
 
 
 def kernel_scale(convention: str) -> float:
@@ -99,11 +103,15 @@ def alignment_sigma(d2: torch.Tensor, k_labels: torch.Tensor, n_candidates: int 
     """
     n = d2.shape[-1]
     rows, cols = torch.triu_indices(n, n, offset=1, device=d2.device)
-    pair_d2 = d2[:, rows, cols].float()  # (b, P)
+    # distances a power of two 4^-m apart from their own, so that a diverged layer's (1e19 and
+    # more) fit float32; the scaling is exact, so every candidate scores as without it
+    m = _halved_exponent(float(d2.max()) / FLOAT32_DISTANCE_LIMIT)
+    pair_d2 = (d2[:, rows, cols] * 4.0**-m).float()  # (b, P)
     pair_y = k_labels[:, rows, cols].float()
     mean_distance = torch.sqrt(pair_d2).mean(-1)  # (b,)
     steps = torch.linspace(0.0, 1.0, n_candidates, device=d2.device)
-    candidates = 0.3 + steps[None, :] * (10.0 * mean_distance[:, None] - 0.3)  # (b, c)
+    first = 0.3 * 2.0**-m
+    candidates = first + steps[None, :] * (10.0 * mean_distance[:, None] - first)  # (b, c)
     scale = kernel_scale(convention)
     norm_y = torch.sqrt(2.0 * pair_y.sum(-1) + n)
     low, high = alignment_bounds(pair_d2, pair_y, candidates, scale, norm_y, n, groups)
@@ -122,7 +130,12 @@ def alignment_sigma(d2: torch.Tensor, k_labels: torch.Tensor, n_candidates: int 
             inner = 2.0 * (k * pair_y[b][None, :]).sum(-1) + n
             norm_k = torch.sqrt(2.0 * k.square_().sum(-1) + n)
             score[b, c] = inner / (norm_k * norm_y[b])
-    return candidates.gather(1, score.argmax(1, keepdim=True)).squeeze(1).to(d2.dtype)
+    return candidates.gather(1, score.argmax(1, keepdim=True)).squeeze(1).to(d2.dtype) * 2.0**m
+
+
+def _halved_exponent(ratio: float) -> int:
+    """The least m >= 0 with ratio <= 4^m."""
+    return max(0, math.ceil(math.log2(ratio) / 2)) if ratio > 1 else 0
 
 
 def alignment_bounds(pair_d2: torch.Tensor, pair_y: torch.Tensor, candidates: torch.Tensor,
