@@ -61,11 +61,14 @@ def report_archive(paths: RunPaths | str | Path, figures_dir: str | Path = "figu
         formats = checked_formats(formats)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    paths = paths if isinstance(paths, RunPaths) else RunPaths.from_archive(paths, results)
+    command = "make estimate"  # a config's run; an archive's own is estimated by its path
+    if not isinstance(paths, RunPaths):
+        paths = RunPaths.from_archive(paths, results)
+        command += f" ARCHIVE={paths.archive}" + (f" ARGS='--results {results}'" if results else "")
     messages: list[str] = []
     archive = ArchiveReader(paths.archive)
     # an unreadable or foreign results store stops here, before a figure of the last report is replaced
-    results = _results(paths, archive, messages, wanted or [])
+    results = _results(paths, archive, messages, wanted or [], command)
     out = paths.figures(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     # written by worker processes while this one goes on; a bar on stderr counts them
@@ -142,17 +145,19 @@ def _archive_figures(archive: ArchiveReader, files: FigureFiles, messages: list[
     return stop
 
 
-def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wanted: list[str]):
-    """The results store with uncomputed cells masked, or None (and a note) when there is none.
-    A store that cannot be read, or belongs to another archive, is a ResultsError."""
+def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wanted: list[str],
+             command: str = "make estimate"):
+    """The results store with uncomputed cells masked, or None (and a note naming `command`)
+    when there is none. A store that cannot be read, or belongs to another archive, is a
+    ResultsError."""
     results = open_results(paths.results)
     if results is None:
-        messages.append(f"no results store at {paths.results}: run `make estimate` for the "
+        messages.append(f"no results store at {paths.results}: run `{command}` for the "
                         "information-plane figures")
         return None
     if not belongs_to(results.attrs, archive.identity, archive.attrs.get("training_hash")):
         raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
-                           "and run `make estimate` to compute the results of this one")
+                           f"and run `{command}` to compute the results of this one")
     results = masked(results)  # cells not computed yet are NaN, not fill values
     missing = [e for e in wanted if e not in results.estimator.values]
     if missing:

@@ -820,7 +820,7 @@ def _train_and_record(path, lr: float, stop_after: int | None = None) -> dict[st
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_archives_sharing_a_folder_keep_their_own_checkpoints_results_and_figures(tmp_path):
+def test_archives_sharing_a_folder_keep_their_own_checkpoints_results_and_figures(tmp_path, capsys):
     """Two recordings of one network at two learning rates, side by side in one folder: the
     second one neither deletes the first one's checkpoints (it used to, when it finished) nor
     hands it its own (the first resumed with the second's weights and learning rate)."""
@@ -837,6 +837,9 @@ def test_archives_sharing_a_folder_keep_their_own_checkpoints_results_and_figure
         assert optimizer.param_groups[0]["lr"] == 0.01
         assert all(torch.equal(model.state_dict()[k], at_stop[k]) for k in at_stop)
         rec.close("training")
+    report_archive(slow, tmp_path / "figures", formats="png")
+    assert (f"note: no results store at {tmp_path / 'lr_0.01.estimates.zarr'}: run `make estimate "
+            f"ARCHIVE={slow}` for the information-plane figures") in capsys.readouterr().out
     for path in (slow, fast):
         estimate_archive(path, scheduler="synchronous", estimators={"binning": {"method": "binning"}})
         report_archive(path, tmp_path / "figures", formats="png")
