@@ -496,7 +496,10 @@ def nan_summary(messages: list[str]) -> str:
 FLAG_REASONS = {"_lossy": "a code kept less than 99% of its side's variance, or the flow read far below "
                           "KSG on the codes: the estimate may be low; raise `dim` or read "
                           "it as a lower bound",
-                "_biased": "n and the dimensions lie beyond KSG's measured rule: KSG reads low there"}
+                "_biased": "n and the dimensions lie beyond KSG's measured rule: KSG reads low there",
+                "_clipped": "the layer's values lie outside binning's fixed range and share its end bins: "
+                            "the estimates read low; set range = \"layer\" (or bin_size) for unbounded "
+                            "layers (ReLU, logits)"}
 
 
 def flag_summary(counts: dict[tuple[str, str], list[int]]) -> str:

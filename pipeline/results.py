@@ -35,8 +35,9 @@ CELL_VARIABLES = {  # every store has these; estimators declare more (Estimator.
 }
 FISHER_DIMS = ("seed", "epoch", "layer")
 # Declared outputs ending so flag a cell its estimator distrusts (1.0): a compressor that lost part
-# of a side or a flow that failed on the codes ("_lossy"), KSG beyond its measured rule ("_biased")
-TRUST_FLAGS = ("_lossy", "_biased")
+# of a side or a flow that failed on the codes ("_lossy"), KSG beyond its measured rule ("_biased"),
+# binning of values outside its fixed range ("_clipped")
+TRUST_FLAGS = ("_lossy", "_biased", "_clipped")
 
 
 class ResultsError(KnownFailure, RuntimeError):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.estimators import METHODS, information_plane, mutual_information, parameters
+from pipeline.estimators import METHODS, EstimateWarning, information_plane, mutual_information, parameters
 from pipeline.estimators.binning import discretise
 from pipeline.estimators.kde import kde_entropy
 from pipeline.estimators.knn import kl_entropy, weighted_kl_entropy, wkl_weights
@@ -67,13 +67,33 @@ def test_binning_hand_computed():
     x = distinct_inputs(4)
     t = np.array([[-0.9], [-0.8], [0.5], [0.9]])
     out = information_plane(x, t, np.array([0, 0, 1, 1]), "binning", n_bins=2)
-    assert out == {"I_XT": pytest.approx(1.0), "I_TY": pytest.approx(1.0)}
+    assert out == {"I_XT": pytest.approx(1.0), "I_TY": pytest.approx(1.0), "I_XT_clipped": 0.0,
+                   "I_TY_clipped": 0.0}
     out = information_plane(x, t, np.array([0, 1, 0, 1]), "binning", n_bins=2)
     assert out["I_TY"] == pytest.approx(0.0, abs=1e-12)
     # three bins of sizes 1, 1, 2: H = 1.5 bits; labels split the pair
     t3 = np.array([[-0.9], [0.0], [0.9], [0.95]])
     out = information_plane(x, t3, np.array([0, 0, 1, 1]), "binning", n_bins=3)
     assert out["I_XT"] == pytest.approx(1.5) and out["I_TY"] == pytest.approx(1.0)
+
+
+def test_binning_flags_values_its_fixed_range_clips():
+    """ReLU-like values binned over tanh's [-1, 1] in 2 bins: 0.5, 1.5 and 3.0 share the top bin,
+    so H(T) = H(1/4) and I(T;Y) = 1 - 3/4 H(1/3); the flag marks both. Over their own span in 4
+    bins the four values are distinct: 2 bits and 1 bit, unflagged."""
+    x, y = distinct_inputs(4), np.array([0, 0, 1, 1])
+    t = np.array([[-0.5], [0.5], [1.5], [3.0]])
+    h = lambda p: -p * math.log2(p) - (1 - p) * math.log2(1 - p)  # noqa: E731
+    assert information_plane(x, t, y, "binning", n_bins=2) == {
+        "I_XT": pytest.approx(h(0.25)), "I_TY": pytest.approx(1 - 0.75 * h(1 / 3)),
+        "I_XT_clipped": 1.0, "I_TY_clipped": 1.0}
+    assert information_plane(x, t, y, "binning", n_bins=4, range="layer") == {
+        "I_XT": pytest.approx(2.0), "I_TY": pytest.approx(1.0), "I_XT_clipped": 0.0, "I_TY_clipped": 0.0}
+    assert information_plane(x, t, y, "binning", bin_size=0.5)["I_XT_clipped"] == 0.0
+    assert information_plane(x, t, y, "binning", high=3.0)["I_XT_clipped"] == 0.0
+    with pytest.warns(EstimateWarning, match=r"binning clipped a's values \(they span \[-0.5, 3\]\) into the "
+                                             r"end bins of its fixed range \[-1.0, 1.0\]"):
+        mutual_information(t, y, "binning", n_bins=2)
 
 
 def test_binning_injective_layer_gives_log_n():
@@ -1084,7 +1104,7 @@ def test_estimators_equal_the_plain_references():
     y = rng.integers(0, 4, 600)
     fast = information_plane(x, t, y, "binning", n_bins=8)
     plain = binning_reference(t, y, n_bins=8)
-    assert fast == pytest.approx(plain, abs=1e-12)
+    assert fast == pytest.approx({**plain, "I_XT_clipped": 0.0, "I_TY_clipped": 0.0}, abs=1e-12)
     fast = information_plane(x, t, y, "renyi", sigma_x=2.5, n_candidates=60, batch_size=50, n_batches=4)
     plain = renyi_reference(x, t, y, make_batches(600, 50, 4, 0), 2.5, 60)
     # widths: the candidates are scored in float32 (the arg max needs no more), hence 1e-6
@@ -1269,7 +1289,7 @@ def test_a_single_call_warns_where_ksg_or_binning_is_known_to_read_wrong():
     wide_a, wide_b = gaussian_pair(600, 1.0, 8, seed=0)  # every binned pattern distinct
     with pytest.warns(EstimateWarning, match="binning read 9.229 bits, within 1% of log2\\(n\\) = "
                                              "9.229, the most 600 samples can show"):
-        mutual_information(wide_a, wide_b, "binning")
+        mutual_information(wide_a, wide_b, "binning", range="layer")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # within the rule, labels
         mutual_information(a[:, :2], b[:, :2], "ksg")
@@ -1278,21 +1298,22 @@ def test_a_single_call_warns_where_ksg_or_binning_is_known_to_read_wrong():
 
 def test_a_binning_call_warns_where_shuffled_pairs_read_half_its_value():
     """Binning that reads on pairs without information at least half of what it reads on the
-    true pairs is mostly bias: 3 + 3 dimensions at 600 samples read 8.8 bits for 1 (below the
-    saturation rule's 9.16), and labels a function of the layer are read as well from shuffled
-    ones when every binned pattern is distinct. One dimension at 5000 samples is silent."""
+    true pairs is mostly bias: 3 + 3 dimensions at 600 samples, binned over their own span, read
+    8.96 bits for 1 (below the saturation rule's 9.14), and labels a function of the layer are
+    read as well from shuffled ones when every binned pattern is distinct. One dimension at 5000
+    samples (within the fixed range) is silent."""
     from pipeline.estimators import EstimateWarning
     from pipeline.estimators.binning import binning_shuffled_mutual_information
 
     a, b = gaussian_pair(600, 1.0, 3, seed=0)
-    shuffled = binning_shuffled_mutual_information(a, b)  # named in the warning
+    shuffled = binning_shuffled_mutual_information(a, b, range="layer")  # named in the warning
     with pytest.warns(EstimateWarning, match=rf"and {shuffled:.3f} on the same samples with their pairing "
                                              r"shuffled, which carry no information: at least 50% of"):
-        assert 8.5 < mutual_information(a, b, "binning") < 0.99 * np.log2(600)
+        assert 8.5 < mutual_information(a, b, "binning", range="layer") < 0.99 * np.log2(600)
     with pytest.warns(EstimateWarning, match="at least 50% of the value is the plug-in's bias"):
-        mutual_information(a, (a[:, 0] > 0).astype(int), "binning")
+        mutual_information(a, (a[:, 0] > 0).astype(int), "binning", range="layer")
     state = np.random.get_state()[1].copy()
-    one_a, one_b = gaussian_pair(5000, 1.0, 1, seed=0)
+    one_a, one_b = (side / 5 for side in gaussian_pair(5000, 1.0, 1, seed=0))  # |values| < 0.8
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert mutual_information(one_a, one_b, "binning") < 1.0

@@ -32,6 +32,7 @@ from pipeline.estimators.binning import (
     binning_mutual_information,
     binning_resampler,
     binning_shuffled_mutual_information,
+    clipped_extremes,
 )
 from pipeline.estimators.compression import (
     MIN_KEPT,
@@ -163,8 +164,10 @@ _SPREADS = {"I_XT_std": ("standard deviation (ddof 0) of I(X;T) over batches", "
             "I_TY_std": ("standard deviation (ddof 0) of I(T;Y) over batches", "bits")}
 # Binning and KDE compute I(X;T) as H(T) - H(T|X) of the layer alone: shuffling X changes
 # nothing. Duplicated rows (a bootstrap) would be separate, coinciding KDE components.
+_CLIPPED = {"I_XT_clipped": ("1 where values of T lie outside binning's fixed range (clipped)", "1"),
+            "I_TY_clipped": ("1 where values of T lie outside binning's fixed range (clipped)", "1")}
 register_estimator("binning", mutual_information=binning_mutual_information,
-                   domains=BUILTIN["binning"], uses_inputs=False, cost=1.0,
+                   domains=BUILTIN["binning"], uses_inputs=False, cost=1.0, outputs=_CLIPPED,
                    resampler=binning_resampler)(binning_information_plane)
 register_estimator("kde", mutual_information=kde_mutual_information, domains=BUILTIN["kde"],
                    schemes=("subsample",), uses_inputs=False, cost=30.0, batched=kde_information_planes,
@@ -281,6 +284,12 @@ def _known_wrong(method: str, a: np.ndarray, b: np.ndarray, value: float,
                     "here; give it more samples or fewer dimensions (docs/estimators.md, 'Where KSG "
                     "is biased', has the rule and what the other methods read)")
     if method == "binning" and n > 1:
+        clipped = _clipped_sides(a, b, labels, params)
+        if clipped:
+            low, high = params.get("low", -1.0), params.get("high", 1.0)
+            return (f"binning clipped {clipped} into the end bins of its fixed range [{low}, {high}]: "
+                    "the value reads low; range='layer' (or bin_size) bins unbounded values (ReLU, "
+                    "logits) over their own span")
         if not labels and value >= (1 - SATURATION_TOLERANCE) * math.log2(n):
             return (f"binning read {value:.3f} bits, within {SATURATION_TOLERANCE:.0%} of log2(n) = "
                     f"{math.log2(n):.3f}, the most {n} samples can show (nearly every binned pattern "
@@ -292,6 +301,15 @@ def _known_wrong(method: str, a: np.ndarray, b: np.ndarray, value: float,
                     "the value is the plug-in's bias from too few samples per bin; fewer bins or "
                     "dimensions, more samples, or another method (docs/estimators.md, 'Diagnostics')")
     return None
+
+
+def _clipped_sides(a: np.ndarray, b: np.ndarray, labels: bool, params: dict[str, Any]) -> str:
+    """The sides whose values binning's fixed range clipped, in words ("" where none)."""
+    options = {key: params[key] for key in ("range", "low", "high", "bin_size") if key in params}
+    sides = [f"{name}'s values (they span [{span[0]:.4g}, {span[1]:.4g}])" for name, values in
+             (("a", a), ("b", None if labels else b)) if values is not None
+             and (span := clipped_extremes(values, **options)) is not None]
+    return " and ".join(sides)
 
 
 __all__ = ["information_plane", "mutual_information", "parameters", "plane_defaults", "check_parameters",

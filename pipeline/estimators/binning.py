@@ -69,26 +69,34 @@ def discretise(t: np.ndarray, n_bins: int = 30, range: str = "fixed", low: float
         The original code's ``np.digitize(t, linspace(-1, 1, 30))`` amounts to ``n_bins=29``.
     range : {"fixed", "layer"}
         "fixed": `low` and `high` as given (tanh: -1, 1); "layer": the layer's own minimum and
-        maximum over these samples (ReLU, Saxe et al.). ReLU values are never clipped to [-1, 1].
+        maximum over these samples (ReLU, Saxe et al.), which never clips; values outside a
+        fixed range are clipped into its end bins (`clipped_extremes` tells).
     bin_size : float, optional
         Saxe et al.'s floor(t / bin_size), unbounded; overrides `n_bins` and `range`.
     """
+    return _discretised(t, n_bins, range, low, high, bin_size)[0]
+
+
+def _discretised(t: np.ndarray, n_bins: int, range: str, low: float, high: float,
+                 bin_size: float | None) -> tuple[np.ndarray, bool]:
+    """`discretise`'s bin indices, and whether values outside the fixed range were clipped."""
     values = sample_rows(t, "t", min_samples=1)
     extremes = np.array([values.min(), values.max()], dtype=np.float64)
     if bin_size is not None:
         if bin_size <= 0:
             raise ValueError(f"bin_size must be positive, got {bin_size}")
-        return _bin_indices(values, extremes, lambda v: np.floor(v / bin_size))
+        return _bin_indices(values, extremes, lambda v: np.floor(v / bin_size)), False
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
     if range not in RANGES:
         raise ValueError(f"range must be one of {RANGES}, got {range!r}")
     if range == "layer":
         low, high = float(extremes[0]), float(extremes[1])
+    clipped = bool(extremes[0] < low or extremes[1] > high)
     if not high > low:
-        return np.zeros(values.shape, dtype=np.int8)  # a constant layer: one bin
-    return _bin_indices(values, extremes,
-                        lambda v: np.clip(np.floor((v - low) / (high - low) * n_bins), 0, n_bins - 1))
+        return np.zeros(values.shape, dtype=np.int8), clipped  # a constant layer: one bin
+    return _bin_indices(values, extremes, lambda v: np.clip(np.floor((v - low) / (high - low) * n_bins),
+                                                            0, n_bins - 1)), clipped
 
 
 def binning_mutual_information(a: np.ndarray, b: np.ndarray, n_bins: int = 30, range: str = "fixed",
@@ -111,19 +119,36 @@ def binning_shuffled_mutual_information(a: np.ndarray, b: np.ndarray, **params) 
     return binning_mutual_information(a, np.asarray(b)[order], **params)
 
 
+def clipped_extremes(t: np.ndarray, range: str = "fixed", low: float = -1.0, high: float = 1.0,
+                     bin_size: float | None = None) -> tuple[float, float] | None:
+    """The minimum and maximum of `t` where some of its values lie outside the fixed range
+    [low, high] and were merged into the end bins (ReLU or logits binned over tanh's [-1, 1]);
+    None where nothing was clipped (always for `range="layer"` and `bin_size`)."""
+    if range != "fixed" or bin_size is not None:
+        return None
+    values = sample_rows(t, "t", min_samples=1)
+    lowest, highest = float(values.min()), float(values.max())
+    return (lowest, highest) if lowest < low or highest > high else None
+
+
 def binning_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n_bins: int = 30,
                               range: str = "fixed", low: float = -1.0, high: float = 1.0,
                               bin_size: float | None = None) -> dict[str, float]:
     """I(X;T) and I(T;Y) in bits by binning T; X is identified by its distinct rows.
 
-    Parameters are those of `discretise` (defaults: 30 bins over [-1, 1]).
+    Parameters are those of `discretise` (defaults: 30 bins over [-1, 1]). `I_XT_clipped` and
+    `I_TY_clipped` are 1.0 where values of T lie outside the fixed range (`clipped_extremes`):
+    those samples share the end bins, and both estimates read low.
     """
     same_length(x=x, t=t, y=y)
     x_symbols = row_symbols(as_samples(x, "x", min_samples=1))
-    t_symbols = row_symbols(discretise(t, n_bins, range, low, high, bin_size))
+    indices, clipped = _discretised(t, n_bins, range, low, high, bin_size)
+    t_symbols = row_symbols(indices)
     labels = as_labels(y)
+    clipped = float(clipped)
     return {"I_XT": discrete_mutual_information(x_symbols, t_symbols),
-            "I_TY": discrete_mutual_information(t_symbols, labels)}
+            "I_TY": discrete_mutual_information(t_symbols, labels),
+            "I_XT_clipped": clipped, "I_TY_clipped": clipped}
 
 
 def binning_resampler(x: np.ndarray, t: np.ndarray, y: np.ndarray, n_bins: int = 30, range: str = "fixed",
