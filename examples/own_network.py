@@ -45,7 +45,10 @@ def main(archive="data/runs/own_network/archive.zarr", epochs=12, figures="figur
                 loss.backward()
                 optimizer.step()
             rec.snapshot(epoch, loss=loss.item())  # after `epoch` epochs of training
-    estimate_archive(archive, estimators={"binning": {"method": "binning"}, "kde": {"method": "kde"}})
+    # binning over each layer's own span: the residual and linear layers are unbounded, and the
+    # default range, tanh's [-1, 1], would clip them (the stage flags such cells)
+    estimate_archive(archive, estimators={"binning": {"method": "binning", "range": "layer"},
+                                          "kde": {"method": "kde"}})
     report_archive(archive, figures, formats=formats)
 
 
