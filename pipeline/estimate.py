@@ -58,6 +58,7 @@ from pipeline.results import (
     changed_entries,
     compared_parameters,
     entry_parameters,
+    foreign_store,
     lost_blocks,
     merge_into,
     open_results,
@@ -428,8 +429,7 @@ def _prepare_store(archive: ArchiveReader, paths: RunPaths, entries: dict[str, d
     widths = [int(np.prod(archive.layer_shapes[name])) for name in archive.layers]
     old = open_results(paths.results)
     if old is not None and not belongs_to(old.attrs, archive.identity, archive.attrs.get("training_hash")):
-        raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
-                           "to recompute from the current archive")
+        raise foreign_store(paths.results, old.attrs, paths.archive, "run the estimate again")
     if old is not None:
         entries = {name: table for name, table in entries.items()
                    if selection.takes(entry=name) or name not in old.estimator.values}

@@ -24,7 +24,7 @@ from pipeline.figure_files import FORMATS, FigureFiles, checked_formats
 from pipeline.interactive import interactive_sections, write_plotly_js
 from pipeline.methods_text import methods_section
 from pipeline.report_html import write_report
-from pipeline.results import MASKED, ResultsError, belongs_to, masked, open_results, parameters_key
+from pipeline.results import MASKED, belongs_to, foreign_store, masked, open_results, parameters_key
 from pipeline.runs import RunPaths
 from pipeline.sweeps import sweep_figure, sweep_views
 
@@ -156,8 +156,7 @@ def _results(paths: RunPaths, archive: ArchiveReader, messages: list[str], wante
                         "information-plane figures")
         return None
     if not belongs_to(results.attrs, archive.identity, archive.attrs.get("training_hash")):
-        raise ResultsError(f"{paths.results} belongs to another archive (retrained?): move it away "
-                           f"and run `{command}` to compute the results of this one")
+        raise foreign_store(paths.results, results.attrs, paths.archive, f"run `{command}`")
     results = masked(results)  # cells not computed yet are NaN, not fill values
     missing = [e for e in wanted if e not in results.estimator.values]
     if missing:

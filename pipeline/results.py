@@ -183,6 +183,16 @@ def belongs_to(attrs: dict[str, Any], identity: str, training_hash: str | None) 
     return attrs.get("archive_training_hash") == training_hash
 
 
+def foreign_store(path: Path, attrs: dict[str, Any], archive: Path, rerun: str) -> ResultsError:
+    """The error for a store `belongs_to` refuses: whose results it holds, and the fix (`rerun`:
+    what computes this archive's results once the store is moved away)."""
+    written_for = attrs.get("archive_path")
+    whose = ("an earlier recording at this path (retrained or recorded again)"
+             if written_for in (None, str(Path(archive).resolve())) else f"the archive {written_for}")
+    return ResultsError(f"{path} holds the results of {whose}, not of {archive}: move it away and "
+                        f"{rerun}, or give this archive's results their own store (--results PATH)")
+
+
 def parameters_key(ds: xr.Dataset) -> str:
     """The coordinate holding a store's entry parameters most fully: every parameter with its
     default (`resolved_parameters`), or the tables where the store predates that (schema < 1.4)."""

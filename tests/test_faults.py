@@ -209,6 +209,18 @@ def test_a_results_cell_whose_data_is_gone_is_not_done(run):
     assert "seed 0: 4 snapshots, status finished; trained in 1 session(s): torch" in proc.stdout
 
 
+def test_a_foreign_store_is_named_by_the_archive_it_was_written_for(tmp_path):
+    from pipeline.results import foreign_store
+
+    archive, store = tmp_path / "a.zarr", tmp_path / "estimates.zarr"
+    same = foreign_store(store, {"archive_path": str(archive.resolve())}, archive, "run it again")
+    assert str(same) == (f"{store} holds the results of an earlier recording at this path (retrained or "
+                         f"recorded again), not of {archive}: move it away and run it again, or give "
+                         "this archive's results their own store (--results PATH)")
+    other = foreign_store(store, {"archive_path": "/elsewhere/b.zarr"}, archive, "run it again")
+    assert f"holds the results of the archive /elsewhere/b.zarr, not of {archive}: move" in str(other)
+
+
 @pytest.mark.slow
 def test_figures_refuse_a_foreign_or_corrupt_results_store_and_keep_the_last_report(run, tmp_path):
     figures = tmp_path / "figures"
@@ -220,7 +232,9 @@ def test_figures_refuse_a_foreign_or_corrupt_results_store_and_keep_the_last_rep
     stage("train", other, "--set", "train.lr=0.02")
     shutil.copytree(run / "tiny" / "estimates.zarr", other / "tiny" / "estimates.zarr")
     proc = stage("figures", other, "--figures", str(figures), check=False)
-    assert proc.returncode == 2 and "belongs to another archive" in proc.stderr
+    assert proc.returncode == 2  # the store names the archive it was written for (the run's original)
+    assert re.search(rf"holds the results of the archive /\S+/tiny/archive.zarr, not of "
+                     rf"{re.escape(str(other / 'tiny' / 'archive.zarr'))}: move it away", proc.stderr)
     assert {f.name: f.read_bytes() for f in (figures / "tiny").iterdir()} == before
     chunk = next(f for f in (run / "tiny" / "estimates.zarr" / "I_XT" / "c").rglob("*") if f.is_file())
     chunk.write_bytes(chunk.read_bytes()[:5])  # a half-written chunk
