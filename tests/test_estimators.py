@@ -452,6 +452,8 @@ def test_renyi_alignment_width_scales_with_a_diverged_layers_values():
         assert out["I_XT"] == pytest.approx(reference["I_XT"], rel=1e-12)
         assert out["I_TY"] == pytest.approx(reference["I_TY"], rel=1e-12)
         assert out["sigma_t"] / 2.0**power == pytest.approx(reference["sigma_t"] / 2.0**40, rel=1e-12)
+    with pytest.raises(ValueError, match="t's squared distances overflow float64"):  # no float32 holds it
+        information_plane(x, t * 1e200, y, "renyi", n_batches=3)
 
 
 # ---------------------------------------------------------------- ksg and KL

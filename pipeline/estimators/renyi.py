@@ -133,6 +133,14 @@ def alignment_sigma(d2: torch.Tensor, k_labels: torch.Tensor, n_candidates: int 
     return candidates.gather(1, score.argmax(1, keepdim=True)).squeeze(1).to(d2.dtype) * 2.0**m
 
 
+def finite_distances(d2: torch.Tensor, name: str) -> torch.Tensor:
+    """`d2`, refused where squares of values beyond about 1e154 overflowed float64."""
+    if not bool(torch.isfinite(d2).all()):
+        raise ValueError(f"{name}'s squared distances overflow float64 (values beyond about 1e154): "
+                         f"rescale {name}, or record it as float32")
+    return d2
+
+
 def _halved_exponent(ratio: float) -> int:
     """The least m >= 0 with ratio <= 4^m."""
     return max(0, math.ceil(math.log2(ratio) / 2)) if ratio > 1 else 0
@@ -249,8 +257,8 @@ def renyi_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: 
     ts = torch.as_tensor(as_samples(t, "t"), device=device)
     labels = torch.as_tensor(as_labels(y), device=device)
     batches = torch.as_tensor(make_batches(n, batch_size, n_batches, seed), device=device)
-    d2_x = squared_distances(xs[batches])
-    d2_t = squared_distances(ts[batches])
+    d2_x = finite_distances(squared_distances(xs[batches]), "x")
+    d2_t = finite_distances(squared_distances(ts[batches]), "t")
     k_y = label_gram(labels[batches])
     if isinstance(sigma_t, str):
         if sigma_t == "alignment":
