@@ -227,6 +227,8 @@ def metadata(attrs: dict[str, Any]) -> dict[str, Any]:
     return attrs
 
 
+# what every archive's root states (schema 1.0 through its stored config; `metadata`)
+ARCHIVE_ATTRIBUTES = ("name", "layers", "output_layer", "splits", "parts")
 GROWTH = 16  # snapshots (history rows: x64) allocated at once when the schedule is not known
 
 
@@ -428,7 +430,15 @@ class ArchiveReader:
                 f"{SCHEMA_VERSION.split('.')[0]}.x: retrain with `make train --force` or use a "
                 "matching release"
             )
+        if "archive_recording" in attrs or Path(self.path, "done").is_dir():
+            raise ArchiveError(f"{self.path} is a results store, not an archive: give the archive it was "
+                               f"computed from ({attrs.get('archive_path', 'its archive.zarr')}) as "
+                               "--archive, and this store as --results")
         self.attrs = metadata(attrs)
+        missing = [key for key in ARCHIVE_ATTRIBUTES if key not in self.attrs]
+        if missing:
+            raise ArchiveError(f"{self.path} is not an infoplane archive (its root attributes lack "
+                               f"{', '.join(missing)}): give the path of an archive.zarr")
         self.name: str = self.attrs["name"]
         self.layers: list[str] = [layer["name"] for layer in self.attrs["layers"]]
         self.layer_shapes = {layer["name"]: tuple(layer["shape"]) for layer in self.attrs["layers"]}

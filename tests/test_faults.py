@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+import zarr
 
-from pipeline.archive import ArchiveReader
+from pipeline.archive import ArchiveError, ArchiveReader
 from pipeline.record import NonFiniteActivations, Recorder
 from pipeline.verify import verify
 from tests.helpers import ROOT, TINY, assert_same_arrays, group_arrays, run_stage
@@ -207,6 +208,21 @@ def test_a_results_cell_whose_data_is_gone_is_not_done(run):
     proc = stage("verify", run)
     assert proc.returncode == 0 and "0 problem(s)" in proc.stdout
     assert "seed 0: 4 snapshots, status finished; trained in 1 session(s): torch" in proc.stdout
+
+
+def test_a_results_store_or_another_zarr_group_given_as_an_archive_is_named_in_one_line(tmp_path):
+    """A results store shares the archive's schema major version: it was read as an archive and
+    failed with KeyError 'name', reported as an infoplane bug."""
+    store = zarr.open_group(str(tmp_path / "a.estimates.zarr"), mode="w")
+    store.attrs.update({"schema_version": "1.5", "archive_recording": "0" * 32,
+                        "archive_path": "/runs/a.zarr"})
+    with pytest.raises(ArchiveError, match=r"a.estimates.zarr is a results store, not an archive: give the "
+                                           r"archive it was computed from \(/runs/a.zarr\) as --archive"):
+        ArchiveReader(tmp_path / "a.estimates.zarr")
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w").attrs["schema_version"] = "1.2"
+    with pytest.raises(ArchiveError, match="other.zarr is not an infoplane archive \\(its root attributes "
+                                           "lack name, layers, output_layer, splits, parts\\)"):
+        ArchiveReader(tmp_path / "other.zarr")
 
 
 def test_a_foreign_store_is_named_by_the_archive_it_was_written_for(tmp_path):
