@@ -159,7 +159,15 @@ def open_results(path: str | Path) -> xr.Dataset | None:
     """The store loaded in memory, or None if there is none."""
     path = Path(path)
     if not (path / "zarr.json").exists():
-        return None
+        if path.is_dir() and not any(path.iterdir()) or not path.exists():
+            return None  # a new store (an empty folder too)
+        raise ResultsError(f"{path} exists and is not a results store: give --results a new path (e.g. "
+                           f"{path.with_name(path.name + '_estimates.zarr')}) or an existing store; its "
+                           "files are left as they are")
+    if not (path / "done").is_dir():  # every results store has the `done` mask; archives never
+        what = "an archive" if (path / "inputs").is_dir() else "not a results store (no `done` mask)"
+        raise ResultsError(f"{path} is {what}: give --results a new path or an existing results store; "
+                           "it is left as it is")
     try:
         # read straight into numpy: through dask, a store of thousands of small chunks (one per
         # task's cells) took four times as long

@@ -210,6 +210,37 @@ def test_a_results_cell_whose_data_is_gone_is_not_done(run):
     assert "seed 0: 4 snapshots, status finished; trained in 1 session(s): torch" in proc.stdout
 
 
+def test_results_given_a_folder_of_other_files_or_an_archive_leave_it_as_it_is(tmp_path):
+    """`--results mine/` where mine/ held other files: the estimate wrote its store aside, renamed
+    the folder away and deleted it with everything in it; an archive given as the store was read
+    as one and failed with an AttributeError."""
+    from pipeline.estimate import estimate_archive
+    from pipeline.results import ResultsError
+
+    archive, other = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    for path in (archive, other):
+        with Recorder(path, torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh()), ["1"],
+                      torch.randn(40, 3), torch.arange(40) % 2) as rec:
+            rec.snapshot(0)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a researcher's notes")
+    entries = {"binning": {"method": "binning"}}
+    with pytest.raises(ResultsError, match="mine exists and is not a results store: give --results a new "
+                                           "path .* its files are left as they are"):
+        estimate_archive(archive, scheduler="synchronous", estimators=entries, results=folder)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    before = group_arrays(other, "seed_0")
+    with pytest.raises(ResultsError, match="b.zarr is an archive: give --results a new path"):
+        estimate_archive(archive, scheduler="synchronous", estimators=entries, results=other)
+    assert_same_arrays(before, group_arrays(other, "seed_0"))
+    assert verify(other) == []
+    (tmp_path / "empty").mkdir()  # an empty folder is a new store
+    assert estimate_archive(archive, scheduler="synchronous", estimators=entries,
+                            results=tmp_path / "empty") == 0
+    assert verify(tmp_path / "empty") == []
+
+
 def test_a_results_store_or_another_zarr_group_given_as_an_archive_is_named_in_one_line(tmp_path):
     """A results store shares the archive's schema major version: it was read as an archive and
     failed with KeyError 'name', reported as an infoplane bug."""
