@@ -273,9 +273,14 @@ def _text_converted(ds: xr.Dataset, kinds: str, convert) -> xr.Dataset:
         {k: v for k, v in text.items() if k in ds.data_vars})
 
 
+# The swap's two names beside a store: names a researcher would not give a folder of their own
+# (a store moved away by hand as `estimates.zarr.old` is theirs, never taken back or deleted)
+SWAP_NEW, SWAP_OLD = ".infoplane-partial", ".infoplane-replaced"
+
+
 def write_store(ds: xr.Dataset, path: Path) -> None:
     """Write `ds` aside, then swap it in by rename: the old store stays whole until then."""
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(path.name + SWAP_NEW)
     shutil.rmtree(partial, ignore_errors=True)
     ds = _variable_length_text(ds)
     with warnings.catch_warnings():
@@ -286,7 +291,7 @@ def write_store(ds: xr.Dataset, path: Path) -> None:
         # consolidated from the start: `xr.open_zarr` warns on a store without, and a run that
         # ends early (nothing to compute, interrupted) would leave it so
         zarr.consolidate_metadata(str(partial))
-    backup = path.with_name(path.name + ".old")
+    backup = path.with_name(path.name + SWAP_OLD)
     if path.exists():
         shutil.rmtree(backup, ignore_errors=True)
         path.rename(backup)
@@ -296,12 +301,12 @@ def write_store(ds: xr.Dataset, path: Path) -> None:
 
 def recover(path: Path) -> None:
     """Finish a swap interrupted between its two renames."""
-    backup = path.with_name(path.name + ".old")
+    backup = path.with_name(path.name + SWAP_OLD)
     if backup.exists() and not path.exists():
         backup.rename(path)
     elif backup.exists():  # the swap completed; only the old store's deletion was cut short
         shutil.rmtree(backup, ignore_errors=True)
-    shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
+    shutil.rmtree(path.with_name(path.name + SWAP_NEW), ignore_errors=True)
 
 
 def lost_blocks(path: Path, ds: xr.Dataset) -> list[tuple[int, int, int]]:

@@ -377,16 +377,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_an_interrupted_store_swap_is_finished(tmp_path):
-    from pipeline.results import recover
+def test_an_interrupted_store_swap_is_finished_and_a_store_moved_away_by_hand_stays_away(tmp_path):
+    """The swap's own names are cleared; `estimates.zarr.old`, what a researcher told to move a
+    store away names it, was renamed back over their move (or deleted beside a new store)."""
+    from pipeline.results import SWAP_NEW, SWAP_OLD, recover
 
     store = tmp_path / "estimates.zarr"
     store.mkdir()
-    (tmp_path / "estimates.zarr.old").mkdir()  # the swap completed, the old store's deletion did not
-    (tmp_path / "estimates.zarr.partial").mkdir()
+    (tmp_path / f"estimates.zarr{SWAP_OLD}").mkdir()  # the swap completed, the old store's deletion did not
+    (tmp_path / f"estimates.zarr{SWAP_NEW}").mkdir()
     recover(store)
-    assert store.exists() and not (tmp_path / "estimates.zarr.old").exists()
-    assert not (tmp_path / "estimates.zarr.partial").exists()
+    assert store.exists() and not (tmp_path / f"estimates.zarr{SWAP_OLD}").exists()
+    assert not (tmp_path / f"estimates.zarr{SWAP_NEW}").exists()
+    store.rename(tmp_path / f"estimates.zarr{SWAP_OLD}")  # killed between the swap's two renames
+    recover(store)
+    assert store.exists()
+    store.rename(tmp_path / "estimates.zarr.old")  # moved away by hand
+    recover(store)
+    assert not store.exists() and (tmp_path / "estimates.zarr.old").exists()
+    store.mkdir()
+    recover(store)
+    assert (tmp_path / "estimates.zarr.old").exists()
 
 
 def test_the_store_keeps_text_as_zarr_strings_and_reads_the_fixed_width_text_of_older_ones(tmp_path):
