@@ -47,7 +47,10 @@ class RunPaths:
 
     @property
     def name(self) -> str:
-        return self.run_dir.name if self.owns_folder else self.archive.name.removesuffix(".zarr")
+        if not self.owns_folder:
+            return self.archive.name.removesuffix(".zarr")
+        # `archive.zarr` in the working directory: the directory's own name ("." has none)
+        return self.run_dir.name or self.run_dir.resolve().name or "run"
 
     @property
     def results(self) -> Path:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -862,6 +863,15 @@ def test_a_checkpoint_that_is_gone_or_another_archives_is_refused_at_resume(tmp_
     shutil.rmtree(tmp_path / "first.checkpoints")
     with pytest.raises(RecordError, match="snapshot_2.pt is missing, so seed 0 of .*first.zarr cannot "):
         _train_and_record(first, 0.1)
+
+
+def test_an_archive_in_the_working_directory_is_named_after_it(tmp_path, monkeypatch):
+    """`Recorder("archive.zarr", ...)` in the working directory: the run was named "" and its
+    figures went into the figures folder itself."""
+    monkeypatch.chdir(tmp_path)
+    paths = RunPaths.from_archive("archive.zarr")
+    assert paths.name == tmp_path.name and paths.figures("figures") == Path("figures") / tmp_path.name
+    assert RunPaths.from_archive("/archive.zarr").name == "run"
 
 
 def test_a_results_store_shared_by_a_folder_stays_the_store_of_the_archive_that_wrote_it(tmp_path):
