@@ -460,6 +460,11 @@ class Recorder:
 
     def _create_or_check_archive(self) -> str:
         path = self.paths.archive
+        if path.is_dir() and not (path / "zarr.json").exists() and not any(path.iterdir()):
+            path.rmdir()  # an empty folder made for the archive
+        elif path.exists() and not (path / "zarr.json").exists():
+            raise RecordError(f"{path} exists and is not an archive: record into a new path, e.g. "
+                              f"{path / 'archive.zarr'} (its files are left as they are)")
         if not path.exists():
             create_archive(path, self.spec, provenance())
             return ArchiveReader(path).identity

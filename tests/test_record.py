@@ -865,6 +865,22 @@ def test_a_checkpoint_that_is_gone_or_another_archives_is_refused_at_resume(tmp_
         _train_and_record(first, 0.1)
 
 
+def test_a_recorder_path_that_is_a_folder_of_other_files_is_refused_and_an_empty_one_taken(tmp_path):
+    """`Recorder("runs/my_run", ...)` on the run's folder said "no archive ...: run `make train`"."""
+    folder, empty = tmp_path / "my_run", tmp_path / "made_for_it.zarr"
+    folder.mkdir()
+    (folder / "train.py").write_text("# the researcher's script")
+    x = torch.from_numpy(blobs(30)[0])
+    with pytest.raises(RecordError, match=r"my_run exists and is not an archive: record into a new path, "
+                                          r"e.g. .*my_run/archive.zarr \(its files are left as they are\)"):
+        Recorder(folder, Tower(), LAYERS, x)
+    assert [p.name for p in folder.iterdir()] == ["train.py"]
+    empty.mkdir()
+    with Recorder(empty, Tower(), LAYERS, x) as rec:
+        rec.snapshot(0)
+    assert ArchiveReader(empty).committed_epochs(0).tolist() == [0]
+
+
 def test_an_archive_in_the_working_directory_is_named_after_it(tmp_path, monkeypatch):
     """`Recorder("archive.zarr", ...)` in the working directory: the run was named "" and its
     figures went into the figures folder itself."""
