@@ -418,7 +418,8 @@ class ArchiveReader:
                 raise ArchiveError(f"{self.path} exists but its metadata cannot be read ({err}); the "
                                    "archive is corrupted: move it away and retrain (--force)") from None
             raise ArchiveError(
-                f"no archive at {self.path}: run `make train CONFIG=...` first ({err})"
+                f"no archive at {self.path}: run `make train CONFIG=...` first, or give the path of "
+                f"an archive a Recorder wrote ({err})"
             ) from None
         attrs = self.root.attrs.asdict()
         version = attrs.get("schema_version")
