@@ -32,6 +32,7 @@ from tqdm import tqdm
 from pipeline.config import ArchiveConfig
 from pipeline.data import SplitData
 from pipeline.errors import KnownFailure
+from pipeline.runs import is_results_store
 
 SCHEMA_VERSION = "1.2"  # 1.1: self-describing root (layers, output layer, splits, parts, model);
 # 1.2: each seed records its training sessions (torch version, threads, device)
@@ -431,7 +432,7 @@ class ArchiveReader:
                 f"{SCHEMA_VERSION.split('.')[0]}.x: retrain with `make train --force` or use a "
                 "matching release"
             )
-        if "archive_recording" in attrs or Path(self.path, "done").is_dir():
+        if "archive_recording" in attrs or is_results_store(self.path):
             raise ArchiveError(f"{self.path} is a results store, not an archive: give the archive it was "
                                f"computed from ({attrs.get('archive_path', 'its archive.zarr')}) as "
                                "--archive, and this store as --results")

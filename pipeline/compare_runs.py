@@ -19,7 +19,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
-import zarr
 from matplotlib.figure import Figure
 
 from pipeline import figures as F
@@ -28,7 +27,7 @@ from pipeline.figure_files import FORMATS, FigureFiles, checked_formats
 from pipeline.findings import compresses
 from pipeline.report_html import CSS
 from pipeline.results import changed_entries, masked, open_results
-from pipeline.runs import RunPaths
+from pipeline.runs import RunPaths, store_attributes
 
 
 def common_views(runs: dict[str, xr.Dataset]) -> list[tuple[str, str]]:
@@ -92,10 +91,7 @@ def run_store(path: str | Path) -> tuple[str, Path]:
     """The run name and results store of one run to compare, given by its archive (the store
     where the estimate stage writes it by default) or by its results store (one written with
     `--results`, away from its archive): the run is then named after the archive it records."""
-    try:
-        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
-    except (FileNotFoundError, ValueError, OSError):
-        attrs = {}
+    attrs = store_attributes(path)
     if "archive_recording" in attrs:  # only a results store names the recording it holds
         return RunPaths.from_archive(attrs.get("archive_path", path)).name, Path(path)
     paths = RunPaths.from_archive(path)

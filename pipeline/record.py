@@ -468,7 +468,8 @@ class Recorder:
         if not path.exists():
             create_archive(path, self.spec, provenance())
             return ArchiveReader(path).identity
-        existing = ArchiveReader(path).attrs
+        reader = ArchiveReader(path)
+        existing = reader.attrs
         if "recording_hash" not in existing:
             raise ArchiveError(f"{path} has archive schema {existing['schema_version']}, which this "
                                "release reads but does not extend: retrain with --force, or record "
@@ -477,7 +478,7 @@ class Recorder:
             raise ArchiveError(f"{path} was recorded with other inputs, layers or parameters: "
                                "delete it to record afresh, or record into another path")
         prepare_for_writing(path)
-        return ArchiveReader(path).identity
+        return reader.identity
 
     # -- the loop's calls ---------------------------------------------------------------------
     @property

@@ -25,6 +25,7 @@ import zarr
 from scipy.special import stdtrit
 
 from pipeline.errors import KnownFailure
+from pipeline.runs import is_results_store
 
 RESULTS_SCHEMA_VERSION = "1.5"  # 1.1: archive_recording, output_layer, outputs; 1.2: intervals; 1.3: flags;
 # 1.4: resolved_parameters (every parameter with its default filled in); 1.5: text as zarr `string`
@@ -164,7 +165,7 @@ def open_results(path: str | Path) -> xr.Dataset | None:
         raise ResultsError(f"{path} exists and is not a results store: give --results a new path (e.g. "
                            f"{path.with_name(path.name + '_estimates.zarr')}) or an existing store; its "
                            "files are left as they are")
-    if not (path / "done").is_dir():  # every results store has the `done` mask; archives never
+    if not is_results_store(path):
         what = "an archive" if (path / "inputs").is_dir() else "not a results store (no `done` mask)"
         raise ResultsError(f"{path} is {what}: give --results a new path or an existing results store; "
                            "it is left as it is")

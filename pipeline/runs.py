@@ -19,10 +19,24 @@ stage then writes only there, and its lock beside the store.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ARCHIVE_NAME = "archive.zarr"  # the name of an archive that owns its folder
+
+
+def is_results_store(path: str | Path) -> bool:
+    """Whether `path` is a results store: every one has the `done` mask; archives never."""
+    return (Path(path) / "done").is_dir()
+
+
+def store_attributes(path: str | Path) -> dict:
+    """The root attributes of a zarr store, read from its metadata document alone ({} where
+    there is none or it cannot be read)."""
+    try:
+        return json.loads((Path(path) / "zarr.json").read_text())["attributes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 @dataclass(frozen=True)
@@ -39,7 +53,14 @@ class RunPaths:
     @classmethod
     def from_archive(cls, archive: str | Path, results: str | Path | None = None) -> RunPaths:
         archive = Path(archive)
-        return cls(archive.parent, archive, None if results is None else Path(results))
+        paths = cls(archive.parent, archive, None if results is None else Path(results))
+        if results is None and not paths.owns_folder and not paths.results.exists():
+            # the folder's `estimates.zarr` holding this archive's results (written by a release
+            # that kept one store per folder) stays its store
+            shared = paths.run_dir / "estimates.zarr"
+            if store_attributes(shared).get("archive_path") == str(archive.resolve()):
+                return replace(paths, results_store=shared)
+        return paths
 
     @property
     def owns_folder(self) -> bool:
@@ -56,19 +77,7 @@ class RunPaths:
     def results(self) -> Path:
         if self.results_store is not None:
             return self.results_store
-        if self.owns_folder:
-            return self.run_dir / "estimates.zarr"
-        own = self.run_dir / f"{self.name}.estimates.zarr"
-        return own if own.exists() or not self._shared_store_is_ours() else self.run_dir / "estimates.zarr"
-
-    def _shared_store_is_ours(self) -> bool:
-        """Whether the folder's `estimates.zarr` holds this archive's results: such a store,
-        written by a release that kept one store per folder, stays this archive's store."""
-        try:
-            attrs = json.loads((self.run_dir / "estimates.zarr" / "zarr.json").read_text())["attributes"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return attrs.get("archive_path") == str(self.archive.resolve())
+        return self.run_dir / ("estimates.zarr" if self.owns_folder else f"{self.name}.estimates.zarr")
 
     @property
     def checkpoints(self) -> Path:
@@ -79,3 +88,4 @@ class RunPaths:
 
     def figures(self, figures_root: str | Path) -> Path:
         return Path(figures_root) / self.name
+

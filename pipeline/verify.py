@@ -11,10 +11,7 @@ from pathlib import Path
 
 from pipeline.archive import ArchiveReader
 from pipeline.results import verify_results
-
-
-def is_results_store(path: Path) -> bool:
-    return (Path(path) / "done").is_dir()  # every results store has the `done` mask; archives never
+from pipeline.runs import is_results_store
 
 
 def verify(path: str | Path, progress: bool = False) -> list[str]:

@@ -21,8 +21,8 @@ from pipeline.cli import (
     refuse_with_archive,
 )
 from pipeline.config import load_config
-from pipeline.runs import RunPaths
-from pipeline.verify import is_results_store, verify
+from pipeline.runs import RunPaths, is_results_store
+from pipeline.verify import verify
 
 
 def cli() -> None:

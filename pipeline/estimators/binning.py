@@ -145,10 +145,9 @@ def binning_information_plane(x: np.ndarray, t: np.ndarray, y: np.ndarray, n_bin
     indices, clipped = _discretised(t, n_bins, range, low, high, bin_size)
     t_symbols = row_symbols(indices)
     labels = as_labels(y)
-    clipped = float(clipped)
     return {"I_XT": discrete_mutual_information(x_symbols, t_symbols),
             "I_TY": discrete_mutual_information(t_symbols, labels),
-            "I_XT_clipped": clipped, "I_TY_clipped": clipped}
+            "I_XT_clipped": float(clipped), "I_TY_clipped": float(clipped)}
 
 
 def binning_resampler(x: np.ndarray, t: np.ndarray, y: np.ndarray, n_bins: int = 30, range: str = "fixed",
